@@ -1,0 +1,1086 @@
+"""Kiln's local stack: one Kafka broker (KRaft), a Triton server and the five services.
+
+    uv run python deploy/local/stack.py up       # install what is missing, start, bootstrap demo
+    uv run python deploy/local/stack.py down     # stop what `up` started (data is kept)
+    uv run python deploy/local/stack.py status   # what runs
+    uv run python deploy/local/stack.py install  # only the Debian packages and the Kafka jars
+
+Everything lives under one folder, `KILN_STACK_DIR` (default `<repo>/.kiln`):
+
+    kafka/libs/        the broker's jars (Maven Central, deploy/local/pom.xml)
+    kafka/data/        the broker's log dirs (KRaft metadata and topics)
+    kafka/*.properties generated from deploy/local/*.properties.in
+    data/              the services' SQLite files; data/blobs/ their blobs
+    logs/              one log per process
+    run/               pidfiles
+    secrets.env        the admin token and the files signing key (made once, then reused)
+    demo.env           the demo account (`set -a; . .kiln/demo.env; set +a`)
+
+Tests use the same code through `tests/stack_support.py`: `LocalStack(tmp_dir, StackPorts.free())`
+starts a whole stack of its own in a temporary folder on free ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+SERVICES: tuple[str, ...] = ("gateway", "billing", "scheduler", "inference", "notifier")
+KAFKA = "kafka"
+TRITON = "triton"
+
+APT_PACKAGES_FILE = HERE / "apt-packages.txt"
+POM_FILE = HERE / "pom.xml"
+KAFKA_PROPERTIES_TEMPLATE = HERE / "kafka-server.properties.in"
+KAFKA_LOG4J_TEMPLATE = HERE / "kafka-log4j.properties.in"
+KAFKA_JAR_GLOB = "kafka_2.13-*.jar"
+KAFKA_JVM_OPTS = ("-Xms256m", "-Xmx768m", "-Djava.awt.headless=true")
+
+DEMO_EMAIL = "demo@kiln.local"
+DEMO_NAME = "Demo"
+DEMO_CREDITS = "1000"
+
+DEFAULT_SANDBOX_DELAY_MS = 10_000
+KAFKA_START_TIMEOUT_S = 90.0
+TOPICS_TIMEOUT_S = 60.0
+TRITON_START_TIMEOUT_S = 180.0
+SERVICES_READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 15.0
+LOG_TAIL_LINES = 40
+
+_T = TypeVar("_T")
+
+
+class StackError(RuntimeError):
+    """Something the stack cannot do by itself; the message says what and where to look."""
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Every port of the stack. The environment names are `KILN_<FIELD>_PORT`."""
+
+    kafka: int = 9092
+    kafka_controller: int = 9093
+    triton_http: int = 8010
+    triton_grpc: int = 8011
+    triton_metrics: int = 8012
+    gateway: int = 8000
+    billing: int = 8002
+    scheduler: int = 8003
+    inference: int = 8004
+    notifier: int = 8005
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        return f"KILN_{field.upper()}_PORT"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackPorts:
+        env = os.environ if env is None else env
+        values: dict[str, int] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(cls.env_name(field.name), "").strip()
+            if raw:
+                try:
+                    values[field.name] = int(raw)
+                except ValueError:
+                    raise StackError(f"{cls.env_name(field.name)}={raw!r} is not a port") from None
+        return cls(**values)
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Distinct ports that are free right now (for a test stack next to a running one)."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        with contextlib.ExitStack() as held:
+            ports: list[int] = []
+            for _ in names:
+                sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind(("127.0.0.1", 0))
+                ports.append(sock.getsockname()[1])
+        return cls(**dict(zip(names, ports, strict=True)))
+
+    def service(self, name: str) -> int:
+        if name not in SERVICES:
+            raise KeyError(name)
+        port: int = getattr(self, name)
+        return port
+
+
+def port_accepts(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: env files, logs, processes
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines (comments and blank lines skipped, shell quoting undone)."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, raw = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        try:
+            parts = shlex.split(raw)
+        except ValueError:
+            parts = [raw]
+        values[key] = parts[0] if parts else ""
+    return values
+
+
+def write_env_file(path: Path, values: Mapping[str, str], header: Sequence[str] = ()) -> bool:
+    """Write `KEY=value` lines, readable only by the owner; returns False when unchanged."""
+    lines = [f"# {h}" if h else "#" for h in header]
+    lines += [f"{key}={shlex.quote(value) if value else ''}" for key, value in values.items()]
+    text = "\n".join(lines) + "\n"
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    with path.open("rb") as file:
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+        file.seek(max(0, size - 64 * 1024))
+        data = file.read().decode("utf-8", "replace")
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def render_template(template: Path, values: Mapping[str, str]) -> str:
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    left = sorted(set(re.findall(r"@([A-Z][A-Z0-9_]*)@", text)))
+    if left:
+        raise StackError(f"{template}: no value for {', '.join(left)}")
+    return text
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of a process from /proc, or None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[2])
+
+
+def _has_proc() -> bool:
+    return Path("/proc/self/stat").exists()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of a process group."""
+    if not _has_proc():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _run_coro(coro: Coroutine[Any, Any, _T]) -> _T:
+    """asyncio.run, also from code that already runs inside an event loop (an async fixture)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="stack-coro")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: _T = box["result"]
+    return result
+
+
+def apt_packages(path: Path = APT_PACKAGES_FILE) -> list[str]:
+    """Package names of apt-packages.txt: whitespace-separated, `#` starts a comment."""
+    if not path.exists():
+        return []
+    names: list[str] = []
+    for line in path.read_text().splitlines():
+        names += line.split("#", 1)[0].split()
+    return names
+
+
+def dpkg_installed(package: str) -> bool:
+    result = subprocess.run(
+        ["dpkg", "-s", package], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        return False
+    status = re.search(r"^Status:\s*(.*)$", result.stdout, re.MULTILINE)
+    return status is not None and status.group(1).split()[-1:] == ["installed"]
+
+
+# --------------------------------------------------------------------------------------------
+# The stack
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    address: str
+    ready: bool
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+class LocalStack:
+    """One local Kiln stack rooted at `root` (what `.kiln` is for `make up`).
+
+    `extra_env` goes last into the environment of Triton and of every service (tests use it to
+    tune settings). `kafka_libs` lets several stacks share one folder of Kafka jars; `python` is
+    the interpreter of the services (default: the workspace's `.venv/bin/python`).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        ports: StackPorts | None = None,
+        sandbox_delay_ms: int = DEFAULT_SANDBOX_DELAY_MS,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        kafka_libs: Path | None = None,
+        python: Path | None = None,
+        repo: Path = REPO,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.ports = ports or StackPorts()
+        self.sandbox_delay_ms = sandbox_delay_ms
+        self.extra_env = dict(extra_env or {})
+        self.repo = repo.resolve()
+        self.kafka_dir = self.root / "kafka"
+        self.kafka_libs = (kafka_libs or self.kafka_dir / "libs").resolve()
+        self.kafka_data = self.kafka_dir / "data"
+        self.kafka_properties = self.kafka_dir / "server.properties"
+        self.kafka_log4j = self.kafka_dir / "log4j.properties"
+        self.data_dir = self.root / "data"
+        self.blob_dir = self.data_dir / "blobs"
+        self.logs_dir = self.root / "logs"
+        self.run_dir = self.root / "run"
+        self.secrets_file = self.root / "secrets.env"
+        self.demo_env_file = self.root / "demo.env"
+        self.python = python or self._default_python()
+        self._echo = echo or (lambda line: print(line, flush=True))
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LocalStack:
+        env = os.environ if env is None else env
+        root = Path(env.get("KILN_STACK_DIR") or REPO / ".kiln")
+        libs = env.get("KILN_KAFKA_LIBS_DIR")
+        delay = env.get("KILN_SANDBOX_DELAY_MS") or str(DEFAULT_SANDBOX_DELAY_MS)
+        try:
+            sandbox_delay_ms = int(delay)
+        except ValueError:
+            raise StackError(f"KILN_SANDBOX_DELAY_MS={delay!r} is not a number") from None
+        return cls(
+            root,
+            StackPorts.from_env(env),
+            sandbox_delay_ms,
+            kafka_libs=Path(libs) if libs else None,
+        )
+
+    def _default_python(self) -> Path:
+        venv_python = self.repo / ".venv" / "bin" / "python"
+        return venv_python if venv_python.exists() else Path(sys.executable)
+
+    # ---------------------------------------------------------------------------- addresses
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports.kafka}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.gateway_url}/api/v1"
+
+    @property
+    def triton_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.triton_http}"
+
+    def service_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports.service(name)}"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs_dir / (f"{name}.out" if name == KAFKA else f"{name}.log")
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    # ---------------------------------------------------------------------------- install
+
+    def install(self) -> None:
+        """Install what is missing: the Debian packages, then the Kafka jars."""
+        self._install_apt_packages()
+        self._install_kafka_jars()
+
+    def _install_apt_packages(self) -> None:
+        wanted = apt_packages()
+        if not wanted:
+            return
+        if shutil.which("dpkg") is None:
+            self._echo(f"not a Debian system: make sure these are installed: {' '.join(wanted)}")
+            return
+        missing = [name for name in wanted if not dpkg_installed(name)]
+        if not missing:
+            return
+        if os.geteuid() != 0:
+            raise StackError(
+                f"missing Debian packages: {' '.join(missing)}; install them as root: "
+                f"apt-get install -y {' '.join(missing)}"
+            )
+        self._echo(f"installing Debian packages: {' '.join(missing)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        ):
+            result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
+                raise StackError(f"{' '.join(argv)} failed:\n{output}")
+
+    def kafka_jars_present(self) -> bool:
+        return any(self.kafka_libs.glob(KAFKA_JAR_GLOB))
+
+    def _install_kafka_jars(self) -> None:
+        if self.kafka_jars_present():
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise StackError("mvn is missing (it is in deploy/local/apt-packages.txt: run install)")
+        self._echo(f"fetching the Kafka jars into {self.kafka_libs} (Maven Central)")
+        self.kafka_libs.mkdir(parents=True, exist_ok=True)
+        argv = [
+            mvn, "-q", "-B", "-f", str(POM_FILE),
+            "dependency:copy-dependencies", f"-DoutputDirectory={self.kafka_libs}",
+        ]  # fmt: skip
+        result = subprocess.run(argv, cwd=self.repo, capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not self.kafka_jars_present():
+            output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
+            raise StackError(f"fetching the Kafka jars failed:\n{output}")
+
+    # ---------------------------------------------------------------------------- processes
+
+    def _marker(self, name: str) -> str:
+        if name == KAFKA:
+            return str(self.kafka_properties)
+        if name == TRITON:
+            return "kiln_inference.triton_server"
+        return f"kiln_{name}"
+
+    def _alive(self, name: str, pid: int) -> bool:
+        proc = self._procs.get(name)
+        if proc is not None and proc.pid == pid:
+            return proc.poll() is None
+        if not _has_proc():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] == "Z":
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return False
+        return self._marker(name) in cmdline
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a running component of this stack, or None (a stale pidfile is removed)."""
+        path = self.pid_file(name)
+        try:
+            pid = int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if self._alive(name, pid):
+            return pid
+        path.unlink(missing_ok=True)
+        return None
+
+    def running(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    def _check_ports_free(self, name: str, ports: Mapping[str, int]) -> None:
+        for env_field, port in ports.items():
+            if port_accepts(port):
+                raise StackError(
+                    f"cannot start {name}: port {port} is already taken by another program "
+                    f"(stop it, or choose another port with {StackPorts.env_name(env_field)})"
+                )
+
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        for folder in (self.logs_dir, self.run_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_file(name)
+        with log_path.open("ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"\n===== {stamp} stack.py starts {name}: {shlex.join(argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=self.repo,
+                start_new_session=True,
+            )
+        self._procs[name] = proc
+        self.pid_file(name).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def _stop(
+        self, names: Sequence[str], sig: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S
+    ) -> list[str]:
+        """Signal each component's process group, wait `grace_s`, then SIGKILL what is left.
+
+        Returns the names that were running."""
+        pids = {name: self.pid(name) for name in names}
+        running = {name: pid for name, pid in pids.items() if pid is not None}
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+        left = self._wait_groups_gone(running, grace_s)
+        if left:
+            self._echo(f"{', '.join(left)}: still running after {grace_s:.0f} s, sending SIGKILL")
+            for name in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(running[name], signal.SIGKILL)
+            left = self._wait_groups_gone({name: running[name] for name in left}, 10.0)
+            if left:
+                raise StackError(f"could not stop {', '.join(left)}")
+        for name in names:
+            self.pid_file(name).unlink(missing_ok=True)
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=1)
+        return list(running)
+
+    def _wait_groups_gone(self, groups: Mapping[str, int], timeout_s: float) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = []
+            for name, pgid in groups.items():
+                proc = self._procs.get(name)
+                if proc is not None:
+                    proc.poll()  # reap our own child, or it stays a zombie of the group
+                if group_members(pgid):
+                    left.append(name)
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.2)
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _setting(self, key: str) -> str | None:
+        return self.extra_env.get(key) or os.environ.get(key) or None
+
+    def _died(self, name: str, what: str) -> StackError:
+        return StackError(
+            f"{name} {what}; the end of {self.log_file(name)}:\n{tail(self.log_file(name))}"
+        )
+
+    # ---------------------------------------------------------------------------- kafka
+
+    def write_kafka_config(self) -> None:
+        self.kafka_data.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        properties = render_template(
+            KAFKA_PROPERTIES_TEMPLATE,
+            {
+                "KAFKA_PORT": str(self.ports.kafka),
+                "KAFKA_CONTROLLER_PORT": str(self.ports.kafka_controller),
+                "KAFKA_DATA_DIR": str(self.kafka_data),
+            },
+        )
+        log4j = render_template(
+            KAFKA_LOG4J_TEMPLATE, {"KAFKA_LOG_FILE": str(self.logs_dir / "kafka.log")}
+        )
+        self.kafka_properties.write_text(properties)
+        self.kafka_log4j.write_text(log4j)
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home and (Path(java_home) / "bin" / "java").exists():
+            return str(Path(java_home) / "bin" / "java")
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java is missing (it is in deploy/local/apt-packages.txt: run install)")
+        return java
+
+    def _java_argv(self, main_class: str, *args: str, jvm: Sequence[str] = ()) -> list[str]:
+        return [
+            self._java(),
+            *jvm,
+            f"-Dlog4j.configuration=file:{self.kafka_log4j}",
+            "-cp",
+            f"{self.kafka_libs}/*",
+            main_class,
+            *args,
+        ]
+
+    def _storage_tool(self, *args: str) -> str:
+        argv = self._java_argv("kafka.tools.StorageTool", *args)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StackError(
+                f"kafka StorageTool {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    def format_kafka_storage(self) -> bool:
+        """Format the KRaft log dir unless it already is; returns True when it formatted."""
+        if (self.kafka_data / "meta.properties").exists():
+            return False
+        lines = self._storage_tool("random-uuid").split()
+        if not lines:
+            raise StackError("kafka StorageTool random-uuid printed nothing")
+        cluster_id = lines[-1]
+        self._storage_tool("format", "-t", cluster_id, "-c", str(self.kafka_properties))
+        self._echo(f"kafka: formatted {self.kafka_data} (cluster id {cluster_id})")
+        return True
+
+    def start_kafka(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        pid = self.pid(KAFKA)
+        if pid is not None:
+            self._echo(f"kafka: already running (pid {pid}) on {self.kafka_bootstrap}")
+            return
+        if not self.kafka_jars_present():
+            raise StackError(f"no Kafka jars in {self.kafka_libs}: run `stack.py install` first")
+        self._check_ports_free(
+            KAFKA, {"kafka": self.ports.kafka, "kafka_controller": self.ports.kafka_controller}
+        )
+        self.write_kafka_config()
+        self.format_kafka_storage()
+        argv = self._java_argv("kafka.Kafka", str(self.kafka_properties), jvm=KAFKA_JVM_OPTS)
+        pid = self._spawn(KAFKA, argv, self._base_env())
+        self._echo(f"kafka: starting (pid {pid}) on {self.kafka_bootstrap}")
+        deadline = time.monotonic() + timeout_s
+        while not port_accepts(self.ports.kafka):
+            if not self._alive(KAFKA, pid):
+                self.pid_file(KAFKA).unlink(missing_ok=True)
+                raise self._died(KAFKA, f"exited during start (see also {self.logs_dir}/kafka.log)")
+            if time.monotonic() >= deadline:
+                raise self._died(KAFKA, f"did not accept connections within {timeout_s:.0f} s")
+            time.sleep(0.3)
+        self._echo(f"kafka: ready on {self.kafka_bootstrap}")
+
+    def create_topics(self, timeout_s: float = TOPICS_TIMEOUT_S) -> list[str]:
+        """Create the registry's missing topics (retrying while the new broker settles)."""
+        from kiln_runtime.topics import ensure_topics
+
+        raw = self._setting("KILN_TOPIC_PARTITIONS")
+        partitions = int(raw) if raw else None
+        deadline = time.monotonic() + timeout_s
+        created: list[str] = []
+        problem = "no answer"
+        while True:
+            try:
+                missing = _run_coro(ensure_topics(self.kafka_bootstrap, partitions=partitions))
+            except Exception as exc:  # the broker may still be electing its controller
+                problem = repr(exc)
+            else:
+                if not missing:  # every topic of the registry exists
+                    break
+                created += [name for name in missing if name not in created]
+                problem = f"still missing: {', '.join(missing)}"
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"could not create the topics on {self.kafka_bootstrap} within "
+                    f"{timeout_s:.0f} s ({problem}); see {self.logs_dir / 'kafka.log'}"
+                )
+            time.sleep(1.0)
+        if created:
+            self._echo(f"kafka: created topics {', '.join(created)}")
+        return created
+
+    # ---------------------------------------------------------------------------- triton
+
+    def _python_libdir(self) -> str:
+        if Path(self.python).resolve() == Path(sys.executable).resolve():
+            return str(sysconfig.get_config_var("LIBDIR") or "")
+        result = subprocess.run(
+            [str(self.python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    def triton_env(self) -> dict[str, str]:
+        env = self._base_env()
+        # PyTriton's Python backend stub needs the interpreter's own libpython first, or it dies
+        # with "'_thread.RLock' object has no attribute '_recursion_count'".
+        libdir = self._python_libdir()
+        if libdir and libdir != "None":
+            current = env.get("LD_LIBRARY_PATH", "")
+            env["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
+        env["KILN_SANDBOX_DELAY_MS"] = str(self.sandbox_delay_ms)
+        env["KILN_LOG_LEVEL"] = "INFO"
+        env.update(self.extra_env)
+        return env
+
+    def triton_ready(self, timeout_s: float = 2.0) -> bool:
+        try:
+            response = httpx.get(f"{self.triton_url}/v2/health/ready", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def start_triton(self, timeout_s: float = TRITON_START_TIMEOUT_S) -> None:
+        pid = self.pid(TRITON)
+        if pid is None:
+            self._check_ports_free(
+                TRITON,
+                {
+                    "triton_http": self.ports.triton_http,
+                    "triton_grpc": self.ports.triton_grpc,
+                    "triton_metrics": self.ports.triton_metrics,
+                },
+            )
+            argv = [
+                str(self.python), "-m", "kiln_inference.triton_server",
+                "--http-port", str(self.ports.triton_http),
+                "--grpc-port", str(self.ports.triton_grpc),
+                "--metrics-port", str(self.ports.triton_metrics),
+                "--sandbox-delay-ms", str(self.sandbox_delay_ms),
+            ]  # fmt: skip
+            pid = self._spawn(TRITON, argv, self.triton_env())
+            self._echo(f"triton: starting (pid {pid}) on {self.triton_url}")
+        else:
+            self._echo(f"triton: already running (pid {pid}) on {self.triton_url}")
+        deadline = time.monotonic() + timeout_s
+        while not self.triton_ready():
+            if not self._alive(TRITON, pid):
+                self.pid_file(TRITON).unlink(missing_ok=True)
+                raise self._died(TRITON, "exited during start")
+            if time.monotonic() >= deadline:
+                raise self._died(TRITON, f"was not ready within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        self._echo(f"triton: ready on {self.triton_url}")
+
+    # ---------------------------------------------------------------------------- services
+
+    def secrets(self) -> dict[str, str]:
+        """The admin token and the files signing key: made once, then read from secrets.env."""
+        values = read_env_file(self.secrets_file)
+        changed = False
+        for key in ("KILN_ADMIN_TOKEN", "KILN_FILES_SIGNING_KEY"):
+            if not values.get(key):
+                values[key] = secrets.token_urlsafe(32)
+                changed = True
+        if changed:
+            write_env_file(
+                self.secrets_file,
+                {k: values[k] for k in ("KILN_ADMIN_TOKEN", "KILN_FILES_SIGNING_KEY")},
+                header=["Kiln local stack: made once by deploy/local/stack.py, reused by `up`."],
+            )
+        return values
+
+    def service_env(self, name: str) -> dict[str, str]:
+        if name not in SERVICES:
+            raise StackError(f"unknown service {name!r} (one of {', '.join(SERVICES)})")
+        keys = self.secrets()
+        env = self._base_env()
+        env.update(
+            {
+                "KILN_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+                "KILN_DATA_DIR": str(self.data_dir),
+                "KILN_BLOB_DIR": str(self.blob_dir),
+                "KILN_ALLOW_LOOPBACK_URLS": "true",
+                "KILN_FILES_SIGNING_KEY": keys["KILN_FILES_SIGNING_KEY"],
+                "KILN_ADMIN_TOKEN": keys["KILN_ADMIN_TOKEN"],
+                "KILN_PUBLIC_URL": self.gateway_url,
+                "KILN_LOG_LEVEL": "INFO",
+                "KILN_SERVICE_NAME": name,
+                "KILN_HTTP_PORT": str(self.ports.service(name)),
+                "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{self.data_dir}/{name}.db",
+            }
+        )
+        if name == "inference":
+            env["KILN_TRITON_GRPC_URL"] = f"127.0.0.1:{self.ports.triton_grpc}"
+            env["KILN_SANDBOX_DELAY_MS"] = str(self.sandbox_delay_ms)
+        env.update(self.extra_env)
+        return env
+
+    def start_service(self, name: str) -> int:
+        """Start one service (no-op when it runs); returns its pid. Does not wait for it."""
+        env = self.service_env(name)
+        pid = self.pid(name)
+        if pid is not None:
+            self._echo(f"{name}: already running (pid {pid}) on {self.service_url(name)}")
+            return pid
+        self._check_ports_free(name, {name: self.ports.service(name)})
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        pid = self._spawn(name, [str(self.python), "-m", f"kiln_{name}"], env)
+        self._echo(f"{name}: starting (pid {pid}) on {self.service_url(name)}")
+        return pid
+
+    def stop_service(
+        self, name: str, sig: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S
+    ) -> bool:
+        """Send `sig` to a service's process group (SIGKILL after `grace_s`); True if it ran."""
+        if name not in SERVICES:
+            raise StackError(f"unknown service {name!r}")
+        return bool(self._stop([name], sig, grace_s))
+
+    def service_ready(self, name: str, timeout_s: float = 2.0) -> bool:
+        try:
+            response = httpx.get(f"{self.service_url(name)}/readyz", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def wait_ready(
+        self, names: Iterable[str] | None = None, timeout_s: float = SERVICES_READY_TIMEOUT_S
+    ) -> None:
+        """Wait until each service's /readyz answers 200; a service that exits or stays unready
+        raises StackError with the end of its log."""
+        pending = list(SERVICES if names is None else names)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for name in list(pending):
+                pid = self.pid(name)
+                if pid is None:
+                    raise self._died(name, "is not running")
+                if self.service_ready(name):
+                    pending.remove(name)
+                    self._echo(f"{name}: ready on {self.service_url(name)}")
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    "\n\n".join(
+                        f"{name} was not ready within {timeout_s:.0f} s; the end of "
+                        f"{self.log_file(name)}:\n{tail(self.log_file(name))}"
+                        for name in pending
+                    )
+                )
+            time.sleep(0.5)
+
+    # ---------------------------------------------------------------------------- demo account
+
+    def bootstrap_demo(self) -> dict[str, str]:
+        """Make sure the demo account and its two keys exist; returns what demo.env holds."""
+        token = self.secrets()["KILN_ADMIN_TOKEN"]
+        saved = read_env_file(self.demo_env_file)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=self.api_url, headers=headers, timeout=30.0) as client:
+            found = _find_account(client, DEMO_EMAIL)
+            if found is not None and saved and found["id"] == saved.get("KILN_DEMO_ACCOUNT_ID"):
+                account_id = str(found["id"])
+                password = saved.get("KILN_DEMO_PASSWORD", "")
+                live = saved.get("KILN_DEMO_LIVE_KEY", "")
+                sandbox = saved.get("KILN_DEMO_SANDBOX_KEY", "")
+                self._echo(f"demo: account {DEMO_EMAIL} ({account_id}) kept")
+            else:
+                live = sandbox = ""
+                password = secrets.token_urlsafe(18)
+                response = client.post(
+                    "/admin/accounts",
+                    json={"email": DEMO_EMAIL, "password": password, "name": DEMO_NAME},
+                )
+                if response.status_code == 409:
+                    found = _find_account(client, DEMO_EMAIL)
+                    if found is None:
+                        raise StackError(f"demo: {DEMO_EMAIL} exists (409) but cannot be found")
+                    account_id = str(found["id"])
+                    password = ""
+                    self._echo(
+                        f"demo: account {DEMO_EMAIL} ({account_id}) already existed and "
+                        f"{self.demo_env_file} was lost: its password is unknown; new keys follow"
+                    )
+                else:
+                    account_id = str(_data(response, "create the demo account")["id"])
+                    _data(
+                        client.post(
+                            f"/admin/accounts/{account_id}/credits",
+                            json={"amount": DEMO_CREDITS, "reason": "demo credits"},
+                        ),
+                        "grant the demo credits",
+                    )
+                    self._echo(
+                        f"demo: account {DEMO_EMAIL} ({account_id}) created "
+                        f"with {DEMO_CREDITS} credits"
+                    )
+            if not live:
+                live = _create_key(client, account_id, "demo live", sandbox=False)
+            if not sandbox:
+                sandbox = _create_key(client, account_id, "demo sandbox", sandbox=True)
+        values = {
+            "KILN_API_URL": self.api_url,
+            "KILN_ADMIN_TOKEN": token,
+            "KILN_DEMO_ACCOUNT_ID": account_id,
+            "KILN_DEMO_EMAIL": DEMO_EMAIL,
+            "KILN_DEMO_PASSWORD": password,
+            "KILN_DEMO_LIVE_KEY": live,
+            "KILN_DEMO_SANDBOX_KEY": sandbox,
+        }
+        write_env_file(
+            self.demo_env_file,
+            values,
+            header=[
+                "Kiln local stack: the demo account (written by deploy/local/stack.py up).",
+                f"Load it into a shell with: set -a; . {self.demo_env_file}; set +a",
+            ],
+        )
+        return values
+
+    # ---------------------------------------------------------------------------- whole stack
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `up`/`down` at a time per stack folder."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "stack.lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._echo("waiting for another stack.py working on this stack...")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def up(self) -> dict[str, str]:
+        """Start whatever is not running, then bootstrap the demo account; returns demo.env."""
+        with self._locked():
+            for folder in (self.data_dir, self.blob_dir, self.logs_dir, self.run_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            self.install()
+            self.start_kafka()
+            self.create_topics()
+            self.start_triton()
+            self._echo(
+                "services: loopback webhook/image URLs are allowed "
+                "(KILN_ALLOW_LOOPBACK_URLS=true), for local use only"
+            )
+            for name in SERVICES:
+                self.start_service(name)
+            self.wait_ready()
+            demo = self.bootstrap_demo()
+        self.print_summary()
+        return demo
+
+    def down(self) -> list[str]:
+        """Stop the services, then Triton, then Kafka; returns the names that were running."""
+        with self._locked():
+            stopped = self._stop(SERVICES)
+            stopped += self._stop([TRITON])
+            stopped += self._stop([KAFKA])
+        for name in stopped:
+            self._echo(f"{name}: stopped")
+        if not stopped:
+            self._echo("nothing was running")
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        result = []
+        kafka_pid = self.pid(KAFKA)
+        result.append(
+            ComponentStatus(
+                KAFKA,
+                kafka_pid,
+                self.kafka_bootstrap,
+                kafka_pid is not None and port_accepts(self.ports.kafka),
+            )
+        )
+        triton_pid = self.pid(TRITON)
+        result.append(
+            ComponentStatus(
+                TRITON, triton_pid, self.triton_url, triton_pid is not None and self.triton_ready()
+            )
+        )
+        for name in SERVICES:
+            pid = self.pid(name)
+            ready = pid is not None and self.service_ready(name, timeout_s=1.0)
+            result.append(ComponentStatus(name, pid, self.service_url(name), ready))
+        return result
+
+    def print_summary(self) -> None:
+        self._echo("")
+        self._echo("Kiln is up.")
+        self._echo(f"  Gateway:       {self.gateway_url}  (API {self.api_url})")
+        self._echo(
+            f"  Demo account:  {self.demo_env_file}  "
+            f"(load it: set -a; . {self._shown(self.demo_env_file)}; set +a)"
+        )
+        self._echo(f"  Logs:          {self.logs_dir}/")
+        self._echo(
+            "  Loopback webhook/image URLs are allowed (KILN_ALLOW_LOOPBACK_URLS=true): "
+            "for local use only."
+        )
+
+    def _shown(self, path: Path) -> str:
+        """A path relative to the current folder when it is inside it."""
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+
+def _data(response: httpx.Response, what: str) -> Any:
+    if response.status_code // 100 != 2:
+        raise StackError(
+            f"demo: could not {what}: {response.request.method} {response.request.url} "
+            f"answered {response.status_code}: {response.text[:500]}"
+        )
+    try:
+        return response.json()["data"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StackError(f"demo: could not {what}: unexpected answer {response.text[:500]}") from exc
+
+
+def _find_account(client: httpx.Client, email: str) -> dict[str, Any] | None:
+    response = client.get("/admin/accounts", params={"email": email})
+    for account in _data(response, f"look up {email}") or []:
+        if isinstance(account, dict) and str(account.get("email", "")).lower() == email:
+            return account
+    return None
+
+
+def _create_key(client: httpx.Client, account_id: str, name: str, *, sandbox: bool) -> str:
+    response = client.post(
+        f"/admin/accounts/{account_id}/keys", json={"name": name, "sandbox": sandbox}
+    )
+    secret = _data(response, f"create the key {name!r}").get("secret")
+    if not secret:
+        raise StackError(f"demo: the key {name!r} came back without a secret")
+    return str(secret)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stack.py", description="Kiln's local stack (Kafka, Triton, the five services)."
+    )
+    parser.add_argument(
+        "command",
+        choices=("up", "down", "status", "install"),
+        help="up: install, start and bootstrap; down: stop; status: what runs; "
+        "install: only the Debian packages and the Kafka jars",
+    )
+    args = parser.parse_args(argv)
+    try:
+        stack = LocalStack.from_env()
+        if args.command == "up":
+            stack.up()
+        elif args.command == "down":
+            stack.down()
+        elif args.command == "install":
+            stack.install()
+            print(f"installed: Debian packages and the Kafka jars ({stack.kafka_libs})")
+        else:
+            for item in stack.status():
+                state = "stopped"
+                if item.running:
+                    state = f"running (pid {item.pid}), {'ready' if item.ready else 'not ready'}"
+                print(f"{item.name:<10} {state:<36} {item.address}")
+            if stack.demo_env_file.exists():
+                print(f"demo account: {stack.demo_env_file}")
+    except StackError as exc:
+        print(f"stack.py {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

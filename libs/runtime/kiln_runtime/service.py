@@ -1,0 +1,106 @@
+"""The parts every service process starts and stops the same way: its database (with the
+inbox/outbox tables), the idempotent producer, the outbox relay, and readiness checks."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kiln_runtime.db import SessionFactory, database_reachable, make_engine, make_session_factory
+from kiln_runtime.health import Readiness, ReadinessCheck, kafka_check
+from kiln_runtime.messaging import MessagingTables
+from kiln_runtime.outbox import OutboxRelay, make_producer
+from kiln_runtime.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        metadata: MetaData,
+        tables: MessagingTables,
+        extra_checks: Mapping[str, ReadinessCheck] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.tables = tables
+        self._extra_checks = dict(extra_checks or {})
+        self._engine: AsyncEngine | None = None
+        self._sessions: SessionFactory | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._relay: OutboxRelay | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self.readiness: Readiness | None = None
+        self.started = asyncio.Event()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        assert self._engine is not None, "runtime not started"
+        return self._engine
+
+    @property
+    def sessions(self) -> SessionFactory:
+        assert self._sessions is not None, "runtime not started"
+        return self._sessions
+
+    @property
+    def relay(self) -> OutboxRelay:
+        assert self._relay is not None, "runtime not started"
+        return self._relay
+
+    async def start(self) -> None:
+        self._engine = make_engine(self.settings.database_url)
+        self._sessions = make_session_factory(self._engine)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(self.metadata.create_all)
+        self._producer = await start_producer(self.settings.kafka_bootstrap)
+        self._relay = OutboxRelay(
+            self._sessions,
+            self.tables,
+            self._producer,
+            service=self.settings.service_name,
+            batch_size=self.settings.outbox_batch_size,
+            poll_interval_s=self.settings.outbox_poll_interval_s,
+        )
+        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
+        engine = self._engine
+
+        async def database() -> bool:
+            return await database_reachable(engine)
+
+        self.readiness = Readiness(
+            {"database": database, "kafka": kafka_check(self._producer), **self._extra_checks}
+        )
+        self.started.set()
+
+    async def stop(self) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._engine is not None:
+            await self._engine.dispose()
+
+
+async def start_producer(bootstrap: str, attempts: int = 60) -> AIOKafkaProducer:
+    """Start an idempotent producer, waiting for the broker for up to `attempts` seconds."""
+    for attempt in range(1, attempts + 1):
+        producer = make_producer(bootstrap)
+        try:
+            await producer.start()
+            return producer
+        except Exception:
+            await producer.stop()
+            if attempt == attempts:
+                raise
+            log.warning("Kafka at %s not reachable yet (attempt %d)", bootstrap, attempt)
+            await asyncio.sleep(1.0)
+    raise RuntimeError("unreachable")

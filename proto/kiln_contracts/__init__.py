@@ -1,0 +1,35 @@
+"""Kiln's event contracts: generated protobuf messages, the topic registry and the codec.
+
+Services import event shapes from here and never redefine them (see /proto and DESIGN.md).
+"""
+
+from kiln_contracts.codec import (
+    Event,
+    EventDecodeError,
+    decode,
+    encode,
+    from_json,
+    new_event,
+    to_json,
+)
+from kiln_contracts.registry import TOPICS, TopicSpec, load_topics, message_class
+from kiln_contracts.v1 import common_pb2, credits_pb2, envelope_pb2, jobs_pb2, webhooks_pb2
+
+__all__ = [
+    "TOPICS",
+    "Event",
+    "EventDecodeError",
+    "TopicSpec",
+    "common_pb2",
+    "credits_pb2",
+    "decode",
+    "encode",
+    "envelope_pb2",
+    "from_json",
+    "jobs_pb2",
+    "load_topics",
+    "message_class",
+    "new_event",
+    "to_json",
+    "webhooks_pb2",
+]

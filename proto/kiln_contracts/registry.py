@@ -1,0 +1,137 @@
+"""The topic registry (`topics.toml`): every topic's payload message, owner, consumers and settings.
+
+The topic name is the event type carried in `Envelope.type`. Topic creation reads `TOPICS`;
+the codec maps a type to its generated message class with `message_class`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import tomllib
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from google.protobuf.message import Message
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TOPICS_PATH = PACKAGE_DIR / "topics.toml"
+EXAMPLES_DIR = PACKAGE_DIR / "examples"
+GENERATED_PACKAGE = "kiln_contracts.v1"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str  # the topic, and the event type in Envelope.type
+    message: str  # the payload message's name in the kiln.events.v1 proto package
+    owner: str  # the service that produces it
+    consumers: tuple[str, ...]
+    partitions: int
+    replication_factor: int
+    retention_ms: int
+    key: str  # the envelope field used as the Kafka key
+
+
+_STR_FIELDS = ("message", "owner", "key")
+_INT_FIELDS = ("partitions", "replication_factor", "retention_ms")
+_SETTINGS = frozenset(field.name for field in fields(TopicSpec)) - {"name"}
+
+
+def _topic_spec(name: str, table: dict[str, Any], path: Path) -> TopicSpec:
+    where = f"{path}: topic {name!r}"
+    unknown = table.keys() - _SETTINGS
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    missing = _SETTINGS - table.keys()
+    if missing:
+        raise ValueError(f"{where}: missing setting(s) {sorted(missing)}")
+    for key in _STR_FIELDS:
+        if not isinstance(table[key], str) or not table[key]:
+            raise ValueError(f"{where}: {key} must be a non-empty string")
+    for key in _INT_FIELDS:
+        if not isinstance(table[key], int) or isinstance(table[key], bool):
+            raise ValueError(f"{where}: {key} must be an integer")
+    consumers = table["consumers"]
+    if not isinstance(consumers, list) or not all(isinstance(c, str) and c for c in consumers):
+        raise ValueError(f"{where}: consumers must be a list of service names")
+    return TopicSpec(
+        name=name,
+        message=table["message"],
+        owner=table["owner"],
+        consumers=tuple(consumers),
+        partitions=table["partitions"],
+        replication_factor=table["replication_factor"],
+        retention_ms=table["retention_ms"],
+        key=table["key"],
+    )
+
+
+def load_topics(path: Path | None = None) -> dict[str, TopicSpec]:
+    """Read a topic registry; each topic's table is merged over `[defaults]`. File order is kept."""
+    path = path or TOPICS_PATH
+    with path.open("rb") as file:
+        data = tomllib.load(file)
+    unknown_tables = data.keys() - {"defaults", "topics"}
+    if unknown_tables:
+        raise ValueError(f"{path}: unknown table(s) {sorted(unknown_tables)}")
+    defaults = data.get("defaults", {})
+    topics = data.get("topics", {})
+    if not isinstance(defaults, dict) or not isinstance(topics, dict):
+        raise ValueError(f"{path}: [defaults] and [topics.*] must be tables")
+    specs: dict[str, TopicSpec] = {}
+    for name, table in topics.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: topic {name!r} must be a table")
+        specs[name] = _topic_spec(name, {**defaults, **table}, path)
+    return specs
+
+
+TOPICS: dict[str, TopicSpec] = load_topics()
+
+
+@cache
+def generated_modules() -> tuple[ModuleType, ...]:
+    """Every generated `*_pb2` module of kiln_contracts.v1, imported, sorted by name."""
+    package = importlib.import_module(GENERATED_PACKAGE)
+    names = sorted(
+        info.name for info in pkgutil.iter_modules(package.__path__) if info.name.endswith("_pb2")
+    )
+    return tuple(importlib.import_module(f"{GENERATED_PACKAGE}.{name}") for name in names)
+
+
+@cache
+def _message_classes() -> dict[str, type[Message]]:
+    classes: dict[str, type[Message]] = {}
+    for module in generated_modules():
+        for name in module.DESCRIPTOR.message_types_by_name:
+            cls = getattr(module, name)
+            if not (isinstance(cls, type) and issubclass(cls, Message)):
+                raise TypeError(f"{module.__name__}.{name} is not a generated message class")
+            classes[name] = cls
+    return classes
+
+
+def message_class(event_type: str) -> type[Message]:
+    """The generated class of the payload that events of `event_type` carry.
+
+    Raises KeyError if the type is not in the registry, or if the registry names a message
+    that the generated code does not have.
+    """
+    spec = TOPICS.get(event_type)
+    if spec is None:
+        raise KeyError(f"unknown event type {event_type!r}")
+    cls = _message_classes().get(spec.message)
+    if cls is None:
+        raise KeyError(
+            f"topics.toml maps {event_type!r} to message {spec.message!r}, "
+            f"which is not in {GENERATED_PACKAGE}"
+        )
+    return cls
+
+
+def example_path(event_type: str) -> Path:
+    """Where the example event of `event_type` is (`examples/<type>.json`, in to_json form)."""
+    return EXAMPLES_DIR / f"{event_type}.json"

@@ -1,0 +1,1 @@
+"""Kiln billing: owns every credit. Nothing else changes a balance."""

@@ -1,0 +1,3 @@
+from kiln_billing.app import main
+
+main()

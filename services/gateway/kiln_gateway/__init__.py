@@ -1,0 +1,1 @@
+"""Kiln gateway: the public HTTP API v1."""

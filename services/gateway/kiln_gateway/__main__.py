@@ -1,0 +1,3 @@
+from kiln_gateway.app import main
+
+main()

@@ -1,0 +1,104 @@
+"""The gateway: `python -m kiln_gateway` serves the public API v1 and keeps the read model."""
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from kiln_contracts import Event
+from kiln_gateway import admin, catalog, files, jobs, webhooks
+from kiln_gateway.config import GatewaySettings
+from kiln_gateway.consumers import HANDLERS
+from kiln_gateway.errors import error_response, install_error_handlers
+from kiln_gateway.models import MESSAGING, Base
+from kiln_gateway.state import GatewayState
+from kiln_runtime.blobs import LocalBlobStore
+from kiln_runtime.catalog import load_catalog
+from kiln_runtime.consuming import EventProcessor, KafkaEventConsumer
+from kiln_runtime.health import health_router
+from kiln_runtime.logs import configure_logging
+from kiln_runtime.service import ServiceRuntime
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING)
+    state = GatewayState(
+        settings=settings,
+        runtime=runtime,
+        catalog=load_catalog(settings.catalog_file),
+        blobs=LocalBlobStore(settings.blob_dir),
+    )
+
+    def wake_waiters(event: Event) -> None:
+        state.waiters.notify(event.job_id)
+        grant_id = getattr(event.message, "grant_id", "")
+        if grant_id:
+            state.waiters.notify(grant_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        processor = EventProcessor(
+            runtime.sessions,
+            MESSAGING,
+            consumer=settings.service_name,
+            handlers=HANDLERS,
+            on_commit=wake_waiters,
+        )
+        consumer = KafkaEventConsumer(
+            processor, bootstrap=settings.kafka_bootstrap, group_id=settings.service_name
+        )
+        await consumer.start()
+        task = asyncio.create_task(consumer.run(), name="consumer")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await consumer.stop()
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Kiln API",
+        version="1",
+        description="Asynchronous generative-media jobs: submit, wait, download, decrypt.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id_and_size(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request.state.request_id = f"req_{uuid.uuid4().hex}"
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return error_response(
+                request, 413, "PAYLOAD_TOO_LARGE", "The request body is too large."
+            )
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+    api = APIRouter(prefix="/api/v1")
+    for module in (admin, jobs, catalog, files, webhooks):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health_router(lambda: runtime.readiness))
+    return app
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+    )

@@ -1,0 +1,79 @@
+"""Request dependencies: the transaction-owning session, the caller's identity."""
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import select
+
+from kiln_gateway.errors import Forbidden, Unauthorized
+from kiln_gateway.models import Account, ApiKey
+from kiln_gateway.service import secret_sha256
+from kiln_gateway.state import GatewayState
+from kiln_runtime.db import transaction
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+StateDep = Annotated[GatewayState, Depends(get_state)]
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("Missing Authorization header.")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 512:
+        raise Unauthorized("Authorization must be 'Bearer <token>'.")
+    return token
+
+
+def require_admin(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    token = _bearer(authorization)
+    expected = state.settings.admin_token
+    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("Invalid admin token.")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    account: Account
+    key: ApiKey
+
+    @property
+    def account_id(self) -> str:
+        return self.account.id
+
+
+async def current_caller(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    token = _bearer(authorization)
+    if not token.startswith(("sk_live_", "sk_test_")):
+        raise Unauthorized("Invalid API key.")
+    async with transaction(state.runtime.sessions) as session:
+        key = await session.scalar(
+            select(ApiKey).where(ApiKey.secret_sha256 == secret_sha256(token))
+        )
+        if key is None or key.revoked_at is not None:
+            raise Unauthorized("Invalid API key.")
+        account = await session.get(Account, key.account_id)
+        if account is None:
+            raise Unauthorized("Invalid API key.")
+        if account.suspended:
+            raise Forbidden("This account is suspended.")
+        key.last_used_at = datetime.now(UTC)
+    return Caller(account=account, key=key)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

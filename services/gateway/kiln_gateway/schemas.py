@@ -1,0 +1,38 @@
+"""HTTP request bodies. Unknown fields are refused so that typos do not pass silently."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountCreate(Strict):
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    password: str = Field(min_length=8, max_length=256)
+    name: str = Field(default="", max_length=200)
+
+
+class CreditGrant(Strict):
+    amount: str = Field(min_length=1, max_length=32, description="Credits as a decimal string.")
+    reason: str = Field(default="", max_length=500)
+
+
+class KeyCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    sandbox: bool = False
+
+
+class SandboxOptions(Strict):
+    outcome: Literal["completed", "failed", "timeout"] = "completed"
+    delay_s: float | None = Field(default=None, ge=0, le=600)
+
+
+class JobCreate(Strict):
+    model: str = Field(min_length=1, max_length=100)
+    input: dict[str, Any]
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    metadata: dict[str, Any] | None = None
+    sandbox: SandboxOptions | None = None

@@ -1,0 +1,65 @@
+"""Rendering the gateway's rows for the API."""
+
+from typing import Any
+
+from kiln_gateway.models import Account, ApiKey, Job
+from kiln_runtime.job_object import FileLinks, JobView, ResultView, render_job
+
+
+def job_view(job: Job) -> JobView:
+    result = None
+    if job.result is not None:
+        result = ResultView(
+            blob_key=job.result["blob_key"],
+            content_type=job.result["content_type"],
+            size_bytes=int(job.result["size_bytes"]),
+            encryption=job.result["encryption"],
+        )
+    return JobView(
+        id=job.id,
+        model=job.model,
+        status=job.status,
+        input=job.input,
+        metadata=job.job_metadata,
+        sandbox=job.sandbox,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        queue_position=job.queue_position,
+        progress=job.progress,
+        cost_millicredits=job.cost_millicredits,
+        result=result,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        webhook_url=job.webhook_url,
+    )
+
+
+def job_json(job: Job, links: FileLinks) -> dict[str, Any]:
+    return render_job(job_view(job), links)
+
+
+def account_json(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "email": account.email,
+        "name": account.name,
+        "suspended": account.suspended,
+        "created_at": account.created_at.isoformat(),
+    }
+
+
+def key_json(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "kind": "sandbox" if key.sandbox else "live",
+        "sandbox": key.sandbox,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+    if secret is not None:
+        body["secret"] = secret
+    return body

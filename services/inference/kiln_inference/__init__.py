@@ -1,0 +1,1 @@
+"""Kiln inference: a worker that runs dispatched jobs on Triton."""

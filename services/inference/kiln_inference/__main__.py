@@ -1,0 +1,3 @@
+from kiln_inference.app import main
+
+main()

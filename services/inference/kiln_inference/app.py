@@ -1,0 +1,76 @@
+"""The inference worker: `python -m kiln_inference` (HTTP only for health and metrics)."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from kiln_inference.config import InferenceSettings
+from kiln_inference.models import MESSAGING, Base
+from kiln_inference.triton_client import triton_ready
+from kiln_inference.worker import Worker, make_handlers
+from kiln_runtime.blobs import LocalBlobStore
+from kiln_runtime.catalog import load_catalog
+from kiln_runtime.consuming import EventProcessor, KafkaEventConsumer
+from kiln_runtime.health import health_router
+from kiln_runtime.logs import configure_logging
+from kiln_runtime.service import ServiceRuntime
+
+
+def create_app(settings: InferenceSettings) -> FastAPI:
+    async def triton() -> bool:
+        return await triton_ready(settings.triton_grpc_url)
+
+    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, {"triton": triton})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        wakeup = asyncio.Event()
+        processor = EventProcessor(
+            runtime.sessions,
+            MESSAGING,
+            consumer=settings.service_name,
+            handlers=make_handlers(wakeup),
+        )
+        consumer = KafkaEventConsumer(
+            processor, bootstrap=settings.kafka_bootstrap, group_id=settings.service_name
+        )
+        await consumer.start()
+        worker = Worker(
+            settings,
+            runtime.sessions,
+            runtime.relay,
+            load_catalog(settings.catalog_file),
+            LocalBlobStore(settings.blob_dir),
+            wakeup,
+        )
+        tasks = [
+            asyncio.create_task(consumer.run(), name="consumer"),
+            asyncio.create_task(worker.run(), name="worker"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await consumer.stop()
+            await runtime.stop()
+
+    app = FastAPI(title="Kiln inference", lifespan=lifespan)
+    app.include_router(health_router(lambda: runtime.readiness))
+    return app
+
+
+def main() -> None:
+    settings = InferenceSettings()
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+    )

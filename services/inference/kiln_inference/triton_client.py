@@ -1,0 +1,221 @@
+"""Calls to Kiln's Triton models over gRPC (``tritonclient.grpc.aio``).
+
+Every model takes one BYTES input ``request`` (the job input as UTF-8 JSON) and answers with
+``output`` (the file), ``content_type`` and ``error`` (see kiln_inference.triton_server).
+Failures become TritonInferenceError with a machine-readable ``code`` and ``retryable``:
+
+| code               | retryable | when                                                        |
+|--------------------|-----------|-------------------------------------------------------------|
+| TRITON_UNAVAILABLE | yes       | no connection to Triton (down, restarting, wrong address)   |
+| TRITON_TIMEOUT     | yes       | no answer within ``timeout_s``                              |
+| MODEL_UNAVAILABLE  | yes       | Triton is up but the model is unknown or not loaded (yet)   |
+| MODEL_ERROR        | yes       | the model failed on a valid request (crash, tool timeout)   |
+| INVALID_INPUT      | no        | the request can never succeed (bad or out-of-range input)   |
+| SANDBOX_FAILED     | no        | a sandbox job asked for ``outcome: "failed"``               |
+
+``message`` never carries a traceback or a server path; it is fit to show to the job's owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any, Final
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from numpy.typing import NDArray
+from tritonclient.utils import InferenceServerException
+
+LOGGER = logging.getLogger(__name__)
+
+REQUEST_INPUT: Final = "request"
+OUTPUT: Final = "output"
+CONTENT_TYPE_OUTPUT: Final = "content_type"
+ERROR_OUTPUT: Final = "error"
+
+TRITON_UNAVAILABLE: Final = "TRITON_UNAVAILABLE"
+TRITON_TIMEOUT: Final = "TRITON_TIMEOUT"
+MODEL_UNAVAILABLE: Final = "MODEL_UNAVAILABLE"
+MODEL_ERROR: Final = "MODEL_ERROR"
+INVALID_INPUT: Final = "INVALID_INPUT"
+SANDBOX_FAILED: Final = "SANDBOX_FAILED"
+
+RETRYABLE: Final[dict[str, bool]] = {
+    TRITON_UNAVAILABLE: True,
+    TRITON_TIMEOUT: True,
+    MODEL_UNAVAILABLE: True,
+    MODEL_ERROR: True,
+    INVALID_INPUT: False,
+    SANDBOX_FAILED: False,
+}
+# The model's own errors travel as "CODE: message" inside Triton's error text.
+_MODEL_ERROR_RE: Final = re.compile(r"\b(INVALID_INPUT|SANDBOX_FAILED|MODEL_ERROR): ([^\n]*)")
+_MODEL_MISSING_RE: Final = re.compile(
+    r"unknown model|is not found|not ready|no available versions|is not loaded|unavailable model",
+    re.IGNORECASE,
+)
+# Extra time past the gRPC deadline before the local guard gives up on a hung call.
+_GUARD_GRACE_S: Final = 2.0
+
+
+class TritonInferenceError(Exception):
+    """An inference call failed; ``code`` says why and ``retryable`` whether to try again."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = RETRYABLE.get(code, True) if retryable is None else retryable
+
+    def __repr__(self) -> str:
+        return (
+            f"TritonInferenceError(code={self.code!r}, message={self.message!r}, "
+            f"retryable={self.retryable!r})"
+        )
+
+
+# --- client cache ------------------------------------------------------------------------------
+
+# One client (one gRPC channel) per URL and event loop: a grpc.aio channel belongs to the loop
+# it was made in.
+_clients: dict[str, tuple[asyncio.AbstractEventLoop, grpcclient.InferenceServerClient]] = {}
+
+
+def _client(url: str) -> grpcclient.InferenceServerClient:
+    loop = asyncio.get_running_loop()
+    cached = _clients.get(url)
+    if cached is not None and cached[0] is loop:
+        return cached[1]
+    # A client made in another (now finished) loop cannot be closed from this one: drop it.
+    client = grpcclient.InferenceServerClient(url=url)
+    _clients[url] = (loop, client)
+    return client
+
+
+async def close_clients() -> None:
+    """Close the cached clients of the running event loop (and forget those of other loops)."""
+    loop = asyncio.get_running_loop()
+    cached = list(_clients.items())
+    _clients.clear()
+    for url, (client_loop, client) in cached:
+        if client_loop is not loop:
+            continue
+        try:
+            await client.close()
+        except Exception:  # closing is best effort
+            LOGGER.debug("closing the Triton client for %s failed", url, exc_info=True)
+
+
+# --- calls -------------------------------------------------------------------------------------
+
+
+def _encode_request(request: dict[str, Any]) -> NDArray[np.object_]:
+    try:
+        payload = json.dumps(request, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TritonInferenceError(INVALID_INPUT, "the request is not JSON-serializable") from exc
+    data: NDArray[np.object_] = np.empty((1, 1), dtype=np.object_)
+    data[0, 0] = payload.encode("utf-8")
+    return data
+
+
+def _map_server_error(exc: InferenceServerException, triton_model: str) -> TritonInferenceError:
+    status = str(exc.status() or "")
+    text = str(exc.message() or "")
+    found = _MODEL_ERROR_RE.findall(text)
+    if found:
+        code, message = found[-1]
+        return TritonInferenceError(code, message.strip())
+    if "DEADLINE_EXCEEDED" in status:
+        return TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time")
+    if "CANCELLED" in status:
+        return TritonInferenceError(TRITON_UNAVAILABLE, "the call to Triton was cancelled")
+    if _MODEL_MISSING_RE.search(text):
+        return TritonInferenceError(MODEL_UNAVAILABLE, f"model {triton_model!r} is not available")
+    if "UNAVAILABLE" in status or ("UNKNOWN" in status and "connect" in text.lower()):
+        return TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable")
+    if "INVALID_ARGUMENT" in status:
+        LOGGER.warning("Triton rejected a %s request: %s", triton_model, text[:500])
+        return TritonInferenceError(INVALID_INPUT, "Triton rejected the request")
+    LOGGER.warning("Triton error from %s (%s): %s", triton_model, status, text[:2000])
+    return TritonInferenceError(MODEL_ERROR, "the model failed")
+
+
+def _single(result: grpcclient.InferResult, name: str) -> bytes | None:
+    array = result.as_numpy(name)
+    if array is None or array.size != 1:
+        return None
+    value = array.reshape(-1)[0]
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return None
+
+
+def _parse_result(result: grpcclient.InferResult, triton_model: str) -> tuple[bytes, str]:
+    error = _single(result, ERROR_OUTPUT)
+    if error:
+        try:
+            decoded = json.loads(error.decode("utf-8"))
+            code, message = str(decoded["code"]), str(decoded["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = MODEL_ERROR, "the model failed"
+        raise TritonInferenceError(code, message)
+    data = _single(result, OUTPUT)
+    content_type = _single(result, CONTENT_TYPE_OUTPUT)
+    if data is None or not content_type:
+        raise TritonInferenceError(MODEL_ERROR, f"model {triton_model!r} returned no file")
+    return data, content_type.decode("ascii", "replace")
+
+
+async def infer_file(
+    url: str, triton_model: str, request: dict[str, Any], timeout_s: float
+) -> tuple[bytes, str]:
+    """Run ``triton_model`` on ``request`` and return (file bytes, content type).
+
+    ``url`` is Triton's gRPC address ("127.0.0.1:8001"). Raises TritonInferenceError.
+    Cancelling the calling task cancels the gRPC call.
+    """
+    if timeout_s <= 0:
+        raise ValueError("timeout_s must be positive")
+    data = _encode_request(request)
+    infer_input = grpcclient.InferInput(REQUEST_INPUT, list(data.shape), "BYTES")
+    infer_input.set_data_from_numpy(data)
+    outputs = [
+        grpcclient.InferRequestedOutput(name)
+        for name in (OUTPUT, CONTENT_TYPE_OUTPUT, ERROR_OUTPUT)
+    ]
+    client = _client(url)
+    try:
+        async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
+            result = await client.infer(
+                model_name=triton_model,
+                inputs=[infer_input],
+                outputs=outputs,
+                client_timeout=timeout_s,
+            )
+    except InferenceServerException as exc:
+        raise _map_server_error(exc, triton_model) from None
+    except TimeoutError:
+        raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None
+    except (OSError, ConnectionError) as exc:
+        raise TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable") from exc
+    return _parse_result(result, triton_model)
+
+
+async def triton_ready(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the Triton server at ``url`` (gRPC) is live and ready (all its models loaded)."""
+    client = _client(url)
+    try:
+        async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
+            live = await client.is_server_live(client_timeout=timeout_s)
+            ready = await client.is_server_ready(client_timeout=timeout_s) if live else False
+    except (InferenceServerException, TimeoutError, OSError):
+        return False
+    return bool(live and ready)

@@ -1,0 +1,4 @@
+from kiln_notifier.app import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The notifier's settings (KILN_ environment variables, see kiln_runtime.settings)."""
+
+from kiln_runtime.settings import ServiceSettings
+from pydantic import Field, field_validator, model_validator
+
+
+class NotifierSettings(ServiceSettings):
+    service_name: str = "notifier"
+    http_port: int = 8005
+    database_url: str = "sqlite+aiosqlite:///.kiln/data/notifier.db"
+    # Delays before retry 1, 2, …; after the last one fails the delivery is given up
+    # (webhook.failed). As JSON in the environment: KILN_RETRY_SCHEDULE_S='[10, 60, 300]'.
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    # A 2xx within this time counts as delivered (DNS, connect, TLS and response together).
+    delivery_timeout_s: float = Field(default=10.0, gt=0)
+    # How often the sender looks for due deliveries when it has nothing in flight.
+    delivery_poll_interval_s: float = Field(default=0.5, gt=0)
+    max_concurrent_deliveries: int = Field(default=16, gt=0)
+    # A claimed delivery whose outcome was never recorded (the process died mid-send) is due
+    # again after this long; it must outlast one attempt.
+    delivery_lease_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _delays_not_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must not be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_attempt(self) -> "NotifierSettings":
+        if self.delivery_lease_s <= self.delivery_timeout_s:
+            raise ValueError("delivery_lease_s must be longer than delivery_timeout_s")
+        return self

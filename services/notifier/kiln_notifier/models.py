@@ -1,0 +1,108 @@
+"""The notifier's tables: its copy of the webhook endpoints, the deliveries (one row per message
+and target, carrying the retry state) and every attempt of each, plus the inbox/outbox."""
+
+from dataclasses import dataclass
+
+from kiln_runtime.messaging import MessagingTables, add_messaging_tables, utcnow
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# Delivery statuses.
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+# endpoint_id of a delivery to a job's own webhook_url (signed with the account's default
+# secret); the same "" that proto3 carries for "no endpoint" in webhook.delivered/failed.
+JOB_WEBHOOK_URL = ""
+
+
+@dataclass(frozen=True)
+class NotifierTables:
+    metadata: MetaData
+    endpoints: Table
+    deliveries: Table
+    delivery_attempts: Table
+    messaging: MessagingTables
+
+
+def make_tables() -> NotifierTables:
+    metadata = MetaData()
+    endpoints = Table(
+        "endpoints",
+        metadata,
+        Column("endpoint_id", String(64), primary_key=True),
+        Column("account_id", String(64), nullable=False, index=True),
+        Column("url", String(2048), nullable=False, default=""),
+        Column("secret", String(256), nullable=False),
+        # Webhook types this endpoint wants ("job.completed", …); empty = every type.
+        Column("event_types", JSON, nullable=False, default=list),
+        # The account's default secret, used for per-job webhook_url deliveries.
+        Column("is_default", Boolean, nullable=False, default=False),
+        Column("deleted", Boolean, nullable=False, default=False),
+        # When the gateway made the change (the event's occurred_at): the newest default wins.
+        Column("changed_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    )
+    deliveries = Table(
+        "deliveries",
+        metadata,
+        Column("id", String(64), primary_key=True),
+        # The Standard Webhooks message id (`webhook-id`): the consumed event's id, the same
+        # on every retry and for every target of one event.
+        Column("webhook_id", String(64), nullable=False),
+        Column("account_id", String(64), nullable=False),
+        Column("job_id", String(64), nullable=False),
+        Column("endpoint_id", String(64), nullable=False),  # JOB_WEBHOOK_URL for webhook_url
+        Column("url", String(2048), nullable=False),
+        Column("event_type", String(64), nullable=False),  # the webhook type, e.g. job.completed
+        Column("payload", Text, nullable=False),  # the exact JSON body every attempt sends
+        Column("status", String(16), nullable=False, default=PENDING),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+        Column("last_status_code", Integer, nullable=True),
+        Column("last_error", Text, nullable=True),
+        Column("trace_id", String(64), nullable=False, default=""),
+        Column("created_at", DateTime(timezone=True), nullable=False, default=utcnow),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+        # One delivery per (event, target): a redelivered event adds no second one.
+        UniqueConstraint("webhook_id", "endpoint_id", name="uq_deliveries_message_endpoint"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_account_created", "account_id", "created_at"),
+        Index("ix_deliveries_job", "job_id"),
+    )
+    delivery_attempts = Table(
+        "delivery_attempts",
+        metadata,
+        Column("id", _Id, primary_key=True, autoincrement=True),
+        Column("delivery_id", String(64), ForeignKey("deliveries.id"), nullable=False),
+        Column("attempt", Integer, nullable=False),  # 1 for the first try
+        Column("attempted_at", DateTime(timezone=True), nullable=False),
+        Column("status_code", Integer, nullable=True),  # None when no HTTP response came
+        Column("latency_ms", Integer, nullable=False),
+        Column("error", Text, nullable=True),
+        UniqueConstraint("delivery_id", "attempt", name="uq_delivery_attempts_attempt"),
+    )
+    messaging = add_messaging_tables(metadata)
+    return NotifierTables(
+        metadata=metadata,
+        endpoints=endpoints,
+        deliveries=deliveries,
+        delivery_attempts=delivery_attempts,
+        messaging=messaging,
+    )

@@ -1,0 +1,1 @@
+"""Kiln scheduler: decides which reserved job runs when, per model pool."""

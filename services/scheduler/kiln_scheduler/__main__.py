@@ -1,0 +1,3 @@
+from kiln_scheduler.app import main
+
+main()

@@ -1,0 +1,108 @@
+"""The topic registry: co-partitioned, keyed by account, owned and consumed by real services."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from kiln_contracts import TOPICS, TopicSpec, load_topics
+from kiln_contracts.v1.envelope_pb2 import Envelope
+
+SERVICES = {"gateway", "billing", "scheduler", "inference", "notifier"}
+TOPIC_NAME = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
+
+
+def test_topics_is_the_committed_registry() -> None:
+    assert load_topics() == TOPICS
+    assert len(TOPICS) >= 1
+
+
+def test_all_topics_are_co_partitioned() -> None:
+    assert len({spec.partitions for spec in TOPICS.values()}) == 1
+    assert all(spec.partitions >= 1 for spec in TOPICS.values())
+
+
+def test_all_topics_are_keyed_by_account() -> None:
+    assert {spec.key for spec in TOPICS.values()} == {"account_id"}
+    assert "account_id" in Envelope.DESCRIPTOR.fields_by_name
+
+
+@pytest.mark.parametrize("name", sorted(TOPICS))
+def test_topic_is_sane(name: str) -> None:
+    spec = TOPICS[name]
+    assert spec.name == name
+    assert TOPIC_NAME.match(name), "topic names are '<domain>.<event>' in lower case"
+    assert spec.owner in SERVICES
+    assert spec.consumers, "a topic nobody consumes should not exist"
+    assert set(spec.consumers) <= SERVICES
+    assert len(set(spec.consumers)) == len(spec.consumers)
+    assert spec.replication_factor >= 1
+    assert spec.retention_ms == -1 or spec.retention_ms > 0
+
+
+def test_every_service_takes_part() -> None:
+    owners = {spec.owner for spec in TOPICS.values()}
+    consumers = {c for spec in TOPICS.values() for c in spec.consumers}
+    assert owners == SERVICES
+    assert consumers == SERVICES
+
+
+def test_defaults_are_merged(tmp_path: Path) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text(
+        """
+[defaults]
+partitions = 3
+replication_factor = 1
+retention_ms = 1000
+key = "account_id"
+
+[topics."a.one"]
+message = "One"
+owner = "gateway"
+consumers = ["billing"]
+
+[topics."a.two"]
+message = "Two"
+owner = "billing"
+consumers = ["gateway", "notifier"]
+retention_ms = -1
+""",
+        encoding="utf-8",
+    )
+    topics = load_topics(path)
+    assert list(topics) == ["a.one", "a.two"]
+    assert topics["a.one"] == TopicSpec(
+        name="a.one",
+        message="One",
+        owner="gateway",
+        consumers=("billing",),
+        partitions=3,
+        replication_factor=1,
+        retention_ms=1000,
+        key="account_id",
+    )
+    assert topics["a.two"].retention_ms == -1
+    assert topics["a.two"].consumers == ("gateway", "notifier")
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ('message = "One"\nowner = "gateway"\nconsumer = ["billing"]', "unknown setting"),
+        ('message = "One"\nowner = "gateway"', "missing setting"),
+        ('message = "One"\nowner = "gateway"\nconsumers = "billing"', "consumers"),
+        ('message = 1\nowner = "gateway"\nconsumers = []', "message"),
+        ('message = "One"\nowner = "gateway"\nconsumers = []\npartitions = "6"', "partitions"),
+    ],
+)
+def test_bad_registry_is_refused(tmp_path: Path, table: str, error: str) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text(
+        '[defaults]\npartitions = 6\nreplication_factor = 1\nretention_ms = 1\nkey = "account_id"\n'
+        f'[topics."a.one"]\n{table}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match=error):
+        load_topics(path)
