@@ -277,9 +277,7 @@ def apt_packages(path: Path = APT_PACKAGES_FILE) -> list[str]:
 
 
 def dpkg_installed(package: str) -> bool:
-    result = subprocess.run(
-        ["dpkg", "-s", package], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run(["dpkg", "-s", package], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         return False
     status = re.search(r"^Status:\s*(.*)$", result.stdout, re.MULTILINE)
@@ -567,6 +565,12 @@ class LocalStack:
     def _setting(self, key: str) -> str | None:
         return self.extra_env.get(key) or os.environ.get(key) or None
 
+    def _gone(self, name: str) -> str:
+        proc = self._procs.get(name)
+        if proc is not None and proc.returncode is not None:
+            return f"exited with code {proc.returncode}"
+        return "is not running"
+
     def _died(self, name: str, what: str) -> StackError:
         return StackError(
             f"{name} {what}; the end of {self.log_file(name)}:\n{tail(self.log_file(name))}"
@@ -597,7 +601,7 @@ class LocalStack:
             return str(Path(java_home) / "bin" / "java")
         java = shutil.which("java")
         if java is None:
-            raise StackError("java is missing (it is in deploy/local/apt-packages.txt: run install)")
+            raise StackError("java is missing (see deploy/local/apt-packages.txt: run install)")
         return java
 
     def _java_argv(self, main_class: str, *args: str, jvm: Sequence[str] = ()) -> list[str]:
@@ -651,7 +655,9 @@ class LocalStack:
         while not port_accepts(self.ports.kafka):
             if not self._alive(KAFKA, pid):
                 self.pid_file(KAFKA).unlink(missing_ok=True)
-                raise self._died(KAFKA, f"exited during start (see also {self.logs_dir}/kafka.log)")
+                raise self._died(
+                    KAFKA, f"{self._gone(KAFKA)} during start (see also {self.logs_dir}/kafka.log)"
+                )
             if time.monotonic() >= deadline:
                 raise self._died(KAFKA, f"did not accept connections within {timeout_s:.0f} s")
             time.sleep(0.3)
@@ -745,7 +751,7 @@ class LocalStack:
         while not self.triton_ready():
             if not self._alive(TRITON, pid):
                 self.pid_file(TRITON).unlink(missing_ok=True)
-                raise self._died(TRITON, "exited during start")
+                raise self._died(TRITON, f"{self._gone(TRITON)} during start")
             if time.monotonic() >= deadline:
                 raise self._died(TRITON, f"was not ready within {timeout_s:.0f} s")
             time.sleep(0.5)
@@ -834,7 +840,7 @@ class LocalStack:
             for name in list(pending):
                 pid = self.pid(name)
                 if pid is None:
-                    raise self._died(name, "is not running")
+                    raise self._died(name, self._gone(name))
                 if self.service_ready(name):
                     pending.remove(name)
                     self._echo(f"{name}: ready on {self.service_url(name)}")
@@ -867,22 +873,17 @@ class LocalStack:
                 self._echo(f"demo: account {DEMO_EMAIL} ({account_id}) kept")
             else:
                 live = sandbox = ""
-                password = secrets.token_urlsafe(18)
-                response = client.post(
-                    "/admin/accounts",
-                    json={"email": DEMO_EMAIL, "password": password, "name": DEMO_NAME},
-                )
-                if response.status_code == 409:
-                    found = _find_account(client, DEMO_EMAIL)
-                    if found is None:
-                        raise StackError(f"demo: {DEMO_EMAIL} exists (409) but cannot be found")
-                    account_id = str(found["id"])
-                    password = ""
-                    self._echo(
-                        f"demo: account {DEMO_EMAIL} ({account_id}) already existed and "
-                        f"{self.demo_env_file} was lost: its password is unknown; new keys follow"
+                if found is None:
+                    password = secrets.token_urlsafe(18)
+                    response = client.post(
+                        "/admin/accounts",
+                        json={"email": DEMO_EMAIL, "password": password, "name": DEMO_NAME},
                     )
-                else:
+                    if response.status_code == 409:  # created meanwhile: look it up again
+                        found = _find_account(client, DEMO_EMAIL)
+                        if found is None:
+                            raise StackError(f"demo: {DEMO_EMAIL} exists (409) but is not found")
+                if found is None:
                     account_id = str(_data(response, "create the demo account")["id"])
                     _data(
                         client.post(
@@ -894,6 +895,15 @@ class LocalStack:
                     self._echo(
                         f"demo: account {DEMO_EMAIL} ({account_id}) created "
                         f"with {DEMO_CREDITS} credits"
+                    )
+                else:
+                    # It exists but demo.env is gone (or names another account): its password
+                    # cannot be recovered, so demo.env gets an empty one and fresh keys.
+                    account_id = str(found["id"])
+                    password = ""
+                    self._echo(
+                        f"demo: account {DEMO_EMAIL} ({account_id}) exists but "
+                        f"{self.demo_env_file} did not describe it: new keys, password unknown"
                     )
             if not live:
                 live = _create_key(client, account_id, "demo live", sandbox=False)
@@ -1021,7 +1031,8 @@ def _data(response: httpx.Response, what: str) -> Any:
     try:
         return response.json()["data"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise StackError(f"demo: could not {what}: unexpected answer {response.text[:500]}") from exc
+        answer = response.text[:500]
+        raise StackError(f"demo: could not {what}: unexpected answer {answer}") from exc
 
 
 def _find_account(client: httpx.Client, email: str) -> dict[str, Any] | None:

@@ -106,7 +106,9 @@ class EventProcessor:
                     )
                     EVENTS_DEAD_LETTERED.labels(self.consumer, topic).inc()
                     return
-                log.warning("event %s (%s) failed, retrying", event.event_id, event.type, exc_info=True)
+                log.warning(
+                    "event %s (%s) failed, retrying", event.event_id, event.type, exc_info=True
+                )
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
 

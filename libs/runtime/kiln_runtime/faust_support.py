@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 def make_faust_app(runtime: ServiceRuntime) -> faust.App:
     settings = runtime.settings
-    return faust.App(
+    # faust makes its datadir with a plain mkdir, so its parent must exist first.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
         settings.service_name,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -38,6 +40,13 @@ def make_faust_app(runtime: ServiceRuntime) -> faust.App:
         broker_commit_interval=1.0,
     )
 
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_runtime(_app: faust.App, **_kwargs: object) -> None:
+        await runtime.stop()
+
+    _ = stop_runtime
+    return app
+
 
 def attach_processor(
     app: faust.App, runtime: ServiceRuntime, handlers: Mapping[str, Handler]
@@ -49,7 +58,7 @@ def attach_processor(
     """
     processor_holder: list[EventProcessor] = []
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def start_runtime() -> None:
         await runtime.start()
         processor_holder.append(

@@ -26,7 +26,9 @@ class Outbox:
         self.trace_id = trace_id
         self.envelopes: list[Envelope] = []
 
-    def emit(self, event_type: str, message: Message, *, account_id: str, job_id: str = "") -> Envelope:
+    def emit(
+        self, event_type: str, message: Message, *, account_id: str, job_id: str = ""
+    ) -> Envelope:
         envelope = new_event(
             event_type, message, account_id=account_id, job_id=job_id, trace_id=self.trace_id
         )
@@ -118,7 +120,7 @@ class OutboxRelay:
                 .order_by(outbox.c.id)
                 .limit(self._batch_size)
             )
-            if session.bind.dialect.name == "postgresql":
+            if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = (await session.execute(query)).all()
             if not rows:

@@ -80,14 +80,18 @@ class ServiceRuntime:
         self.started.set()
 
     async def stop(self) -> None:
+        """Idempotent: faust and a service's own shutdown hook may both call it."""
         if self._relay_task is not None:
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._relay_task
+            self._relay_task = None
         if self._producer is not None:
             await self._producer.stop()
+            self._producer = None
         if self._engine is not None:
             await self._engine.dispose()
+            self._engine = None
 
 
 async def start_producer(bootstrap: str, attempts: int = 60) -> AIOKafkaProducer:

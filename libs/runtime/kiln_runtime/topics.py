@@ -34,9 +34,7 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            t
-            for t in topic_plan(TOPICS, partitions, replication_factor)
-            if t.name not in existing
+            t for t in topic_plan(TOPICS, partitions, replication_factor) if t.name not in existing
         ]
         if missing:
             await admin.create_topics(missing, timeout_ms=30000)

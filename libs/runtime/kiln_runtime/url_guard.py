@@ -77,7 +77,9 @@ def _unmapped(address: IPAddress) -> IPAddress:
     return address
 
 
-async def resolve_public_addresses(url: str, *, allow_loopback: bool) -> tuple[UrlTarget, list[str]]:
+async def resolve_public_addresses(
+    url: str, *, allow_loopback: bool
+) -> tuple[UrlTarget, list[str]]:
     """Resolve once; refuse if any address is not public. Returns the addresses to pin."""
     target = check_url_shape(url, allow_loopback=allow_loopback)
     loop = asyncio.get_running_loop()

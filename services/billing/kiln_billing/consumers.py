@@ -43,7 +43,9 @@ def make_handlers(catalog: Catalog) -> dict[str, Handler]:
         balances, booked = apply_grant(
             await repository.balances_for(session, account), grant.amount_millicredits
         )
-        repository.add_entry(session, account_id=account, entry_key=key, kind="grant", amount=booked)
+        repository.add_entry(
+            session, account_id=account, entry_key=key, kind="grant", amount=booked
+        )
         await repository.save_balances(session, account, balances)
         outbox.emit(
             "credits.applied",

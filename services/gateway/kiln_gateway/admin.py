@@ -89,8 +89,12 @@ async def grant_credits(
     try:
         async with transaction(state.runtime.sessions) as session:
             session.add(
-                Grant(id=grant_id, account_id=account_id, amount_millicredits=amount,
-                      reason=body.reason)
+                Grant(
+                    id=grant_id,
+                    account_id=account_id,
+                    amount_millicredits=amount,
+                    reason=body.reason,
+                )
             )
             outbox = Outbox()
             outbox.emit(

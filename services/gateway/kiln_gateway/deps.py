@@ -33,9 +33,7 @@ def _bearer(authorization: str | None) -> str:
     return token
 
 
-def require_admin(
-    state: StateDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
+def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
     token = _bearer(authorization)
     expected = state.settings.admin_token
     if not expected or not hmac.compare_digest(token.encode(), expected.encode()):

@@ -20,8 +20,11 @@ from kiln_runtime.service import ServiceRuntime
 
 
 def create_app(settings: InferenceSettings) -> FastAPI:
+    catalog = load_catalog(settings.catalog_file)
+    served = sorted({m.triton_model for m in catalog.models} | {catalog.sandbox_triton_model})
+
     async def triton() -> bool:
-        return await triton_ready(settings.triton_grpc_url)
+        return await triton_ready(settings.triton_grpc_url, served)
 
     runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, {"triton": triton})
 
@@ -43,7 +46,7 @@ def create_app(settings: InferenceSettings) -> FastAPI:
             settings,
             runtime.sessions,
             runtime.relay,
-            load_catalog(settings.catalog_file),
+            catalog,
             LocalBlobStore(settings.blob_dir),
             wakeup,
         )

@@ -19,7 +19,9 @@ class UnknownModel(ValueError):
     pass
 
 
-def triton_call(dispatch: jobs_pb2.JobDispatched, catalog: Catalog, sandbox_delay_ms: int) -> TritonCall:
+def triton_call(
+    dispatch: jobs_pb2.JobDispatched, catalog: Catalog, sandbox_delay_ms: int
+) -> TritonCall:
     spec = dispatch.spec
     entry = catalog.model(spec.model)
     if entry is None:
@@ -33,7 +35,9 @@ def triton_call(dispatch: jobs_pb2.JobDispatched, catalog: Catalog, sandbox_dela
             content_type=entry.content_type,
         )
     request = json.loads(spec.input_json) if spec.input_json else {}
-    return TritonCall(triton_model=entry.triton_model, request=request, content_type=entry.content_type)
+    return TritonCall(
+        triton_model=entry.triton_model, request=request, content_type=entry.content_type
+    )
 
 
 def result_blob_key(account_id: str, job_id: str) -> str:
@@ -47,6 +51,8 @@ PUBLIC_MESSAGES = {
     "TRITON_UNAVAILABLE": "The model server was unavailable.",
     "TRITON_TIMEOUT": "The model did not answer in time.",
     "UNKNOWN_MODEL": "The model is not served by this worker.",
+    "MODEL_UNAVAILABLE": "The model is not loaded on the model server.",
+    "MODEL_ERROR": "The model failed while running this job.",
     "INFERENCE_ERROR": "The model failed while running this job.",
 }
 

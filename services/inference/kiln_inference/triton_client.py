@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -95,18 +96,21 @@ def _client(url: str) -> grpcclient.InferenceServerClient:
     return client
 
 
-async def close_clients() -> None:
-    """Close the cached clients of the running event loop (and forget those of other loops)."""
+async def close_clients(url: str | None = None) -> None:
+    """Close the cached client of ``url`` (default: all of them) made in the running event loop.
+
+    Clients made in other event loops cannot be closed from this one and are forgotten.
+    """
     loop = asyncio.get_running_loop()
-    cached = list(_clients.items())
-    _clients.clear()
-    for url, (client_loop, client) in cached:
-        if client_loop is not loop:
+    urls = [url] if url is not None else list(_clients)
+    for key in urls:
+        cached = _clients.pop(key, None)
+        if cached is None or cached[0] is not loop:
             continue
         try:
-            await client.close()
+            await cached[1].close()
         except Exception:  # closing is best effort
-            LOGGER.debug("closing the Triton client for %s failed", url, exc_info=True)
+            LOGGER.debug("closing the Triton client for %s failed", key, exc_info=True)
 
 
 # --- calls -------------------------------------------------------------------------------------
@@ -209,13 +213,22 @@ async def infer_file(
     return _parse_result(result, triton_model)
 
 
-async def triton_ready(url: str, timeout_s: float = 2.0) -> bool:
-    """Whether the Triton server at ``url`` (gRPC) is live and ready (all its models loaded)."""
+async def triton_ready(url: str, models: Sequence[str] = (), timeout_s: float = 2.0) -> bool:
+    """Whether the Triton server at ``url`` (gRPC) is live and ready, and so is each of ``models``.
+
+    PyTriton starts Triton with no model and loads them one by one afterwards, so the server
+    reports ready before its models are: pass the models you need.
+    """
     client = _client(url)
     try:
         async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
-            live = await client.is_server_live(client_timeout=timeout_s)
-            ready = await client.is_server_ready(client_timeout=timeout_s) if live else False
+            if not await client.is_server_live(client_timeout=timeout_s):
+                return False
+            if not await client.is_server_ready(client_timeout=timeout_s):
+                return False
+            for model in models:
+                if not await client.is_model_ready(model, client_timeout=timeout_s):
+                    return False
     except (InferenceServerException, TimeoutError, OSError):
         return False
-    return bool(live and ready)
+    return True

@@ -24,6 +24,16 @@ prefixes the text with a traceback; kiln_inference.triton_client extracts the co
 So that one bad request never fails the good requests batched with it, a batch whose requests
 did not all fail with the same error is answered normally, and each failed request carries its
 error in the ``error`` output instead (with an empty ``output``). Clients must check both.
+
+Concurrency. Each model has several instances (tts_espeak 2, image_procedural 2, sandbox 8: the
+catalog's pool capacities), each running one dynamic batch (up to 8 requests, no added queue
+delay) at a time, request after request. A sandbox batch waits out its longest delay once, so
+requests waiting together take about one delay, not the sum; 8 instances mean that up to 8
+sandbox requests (the pool's capacity) never share a batch and each keeps its own delay.
+
+Readiness. PyTriton starts Triton with no model and then loads them one by one, so
+``/v2/health/ready`` turns true before the models are ready: check each model's readiness
+(``/v2/models/NAME/ready``, or ``triton_client.triton_ready(url, models)``).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -70,7 +80,8 @@ DEFAULT_METRICS_PORT = 8002
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_SANDBOX_DELAY_MS = 10_000
 DEFAULT_SANDBOX_INSTANCES = 8
-MAX_SANDBOX_DELAY_MS = 3_600_000
+# A sandbox request holds a model instance for its whole delay, even after its client gave up.
+MAX_SANDBOX_DELAY_MS = 600_000
 SANDBOX_OUTCOMES = ("completed", "failed")
 
 ObjectArray = NDArray[np.object_]
@@ -383,15 +394,19 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
             batcher=DynamicBatcher(max_queue_delay_microseconds=0),
         )
 
-    @batch
+    def batched(infer: Callable[[ObjectArray], dict[str, ObjectArray]]) -> Callable[..., Any]:
+        # @batch turns Triton's list of requests into one stacked array per input, and back
+        return cast("Callable[..., Any]", batch(infer))
+
+    @batched
     def infer_speech(request: ObjectArray) -> dict[str, ObjectArray]:
         return run_batch(TTS_MODEL, request, handle_speech)
 
-    @batch
+    @batched
     def infer_image(request: ObjectArray) -> dict[str, ObjectArray]:
         return run_batch(IMAGE_MODEL, request, handle_image)
 
-    @batch
+    @batched
     def infer_sandbox(request: ObjectArray) -> dict[str, ObjectArray]:
         return run_sandbox_batch(request, options.sandbox_delay_ms)
 

@@ -12,7 +12,7 @@ import tempfile
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_contracts import Event
@@ -185,7 +185,7 @@ class Worker:
                 job_id=item.job_id,
             )
         async with transaction(self._sessions) as session:
-            await session.execute(WorkItem.__table__.delete().where(WorkItem.id == item.id))
+            await session.execute(delete(WorkItem).where(WorkItem.id == item.id))
             await outbox.write(session, MESSAGING)
         self._relay.wake()
 
@@ -215,8 +215,10 @@ class Worker:
             chunk_size=self._settings.result_chunk_size,
         )
         blob_key = result_blob_key(account_id, job_id)
-        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as plain, \
-                tempfile.TemporaryFile() as sealed:
+        with (
+            tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as plain,
+            tempfile.TemporaryFile() as sealed,
+        ):
             plain.write(output)
             plain.seek(0)
             encryptor.encrypt_stream(plain, sealed)  # type: ignore[arg-type]

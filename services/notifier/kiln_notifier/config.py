@@ -1,7 +1,8 @@
 """The notifier's settings (KILN_ environment variables, see kiln_runtime.settings)."""
 
-from kiln_runtime.settings import ServiceSettings
 from pydantic import Field, field_validator, model_validator
+
+from kiln_runtime.settings import ServiceSettings
 
 
 class NotifierSettings(ServiceSettings):

@@ -5,13 +5,10 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from kiln_contracts import Event
-from kiln_contracts.v1 import webhooks_pb2
-from kiln_runtime.consuming import Handler
-from kiln_runtime.job_object import FileLinks
-from kiln_runtime.outbox import Outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiln_contracts import Event
+from kiln_contracts.v1 import webhooks_pb2
 from kiln_notifier import repository
 from kiln_notifier.models import NotifierTables
 from kiln_notifier.service import (
@@ -21,6 +18,9 @@ from kiln_notifier.service import (
     payload_for_event,
     webhook_type,
 )
+from kiln_runtime.consuming import Handler
+from kiln_runtime.job_object import FileLinks
+from kiln_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

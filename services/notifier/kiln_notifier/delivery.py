@@ -19,18 +19,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from kiln_contracts.v1 import webhooks_pb2
-from kiln_runtime.db import SessionFactory, transaction
-from kiln_runtime.outbox import Outbox
-from kiln_runtime.url_guard import UnsafeUrl, check_url_shape, resolve_public_addresses
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
+from kiln_contracts.v1 import webhooks_pb2
 from kiln_notifier import repository
 from kiln_notifier.config import NotifierSettings
 from kiln_notifier.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_LATENCY
 from kiln_notifier.models import DELIVERED, FAILED, PENDING, NotifierTables
 from kiln_notifier.repository import ClaimedDelivery
 from kiln_notifier.service import AttemptOutcome, decide_after_attempt
+from kiln_runtime.db import SessionFactory, transaction
+from kiln_runtime.outbox import Outbox
+from kiln_runtime.url_guard import UnsafeUrl, check_url_shape, resolve_public_addresses
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@ and target, carrying the retry state) and every attempt of each, plus the inbox/
 
 from dataclasses import dataclass
 
-from kiln_runtime.messaging import MessagingTables, add_messaging_tables, utcnow
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -19,6 +18,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from kiln_runtime.messaging import MessagingTables, add_messaging_tables, utcnow
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from kiln_contracts import (
     Event,
     EventDecodeError,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from kiln_contracts import TOPICS, decode, encode, from_json, message_class, to_json
 from kiln_contracts.registry import EXAMPLES_DIR, example_path
 from kiln_contracts.snapshot import current_snapshot

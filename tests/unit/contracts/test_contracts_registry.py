@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from kiln_contracts import TOPICS, TopicSpec, load_topics
 from kiln_contracts.v1.envelope_pb2 import Envelope
 

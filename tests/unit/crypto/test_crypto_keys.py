@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from kiln_crypto import (
     RESULT_KEY_INFO,
     SALT_SIZE,

@@ -11,6 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+
 from kiln_crypto import DEFAULT_CHUNK_SIZE, ResultEncryptor, decrypt_stream, make_result_key
 
 pytestmark = pytest.mark.skipif(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from kiln_crypto import (
     DEFAULT_CHUNK_SIZE,
     SCHEME,

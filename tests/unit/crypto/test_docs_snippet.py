@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidTag
+
 from kiln_crypto import ResultEncryptor, make_result_key
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "decrypt.md"

@@ -1,4 +1,4 @@
-"""Prompt to image: a procedural renderer of abstract art (the model behind ``kiln/prompt-to-image``).
+"""Prompt to image: a procedural renderer of abstract art (the model of ``kiln/prompt-to-image``).
 
 Nothing here is a learned model. The prompt is hashed (SHA-256) into a style: a palette whose base
 hue follows colour and mood words found in the prompt (``ocean``, ``fire``, ``forest``, ``night``…)
@@ -170,13 +170,14 @@ def _palette(normalized: str, rng: random.Random) -> tuple[tuple[float, float, f
     )
     scheme = schemes[_pick(rng, len(schemes))]
     if hits:
-        # The first colour word sets the base hue; a second, different one sets the accent.
+        # The first colour word sets the base hue; the one furthest from it sets the accent.
         base_hue = (hits[0][0] + _between(rng, -0.02, 0.02)) % 1.0
         light_shift = sum(shift for _, shift in hits) / len(hits)
-        # the colour word whose hue is furthest from the base hue
         accent = max(((hue - hits[0][0] + 0.5) % 1.0 - 0.5 for hue, _ in hits), key=abs)
         if abs(accent) > 0.04:
             scheme = (0.0, accent, 0.03, accent - 0.03, -0.03)
+        elif scheme not in (schemes[0], schemes[4]):
+            scheme = schemes[0]  # one colour named: keep to its neighbourhood
     else:
         base_hue = rng.random()
         light_shift = _between(rng, -0.1, 0.1)
@@ -211,8 +212,7 @@ def _style(normalized: str, seed: int) -> _Style:
     offsets = tuple(_between(layout, -500.0, 500.0) for _ in range(10))
     salt = int(layout.random() * 2**32) & 0xFFFFFFFF
     cells = tuple(
-        (layout.random(), layout.random(), layout.random())
-        for _ in range(8 + _pick(looks, 16))
+        (layout.random(), layout.random(), layout.random()) for _ in range(8 + _pick(looks, 16))
     )
     shape_kinds: tuple[ShapeKind, ...] = ("disc", "ring", "band")
     shapes = tuple(
@@ -327,6 +327,11 @@ def _smoothstep(edge0: float, edge1: float, x: FloatArray) -> FloatArray:
     return result
 
 
+def _mix(base: FloatArray, top: FloatArray, amount: FloatArray) -> FloatArray:
+    """``base`` blended towards ``top`` by ``amount`` (0 keeps base, 1 gives top)."""
+    return np.asarray(base * (np.float32(1.0) - amount) + top * amount, dtype=np.float32)
+
+
 def _apply_palette(t: FloatArray, palette: tuple[tuple[float, float, float], ...]) -> FloatArray:
     stops = np.asarray(palette, dtype=np.float32)
     position = np.clip(t, 0.0, 1.0) * np.float32(len(stops) - 1)
@@ -369,14 +374,14 @@ def _base_layer(style: _Style, width: int, height: int) -> tuple[FloatArray, Flo
         colour = _apply_palette(t, style.palette)
         accent = _apply_palette(_stretch(rx), style.palette[::-1])
         mix = (_smoothstep(0.3, 0.9, ry) * np.float32(0.45))[..., None]
-        colour = colour * (np.float32(1.0) - mix) + accent * mix
+        colour = _mix(colour, accent, mix)
     elif style.kind == "contour":
         colour = _apply_palette(_stretch(rx * np.float32(0.6) + t * np.float32(0.4)), style.palette)
         phase = t * np.float32(style.bands)
         distance = np.abs(phase - np.round(phase))
         line = (np.float32(1.0) - _smoothstep(0.03, 0.09, distance))[..., None]
         ink = np.asarray(style.palette[-1] if t.mean() < 0.5 else style.palette[0], np.float32)
-        colour = colour * (np.float32(1.0) - line * np.float32(0.8)) + ink * line * np.float32(0.8)
+        colour = _mix(colour, ink, line * np.float32(0.8))
     else:  # cells
         aspect_x = width / min(width, height)
         aspect_y = height / min(width, height)
@@ -386,7 +391,9 @@ def _base_layer(style: _Style, width: int, height: int) -> tuple[FloatArray, Flo
         second = np.full_like(gx, np.inf)
         value = np.zeros_like(gx)
         for cell_x, cell_y, cell_value in style.cells:
-            d = (px - np.float32(cell_x * aspect_x)) ** 2 + (py - np.float32(cell_y * aspect_y)) ** 2
+            ddx = px - np.float32(cell_x * aspect_x)
+            ddy = py - np.float32(cell_y * aspect_y)
+            d = ddx * ddx + ddy * ddy
             closer = d < nearest
             second = np.where(closer, nearest, np.minimum(second, d))
             nearest = np.where(closer, d, nearest)
@@ -394,9 +401,10 @@ def _base_layer(style: _Style, width: int, height: int) -> tuple[FloatArray, Flo
         edge = np.sqrt(second) - np.sqrt(nearest)
         shade = _smoothstep(0.0, 0.05, edge)
         tone = np.clip(value * np.float32(0.8) + t * np.float32(0.2), 0.0, 1.0)
-        colour = _apply_palette(tone, style.palette) * (
-            np.float32(0.55) + np.float32(0.45) * shade
-        )[..., None]
+        colour = (
+            _apply_palette(tone, style.palette)
+            * (np.float32(0.55) + np.float32(0.45) * shade)[..., None]
+        )
     return colour.astype(np.float32), t
 
 
@@ -411,9 +419,9 @@ def _draw_shapes(
         dx = gx - np.float32(shape.cx * aspect_x)
         dy = gy - np.float32(shape.cy * aspect_y)
         if shape.kind == "band":
-            distance = np.abs(dx * np.float32(math.sin(shape.angle)) - dy * np.float32(
-                math.cos(shape.angle)
-            ))
+            distance = np.abs(
+                dx * np.float32(math.sin(shape.angle)) - dy * np.float32(math.cos(shape.angle))
+            )
             signed = distance + wobble - np.float32(shape.width * 1.5)
         else:
             radius = np.sqrt(dx * dx + dy * dy) + wobble
@@ -424,7 +432,7 @@ def _draw_shapes(
         mask = (np.float32(1.0) - _smoothstep(-shape.softness, shape.softness, signed))[..., None]
         ink = np.asarray(style.palette[shape.colour], dtype=np.float32)
         alpha = mask * np.float32(shape.alpha)
-        colour = colour * (np.float32(1.0) - alpha) + ink * alpha
+        colour = _mix(colour, ink, alpha)
     return colour
 
 

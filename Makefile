@@ -1,0 +1,57 @@
+# Kiln: the local stack, the tests and the linters. Every target runs in the uv workspace.
+#   make up       install what is missing, start Kafka, Triton and the five services, demo account
+#   make down     stop them (the data under .kiln/ is kept)
+#   make status   what runs
+#   make logs     follow the logs of the local stack
+#   make test     the whole test suite (unit, integration, e2e on a stack of its own)
+#   make lint     ruff and mypy
+#   make proto    regenerate the code of proto/kiln_contracts/v1/*.proto
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+STACK := uv run python deploy/local/stack.py
+STACK_DIR := $(or $(KILN_STACK_DIR),.kiln)
+TEST_TIMEOUT_S ?= 1500
+
+.PHONY: help ensure-uv sync install up down status logs test lint proto
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+ensure-uv:
+	@command -v uv >/dev/null 2>&1 || { \
+		echo "uv is missing: installing it with pip"; \
+		python3 -m pip install --quiet uv && { command -v pyenv >/dev/null 2>&1 && pyenv rehash || true; }; \
+	}
+
+sync: ensure-uv
+	uv sync
+
+# The Debian packages of deploy/local/apt-packages.txt and the Kafka jars, when missing.
+install: sync
+	$(STACK) install
+
+up: sync
+	$(STACK) up
+
+down: ensure-uv
+	$(STACK) down
+
+status: ensure-uv
+	$(STACK) status
+
+logs:
+	tail -n 20 -F $(STACK_DIR)/logs/*.log
+
+# pytest exits 5 when it collected no test: that is not a failure of the suite.
+test: install
+	timeout $(TEST_TIMEOUT_S) uv run pytest -q -p no:cacheprovider tests; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+lint: sync
+	uv run ruff check .
+	uv run mypy libs services proto
+
+proto: sync
+	uv run python proto/generate.py

@@ -1,0 +1,293 @@
+"""The reference models on a real Triton server (PyTriton), called through triton_client.
+
+A session fixture starts ``python -m kiln_inference.triton_server`` on free ports with a 200 ms
+sandbox delay, waits until it is ready, and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from kiln_inference.reference_models import speech
+from kiln_inference.reference_models.image import render_image
+from kiln_inference.triton_client import (
+    TritonInferenceError,
+    close_clients,
+    infer_file,
+    triton_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+INFERENCE_SRC = REPO / "services" / "inference"
+SANDBOX_DELAY_MS = 200
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+MODELS = ("tts_espeak", "image_procedural", "sandbox")
+
+needs_espeak = pytest.mark.skipif(
+    not speech.espeak_available(),
+    reason="espeak-ng is not installed (apt-get install espeak-ng; deploy/local/apt-packages.txt)",
+)
+
+
+@dataclass(frozen=True)
+class TritonServer:
+    url: str
+    log: Path
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(INFERENCE_SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    # PyTriton's Python backend stub must load this interpreter's libpython, not the system one.
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, env.get("LD_LIBRARY_PATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as log_file:
+        # a process group of its own, so that teardown can end tritonserver and the stubs too
+        return subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # its own process group (start_new_session): tritonserver and the stubs go with it
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def triton_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TritonServer]:
+    pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
+    http_port, grpc_port, metrics_port = _free_ports(3)
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    command = [
+        sys.executable,
+        "-m",
+        "kiln_inference.triton_server",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        "--sandbox-delay-ms",
+        str(SANDBOX_DELAY_MS),
+    ]
+    url = f"127.0.0.1:{grpc_port}"
+    process = _start(command, log)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not await triton_ready(url, MODELS):
+            if process.poll() is not None:
+                pytest.fail(f"the Triton server exited ({process.returncode}):\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the Triton server was not ready in {READY_TIMEOUT_S} s:\n{_tail(log)}"
+                )
+            await asyncio.sleep(0.5)
+        yield TritonServer(url=url, log=log)
+    finally:
+        await close_clients(url)
+        _stop(process)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+async def test_image_model(triton_server: TritonServer) -> None:
+    request = {"prompt": "a red sunset over the ocean", "seed": 11, "width": 320, "height": 192}
+    data, content_type = await infer_file(triton_server.url, "image_procedural", request, 60)
+    assert content_type == "image/png"
+    picture = Image.open(io.BytesIO(data))
+    assert picture.size == (320, 192)
+    # the server renders exactly what the reference function renders here
+    assert data == render_image("a red sunset over the ocean", 11, 320, 192)
+
+
+async def test_image_model_defaults(triton_server: TritonServer) -> None:
+    data, _ = await infer_file(triton_server.url, "image_procedural", {"prompt": "ice"}, 60)
+    assert Image.open(io.BytesIO(data)).size == (512, 512)
+
+
+@needs_espeak
+async def test_speech_model(triton_server: TritonServer) -> None:
+    text = "Hello from Kiln. This is a test."
+    request = {"text": text, "voice": "en-gb", "words_per_minute": 150}
+    data, content_type = await infer_file(triton_server.url, "tts_espeak", request, 60)
+    assert content_type == "audio/wav"
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        duration = reader.getnframes() / reader.getframerate()
+    assert 1.0 < duration < 8.0
+    # byte for byte, including the silent (all-zero) end
+    assert data == speech.synthesize_speech(text, "en-gb", 150)
+
+
+@pytest.mark.parametrize(("kind", "content_type"), [("image", "image/png"), ("audio", "audio/wav")])
+async def test_sandbox_model(triton_server: TritonServer, kind: str, content_type: str) -> None:
+    started = time.perf_counter()
+    data, got = await infer_file(triton_server.url, "sandbox", {"kind": kind, "delay_ms": None}, 60)
+    elapsed = time.perf_counter() - started
+    assert got == content_type
+    assert elapsed >= SANDBOX_DELAY_MS / 1000.0  # the server's default delay
+    if kind == "image":
+        assert Image.open(io.BytesIO(data)).format == "PNG"
+    else:
+        with wave.open(io.BytesIO(data), "rb") as reader:
+            assert reader.getnframes() > 0
+
+
+async def test_sandbox_requests_wait_concurrently(triton_server: TritonServer) -> None:
+    request = {"kind": "image", "delay_ms": 1000}
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(infer_file(triton_server.url, "sandbox", request, 30) for _ in range(8))
+    )
+    elapsed = time.perf_counter() - started
+    assert all(content_type == "image/png" for _, content_type in results)
+    assert 1.0 <= elapsed < 2.5, f"8 concurrent 1 s sandbox requests took {elapsed:.2f} s"
+
+
+async def test_sandbox_failures_stay_with_their_request(triton_server: TritonServer) -> None:
+    # 16 at once: more than the model has instances, so some share a dynamic batch
+    async def one(index: int) -> str:
+        outcome = "failed" if index % 3 == 0 else "completed"
+        request = {"kind": "audio", "delay_ms": 300, "outcome": outcome}
+        try:
+            _, content_type = await infer_file(triton_server.url, "sandbox", request, 30)
+        except TritonInferenceError as error:
+            assert not error.retryable
+            return error.code
+        return content_type
+
+    results = await asyncio.gather(*(one(index) for index in range(16)))
+    assert results == ["SANDBOX_FAILED" if i % 3 == 0 else "audio/wav" for i in range(16)]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+async def test_sandbox_failed_outcome(triton_server: TritonServer) -> None:
+    with pytest.raises(TritonInferenceError) as caught:
+        await infer_file(
+            triton_server.url, "sandbox", {"kind": "image", "delay_ms": 0, "outcome": "failed"}, 30
+        )
+    assert caught.value.code == "SANDBOX_FAILED"
+    assert not caught.value.retryable
+    assert str(caught.value).startswith("SANDBOX_FAILED")
+    assert "Traceback" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("model", "request_"),
+    [
+        ("image_procedural", {"prompt": ""}),
+        ("image_procedural", {"prompt": "ok", "width": 100}),
+        ("image_procedural", {"prompt": "ok", "seed": -1}),
+        ("image_procedural", {"text": "wrong model"}),
+        ("tts_espeak", {"text": "hi", "voice": "klingon"}),
+        ("tts_espeak", {"text": "hi", "words_per_minute": 1000}),
+        ("tts_espeak", {}),
+        ("sandbox", {"kind": "hologram"}),
+        ("sandbox", {"kind": "video", "delay_ms": 0}),
+        ("sandbox", {"kind": "image", "delay_ms": -5}),
+    ],
+)
+async def test_bad_input_is_not_retryable(
+    triton_server: TritonServer, model: str, request_: dict[str, object]
+) -> None:
+    with pytest.raises(TritonInferenceError) as caught:
+        await infer_file(triton_server.url, model, request_, 30)
+    assert caught.value.code == "INVALID_INPUT"
+    assert not caught.value.retryable
+    assert "Traceback" not in caught.value.message
+    assert "/" not in caught.value.message  # no server paths
+
+
+async def test_unknown_model(triton_server: TritonServer) -> None:
+    with pytest.raises(TritonInferenceError) as caught:
+        await infer_file(triton_server.url, "no_such_model", {"x": 1}, 10)
+    assert caught.value.code == "MODEL_UNAVAILABLE"
+    assert caught.value.retryable
+
+
+async def test_timeout_is_retryable(triton_server: TritonServer) -> None:
+    started = time.perf_counter()
+    with pytest.raises(TritonInferenceError) as caught:
+        await infer_file(triton_server.url, "sandbox", {"kind": "image", "delay_ms": 3000}, 0.5)
+    assert caught.value.code == "TRITON_TIMEOUT"
+    assert caught.value.retryable
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_wrong_port_is_unavailable_and_retryable(triton_server: TritonServer) -> None:
+    (port,) = _free_ports(1)
+    url = f"127.0.0.1:{port}"
+    try:
+        assert not await triton_ready(url)
+        with pytest.raises(TritonInferenceError) as caught:
+            await infer_file(url, "sandbox", {"kind": "image"}, 5)
+        assert caught.value.code == "TRITON_UNAVAILABLE"
+        assert caught.value.retryable
+    finally:
+        await close_clients(url)
+
+
+async def test_server_is_ready(triton_server: TritonServer) -> None:
+    assert await triton_ready(triton_server.url)
+    assert await triton_ready(triton_server.url, MODELS)
+    assert not await triton_ready(triton_server.url, ["no_such_model"])

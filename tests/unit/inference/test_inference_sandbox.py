@@ -1,0 +1,62 @@
+"""Sandbox example outputs (kiln_inference.reference_models.sandbox)."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import pytest
+from PIL import Image
+
+from kiln_inference.reference_models import sandbox, speech
+from kiln_inference.reference_models.errors import ModelInputError
+from kiln_inference.reference_models.sandbox import sandbox_example, sine_tone_wav
+
+
+def test_image_example_is_a_png() -> None:
+    data, content_type = sandbox_example("image")
+    assert content_type == "image/png"
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
+    assert picture.format == "PNG"
+    assert picture.size == (512, 512)
+    assert sandbox_example("image")[0] is data  # made once, then cached
+
+
+def test_audio_example_is_a_wav() -> None:
+    data, content_type = sandbox_example("audio")
+    assert content_type == "audio/wav"
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        assert reader.getnchannels() == 1
+        assert reader.getsampwidth() == 2
+        assert reader.getnframes() / reader.getframerate() > 0.5
+
+
+def test_audio_example_without_espeak_is_a_tone(monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox._example_audio.cache_clear()
+    monkeypatch.setattr(speech, "espeak_available", lambda: False)
+    try:
+        data, content_type = sandbox_example("audio")
+        assert content_type == "audio/wav"
+        assert data == sine_tone_wav()
+    finally:
+        sandbox._example_audio.cache_clear()
+
+
+def test_sine_tone() -> None:
+    data = sine_tone_wav(frequency_hz=1000.0, duration_s=0.5, sample_rate=8000)
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        assert (reader.getframerate(), reader.getnframes()) == (8000, 4000)
+        frames = reader.readframes(4000)
+    assert max(frames) > 0
+
+
+def test_video_is_not_there_yet() -> None:
+    with pytest.raises(NotImplementedError):
+        sandbox_example("video")
+
+
+@pytest.mark.parametrize("kind", ["", "text", "IMAGE", "3d"])
+def test_unknown_kind(kind: str) -> None:
+    with pytest.raises(ModelInputError):
+        sandbox_example(kind)
