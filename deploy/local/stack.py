@@ -243,6 +243,14 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _remove_triton_shm(pid: int) -> None:
+    """Triton's Python backend names its shared memory after the PyTriton process
+    (`/dev/shm/pytrtion<pid>-...`); a killed server leaves it behind."""
+    for region in Path("/dev/shm").glob(f"pytrtion{pid}-*"):
+        with contextlib.suppress(OSError):
+            region.unlink()
+
+
 def _run_coro(coro: Coroutine[Any, Any, _T]) -> _T:
     """asyncio.run, also from code that already runs inside an event loop (an async fixture)."""
     try:
@@ -390,21 +398,24 @@ class LocalStack:
 
     # ---------------------------------------------------------------------------- install
 
-    def install(self) -> None:
-        """Install what is missing: the Debian packages, then the Kafka jars."""
-        self._install_apt_packages()
-        self._install_kafka_jars()
+    def install(self) -> list[str]:
+        """Install what is missing: the Debian packages, then the Kafka jars; returns what it
+        installed (empty when nothing was missing)."""
+        return self._install_apt_packages() + self._install_kafka_jars()
 
-    def _install_apt_packages(self) -> None:
+    def _install_apt_packages(self) -> list[str]:
+        if not APT_PACKAGES_FILE.exists():
+            self._echo(f"warning: {APT_PACKAGES_FILE} is missing: no Debian package is checked")
+            return []
         wanted = apt_packages()
         if not wanted:
-            return
+            return []
         if shutil.which("dpkg") is None:
             self._echo(f"not a Debian system: make sure these are installed: {' '.join(wanted)}")
-            return
+            return []
         missing = [name for name in wanted if not dpkg_installed(name)]
         if not missing:
-            return
+            return []
         if os.geteuid() != 0:
             raise StackError(
                 f"missing Debian packages: {' '.join(missing)}; install them as root: "
@@ -420,13 +431,14 @@ class LocalStack:
             if result.returncode != 0:
                 output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
                 raise StackError(f"{' '.join(argv)} failed:\n{output}")
+        return missing
 
     def kafka_jars_present(self) -> bool:
         return any(self.kafka_libs.glob(KAFKA_JAR_GLOB))
 
-    def _install_kafka_jars(self) -> None:
+    def _install_kafka_jars(self) -> list[str]:
         if self.kafka_jars_present():
-            return
+            return []
         mvn = shutil.which("mvn")
         if mvn is None:
             raise StackError("mvn is missing (it is in deploy/local/apt-packages.txt: run install)")
@@ -440,6 +452,7 @@ class LocalStack:
         if result.returncode != 0 or not self.kafka_jars_present():
             output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
             raise StackError(f"fetching the Kafka jars failed:\n{output}")
+        return [f"Kafka jars ({self.kafka_libs})"]
 
     # ---------------------------------------------------------------------------- processes
 
@@ -471,20 +484,48 @@ class LocalStack:
             return False
         return self._marker(name) in cmdline
 
+    def _pidfile_pid(self, name: str) -> int | None:
+        try:
+            return int(self.pid_file(name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def pid(self, name: str) -> int | None:
         """The pid of a running component of this stack, or None (a stale pidfile is removed)."""
-        path = self.pid_file(name)
-        try:
-            pid = int(path.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        pid = self._pidfile_pid(name)
+        if pid is None:
             return None
         if self._alive(name, pid):
             return pid
-        path.unlink(missing_ok=True)
+        if not self._orphaned_group(name, pid):  # else kept, for down to stop what is left
+            self.pid_file(name).unlink(missing_ok=True)
         return None
+
+    def _orphaned_group(self, name: str, pgid: int) -> bool:
+        """Whether processes of a component outlive its dead leader (say, tritonserver after
+        its PyTriton parent was killed): members of its group that name it or its leader."""
+        if not _has_proc():
+            return False
+        signs = (self._marker(name), f"pytrtion{pgid}-")
+        for member in group_members(pgid):
+            try:
+                cmdline = Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if any(sign in cmdline.decode(errors="replace") for sign in signs):
+                return True
+        return False
 
     def running(self, name: str) -> bool:
         return self.pid(name) is not None
+
+    def _reap_orphans(self, name: str) -> None:
+        """Stop what is left of a component whose leader died, before starting it again."""
+        recorded = self._pidfile_pid(name)
+        if recorded is not None and not self._alive(name, recorded):
+            if self._orphaned_group(name, recorded):
+                self._echo(f"{name}: its process {recorded} died; stopping what it left running")
+                self._stop([name])
 
     def _check_ports_free(self, name: str, ports: Mapping[str, int]) -> None:
         for env_field, port in ports.items():
@@ -521,8 +562,14 @@ class LocalStack:
         """Signal each component's process group, wait `grace_s`, then SIGKILL what is left.
 
         Returns the names that were running."""
-        pids = {name: self.pid(name) for name in names}
-        running = {name: pid for name, pid in pids.items() if pid is not None}
+        running: dict[str, int] = {}
+        for name in names:
+            recorded = self._pidfile_pid(name)
+            pid = self.pid(name)
+            if pid is None and recorded is not None and self._orphaned_group(name, recorded):
+                pid = recorded
+            if pid is not None:
+                running[name] = pid
         for pid in running.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
@@ -535,6 +582,8 @@ class LocalStack:
             left = self._wait_groups_gone({name: running[name] for name in left}, 10.0)
             if left:
                 raise StackError(f"could not stop {', '.join(left)}")
+        if TRITON in running:
+            _remove_triton_shm(running[TRITON])
         for name in names:
             self.pid_file(name).unlink(missing_ok=True)
             proc = self._procs.pop(name, None)
@@ -637,6 +686,7 @@ class LocalStack:
         return True
 
     def start_kafka(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        self._reap_orphans(KAFKA)
         pid = self.pid(KAFKA)
         if pid is not None:
             self._echo(f"kafka: already running (pid {pid}) on {self.kafka_bootstrap}")
@@ -726,6 +776,7 @@ class LocalStack:
         return response.status_code == 200
 
     def start_triton(self, timeout_s: float = TRITON_START_TIMEOUT_S) -> None:
+        self._reap_orphans(TRITON)
         pid = self.pid(TRITON)
         if pid is None:
             self._check_ports_free(
@@ -804,6 +855,7 @@ class LocalStack:
     def start_service(self, name: str) -> int:
         """Start one service (no-op when it runs); returns its pid. Does not wait for it."""
         env = self.service_env(name)
+        self._reap_orphans(name)
         pid = self.pid(name)
         if pid is not None:
             self._echo(f"{name}: already running (pid {pid}) on {self.service_url(name)}")
@@ -1075,8 +1127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "down":
             stack.down()
         elif args.command == "install":
-            stack.install()
-            print(f"installed: Debian packages and the Kafka jars ({stack.kafka_libs})")
+            done = stack.install()
+            print(f"installed: {', '.join(done)}" if done else "install: nothing was missing")
         else:
             for item in stack.status():
                 state = "stopped"

@@ -1,6 +1,7 @@
 """The gateway's decisions, as pure functions: ids and secrets, input validation, and how the
 job read model moves with each pipeline event."""
 
+import base64
 import hashlib
 import secrets
 import uuid
@@ -57,7 +58,8 @@ def secret_sha256(secret: str) -> str:
 
 
 def new_webhook_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
+    # Standard Webhooks secrets are standard base64 after the prefix (not URL-safe base64).
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def input_errors(schema: dict[str, Any], value: Any) -> list[dict[str, str]]:

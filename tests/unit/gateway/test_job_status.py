@@ -48,3 +48,14 @@ def test_input_errors_name_each_field() -> None:
 def test_only_a_hash_of_the_secret_is_kept() -> None:
     assert secret_sha256("sk_live_x") != "sk_live_x"
     assert len(secret_sha256("sk_live_x")) == 64
+
+
+def test_webhook_secrets_are_valid_standard_webhooks_secrets() -> None:
+    from standardwebhooks import Webhook
+
+    from kiln_gateway.service import new_webhook_secret
+
+    for _ in range(200):  # URL-safe base64 would fail here within a few draws
+        secret = new_webhook_secret()
+        assert secret.startswith("whsec_")
+        Webhook(secret)
