@@ -4,12 +4,14 @@ inbox/outbox tables), the idempotent producer, the outbox relay, and readiness c
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kiln_contracts import Event
+from kiln_runtime.consuming import EventProcessor, Handler, KafkaEventConsumer
 from kiln_runtime.db import SessionFactory, database_reachable, make_engine, make_session_factory
 from kiln_runtime.health import Readiness, ReadinessCheck, kafka_check
 from kiln_runtime.messaging import MessagingTables
@@ -79,6 +81,33 @@ class ServiceRuntime:
         )
         self.started.set()
 
+    @contextlib.asynccontextmanager
+    async def consuming(
+        self,
+        handlers: Mapping[str, Handler],
+        on_commit: Callable[[Event], None] | None = None,
+    ) -> AsyncIterator[EventProcessor]:
+        """Consume the handlers' topics (aiokafka, commit after each batch) while inside."""
+        processor = EventProcessor(
+            self.sessions,
+            self.tables,
+            consumer=self.settings.service_name,
+            handlers=handlers,
+            on_commit=on_commit,
+        )
+        consumer = KafkaEventConsumer(
+            processor, bootstrap=self.settings.kafka_bootstrap, group_id=self.settings.service_name
+        )
+        await consumer.start()
+        task = asyncio.create_task(_keep_running(consumer.run), name="consumer")
+        try:
+            yield processor
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await consumer.stop()
+
     async def stop(self) -> None:
         """Idempotent: faust and a service's own shutdown hook may both call it."""
         if self._relay_task is not None:
@@ -108,3 +137,15 @@ async def start_producer(bootstrap: str, attempts: int = 60) -> AIOKafkaProducer
             log.warning("Kafka at %s not reachable yet (attempt %d)", bootstrap, attempt)
             await asyncio.sleep(1.0)
     raise RuntimeError("unreachable")
+
+
+async def _keep_running(loop: Callable[[], Awaitable[None]]) -> None:
+    """Restart a consumer loop that died of an unexpected error instead of going deaf."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("consumer loop failed; restarting in 1 s")
+            await asyncio.sleep(1.0)

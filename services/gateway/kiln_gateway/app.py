@@ -1,11 +1,9 @@
 """The gateway: `python -m kiln_gateway` serves the public API v1 and keeps the read model."""
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from kiln_contracts import Event
@@ -17,9 +15,8 @@ from kiln_gateway.models import MESSAGING, Base
 from kiln_gateway.state import GatewayState
 from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.consuming import EventProcessor, KafkaEventConsumer
 from kiln_runtime.health import health_router
-from kiln_runtime.logs import configure_logging
+from kiln_runtime.http import serve
 from kiln_runtime.service import ServiceRuntime
 
 
@@ -41,24 +38,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        processor = EventProcessor(
-            runtime.sessions,
-            MESSAGING,
-            consumer=settings.service_name,
-            handlers=HANDLERS,
-            on_commit=wake_waiters,
-        )
-        consumer = KafkaEventConsumer(
-            processor, bootstrap=settings.kafka_bootstrap, group_id=settings.service_name
-        )
-        await consumer.start()
-        task = asyncio.create_task(consumer.run(), name="consumer")
         try:
-            yield
+            async with runtime.consuming(HANDLERS, on_commit=wake_waiters):
+                yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await consumer.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -94,11 +77,4 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging(settings.service_name, settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,
-    )
+    serve(create_app(settings), settings)

@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI
 
 from kiln_inference.config import InferenceSettings
@@ -13,9 +12,8 @@ from kiln_inference.triton_client import triton_ready
 from kiln_inference.worker import Worker, make_handlers
 from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.consuming import EventProcessor, KafkaEventConsumer
 from kiln_runtime.health import health_router
-from kiln_runtime.logs import configure_logging
+from kiln_runtime.http import serve
 from kiln_runtime.service import ServiceRuntime
 
 
@@ -32,16 +30,6 @@ def create_app(settings: InferenceSettings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         wakeup = asyncio.Event()
-        processor = EventProcessor(
-            runtime.sessions,
-            MESSAGING,
-            consumer=settings.service_name,
-            handlers=make_handlers(wakeup),
-        )
-        consumer = KafkaEventConsumer(
-            processor, bootstrap=settings.kafka_bootstrap, group_id=settings.service_name
-        )
-        await consumer.start()
         worker = Worker(
             settings,
             runtime.sessions,
@@ -50,17 +38,15 @@ def create_app(settings: InferenceSettings) -> FastAPI:
             LocalBlobStore(settings.blob_dir),
             wakeup,
         )
-        tasks = [
-            asyncio.create_task(consumer.run(), name="consumer"),
-            asyncio.create_task(worker.run(), name="worker"),
-        ]
         try:
-            yield
+            async with runtime.consuming(make_handlers(wakeup)):
+                task = asyncio.create_task(worker.run(), name="worker")
+                try:
+                    yield
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await consumer.stop()
             await runtime.stop()
 
     app = FastAPI(title="Kiln inference", lifespan=lifespan)
@@ -70,10 +56,4 @@ def create_app(settings: InferenceSettings) -> FastAPI:
 
 def main() -> None:
     settings = InferenceSettings()
-    configure_logging(settings.service_name, settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
-    )
+    serve(create_app(settings), settings)
