@@ -437,6 +437,9 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
     )
 
 
+LOAD_ATTEMPTS = 5
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Triton.serve() stops the server cleanly on KeyboardInterrupt.
     raise KeyboardInterrupt
@@ -458,26 +461,45 @@ def serve(options: ServerOptions) -> None:
         metrics_port=options.metrics_port,
     )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    started = time.perf_counter()
-    with Triton(config=config) as triton:
-        bind_models(triton, options)
-        LOGGER.info(
-            "Triton ready in %.1f s: http=%s:%d grpc=%s:%d metrics=%s:%d models=%s,%s,%s "
-            "sandbox_delay_ms=%d sandbox_instances=%d",
-            time.perf_counter() - started,
-            options.address,
-            options.http_port,
-            options.address,
-            options.grpc_port,
-            options.address,
-            options.metrics_port,
-            TTS_MODEL,
-            IMAGE_MODEL,
-            SANDBOX_MODEL,
-            options.sandbox_delay_ms,
-            options.sandbox_instances,
-        )
-        triton.serve()
+    # PyTriton's multi-instance models have a start-up race (instances 1..N connect to
+    # instance 0's handshake socket between its bind and listen; under load the connect is
+    # refused and the model fails to load). A fresh server with a fresh workspace fixes it.
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        started = time.perf_counter()
+        ready = False
+        try:
+            with Triton(config=config) as triton:
+                bind_models(triton, options)
+                ready = True
+                LOGGER.info(
+                    "Triton ready in %.1f s (attempt %d): http=%s:%d grpc=%s:%d metrics=%s:%d "
+                    "models=%s,%s,%s sandbox_delay_ms=%d sandbox_instances=%d",
+                    time.perf_counter() - started,
+                    attempt,
+                    options.address,
+                    options.http_port,
+                    options.address,
+                    options.grpc_port,
+                    options.address,
+                    options.metrics_port,
+                    TTS_MODEL,
+                    IMAGE_MODEL,
+                    SANDBOX_MODEL,
+                    options.sandbox_delay_ms,
+                    options.sandbox_instances,
+                )
+                triton.serve()
+            break
+        except Exception:
+            if ready or attempt == LOAD_ATTEMPTS:
+                raise
+            LOGGER.warning(
+                "loading the models failed (attempt %d of %d); restarting Triton",
+                attempt,
+                LOAD_ATTEMPTS,
+                exc_info=True,
+            )
+            time.sleep(1.0)
     LOGGER.info("Triton stopped")
 
 
