@@ -28,11 +28,15 @@ class ServiceRuntime:
         metadata: MetaData,
         tables: MessagingTables,
         extra_checks: Mapping[str, ReadinessCheck] | None = None,
+        migrate: Callable[[AsyncEngine], Awaitable[None]] | None = None,
     ) -> None:
+        """`migrate` brings the database's schema up to date at start (say, Alembic's
+        `upgrade head`); without it, `metadata.create_all` makes the missing tables."""
         self.settings = settings
         self.metadata = metadata
         self.tables = tables
         self._extra_checks = dict(extra_checks or {})
+        self._migrate = migrate
         self._engine: AsyncEngine | None = None
         self._sessions: SessionFactory | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -59,8 +63,11 @@ class ServiceRuntime:
     async def start(self) -> None:
         self._engine = make_engine(self.settings.database_url)
         self._sessions = make_session_factory(self._engine)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(self.metadata.create_all)
+        if self._migrate is not None:
+            await self._migrate(self._engine)
+        else:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(self.metadata.create_all)
         self._producer = await start_producer(self.settings.kafka_bootstrap)
         self._relay = OutboxRelay(
             self._sessions,

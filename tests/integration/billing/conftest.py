@@ -1,0 +1,62 @@
+"""Billing's ledger on a real database, SQLite and PostgreSQL alike: `database_url` is
+parametrized over both, each test gets a fresh database brought up by billing's Alembic
+migrations, and `sessions` is a session factory on it."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from kiln_billing.migrate import upgrade_database
+from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
+from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): the "
+            "PostgreSQL half of billing's ledger tests is skipped; `make install` installs "
+            "Debian's postgresql (deploy/local/apt-packages.txt)"
+        )
+    cluster = PostgresCluster.start(bin_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def new_postgres_database(cluster: PostgresCluster) -> str:
+    name = f"billing_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return cluster.url(name)
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/billing.db"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return await new_postgres_database(cluster)
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[SessionFactory]:
+    """Sessions on a fresh database at billing's latest schema (`alembic upgrade head`)."""
+    engine = make_engine(database_url)
+    await upgrade_database(engine)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        await engine.dispose()
