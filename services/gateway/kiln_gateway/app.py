@@ -11,7 +11,9 @@ from kiln_gateway import admin, catalog, files, jobs, webhooks
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.consumers import HANDLERS
 from kiln_gateway.errors import error_response, install_error_handlers
+from kiln_gateway.hostile_input import install_input_guards
 from kiln_gateway.models import MESSAGING, Base
+from kiln_gateway.openapi import install_openapi_document
 from kiln_gateway.state import GatewayState
 from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import load_catalog
@@ -52,6 +54,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.gateway = state
     install_error_handlers(app)
+    # Body size (streamed), JSON-only bodies, bad UTF-8/NUL/depth; the completed OpenAPI.
+    install_input_guards(app, settings)
+    install_openapi_document(app)
 
     @app.middleware("http")
     async def request_id_and_size(

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from pydantic import Field
 
 from kiln_runtime.settings import ServiceSettings
@@ -11,3 +13,5 @@ class GatewaySettings(ServiceSettings):
     # How long POST /jobs waits for billing's decision before answering `pending`.
     decision_wait_s: float = Field(default=2.0, ge=0)
     max_body_bytes: int = 1024 * 1024
+    # An operator's content policy rules, added to the built-in ones (content_policy.py).
+    content_policy_file: Path | None = None

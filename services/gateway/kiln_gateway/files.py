@@ -11,7 +11,19 @@ from kiln_runtime.file_tokens import InvalidFileToken, verify_file_token
 router = APIRouter(tags=["files"])
 
 
-@router.get("/files/{token}")
+@router.get(
+    "/files/{token}",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The encrypted result (a `kiln-hpke-v1` blob); the plaintext's type "
+            "is in `X-Kiln-Content-Type`.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
 async def download(token: str, state: StateDep) -> StreamingResponse:
     try:
         grant = verify_file_token(token, state.settings.files_signing_key)

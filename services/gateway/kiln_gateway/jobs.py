@@ -11,8 +11,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 
 from kiln_contracts.v1 import common_pb2, jobs_pb2
+from kiln_gateway.content_policy import enforce_content_policy
 from kiln_gateway.deps import CallerDep, StateDep
-from kiln_gateway.errors import InsufficientCredits, NotFound, ValidationFailed
+from kiln_gateway.errors import InsufficientCredits, NotFound, ValidationFailed, error_responses
 from kiln_gateway.models import MESSAGING, Job
 from kiln_gateway.schemas import JobCreate
 from kiln_gateway.service import input_errors, new_id
@@ -32,7 +33,7 @@ def _ts(value: datetime) -> Timestamp:
     return ts
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=error_responses(402))
 async def create_job(body: JobCreate, caller: CallerDep, state: StateDep) -> JSONResponse:
     entry = state.catalog.model(body.model)
     if entry is None:
@@ -51,6 +52,7 @@ async def create_job(body: JobCreate, caller: CallerDep, state: StateDep) -> JSO
             details.append({"field": "webhook_url", "message": str(exc)})
     if details:
         raise ValidationFailed("The request has invalid fields.", details)
+    enforce_content_policy(state.settings.content_policy_file, entry.kind, body.input)
 
     now = datetime.now(UTC)
     job = Job(

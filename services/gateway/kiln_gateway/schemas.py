@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln_gateway.hostile_input import Metadata
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,5 +37,5 @@ class JobCreate(Strict):
     model: str = Field(min_length=1, max_length=100)
     input: dict[str, Any]
     webhook_url: str | None = Field(default=None, max_length=2048)
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     sandbox: SandboxOptions | None = None

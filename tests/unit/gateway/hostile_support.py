@@ -1,0 +1,93 @@
+"""The real gateway app (`create_app`) on a fresh SQLite file, for hostile-input tests.
+
+The lifespan is not entered, so nothing talks to Kafka: the runtime's database is opened the
+way `ServiceRuntime.start` opens it, and a relay that never runs takes the `wake()` calls
+(events a route emits stay in the outbox table). Requests go through httpx's ASGI transport,
+so they pass every middleware, dependency and exception handler of the real app.
+"""
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kiln_crypto import make_result_key
+from kiln_gateway.app import create_app
+from kiln_gateway.config import GatewaySettings
+from kiln_gateway.models import Account, ApiKey
+from kiln_gateway.service import new_api_secret, new_id, new_webhook_secret, secret_sha256
+from kiln_runtime.db import make_engine, make_session_factory, transaction
+from kiln_runtime.outbox import OutboxRelay
+
+ADMIN_TOKEN = "hostile-admin-token-" + "a" * 20
+
+
+@dataclass
+class GatewayUnderTest:
+    client: httpx.AsyncClient
+    settings: GatewaySettings
+    account_id: str
+    live_key: str
+    sandbox_key: str
+
+    def auth(self, secret: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {secret or self.live_key}"}
+
+
+@contextlib.asynccontextmanager
+async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[GatewayUnderTest]:
+    values: dict[str, Any] = {
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/gateway.db",
+        "data_dir": tmp_path,
+        "blob_dir": tmp_path / "blobs",
+        "admin_token": ADMIN_TOKEN,
+        "decision_wait_s": 0.0,
+        "kafka_bootstrap": "127.0.0.1:1",  # never contacted
+    }
+    values.update(overrides)
+    settings = GatewaySettings(**values)
+    app = create_app(settings)
+    runtime = app.state.gateway.runtime
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(runtime.metadata.create_all)
+    runtime._engine, runtime._sessions = engine, sessions
+    runtime._relay = OutboxRelay(sessions, runtime.tables, None, service="gateway")
+
+    account = Account(
+        id=new_id("acct"),
+        email=f"{secrets.token_hex(4)}@example.com",
+        name="hostile",
+        password_hash="x",
+        default_webhook_secret=new_webhook_secret(),
+    )
+    live, sandbox = new_api_secret(False), new_api_secret(True)
+    async with transaction(sessions) as session:
+        session.add(account)
+        for secret, is_sandbox in ((live, False), (sandbox, True)):
+            material = make_result_key(secret)
+            session.add(
+                ApiKey(
+                    id=new_id("key"),
+                    account_id=account.id,
+                    name="test",
+                    prefix=secret[:12],
+                    secret_sha256=secret_sha256(secret),
+                    sandbox=is_sandbox,
+                    result_salt=material.salt,
+                    result_public_key=material.public_key,
+                )
+            )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway.test/api/v1"
+        ) as client:
+            yield GatewayUnderTest(client, settings, account.id, live, sandbox)
+    finally:
+        await engine.dispose()
