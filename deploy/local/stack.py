@@ -13,7 +13,7 @@ Everything lives under one folder, `KILN_STACK_DIR` (default `<repo>/.kiln`):
     data/              the services' SQLite files; data/blobs/ their blobs
     logs/              one log per process
     run/               pidfiles
-    secrets.env        the admin token and the files signing key (made once, then reused)
+    secrets.env        the admin token and the signing keys (made once, then reused)
     demo.env           the demo account (`set -a; . .kiln/demo.env; set +a`)
 
 Tests use the same code through `tests/stack_support.py`: `LocalStack(tmp_dir, StackPorts.free())`
@@ -63,6 +63,8 @@ KAFKA_JVM_OPTS = ("-Xms256m", "-Xmx768m", "-Djava.awt.headless=true")
 DEMO_EMAIL = "demo@kiln.local"
 DEMO_NAME = "Demo"
 DEMO_CREDITS = "1000"
+# Made once per stack folder (secrets.env), then reused by every `up`.
+SECRET_NAMES = ("KILN_ADMIN_TOKEN", "KILN_FILES_SIGNING_KEY", "KILN_SESSION_SIGNING_KEY")
 
 DEFAULT_SANDBOX_DELAY_MS = 10_000
 KAFKA_START_TIMEOUT_S = 90.0
@@ -811,17 +813,17 @@ class LocalStack:
     # ---------------------------------------------------------------------------- services
 
     def secrets(self) -> dict[str, str]:
-        """The admin token and the files signing key: made once, then read from secrets.env."""
+        """The admin token and the signing keys: made once, then read from secrets.env."""
         values = read_env_file(self.secrets_file)
         changed = False
-        for key in ("KILN_ADMIN_TOKEN", "KILN_FILES_SIGNING_KEY"):
+        for key in SECRET_NAMES:
             if not values.get(key):
                 values[key] = secrets.token_urlsafe(32)
                 changed = True
         if changed:
             write_env_file(
                 self.secrets_file,
-                {k: values[k] for k in ("KILN_ADMIN_TOKEN", "KILN_FILES_SIGNING_KEY")},
+                {k: values[k] for k in SECRET_NAMES},
                 header=["Kiln local stack: made once by deploy/local/stack.py, reused by `up`."],
             )
         return values
@@ -846,6 +848,8 @@ class LocalStack:
                 "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{self.data_dir}/{name}.db",
             }
         )
+        if name == "gateway":
+            env["KILN_SESSION_SIGNING_KEY"] = keys["KILN_SESSION_SIGNING_KEY"]
         if name == "inference":
             env["KILN_TRITON_GRPC_URL"] = f"127.0.0.1:{self.ports.triton_grpc}"
             env["KILN_SANDBOX_DELAY_MS"] = str(self.sandbox_delay_ms)

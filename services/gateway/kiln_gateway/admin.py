@@ -3,30 +3,29 @@
 import asyncio
 from typing import Any
 
-from argon2 import PasswordHasher
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from kiln_contracts.v1 import credits_pb2, webhooks_pb2
-from kiln_crypto import make_result_key
 from kiln_gateway.deps import AdminDep, StateDep
 from kiln_gateway.errors import BadRequest, Conflict, NotFound
-from kiln_gateway.models import MESSAGING, Account, ApiKey, Balance, Grant
+from kiln_gateway.keys import create_api_key
+from kiln_gateway.models import MESSAGING, Account, Balance, Grant
 from kiln_gateway.schemas import AccountCreate, CreditGrant, KeyCreate
-from kiln_gateway.service import new_api_secret, new_id, new_webhook_secret, secret_sha256
+from kiln_gateway.service import new_id, new_webhook_secret
+from kiln_gateway.sessions import hash_password
 from kiln_gateway.views import account_json, key_json
 from kiln_runtime.db import transaction
 from kiln_runtime.money import InvalidAmount, format_credits, parse_credits
 from kiln_runtime.outbox import Outbox
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-_hasher = PasswordHasher()
 
 
 @router.post("/accounts", status_code=201)
 async def create_account(body: AccountCreate, state: StateDep, _: AdminDep) -> dict[str, Any]:
     email = body.email.strip().lower()
-    password_hash = await asyncio.to_thread(_hasher.hash, body.password)
+    password_hash = await hash_password(body.password)
     account = Account(
         id=new_id("acct"),
         email=email,
@@ -133,20 +132,8 @@ async def create_key(
     account_id: str, body: KeyCreate, state: StateDep, _: AdminDep
 ) -> dict[str, Any]:
     await _account(state, account_id)
-    secret = new_api_secret(body.sandbox)
-    material = make_result_key(secret)
-    key = ApiKey(
-        id=new_id("key"),
-        account_id=account_id,
-        name=body.name,
-        prefix=secret[:12],
-        secret_sha256=secret_sha256(secret),
-        sandbox=body.sandbox,
-        result_salt=material.salt,
-        result_public_key=material.public_key,
-    )
     async with transaction(state.runtime.sessions) as session:
-        session.add(key)
+        key, secret = await create_api_key(session, account_id, body.name, body.sandbox)
     return {"data": key_json(key, secret)}
 
 

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from kiln_contracts import Event
-from kiln_gateway import admin, catalog, files, jobs, webhooks
+from kiln_gateway import admin, catalog, files, jobs, keys, sessions, webhooks
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.consumers import HANDLERS
 from kiln_gateway.errors import error_response, install_error_handlers
 from kiln_gateway.hostile_input import install_input_guards
 from kiln_gateway.models import MESSAGING, Base
 from kiln_gateway.openapi import install_openapi_document
+from kiln_gateway.ratelimits import RateLimitHeaders
 from kiln_gateway.state import GatewayState
 from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import load_catalog
@@ -54,6 +55,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.gateway = state
     install_error_handlers(app)
+    # X-RateLimit-* and Retry-After on every response of a rate-limited request.
+    app.add_middleware(RateLimitHeaders)
     # Body size (streamed), JSON-only bodies, bad UTF-8/NUL/depth; the completed OpenAPI.
     install_input_guards(app, settings)
     install_openapi_document(app)
@@ -73,7 +76,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return response
 
     api = APIRouter(prefix="/api/v1")
-    for module in (admin, jobs, catalog, files, webhooks):
+    for module in (admin, jobs, catalog, files, webhooks, sessions, keys):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health_router(lambda: runtime.readiness))

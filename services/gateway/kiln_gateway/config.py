@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -13,5 +14,25 @@ class GatewaySettings(ServiceSettings):
     # How long POST /jobs waits for billing's decision before answering `pending`.
     decision_wait_s: float = Field(default=2.0, ge=0)
     max_body_bytes: int = 1024 * 1024
+    # Sessions (POST /api/v1/auth/token): an HS256 key of at least 32 characters, the same on
+    # every replica. Empty: a random key per process (tokens die with it; one replica only).
+    session_signing_key: str = Field(default="", pattern=r"^(|.{32,})$")
+    session_ttl_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    # Login throttle: after this many failed logins in a window, per email and per client
+    # address, answer 429 until the window ends.
+    login_max_failures_per_email: int = Field(default=5, gt=0)
+    login_max_failures_per_ip: int = Field(default=20, gt=0)
+    login_failure_window_s: int = Field(default=300, gt=0)
+    # How many proxies in front of the gateway append to X-Forwarded-For (0: the client's
+    # address is the connection's). Used by the login throttle's per-address count.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
+    # Rate limits per API key, requests per window (DESIGN.md defaults, per minute).
+    rate_limit_window_s: int = Field(default=60, gt=0)
+    rate_limit_live_create: int = Field(default=100, gt=0)
+    rate_limit_live_read: int = Field(default=600, gt=0)
+    rate_limit_sandbox_create: int = Field(default=300, gt=0)
+    rate_limit_sandbox_read: int = Field(default=1000, gt=0)
+    # Where the counters live: "database" (shared by every replica) or "memory" (per process).
+    rate_limit_store: Literal["database", "memory"] = "database"
     # An operator's content policy rules, added to the built-in ones (content_policy.py).
     content_policy_file: Path | None = None

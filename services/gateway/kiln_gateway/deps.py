@@ -10,7 +10,9 @@ from sqlalchemy import select
 
 from kiln_gateway.errors import Forbidden, Unauthorized
 from kiln_gateway.models import Account, ApiKey
+from kiln_gateway.ratelimits import limit_api_key
 from kiln_gateway.service import secret_sha256
+from kiln_gateway.session_tokens import InvalidSessionToken, signing_key, verify_session_token
 from kiln_gateway.state import GatewayState
 from kiln_runtime.db import transaction
 
@@ -74,4 +76,37 @@ async def current_caller(
     return Caller(account=account, key=key)
 
 
-CallerDep = Annotated[Caller, Depends(current_caller)]
+async def rate_limited_caller(
+    request: Request, state: StateDep, caller: Annotated[Caller, Depends(current_caller)]
+) -> Caller:
+    """The caller, once this request is counted against its key's rate limit (429 when over;
+    the X-RateLimit-* headers go on the response either way)."""
+    await limit_api_key(request, state.settings, state.rate_limiter, caller.key)
+    return caller
+
+
+# Every route that takes an API key is rate limited through this dependency.
+CallerDep = Annotated[Caller, Depends(rate_limited_caller)]
+
+
+async def current_account_from_session(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> Account:
+    """The account of a session token from `POST /api/v1/auth/token` (key management)."""
+    token = _bearer(authorization)
+    if token.startswith(("sk_live_", "sk_test_")):
+        raise Unauthorized("This route needs a session token (POST /api/v1/auth/token).")
+    try:
+        account_id = verify_session_token(token, signing_key(state.settings))
+    except InvalidSessionToken as exc:
+        raise Unauthorized("Invalid or expired session token.") from exc
+    async with state.runtime.sessions() as session:
+        account = await session.get(Account, account_id)
+    if account is None:
+        raise Unauthorized("Invalid or expired session token.")
+    if account.suspended:
+        raise Forbidden("This account is suspended.")
+    return account
+
+
+SessionDep = Annotated[Account, Depends(current_account_from_session)]

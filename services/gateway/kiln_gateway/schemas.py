@@ -39,3 +39,9 @@ class JobCreate(Strict):
     webhook_url: str | None = Field(default=None, max_length=2048)
     metadata: Metadata | None = None
     sandbox: SandboxOptions | None = None
+
+
+class LoginRequest(Strict):
+    # No format rule beyond sizes: a malformed email is just a failed login, like any other.
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Field(min_length=1, max_length=256)

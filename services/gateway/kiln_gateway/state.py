@@ -5,6 +5,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from kiln_gateway.config import GatewaySettings
+from kiln_gateway.ratelimits import RateLimiter, make_rate_limiter
 from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import Catalog
 from kiln_runtime.job_object import FileLinks
@@ -45,6 +46,11 @@ class GatewayState:
     catalog: Catalog
     blobs: LocalBlobStore
     waiters: Waiters = field(default_factory=Waiters)
+    # Rate-limit counters (ratelimits.py), in the database or this process per the settings.
+    rate_limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rate_limiter = make_rate_limiter(self.settings, lambda: self.runtime.engine)
 
     @property
     def links(self) -> FileLinks:

@@ -1,5 +1,6 @@
 """Rendering the gateway's rows for the API."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 from kiln_gateway.models import Account, ApiKey, Job
@@ -39,13 +40,22 @@ def job_json(job: Job, links: FileLinks) -> dict[str, Any]:
     return render_job(job_view(job), links)
 
 
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC (`…Z`); SQLite hands timestamps back without their zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def account_json(account: Account) -> dict[str, Any]:
     return {
         "id": account.id,
         "email": account.email,
         "name": account.name,
         "suspended": account.suspended,
-        "created_at": account.created_at.isoformat(),
+        "created_at": iso_utc(account.created_at),
     }
 
 
@@ -56,9 +66,9 @@ def key_json(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
         "prefix": key.prefix,
         "kind": "sandbox" if key.sandbox else "live",
         "sandbox": key.sandbox,
-        "created_at": key.created_at.isoformat(),
-        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
-        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "created_at": iso_utc(key.created_at),
+        "last_used_at": iso_utc(key.last_used_at),
+        "revoked_at": iso_utc(key.revoked_at),
     }
     if secret is not None:
         body["secret"] = secret
