@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from kiln_contracts.v1 import credits_pb2, webhooks_pb2
 from kiln_gateway.deps import AdminDep, StateDep
-from kiln_gateway.errors import BadRequest, Conflict, NotFound
+from kiln_gateway.errors import BadRequest, Conflict, NotFound, error_responses
 from kiln_gateway.keys import create_api_key
 from kiln_gateway.models import MESSAGING, Account, Balance, Grant
 from kiln_gateway.schemas import AccountCreate, CreditGrant, KeyCreate
@@ -22,7 +22,7 @@ from kiln_runtime.outbox import Outbox
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-@router.post("/accounts", status_code=201)
+@router.post("/accounts", status_code=201, responses=error_responses(409))
 async def create_account(body: AccountCreate, state: StateDep, _: AdminDep) -> dict[str, Any]:
     email = body.email.strip().lower()
     password_hash = await hash_password(body.password)

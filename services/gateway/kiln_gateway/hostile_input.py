@@ -13,7 +13,8 @@ in, before any route sees it:
   (`"\\ud800"`), or nesting deeper than `MAX_JSON_DEPTH` → 400 BAD_REQUEST;
 - a NUL character in any string or key → 422 VALIDATION_ERROR naming the field (databases
   refuse NUL in text, so letting it through would fail later, and worse);
-- `%00` in the path → 404 NOT_FOUND (no id contains it), in the query → 400 BAD_REQUEST.
+- `%00` in the path → 404 NOT_FOUND (no id contains it), in a query parameter → 422
+  VALIDATION_ERROR naming it.
 
 The body is then replayed to the app unchanged. Field-level rules (unknown fields, types,
 lengths) stay with the pydantic schemas, which answer 422 VALIDATION_ERROR.
@@ -21,11 +22,14 @@ lengths) stay with the pydantic schemas, which answer 422 VALIDATION_ERROR.
 
 import json
 import math
+import re
 from collections.abc import Iterator
+from datetime import date, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from pydantic import AfterValidator, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -187,7 +191,13 @@ def _check_target(scope: Scope) -> None:
         raise BodyRefused(404, "NOT_FOUND", "Nothing exists at this path.")
     query: bytes = scope.get("query_string", b"")
     if b"%00" in query or b"\x00" in query:
-        raise BodyRefused(400, "BAD_REQUEST", "Query parameters must not contain NUL characters.")
+        fields = [
+            {"field": name.replace("\x00", "\\0"), "message": "must not contain NUL characters"}
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            if "\x00" in name or "\x00" in value
+        ]
+        if fields:
+            raise BodyRefused(422, "VALIDATION_ERROR", "The request has invalid fields.", fields)
 
 
 def _is_json_media_type(content_type: str) -> bool:
@@ -291,6 +301,24 @@ Metadata = Annotated[
     AfterValidator(check_metadata),
     WithJsonSchema({**_metadata_object_schema(1), "description": METADATA_DESCRIPTION}),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates and times in query parameters
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _iso_text(value: Any) -> Any:
+    """Refuse a bare number, which pydantic would read as a Unix time: the document says ISO
+    8601 text, and `created_before=0.5` meaning 1970 is a surprise, not a feature."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 date or date-time, not a number")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_text)]
+IsoDate = Annotated[date, BeforeValidator(_iso_text)]
 
 
 def install_input_guards(app: FastAPI, settings: GatewaySettings) -> None:

@@ -6,6 +6,7 @@
   401, 403; the admin token: 401), plus whatever the route declared itself with
   `responses=error_responses(...)` (402 on POST /jobs, ...). FastAPI's own 422 schema, which is
   not the shape this API answers with, is replaced.
+- A job request names the catalog's models and, for each, the JSON Schema of its `input`.
 - Credentials are security schemes (`apiKey`, `sessionToken`, `adminToken`: all
   `Authorization: Bearer …`) instead of a bare `authorization` header parameter.
 
@@ -23,6 +24,7 @@ from fastapi.routing import APIRoute
 
 from kiln_gateway import deps
 from kiln_gateway.errors import ERROR_DESCRIPTIONS, ErrorEnvelope
+from kiln_runtime.catalog import Catalog
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
@@ -64,6 +66,9 @@ def install_openapi_document(app: FastAPI) -> None:
         document = generate()  # FastAPI caches it in app.openapi_schema
         if id(document) not in completed:
             complete_document(document, _route_security(app))
+            state = getattr(app.state, "gateway", None)
+            if state is not None:
+                describe_job_inputs(document, state.catalog)
             completed.append(id(document))
         return document
 
@@ -110,6 +115,27 @@ def complete_document(document: dict[str, Any], security: dict[tuple[str, str], 
     for name in ("HTTPValidationError", "ValidationError"):
         if name in schemas and f"#/components/schemas/{name}" not in repr(document["paths"]):
             del schemas[name]
+
+
+def describe_job_inputs(document: dict[str, Any], catalog: Catalog) -> None:
+    """A job's `model` is one of the catalog's, and its `input` follows that model's JSON
+    Schema: say so in the job request's schema (one `oneOf` branch per model)."""
+    job = document.get("components", {}).get("schemas", {}).get("JobCreate")
+    if job is None or not catalog.models or "input" not in job.get("properties", {}):
+        return
+    properties = job["properties"]
+    properties["model"] = {**properties["model"], "enum": [m.id for m in catalog.models]}
+    properties["input"] = {
+        "type": "object",
+        "description": "The model's input, per its JSON Schema (also in `GET /models/{id}`).",
+    }
+    job["oneOf"] = [
+        {
+            "title": model.id,
+            "properties": {"model": {"const": model.id}, "input": model.input_schema},
+        }
+        for model in catalog.models
+    ]
 
 
 def _shape_errors(operation: dict[str, Any]) -> set[int]:

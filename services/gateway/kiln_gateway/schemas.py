@@ -8,7 +8,8 @@ from kiln_gateway.hostile_input import Metadata
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as the document says them (`"sandbox": 0` is not `false`).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class AccountCreate(Strict):

@@ -497,9 +497,10 @@ async def test_nul_in_strings_is_422_naming_the_field(
     assert error["details"][0]["field"] == field
 
 
-async def test_nul_in_the_query_is_400(gateway: GatewayUnderTest) -> None:
-    response = await gateway.client.get("/jobs?model=%00", headers=gateway.auth())
-    assert_error(response, 400, "BAD_REQUEST")
+async def test_nul_in_the_query_is_422_naming_the_parameter(gateway: GatewayUnderTest) -> None:
+    response = await gateway.client.get("/jobs?page=1&model=a%00b", headers=gateway.auth())
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert [d["field"] for d in error["details"]] == ["model"]
 
 
 # --- the URL guard through POST /jobs ---------------------------------------------------------

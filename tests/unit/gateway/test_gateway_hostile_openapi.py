@@ -71,7 +71,8 @@ def unbounded_strings(
             if "maxProperties" not in schema:
                 yield f"{where}.* (no maxProperties)"
             yield from unbounded_strings(document, extra, f"{where}.*", seen)
-        elif extra is not False and "properties" in schema:
+        elif extra is not False and kind == "object" and "properties" in schema:
+            # (a `oneOf` branch that only narrows some properties is not a closed object)
             yield f"{where} (additionalProperties not false)"
     if kind == "array":
         yield from unbounded_strings(document, schema.get("items", {}), f"{where}[]", seen)
