@@ -60,16 +60,17 @@ _SECURITY_DEPENDENCIES = {
 
 def install_openapi_document(app: FastAPI) -> None:
     generate = app.openapi
-    completed: list[int] = []
+    # The last document completed (held, so that a new one is never mistaken for it).
+    completed: list[dict[str, Any]] = []
 
     def openapi() -> dict[str, Any]:
         document = generate()  # FastAPI caches it in app.openapi_schema
-        if id(document) not in completed:
+        if not completed or completed[-1] is not document:
             complete_document(document, _route_security(app))
             state = getattr(app.state, "gateway", None)
             if state is not None:
                 describe_job_inputs(document, state.catalog)
-            completed.append(id(document))
+            completed[:] = [document]
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
