@@ -1,7 +1,6 @@
 """POST /api/v1/auth/token on the real app and a real SQLite database (no Kafka needed)."""
 
 import concurrent.futures
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,12 +72,13 @@ def test_wrong_password_and_unknown_email_look_the_same(gateway: Gateway) -> Non
         error.pop("request_id")
         return response.status_code, error, elapsed
 
-    wrong = [attempt("ada@example.com") for _ in range(2)]
-    unknown = [attempt("nobody@example.com") for _ in range(2)]
+    wrong = [attempt("ada@example.com") for _ in range(3)]
+    unknown = [attempt(f"nobody{i}@example.com") for i in range(3)]
     assert {(s, str(e)) for s, e, _ in wrong} == {(s, str(e)) for s, e, _ in unknown}
     assert wrong[0][:2] == (401, {"code": "UNAUTHORIZED", "message": "Invalid email or password."})
-    # Both check a password hash: the times are of the same order (argon2 dominates).
-    ratio = statistics.median(t for *_, t in unknown) / statistics.median(t for *_, t in wrong)
+    # Both check a password hash: the times are of the same order (argon2 dominates). The
+    # fastest of each is compared, which the machine's other work disturbs least.
+    ratio = min(t for *_, t in unknown) / min(t for *_, t in wrong)
     assert 0.5 < ratio < 2.0, ratio
 
 

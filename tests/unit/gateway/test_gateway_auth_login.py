@@ -21,10 +21,13 @@ async def test_an_unknown_account_costs_a_hash_check_too() -> None:
     await password_matches(None, "warm up the dummy hash")
 
     async def cost(hash_value: str | None) -> float:
-        start = time.perf_counter()
-        for _ in range(3):
+        """The fastest of a few checks: what the check costs, without the machine's noise."""
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
             assert not await password_matches(hash_value, "wrong password")
-        return time.perf_counter() - start
+            times.append(time.perf_counter() - start)
+        return min(times)
 
     known, unknown = await cost(stored), await cost(None)
     assert 0.5 < unknown / known < 2.0, (known, unknown)
