@@ -117,6 +117,11 @@ async def test_credentials_are_security_schemes(document: dict[str, Any]) -> Non
     assert "security" not in document["paths"]["/api/v1/files/{token}"]["get"]
 
 
+async def test_a_binary_download_is_documented_as_binary(document: dict[str, Any]) -> None:
+    ok = document["paths"]["/api/v1/files/{token}"]["get"]["responses"]["200"]
+    assert list(ok["content"]) == ["application/octet-stream"]
+
+
 async def test_post_jobs_documents_its_own_errors(document: dict[str, Any]) -> None:
     responses = document["paths"]["/api/v1/jobs"]["post"]["responses"]
     assert {"202", "400", "401", "402", "403", "413", "422", "429"} <= set(responses)
