@@ -48,8 +48,8 @@ def download_and_decrypt(api: httpx.Client, job: dict[str, Any], secret: str) ->
 
 
 def balance(api: httpx.Client) -> dict[str, str]:
-    data: dict[str, str] = api.get("/usage").json()["data"]
-    return data
+    data = api.get("/usage").json()["data"]
+    return {"balance": data["balance"], "reserved": data["reserved"]}
 
 
 def wait_for_webhook(receiver: WebhookReceiver, job_id: str, timeout_s: float = 30) -> Any:

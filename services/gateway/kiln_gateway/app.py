@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from kiln_contracts import Event
-from kiln_gateway import admin, catalog, files, jobs, keys, sessions, webhooks
+from kiln_gateway import admin, catalog, files, jobs, keys, sessions, usage, webhooks
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.consumers import HANDLERS
 from kiln_gateway.errors import error_response, install_error_handlers
@@ -55,11 +55,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.gateway = state
     install_error_handlers(app)
-    # X-RateLimit-* and Retry-After on every response of a rate-limited request.
-    app.add_middleware(RateLimitHeaders)
     # Body size (streamed), JSON-only bodies, bad UTF-8/NUL/depth; the completed OpenAPI.
     install_input_guards(app, settings)
     install_openapi_document(app)
+    # X-RateLimit-* and Retry-After on every response of a rate-limited request.
+    app.add_middleware(RateLimitHeaders)
 
     @app.middleware("http")
     async def request_id_and_size(
@@ -76,7 +76,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return response
 
     api = APIRouter(prefix="/api/v1")
-    for module in (admin, jobs, catalog, files, webhooks, sessions, keys):
+    for module in (admin, jobs, catalog, usage, files, webhooks, sessions, keys):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health_router(lambda: runtime.readiness))

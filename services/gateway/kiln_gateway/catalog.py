@@ -6,9 +6,7 @@ from fastapi import APIRouter
 
 from kiln_gateway.deps import CallerDep, StateDep
 from kiln_gateway.errors import NotFound
-from kiln_gateway.models import Balance
 from kiln_runtime.catalog import ModelEntry
-from kiln_runtime.money import format_credits
 
 router = APIRouter(tags=["catalog"])
 
@@ -36,15 +34,3 @@ async def get_model(owner: str, name: str, caller: CallerDep, state: StateDep) -
     if entry is None:
         raise NotFound("No such model.")
     return {"data": model_json(entry)}
-
-
-@router.get("/usage")
-async def usage(caller: CallerDep, state: StateDep) -> dict[str, Any]:
-    async with state.runtime.sessions() as session:
-        balance = await session.get(Balance, caller.account_id)
-    return {
-        "data": {
-            "balance": format_credits(balance.available_millicredits if balance else 0),
-            "reserved": format_credits(balance.reserved_millicredits if balance else 0),
-        }
-    }

@@ -14,6 +14,8 @@ class GatewaySettings(ServiceSettings):
     # How long POST /jobs waits for billing's decision before answering `pending`.
     decision_wait_s: float = Field(default=2.0, ge=0)
     max_body_bytes: int = 1024 * 1024
+    # An operator's content policy rules, added to the built-in ones (content_policy.py).
+    content_policy_file: Path | None = None
     # Sessions (POST /api/v1/auth/token): an HS256 key of at least 32 characters, the same on
     # every replica. Empty: a random key per process (tokens die with it; one replica only).
     session_signing_key: str = Field(default="", pattern=r"^(|.{32,})$")
@@ -34,5 +36,3 @@ class GatewaySettings(ServiceSettings):
     rate_limit_sandbox_read: int = Field(default=1000, gt=0)
     # Where the counters live: "database" (shared by every replica) or "memory" (per process).
     rate_limit_store: Literal["database", "memory"] = "database"
-    # An operator's content policy rules, added to the built-in ones (content_policy.py).
-    content_policy_file: Path | None = None

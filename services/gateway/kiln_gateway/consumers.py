@@ -10,6 +10,7 @@ from kiln_contracts import Event
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_gateway.models import Balance, Grant, Job
 from kiln_gateway.service import next_status
+from kiln_gateway.timeline import record_account_event
 from kiln_runtime.consuming import Handler
 from kiln_runtime.outbox import Outbox
 
@@ -54,6 +55,7 @@ async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
     job = await session.get(Job, event.job_id)
     if job is None or job.account_id != event.account_id:
         return
+    before = (job.status, job.progress, job.queue_position)
     target = next_status(job.status, event.type)
     if target is not None:
         job.status = target
@@ -106,6 +108,11 @@ async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
         job.completed_at = _when(message.canceled_at, occurred)
         job.cost_millicredits = 0
         job.queue_position = None
+    if (job.status, job.progress, job.queue_position) != before or event.type in LEDGER_EVENTS:
+        record_account_event(session, job, event.type, occurred)
+
+
+LEDGER_EVENTS = frozenset({"credits.captured", "credits.released"})
 
 
 READ_MODEL_TOPICS = (

@@ -2,29 +2,47 @@
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_gateway.content_policy import enforce_content_policy
-from kiln_gateway.deps import CallerDep, StateDep
-from kiln_gateway.errors import InsufficientCredits, NotFound, ValidationFailed, error_responses
+from kiln_gateway.deps import Caller, CallerDep, StateDep
+from kiln_gateway.errors import (
+    Conflict,
+    InsufficientCredits,
+    NotFound,
+    ValidationFailed,
+    error_responses,
+)
+from kiln_gateway.hostile_input import IsoDatetime
+from kiln_gateway.idempotency import run_idempotently
+from kiln_gateway.job_queries import JobFilters, count_query, order_by
 from kiln_gateway.models import MESSAGING, Job
 from kiln_gateway.schemas import JobCreate
-from kiln_gateway.service import input_errors, new_id
+from kiln_gateway.service import TERMINAL, input_errors, new_id
+from kiln_gateway.state import GatewayState
+from kiln_gateway.timeline import record_account_event
 from kiln_gateway.views import job_json
+from kiln_runtime.catalog import ModelEntry
 from kiln_runtime.db import transaction
+from kiln_runtime.money import format_credits
 from kiln_runtime.outbox import Outbox
 from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JOB_ID = Path(pattern=r"^job_[0-9a-f]{32}$", description="A job id, `job_` + 32 hex digits.")
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Replays the first answer for 24 h."),
+]
 
 
 def _ts(value: datetime) -> Timestamp:
@@ -33,8 +51,8 @@ def _ts(value: datetime) -> Timestamp:
     return ts
 
 
-@router.post("", status_code=202, responses=error_responses(402))
-async def create_job(body: JobCreate, caller: CallerDep, state: StateDep) -> JSONResponse:
+async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) -> ModelEntry:
+    """Everything that makes a job request acceptable, as one 422 naming each bad field."""
     entry = state.catalog.model(body.model)
     if entry is None:
         raise ValidationFailed(
@@ -53,21 +71,12 @@ async def create_job(body: JobCreate, caller: CallerDep, state: StateDep) -> JSO
     if details:
         raise ValidationFailed("The request has invalid fields.", details)
     enforce_content_policy(state.settings.content_policy_file, entry.kind, body.input)
+    return entry
 
-    now = datetime.now(UTC)
-    job = Job(
-        id=new_id("job"),
-        account_id=caller.account_id,
-        api_key_id=caller.key.id,
-        model=entry.id,
-        status="pending",
-        input=body.input,
-        job_metadata=body.metadata,
-        sandbox=caller.key.sandbox,
-        webhook_url=body.webhook_url,
-        created_at=now,
-        progress=0.0,
-    )
+
+def job_spec(
+    body: JobCreate, entry: ModelEntry, caller: Caller, state: GatewayState, now: datetime
+) -> common_pb2.JobSpec:
     spec = common_pb2.JobSpec(
         model=entry.id,
         input_json=json.dumps(body.input, separators=(",", ":"), sort_keys=True),
@@ -88,11 +97,50 @@ async def create_job(body: JobCreate, caller: CallerDep, state: StateDep) -> JSO
         spec.sandbox_outcome = body.sandbox.outcome
         if body.sandbox.delay_s is not None:
             spec.sandbox_delay_ms = int(body.sandbox.delay_s * 1000)
+    return spec
 
+
+async def _wait_for(state: GatewayState, key: str, timeout_s: float) -> None:
+    waiter = state.waiters.register(key)
+    try:
+        await asyncio.wait_for(waiter.wait(), timeout=timeout_s)
+    except TimeoutError:
+        pass
+    finally:
+        state.waiters.release(key, waiter)
+
+
+async def _load(state: GatewayState, job_id: str, caller: Caller) -> Job:
+    async with state.runtime.sessions() as session:
+        job = await session.get(Job, job_id)
+    # Another account's job is indistinguishable from a missing one.
+    if job is None or job.account_id != caller.account_id:
+        raise NotFound("No such job.")
+    return job
+
+
+async def _create(body: JobCreate, caller: Caller, state: GatewayState) -> JSONResponse:
+    entry = await validated_model(body, caller, state)
+    now = datetime.now(UTC)
+    job = Job(
+        id=new_id("job"),
+        account_id=caller.account_id,
+        api_key_id=caller.key.id,
+        model=entry.id,
+        status="pending",
+        input=body.input,
+        job_metadata=body.metadata,
+        sandbox=caller.key.sandbox,
+        webhook_url=body.webhook_url,
+        created_at=now,
+        progress=0.0,
+    )
+    spec = job_spec(body, entry, caller, state, now)
     waiter = state.waiters.register(job.id)
     try:
         async with transaction(state.runtime.sessions) as session:
             session.add(job)
+            record_account_event(session, job, "job.created", now)
             outbox = Outbox()
             outbox.emit(
                 "job.submitted",
@@ -118,14 +166,53 @@ async def create_job(body: JobCreate, caller: CallerDep, state: StateDep) -> JSO
     return JSONResponse({"data": job_json(current, state.links)}, status_code=202)
 
 
-@router.get("/{job_id}")
-async def get_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> dict[str, Any]:
+@router.post("", status_code=202, responses=error_responses(402))
+async def create_job(
+    body: JobCreate,
+    request: Request,
+    caller: CallerDep,
+    state: StateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Create a job. Answers after billing's decision (up to a bound): 202 `queued`, 402, or
+    202 `pending` when the decision is still on its way."""
+    return await run_idempotently(
+        request,
+        state,
+        scope=f"{caller.account_id}:POST /jobs",
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        produce=lambda: _create(body, caller, state),
+    )
+
+
+@router.post("/quote")
+async def quote_job(body: JobCreate, caller: CallerDep, state: StateDep) -> dict[str, Any]:
+    """The price the job would cost now, after the same checks as creating it."""
+    entry = await validated_model(body, caller, state)
+    price = state.catalog.price_millicredits(entry.id, body.input, caller.key.sandbox)
+    return {
+        "data": {
+            "model": entry.id,
+            "sandbox": caller.key.sandbox,
+            "price": format_credits(price),
+        }
+    }
+
+
+@router.get("/count")
+async def count_jobs(
+    caller: CallerDep,
+    state: StateDep,
+    status: str | None = Query(default=None, max_length=200),
+    model: str | None = Query(default=None, max_length=100),
+    created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
+) -> dict[str, Any]:
+    filters = JobFilters.parse(status, model, created_after, created_before)
     async with state.runtime.sessions() as session:
-        job = await session.get(Job, job_id)
-    # Another account's job is indistinguishable from a missing one.
-    if job is None or job.account_id != caller.account_id:
-        raise NotFound("No such job.")
-    return {"data": job_json(job, state.links)}
+        count = await session.scalar(count_query(filters, caller.account_id))
+    return {"data": {"count": int(count or 0)}}
 
 
 @router.get("")
@@ -134,15 +221,20 @@ async def list_jobs(
     state: StateDep,
     page: int = Query(default=1, ge=1, le=100_000),
     per_page: int = Query(default=25, ge=1, le=100),
+    status: str | None = Query(default=None, max_length=200),
+    model: str | None = Query(default=None, max_length=100),
+    created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
+    sort: str = Query(default="-created_at", max_length=40),
 ) -> dict[str, Any]:
+    filters = JobFilters.parse(status, model, created_after, created_before)
+    ordering = order_by(sort)
     async with state.runtime.sessions() as session:
-        where = Job.account_id == caller.account_id
-        total = int(await session.scalar(select(func.count()).select_from(Job).where(where)) or 0)
+        total = int(await session.scalar(count_query(filters, caller.account_id)) or 0)
         jobs = (
             await session.scalars(
-                select(Job)
-                .where(where)
-                .order_by(Job.created_at.desc(), Job.id)
+                filters.apply(select(Job), caller.account_id)
+                .order_by(*ordering)
                 .offset((page - 1) * per_page)
                 .limit(per_page)
             )
@@ -156,3 +248,83 @@ async def list_jobs(
             "total_results": total,
         },
     }
+
+
+@router.get("/{job_id}")
+async def get_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> dict[str, Any]:
+    return {"data": job_json(await _load(state, job_id, caller), state.links)}
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> JSONResponse:
+    """Cancel and refund. A queued job is canceled at once; a running one is `canceling` until
+    the worker confirms it stopped. A finished job cannot be canceled (409)."""
+    now = datetime.now(UTC)
+    async with transaction(state.runtime.sessions) as session:
+        job = await session.get(Job, job_id)
+        if job is None or job.account_id != caller.account_id:
+            raise NotFound("No such job.")
+        if job.status in TERMINAL:
+            raise Conflict(f"The job is already {job.status}.")
+        if job.status != "canceling":
+            job.status = "canceling"
+            record_account_event(session, job, "job.canceling", now)
+            outbox = Outbox()
+            outbox.emit(
+                "job.cancel_requested",
+                jobs_pb2.JobCancelRequested(requested_by_key_id=caller.key.id),
+                account_id=caller.account_id,
+                job_id=job.id,
+            )
+            await outbox.write(session, MESSAGING)
+    state.runtime.relay.wake()
+    await _wait_for(state, job_id, state.settings.decision_wait_s)
+    current = await _load(state, job_id, caller)
+    status_code = 200 if current.status == "canceled" else 202
+    return JSONResponse({"data": job_json(current, state.links)}, status_code=status_code)
+
+
+def _sse(event: str, data: dict[str, Any], event_id: int) -> bytes:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `event: job` with the job object as `data`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def job_events(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> StreamingResponse:
+    """Server-Sent Events: one `job` event per change of status, progress or queue position,
+    closing after the job ends. Keep-alive comments every 15 s."""
+    await _load(state, job_id, caller)
+
+    async def stream() -> AsyncIterator[bytes]:
+        last: tuple[Any, ...] | None = None
+        sent = 0
+        quiet_since = asyncio.get_running_loop().time()
+        while True:
+            job = await _load(state, job_id, caller)
+            seen = (job.status, round(job.progress, 3), job.queue_position)
+            if seen != last:
+                last = seen
+                sent += 1
+                quiet_since = asyncio.get_running_loop().time()
+                yield _sse("job", job_json(job, state.links), sent)
+                if job.status in TERMINAL:
+                    return
+            elif asyncio.get_running_loop().time() - quiet_since > 15:
+                quiet_since = asyncio.get_running_loop().time()
+                yield b": keep-alive\n\n"
+            # Woken by this process's consumer; the timeout covers events another replica took.
+            await _wait_for(state, job_id, 0.5)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

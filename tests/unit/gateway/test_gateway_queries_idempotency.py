@@ -1,0 +1,42 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from kiln_gateway.errors import BadRequest, ValidationFailed
+from kiln_gateway.idempotency import checked_key, fingerprint
+from kiln_gateway.job_queries import JobFilters, order_by
+from kiln_gateway.usage import period_start
+
+
+def test_sort_accepts_known_fields_in_both_directions() -> None:
+    assert len(order_by("created_at")) == 2
+    assert len(order_by("-completed_at")) == 2
+    for bad in ("password", "-", "created_at; drop table jobs", ""):
+        with pytest.raises(ValidationFailed):
+            order_by(bad)
+
+
+def test_status_filter_takes_a_comma_list_of_known_statuses() -> None:
+    assert JobFilters.parse("queued, running", None, None, None).status == ["queued", "running"]
+    for bad in ("exploded", ",", "queued,nope"):
+        with pytest.raises(ValidationFailed):
+            JobFilters.parse(bad, None, None, None)
+
+
+def test_fingerprint_ignores_key_order_but_not_values() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_idempotency_keys_are_bounded() -> None:
+    assert checked_key(None) is None
+    assert checked_key("k" * 255) == "k" * 255
+    for bad in ("k" * 256, "", "new\nline"):
+        with pytest.raises(BadRequest):
+            checked_key(bad)
+
+
+def test_usage_periods_are_utc_calendar_months() -> None:
+    assert period_start(datetime(2026, 11, 21, 19, 5, tzinfo=UTC)) == datetime(
+        2026, 11, 1, tzinfo=UTC
+    )
