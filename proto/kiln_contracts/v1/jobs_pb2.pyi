@@ -349,3 +349,44 @@ class JobCanceled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobCanceled: _TypeAlias = JobCanceled  # noqa: Y015
+
+@_typing.final
+class JobAttemptFailed(_message.Message):
+    """job.attempt_failed — one attempt of a job failed on a worker (or the worker stopped it for a
+    cancel). Only the scheduler decides what follows: another attempt, job.failed, or job.canceled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
+    FAILED_AT_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    error_code: _builtins.str
+    """e.g. "TRITON_UNAVAILABLE", "INVALID_INPUT", "CANCELED" """
+    error_message: _builtins.str
+    """safe to show to the client"""
+    retryable: _builtins.bool
+    worker_id: _builtins.str
+    @_builtins.property
+    def failed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        error_code: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        retryable: _builtins.bool = ...,
+        failed_at: _timestamp_pb2.Timestamp | None = ...,
+        worker_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failed_at", b"failed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error_code", b"error_code", "error_message", b"error_message", "failed_at", b"failed_at", "retryable", b"retryable", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobAttemptFailed: _TypeAlias = JobAttemptFailed  # noqa: Y015

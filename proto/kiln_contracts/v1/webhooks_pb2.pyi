@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -144,3 +145,112 @@ class WebhookFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WebhookFailed: _TypeAlias = WebhookFailed  # noqa: Y015
+
+@_typing.final
+class WebhookAttempted(_message.Message):
+    """webhook.attempted — one delivery attempt and its outcome, for the gateway's delivery log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    webhook_id: _builtins.str
+    endpoint_id: _builtins.str
+    url: _builtins.str
+    event_type: _builtins.str
+    job_id: _builtins.str
+    attempt: _builtins.int
+    status_code: _builtins.int
+    """0 when no HTTP answer (timeout, refused, guard)"""
+    latency_ms: _builtins.int
+    error: _builtins.str
+    """"" on success"""
+    outcome: _builtins.str
+    """"delivered" | "retrying" | "failed" """
+    @_builtins.property
+    def attempted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """unset unless retrying"""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        endpoint_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        latency_ms: _builtins.int = ...,
+        error: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        attempted_at: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempted_at", b"attempted_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempted_at", b"attempted_at", "delivery_id", b"delivery_id", "endpoint_id", b"endpoint_id", "error", b"error", "event_type", b"event_type", "job_id", b"job_id", "latency_ms", b"latency_ms", "next_attempt_at", b"next_attempt_at", "outcome", b"outcome", "status_code", b"status_code", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookAttempted: _TypeAlias = WebhookAttempted  # noqa: Y015
+
+@_typing.final
+class WebhookRedeliveryRequested(_message.Message):
+    """webhook.redelivery_requested — the client asked to send a delivery again (same webhook-id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookRedeliveryRequested: _TypeAlias = WebhookRedeliveryRequested  # noqa: Y015
+
+@_typing.final
+class WebhookTestRequested(_message.Message):
+    """webhook.test_requested — the client asked for a test event to an endpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_ID_FIELD_NUMBER: _builtins.int
+    TEST_ID_FIELD_NUMBER: _builtins.int
+    endpoint_id: _builtins.str
+    test_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        endpoint_id: _builtins.str = ...,
+        test_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_id", b"endpoint_id", "test_id", b"test_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookTestRequested: _TypeAlias = WebhookTestRequested  # noqa: Y015
