@@ -715,6 +715,20 @@ class LocalStack:
             time.sleep(0.3)
         self._echo(f"kafka: ready on {self.kafka_bootstrap}")
 
+    def stop_kafka(self, sig: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S) -> bool:
+        """Stop the broker alone (its data is kept; the services stay up and reconnect when
+        it is back). SIGTERM is a controlled shutdown; True if it ran."""
+        return bool(self._stop([KAFKA], sig, grace_s))
+
+    def restart_kafka(self, down_s: float = 0.0, sig: int = signal.SIGTERM) -> None:
+        """Stop the broker, leave it down `down_s` seconds, and start it again on the same
+        ports and data (chaos tests: the services must ride through it)."""
+        self.stop_kafka(sig)
+        self._echo(f"kafka: stopped (signal {sig}); back in {down_s:.1f} s")
+        if down_s > 0:
+            time.sleep(down_s)
+        self.start_kafka()
+
     def create_topics(self, timeout_s: float = TOPICS_TIMEOUT_S) -> list[str]:
         """Create the registry's missing topics (retrying while the new broker settles)."""
         from kiln_runtime.topics import ensure_topics

@@ -98,7 +98,8 @@ def attach_processor(
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            return self.text(generate_latest().decode(), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp refuses a charset inside content_type; as a header it goes through.
+            return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     _ = (consume, Healthz, Readyz, Metrics)
 

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_billing import repository
+from kiln_billing.migrate import database_revision, head_revision
 from kiln_billing.service import Balances, balances_from_books
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
 from kiln_runtime.money import format_credits
@@ -220,9 +221,19 @@ async def check_ledger(sessions: SessionFactory) -> LedgerReport:
             await session.rollback()
 
 
+class LedgerUnreadable(RuntimeError):
+    """The database is not a billing ledger at the current schema."""
+
+
 async def verify_ledger_async(database_url: str) -> LedgerReport:
     engine = make_engine(database_url)
     try:
+        revision, head = await database_revision(engine), head_revision()
+        if revision != head:
+            raise LedgerUnreadable(
+                f"the database is at schema revision {revision or 'none'}, not {head}: "
+                "start billing once (it migrates its database when it starts)"
+            )
         return await check_ledger(make_session_factory(engine))
     finally:
         await engine.dispose()
