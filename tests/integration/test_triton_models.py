@@ -7,6 +7,7 @@ sandbox delay, waits until it is ready, and stops it at the end.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 import signal
@@ -20,11 +21,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio_ffmpeg
 import pytest
 import pytest_asyncio
 from PIL import Image
 
 from kiln_inference.reference_models import speech
+from kiln_inference.reference_models.edit import edit_image
 from kiln_inference.reference_models.image import render_image
 from kiln_inference.triton_client import (
     TritonInferenceError,
@@ -40,12 +43,15 @@ INFERENCE_SRC = REPO / "services" / "inference"
 SANDBOX_DELAY_MS = 200
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
-MODELS = ("tts_espeak", "image_procedural", "sandbox")
+MODELS = ("tts_espeak", "image_procedural", "image_edit", "video_camera", "sandbox")
 
 needs_espeak = pytest.mark.skipif(
     not speech.espeak_available(),
     reason="espeak-ng is not installed (apt-get install espeak-ng; deploy/local/apt-packages.txt)",
 )
+
+
+_PNG_B64 = base64.b64encode(render_image("tiny", 0, 64, 64)).decode()
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,46 @@ async def test_speech_model(triton_server: TritonServer) -> None:
     assert data == speech.synthesize_speech(text, "en-gb", 150)
 
 
-@pytest.mark.parametrize(("kind", "content_type"), [("image", "image/png"), ("audio", "audio/wav")])
+async def test_image_edit_model(triton_server: TritonServer) -> None:
+    source = render_image("a calm blue sea", 3, 328, 200)
+    request = {"image_b64": base64.b64encode(source).decode(), "prompt": "autumn fire", "seed": 2}
+    data, content_type = await infer_file(triton_server.url, "image_edit", request, 60)
+    assert content_type == "image/png"
+    edited = Image.open(io.BytesIO(data))
+    assert edited.format == "PNG"
+    assert edited.size == (328, 200)
+    # an edit, not a copy: the pixels moved towards the prompt's palette
+    assert data != source
+    assert data == edit_image(source, "autumn fire", 2)
+
+
+async def test_video_model(triton_server: TritonServer, tmp_path: Path) -> None:
+    source = render_image("a forest at dawn", 5, 512, 384)
+    request = {
+        "image_b64": base64.b64encode(source).decode(),
+        "motion": "pan_right",
+        "duration_s": 2,
+        "fps": 12,
+        "width": 256,
+        "height": 192,
+    }
+    data, content_type = await infer_file(triton_server.url, "video_camera", request, 120)
+    assert content_type == "video/mp4"
+    path = tmp_path / "out.mp4"
+    path.write_bytes(data)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    assert meta["size"] == (256, 192)
+    assert meta["codec"] == "h264"
+    assert frames == 24
+    assert meta["duration"] == pytest.approx(2.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type"),
+    [("image", "image/png"), ("audio", "audio/wav"), ("video", "video/mp4")],
+)
 async def test_sandbox_model(triton_server: TritonServer, kind: str, content_type: str) -> None:
     started = time.perf_counter()
     data, got = await infer_file(triton_server.url, "sandbox", {"kind": kind, "delay_ms": None}, 60)
@@ -186,6 +231,8 @@ async def test_sandbox_model(triton_server: TritonServer, kind: str, content_typ
     assert elapsed >= SANDBOX_DELAY_MS / 1000.0  # the server's default delay
     if kind == "image":
         assert Image.open(io.BytesIO(data)).format == "PNG"
+    elif kind == "video":
+        assert data[4:8] == b"ftyp"
     else:
         with wave.open(io.BytesIO(data), "rb") as reader:
             assert reader.getnframes() > 0
@@ -243,7 +290,13 @@ async def test_sandbox_failed_outcome(triton_server: TritonServer) -> None:
         ("tts_espeak", {"text": "hi", "words_per_minute": 1000}),
         ("tts_espeak", {}),
         ("sandbox", {"kind": "hologram"}),
-        ("sandbox", {"kind": "video", "delay_ms": 0}),
+        ("image_edit", {"prompt": "ok", "image_b64": "bm90IGFuIGltYWdl"}),
+        ("image_edit", {"prompt": "ok", "image_b64": "!!!"}),
+        ("image_edit", {"prompt": "ok"}),
+        ("video_camera", {"image_b64": "bm90IGFuIGltYWdl"}),
+        ("video_camera", {"image_b64": _PNG_B64, "motion": "spin"}),
+        ("video_camera", {"image_b64": _PNG_B64, "width": 100}),
+        ("video_camera", {"image_b64": _PNG_B64, "duration_s": 60}),
         ("sandbox", {"kind": "image", "delay_ms": -5}),
     ],
 )

@@ -12,6 +12,10 @@ Models (the catalog's ``triton_model`` names), all with one tensor contract:
 * input ``request``: BYTES, shape (1,) per request: the job input as UTF-8 JSON
   (``tts_espeak``: {text, voice?, words_per_minute?};
   ``image_procedural``: {prompt, seed?, width?, height?};
+  ``image_edit``: {image_b64, prompt, seed?, strength?};
+  ``video_camera``: {image_b64, motion?, duration_s?, fps?, width?, height?};
+  (``image_b64``: the input image the worker fetched, standard base64; the worker drops the
+  job input's ``image_url``);
   ``sandbox``: {kind, delay_ms?: int | null, outcome?: "completed" | "failed"}; a null or
   absent delay_ms means the server's ``--sandbox-delay-ms``).
 * outputs ``output`` (BYTES: the file), ``content_type`` (BYTES, e.g. ``image/png``) and
@@ -25,7 +29,8 @@ So that one bad request never fails the good requests batched with it, a batch w
 did not all fail with the same error is answered normally, and each failed request carries its
 error in the ``error`` output instead (with an empty ``output``). Clients must check both.
 
-Concurrency. Each model has several instances (tts_espeak 2, image_procedural 2, sandbox 8: the
+Concurrency. Each model has several instances (tts_espeak 2, image_procedural 2, image_edit 2,
+video_camera 1, sandbox 8: the
 catalog's pool capacities), each running one dynamic batch (up to 8 requests, no added queue
 delay) at a time, request after request. A sandbox batch waits out its longest delay once, so
 requests waiting together take about one delay, not the sum; 8 instances mean that up to 8
@@ -39,6 +44,8 @@ Readiness. PyTriton starts Triton with no model and then loads them one by one, 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import logging
 import os
@@ -55,7 +62,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from kiln_inference.reference_models import image, sandbox, speech
+from kiln_inference.reference_models import edit, image, sandbox, speech, video
 from kiln_inference.reference_models.errors import (
     ModelError,
     ModelInputError,
@@ -72,7 +79,11 @@ ERROR_OUTPUT = "error"
 
 TTS_MODEL = "tts_espeak"
 IMAGE_MODEL = "image_procedural"
+EDIT_MODEL = "image_edit"
+VIDEO_MODEL = "video_camera"
 SANDBOX_MODEL = "sandbox"
+
+ALL_MODELS = (TTS_MODEL, IMAGE_MODEL, EDIT_MODEL, VIDEO_MODEL, SANDBOX_MODEL)
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -142,6 +153,42 @@ def handle_image(request: dict[str, Any]) -> Result:
         request.get("height", 512),
     )
     return png, image.CONTENT_TYPE
+
+
+def _input_image(request: Mapping[str, Any]) -> bytes:
+    encoded = _required(request, "image_b64")
+    if not isinstance(encoded, str):
+        raise ModelInputError("image_b64 must be a base64 string")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ModelInputError("image_b64 is not valid base64") from exc
+
+
+def handle_edit(request: dict[str, Any]) -> Result:
+    """``image_edit``: {image_b64, prompt, seed = 0, strength = 0.6} → PNG."""
+    _only_fields(request, ("image_b64", "prompt", "seed", "strength"))
+    png = edit.edit_image(
+        _input_image(request),
+        _required(request, "prompt"),
+        request.get("seed", 0),
+        request.get("strength", edit.DEFAULT_STRENGTH),
+    )
+    return png, edit.CONTENT_TYPE
+
+
+def handle_video(request: dict[str, Any]) -> Result:
+    """``video_camera``: {image_b64, motion, duration_s, fps, width, height} → MP4."""
+    _only_fields(request, ("image_b64", "motion", "duration_s", "fps", "width", "height"))
+    mp4 = video.animate_image(
+        _input_image(request),
+        request.get("motion", "zoom_in"),
+        request.get("duration_s", 3),
+        request.get("fps", 12),
+        request.get("width", 512),
+        request.get("height", 512),
+    )
+    return mp4, video.CONTENT_TYPE
 
 
 @dataclass(frozen=True)
@@ -298,6 +345,8 @@ class ServerOptions:
     sandbox_instances: int = DEFAULT_SANDBOX_INSTANCES
     tts_instances: int = 2
     image_instances: int = 2
+    edit_instances: int = 2
+    video_instances: int = 1
     max_batch_size: int = 8
 
 
@@ -376,7 +425,7 @@ def use_own_libpython() -> None:
 
 
 def bind_models(triton: Any, options: ServerOptions) -> None:
-    """Bind the three reference models to a ``pytriton.triton.Triton``."""
+    """Bind the reference models to a ``pytriton.triton.Triton``."""
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
@@ -407,6 +456,14 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
         return run_batch(IMAGE_MODEL, request, handle_image)
 
     @batched
+    def infer_edit(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_batch(EDIT_MODEL, request, handle_edit)
+
+    @batched
+    def infer_video(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_batch(VIDEO_MODEL, request, handle_video)
+
+    @batched
     def infer_sandbox(request: ObjectArray) -> dict[str, ObjectArray]:
         return run_sandbox_batch(request, options.sandbox_delay_ms)
 
@@ -422,6 +479,22 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
     triton.bind(
         model_name=IMAGE_MODEL,
         infer_func=[infer_image] * options.image_instances,
+        inputs=inputs,
+        outputs=outputs,
+        config=config(),
+        strict=True,
+    )
+    triton.bind(
+        model_name=EDIT_MODEL,
+        infer_func=[infer_edit] * options.edit_instances,
+        inputs=inputs,
+        outputs=outputs,
+        config=config(),
+        strict=True,
+    )
+    triton.bind(
+        model_name=VIDEO_MODEL,
+        infer_func=[infer_video] * options.video_instances,
         inputs=inputs,
         outputs=outputs,
         config=config(),
@@ -473,7 +546,7 @@ def serve(options: ServerOptions) -> None:
                 ready = True
                 LOGGER.info(
                     "Triton ready in %.1f s (attempt %d): http=%s:%d grpc=%s:%d metrics=%s:%d "
-                    "models=%s,%s,%s sandbox_delay_ms=%d sandbox_instances=%d",
+                    "models=%s sandbox_delay_ms=%d sandbox_instances=%d",
                     time.perf_counter() - started,
                     attempt,
                     options.address,
@@ -482,9 +555,7 @@ def serve(options: ServerOptions) -> None:
                     options.grpc_port,
                     options.address,
                     options.metrics_port,
-                    TTS_MODEL,
-                    IMAGE_MODEL,
-                    SANDBOX_MODEL,
+                    ",".join(ALL_MODELS),
                     options.sandbox_delay_ms,
                     options.sandbox_instances,
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import wave
 
 import pytest
@@ -51,9 +52,18 @@ def test_sine_tone() -> None:
     assert max(frames) > 0
 
 
-def test_video_is_not_there_yet() -> None:
-    with pytest.raises(NotImplementedError):
-        sandbox_example("video")
+def test_video_example_is_a_short_mp4() -> None:
+    import imageio_ffmpeg
+
+    data, content_type = sandbox_example("video")
+    assert content_type == "video/mp4"
+    assert data[4:8] == b"ftyp"
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as handle:
+        handle.write(data)
+        handle.flush()
+        frames, seconds = imageio_ffmpeg.count_frames_and_secs(handle.name)
+    assert frames == 24
+    assert seconds == pytest.approx(2.0, abs=0.1)
 
 
 @pytest.mark.parametrize("kind", ["", "text", "IMAGE", "3d"])

@@ -1,8 +1,7 @@
 """Example outputs for sandbox jobs (``sk_test_`` keys): a real file of the requested kind.
 
 The examples are made once per process by the real reference models and then cached.
-Video has no example yet (no video model is in the catalog): asking for one raises
-NotImplementedError.
+Video is a 2-second camera move over the example image (the real image-to-video model).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import wave
 
 import numpy as np
 
-from kiln_inference.reference_models import image, speech
+from kiln_inference.reference_models import image, speech, video
 from kiln_inference.reference_models.errors import ModelInputError, ModelRuntimeError
 
 LOGGER = logging.getLogger(__name__)
@@ -64,15 +63,20 @@ def _example_audio() -> bytes:
     return sine_tone_wav()
 
 
+@functools.cache
+def _example_video() -> bytes:
+    return video.animate_image(_example_image(), "zoom_in", 2, 12, 256, 256)
+
+
 def sandbox_example(kind: str) -> tuple[bytes, str]:
     """An example output of ``kind`` ("image", "audio" or "video") and its content type.
 
-    Raises ModelInputError for an unknown kind and NotImplementedError for "video".
+    Raises ModelInputError for an unknown kind.
     """
     if kind == "image":
         return _example_image(), image.CONTENT_TYPE
     if kind == "audio":
         return _example_audio(), speech.CONTENT_TYPE
     if kind == "video":
-        raise NotImplementedError("the sandbox has no video example yet")
+        return _example_video(), video.CONTENT_TYPE
     raise ModelInputError(f"kind must be one of {', '.join(SANDBOX_KINDS)}")
