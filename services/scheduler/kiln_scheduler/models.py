@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, MetaData, String
+from sqlalchemy import BigInteger, DateTime, Float, Integer, LargeBinary, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kiln_runtime.messaging import add_messaging_tables, utcnow
@@ -26,9 +26,33 @@ class QueuedJob(Base):
     pool: Mapped[str] = mapped_column(String(64), index=True)
     spec: Mapped[bytes] = mapped_column(LargeBinary)  # JobSpec, serialized
     price_millicredits: Mapped[int] = mapped_column(BigInteger)
-    # queued -> dispatched -> running -> finished
+    # queued -> dispatched -> running -> finished; dispatched/running -> canceling -> finished;
+    # a failed attempt that is retried goes back to queued (with ready_at). cancel_requested:
+    # a cancel that arrived before the reservation.
     status: Mapped[str] = mapped_column(String(16), index=True)
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # the last dispatched attempt
     enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Added with issue 5 (nullable: `migrate` adds them to an existing table).
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the last job.queued said, so that updates go out only when the standing changed.
+    queue_position: Mapped[int | None] = mapped_column(Integer)
+    queue_reason: Mapped[str | None] = mapped_column(String(32))
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    # completed | failed | timeout | canceled, once finished.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+
+
+class PoolStats(Base):
+    """Per pool: the moving average of job durations (job.started → job.completed), for ETAs.
+    The row of pool "*" doubles as the scheduler's write lock (see repository.lock)."""
+
+    __tablename__ = "pool_stats"
+
+    pool: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mean_duration_s: Mapped[float | None] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer, default=0)

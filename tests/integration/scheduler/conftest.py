@@ -1,0 +1,52 @@
+"""The scheduler's handlers and timer on a real database, SQLite and PostgreSQL alike:
+`database_url` is parametrized over both, each test gets a fresh database made by the
+scheduler's own `migrate`."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
+from kiln_scheduler.repository import migrate
+from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def scheduler_postgres() -> Iterator[PostgresCluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed: the scheduler's PostgreSQL runs are skipped")
+    cluster = PostgresCluster.start(bin_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/scheduler.db"
+    cluster: PostgresCluster = request.getfixturevalue("scheduler_postgres")
+    name = f"scheduler_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return cluster.url(name)
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[SessionFactory]:
+    engine = make_engine(database_url)
+    await migrate(engine)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        await engine.dispose()

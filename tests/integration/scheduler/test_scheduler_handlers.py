@@ -1,0 +1,207 @@
+"""The scheduler on a real database through its handlers and timer: fairness across accounts,
+the per-account limit, queue updates, retries with backoff, deadlines, lost workers, cancels."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from kiln_contracts.v1 import jobs_pb2
+from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
+from kiln_scheduler.config import SchedulerSettings
+from kiln_scheduler.repository import migrate
+from tests.integration.scheduler.scheduler_events import (
+    POOL,
+    Harness,
+    attempt_failed,
+    cancel_requested,
+    completed,
+    of_type,
+    started,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def settings(**overrides: object) -> SchedulerSettings:
+    values: dict[str, object] = {
+        "pool_capacity": {POOL: 2},
+        "account_concurrency_limit": 1000,
+        "retry_backoff_base_s": 1.0,
+        "retry_backoff_cap_s": 4.0,
+        "max_attempts": 3,
+        "worker_start_timeout_s": 30.0,
+        "worker_heartbeat_timeout_s": 60.0,
+    }
+    values.update(overrides)
+    return SchedulerSettings(**values)  # type: ignore[arg-type]
+
+
+def dispatched_ids(events: list) -> list[str]:  # type: ignore[type-arg]
+    return [e.job_id for e in of_type(events, "job.dispatched")]
+
+
+async def test_a_newcomer_is_not_stuck_behind_500_jobs(sessions: SessionFactory) -> None:
+    h = Harness(sessions, settings(queue_update_batch=20))
+    a_jobs = [await h.reserve("acct_a", f"a{i:03d}") for i in range(500)]
+    running = dispatched_ids(h.emitted)
+    assert running == ["a000", "a001"]
+    b_jobs = [await h.reserve("acct_b", f"b{i}") for i in range(5)]
+    # b's first job is told it is next in line.
+    first_b = [e for e in of_type(h.emitted, "job.queued") if e.job_id == "b0"]
+    assert first_b[-1].message.queue_position == 1
+    order: list[str] = []
+    while len(order) < 12:
+        finished = running.pop(0)
+        new = await h.deliver(completed("acct_a" if finished[0] == "a" else "acct_b", finished, 1))
+        chosen = dispatched_ids(new)
+        running += chosen
+        order += chosen
+    b_at = [i for i, job_id in enumerate(order) if job_id in b_jobs]
+    assert len(b_at) == 5 and max(b_at) < 9, order
+    # The queue kept explaining itself as it moved: a's waiting jobs got position updates,
+    # bounded per move.
+    # (one per new job, at most 20 more per move: 5 arrivals of b and 12 dispatches)
+    assert len(of_type(h.emitted, "job.queued")) <= 505 + 20 * (5 + 12)
+    last = {e.job_id: e.message for e in of_type(h.emitted, "job.queued")}
+    assert last[a_jobs[10]].queue_position < 10
+    assert last[a_jobs[10]].queue_reason == "capacity"
+    assert last[a_jobs[10]].estimated_start_at.seconds > 0
+
+
+async def test_concurrency_limit_per_account(sessions: SessionFactory) -> None:
+    h = Harness(sessions, settings(pool_capacity={POOL: 8}, account_concurrency_limit=2))
+    jobs = [await h.reserve("acct_a") for _ in range(5)]
+    assert dispatched_ids(h.emitted) == jobs[:2]
+    queued = {e.job_id: e.message for e in of_type(h.emitted, "job.queued")}
+    assert queued[jobs[4]].queue_reason == "concurrency_limit"
+    other = await h.reserve("acct_b")
+    assert dispatched_ids(h.emitted)[-1] == other
+    new = await h.deliver(completed("acct_a", jobs[0], 1))
+    assert dispatched_ids(new) == [jobs[2]]
+
+
+async def test_retryable_failure_is_retried_with_backoff_then_fails(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a")
+    now = datetime.now(UTC)
+    for attempt in (1, 2):
+        await h.deliver(started("acct_a", job, attempt))
+        new = await h.deliver(attempt_failed("acct_a", job, attempt, "TRITON_UNAVAILABLE", True))
+        assert dispatched_ids(new) == []  # backoff first
+        assert of_type(new, "job.queued")[0].message.queue_position == 1
+        row = await h.row(job)
+        assert row.status == "queued"
+        new = await h.tick(now + timedelta(seconds=30))
+        [again] = of_type(new, "job.dispatched")
+        assert again.message.attempt == attempt + 1
+    new = await h.deliver(attempt_failed("acct_a", job, 3, "TRITON_UNAVAILABLE", True))
+    [failed] = of_type(new, "job.failed")
+    assert failed.message.error_code == "TRITON_UNAVAILABLE"
+    assert failed.message.attempt == 3
+    assert (await h.row(job)).status == "finished"
+
+
+async def test_non_retryable_failure_fails_at_once_and_stale_attempts_are_ignored(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a")
+    assert await h.deliver(attempt_failed("acct_a", job, 7, "INVALID_INPUT", False)) == []
+    new = await h.deliver(attempt_failed("acct_a", job, 1, "INVALID_INPUT", False))
+    [failed] = of_type(new, "job.failed")
+    assert failed.message.error_code == "INVALID_INPUT"
+    assert await h.deliver(attempt_failed("acct_a", job, 1, "INVALID_INPUT", False)) == []
+
+
+async def test_deadline_fails_queued_and_running_jobs_and_a_late_completion_is_ignored(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings(pool_capacity={POOL: 1}))
+    running = await h.reserve("acct_a", deadline_s=5)
+    queued = await h.reserve("acct_b", deadline_s=5)
+    later = await h.reserve("acct_c", deadline_s=600)
+    await h.deliver(started("acct_a", running, 1))
+    new = await h.tick(datetime.now(UTC) + timedelta(seconds=10))
+    failed = {e.job_id: e.message for e in of_type(new, "job.failed")}
+    assert set(failed) == {running, queued}
+    assert {m.error_code for m in failed.values()} == {"TIMEOUT"}
+    assert dispatched_ids(new) == [later]  # the slot is free again
+    assert await h.deliver(completed("acct_a", running, 1)) == []
+    assert (await h.row(running)).outcome == "timeout"
+
+
+async def test_lost_worker_is_retried_and_its_stale_answer_ignored(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a")
+    now = datetime.now(UTC)
+    assert await h.tick(now + timedelta(seconds=10)) == []
+    await h.tick(now + timedelta(seconds=31))  # never started: lost
+    row = await h.row(job)
+    assert (row.status, row.last_error_code) == ("queued", "WORKER_LOST")
+    [again] = of_type(await h.tick(now + timedelta(seconds=40)), "job.dispatched")
+    assert again.message.attempt == 2
+    assert await h.deliver(attempt_failed("acct_a", job, 1, "TRITON_UNAVAILABLE", True)) == []
+    # Started, then silent past the heartbeat timeout: lost again.
+    await h.deliver(started("acct_a", job, 2))
+    await h.tick(datetime.now(UTC) + timedelta(seconds=61))
+    assert (await h.row(job)).status == "queued"
+
+
+async def test_cancel_of_a_running_job_waits_for_the_worker(sessions: SessionFactory) -> None:
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a")
+    await h.deliver(started("acct_a", job, 1))
+    assert await h.deliver(cancel_requested("acct_a", job)) == []
+    assert (await h.row(job)).status == "canceling"
+    new = await h.deliver(attempt_failed("acct_a", job, 1, "CANCELED", False))
+    assert [e.type for e in new] == ["job.canceled"]
+    # Completion wins over a pending cancel (it is charged).
+    other = await h.reserve("acct_a")
+    await h.deliver(cancel_requested("acct_a", other))
+    new = await h.deliver(completed("acct_a", other, 1))
+    assert of_type(new, "job.canceled") == []
+    assert (await h.row(other)).outcome == "completed"
+
+
+async def test_cancel_of_a_queued_or_backing_off_job_is_immediate(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings(pool_capacity={POOL: 1}))
+    first = await h.reserve("acct_a")
+    second = await h.reserve("acct_b")
+    new = await h.deliver(cancel_requested("acct_b", second))
+    assert [e.type for e in new] == ["job.canceled"]
+    await h.deliver(attempt_failed("acct_a", first, 1, "TRITON_UNAVAILABLE", True))
+    new = await h.deliver(cancel_requested("acct_a", first))
+    [canceled] = of_type(new, "job.canceled")
+    assert isinstance(canceled.message, jobs_pb2.JobCanceled)
+
+
+async def test_migrate_adds_the_new_columns_to_an_older_table(tmp_path: object) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE queued_jobs (seq INTEGER PRIMARY KEY, job_id VARCHAR(64) UNIQUE, "
+                "account_id VARCHAR(64), pool VARCHAR(64), spec BLOB, price_millicredits BIGINT,"
+                " status VARCHAR(16), attempt INTEGER, enqueued_at DATETIME, dispatched_at "
+                "DATETIME, finished_at DATETIME)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO queued_jobs (job_id, account_id, pool, spec, price_millicredits, "
+                "status, attempt) VALUES ('j', 'a', 'p', x'', 0, 'queued', 0)"
+            )
+        )
+    await migrate(engine)
+    await migrate(engine)  # idempotent
+    h = Harness(make_session_factory(engine), settings())
+    row = await h.row("j")
+    assert row.deadline_at is None and row.queue_reason is None
+    await engine.dispose()
