@@ -1,3 +1,7 @@
+from typing import Literal
+
+from pydantic import Field
+
 from kiln_runtime.settings import ServiceSettings
 
 
@@ -10,5 +14,27 @@ class InferenceSettings(ServiceSettings):
     worker_concurrency: int = 8
     # Simulated time of a sandbox job when the request names none (DESIGN.md: 10 s).
     sandbox_delay_ms: int = 10_000
+    # A sandbox job asking for outcome "timeout" is held this long past its deadline (so that
+    # the scheduler's deadline rule fails it first), then given up with TIMEOUT.
+    sandbox_timeout_grace_s: float = Field(default=5.0, ge=0)
     result_chunk_size: int = 1024 * 1024
     worker_id: str = "inference-1"
+    # Progress while a model runs: a job.progress at most this often.
+    progress_interval_s: float = Field(default=2.0, gt=0)
+    # Input images (models with needs_input_image): fetched through the URL guard.
+    input_image_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    input_image_max_pixels: int = Field(default=4096 * 4096, gt=0)
+    input_image_timeout_s: float = Field(default=15.0, gt=0)
+    # Where results go: "local" (blob_dir) or "s3" (an S3-compatible bucket; credentials from
+    # boto3's usual chain, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    blob_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    # Results are deleted this long after they were stored (a sweep runs every interval).
+    result_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    retention_sweep_interval_s: float = Field(default=300.0, gt=0)
+    # A work item whose run crashes (not a model error: e.g. the blob store is down) is tried
+    # again locally this many times before its attempt fails as retryable WORKER_ERROR.
+    max_local_crashes: int = Field(default=3, ge=1)

@@ -1,6 +1,7 @@
 """Inference's decisions, as pure functions: what to ask Triton, and what a failure means."""
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,20 @@ class TritonCall:
     triton_model: str
     request: dict[str, Any]
     content_type: str
+    # the model needs the picture at this URL, fetched by the worker into request["image_b64"]
+    image_url: str | None = None
+    # a sandbox job that asked for outcome "timeout": no call, hold it past its deadline
+    hold_past_deadline: bool = False
+    # how long the call should take, for progress estimates
+    expected_s: float = 5.0
 
 
 class UnknownModel(ValueError):
     pass
+
+
+class InvalidJobInput(ValueError):
+    """The job's input cannot be run (a model needing an image got no image_url)."""
 
 
 def triton_call(
@@ -33,11 +44,34 @@ def triton_call(
             triton_model=catalog.sandbox_triton_model,
             request={"kind": entry.kind, "delay_ms": delay, "outcome": outcome},
             content_type=entry.content_type,
+            hold_past_deadline=outcome == "timeout",
+            expected_s=max(delay / 1000.0, 0.1),
         )
-    request = json.loads(spec.input_json) if spec.input_json else {}
+    try:
+        request = json.loads(spec.input_json) if spec.input_json else {}
+    except ValueError as exc:
+        raise InvalidJobInput("the job input is not JSON") from exc
+    if not isinstance(request, dict):
+        raise InvalidJobInput("the job input is not a JSON object")
+    image_url: str | None = None
+    if entry.needs_input_image:
+        url = request.pop("image_url", None)
+        if not isinstance(url, str) or not url:
+            raise InvalidJobInput("this model needs an image_url")
+        image_url = url
     return TritonCall(
-        triton_model=entry.triton_model, request=request, content_type=entry.content_type
+        triton_model=entry.triton_model,
+        request=request,
+        content_type=entry.content_type,
+        image_url=image_url,
     )
+
+
+def estimated_progress(elapsed_s: float, expected_s: float, start: float, end: float) -> float:
+    """Progress between ``start`` and ``end`` while a call of about ``expected_s`` runs: it
+    follows 1 - e^(-t/expected), so it keeps moving and never reaches ``end`` on its own."""
+    share = 1.0 - math.exp(-max(elapsed_s, 0.0) / max(expected_s, 0.05))
+    return start + (end - start) * share
 
 
 def result_blob_key(account_id: str, job_id: str) -> str:
@@ -54,6 +88,13 @@ PUBLIC_MESSAGES = {
     "MODEL_UNAVAILABLE": "The model is not loaded on the model server.",
     "MODEL_ERROR": "The model failed while running this job.",
     "INFERENCE_ERROR": "The model failed while running this job.",
+    "WORKER_ERROR": "The worker failed while running this job.",
+    "CANCELED": "The job was canceled.",
+    "TIMEOUT": "The job did not finish before its deadline.",
+    "INPUT_IMAGE_REFUSED": "The input image URL is not allowed.",
+    "INPUT_IMAGE_TOO_LARGE": "The input image is too large.",
+    "INPUT_IMAGE_INVALID": "The input image could not be read.",
+    "INPUT_IMAGE_UNAVAILABLE": "The input image could not be fetched.",
 }
 
 

@@ -1,0 +1,219 @@
+"""The worker's side of retries and cancel, on a SQLite file with a stand-in Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from kiln_contracts.v1 import jobs_pb2
+from kiln_crypto import ResultEncryption, decrypt_bytes
+from kiln_inference.models import StoredResult, WorkItem
+from kiln_inference.reference_models.image import render_image
+from kiln_inference.triton_client import TritonInferenceError
+from kiln_runtime.db import transaction
+from tests.unit.inference.worker_support import (
+    SECRET,
+    cancel_requested,
+    dispatched,
+    running_worker,
+)
+
+PNG = render_image("a lighthouse", 0, 64, 64)
+
+
+async def answer_png(url: str, model: str, request: dict[str, Any], timeout_s: float) -> Any:
+    return PNG, "image/png"
+
+
+async def hang(url: str, model: str, request: dict[str, Any], timeout_s: float) -> Any:
+    await asyncio.sleep(3600)
+    raise AssertionError("unreachable")
+
+
+def failing(code: str) -> Any:
+    async def infer(url: str, model: str, request: dict[str, Any], timeout_s: float) -> Any:
+        raise TritonInferenceError(code, "stand-in failure")
+
+    return infer
+
+
+def failure(event: Any) -> jobs_pb2.JobAttemptFailed:
+    message = event.message
+    assert isinstance(message, jobs_pb2.JobAttemptFailed)
+    return message
+
+
+async def test_completed_job_stores_an_encrypted_result(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        await h.deliver(dispatched("job_ok"))
+        (done,) = await h.wait_for("job.completed")
+        assert [e.type for e in await h.emitted()][:1] == ["job.started"]
+        result = done.message.result  # type: ignore[attr-defined]
+        blob = h.blobs.open(result.blob_key).read()
+        encryption = ResultEncryption.from_json(
+            {
+                "scheme": result.encryption.scheme,
+                "key_id": result.encryption.key_id,
+                "salt": base64.b64encode(result.encryption.salt).decode(),
+                "sealed_key": base64.b64encode(result.encryption.sealed_key).decode(),
+                "chunk_size": result.encryption.chunk_size,
+            }
+        )
+        plain = decrypt_bytes(blob, secret=SECRET, job_id="job_ok", encryption=encryption)
+        assert Image.open(io.BytesIO(plain)).size == (64, 64)
+        assert (await h.emitted("job.failed")) == []  # only the scheduler emits job.failed
+        async with h.sessions() as session:
+            assert await session.get(StoredResult, result.blob_key) is not None
+            assert await session.get(WorkItem, "job_ok:1") is None
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [
+        ("TRITON_UNAVAILABLE", True),
+        ("TRITON_TIMEOUT", True),
+        ("MODEL_UNAVAILABLE", True),
+        ("INVALID_INPUT", False),
+        ("SANDBOX_FAILED", False),
+    ],
+)
+async def test_failures_become_attempt_failed(
+    tmp_path: Path, monkeypatch: Any, code: str, retryable: bool
+) -> None:
+    async with running_worker(tmp_path, failing(code), monkeypatch) as h:
+        await h.deliver(dispatched("job_bad", attempt=2))
+        (event,) = await h.wait_for("job.attempt_failed")
+        got = failure(event)
+        assert (got.error_code, got.retryable, got.attempt) == (code, retryable, 2)
+        assert got.worker_id == h.settings.worker_id
+        assert "stand-in" not in got.error_message  # public text, no internals
+        assert (await h.emitted("job.failed")) == []
+
+
+async def test_cancel_of_a_pending_item_drops_it(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch, start=False) as h:
+        await h.deliver(dispatched("job_p"))
+        await h.deliver(cancel_requested("job_p"))
+        (event,) = await h.wait_for("job.attempt_failed")
+        assert (failure(event).error_code, failure(event).retryable) == ("CANCELED", False)
+        async with h.sessions() as session:
+            assert await session.get(WorkItem, "job_p:1") is None
+        # a dispatch that arrives after the cancel never runs
+        await h.deliver(dispatched("job_p", attempt=2))
+        events = await h.wait_for("job.attempt_failed", 2)
+        assert failure(events[1]).attempt == 2
+        assert h.calls == []
+
+
+async def test_cancel_stops_a_running_triton_call(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, hang, monkeypatch) as h:
+        await h.deliver(dispatched("job_r"))
+        await h.wait_for("job.started")
+        await h.wait_for("job.progress")  # the call runs and reports progress
+        started = asyncio.get_running_loop().time()
+        await h.deliver(cancel_requested("job_r"))
+        (event,) = await h.wait_for("job.attempt_failed", timeout_s=5)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert (failure(event).error_code, failure(event).retryable) == ("CANCELED", False)
+        assert await h.emitted("job.completed") == []
+        progress = [e.message.progress for e in await h.emitted("job.progress")]  # type: ignore[attr-defined]
+        assert progress == sorted(progress) and all(0 < p < 1 for p in progress)
+
+
+async def test_restart_ends_an_item_canceled_while_it_ran(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, hang, monkeypatch, start=False) as h:
+        await h.deliver(dispatched("job_k"))
+        async with transaction(h.sessions) as session:
+            item = await session.get(WorkItem, "job_k:1")
+            assert item is not None
+            item.status = "canceling"  # the worker was killed after the cancel committed
+        await h.worker.recover()
+        (event,) = await h.wait_for("job.attempt_failed")
+        assert failure(event).error_code == "CANCELED"
+
+
+async def test_restart_runs_an_interrupted_item_again(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch, start=False) as h:
+        await h.deliver(dispatched("job_again"))
+        async with transaction(h.sessions) as session:
+            item = await session.get(WorkItem, "job_again:1")
+            assert item is not None
+            item.status = "running"  # killed mid-job
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        await h.wait_for("job.completed")
+
+
+async def test_sandbox_timeout_holds_past_the_deadline(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        await h.deliver(
+            dispatched("job_t", sandbox=True, outcome="timeout", delay_ms=0, deadline_s=0.5)
+        )
+        started = asyncio.get_running_loop().time()
+        (event,) = await h.wait_for("job.attempt_failed", timeout_s=5)
+        assert asyncio.get_running_loop().time() - started >= 0.5
+        assert (failure(event).error_code, failure(event).retryable) == ("TIMEOUT", False)
+        assert h.calls == []  # Triton was never asked
+
+
+async def test_sandbox_answers_every_kind(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        for index, model in enumerate(
+            [
+                "kiln/prompt-to-image",
+                "kiln/image-edit",
+                "kiln/image-to-video",
+                "kiln/text-to-speech",
+            ]
+        ):
+            await h.deliver(dispatched(f"job_s{index}", model, {}, sandbox=True, delay_ms=10))
+        await h.wait_for("job.completed", 4)
+        kinds = sorted(request["kind"] for model, request in h.calls)
+        assert {model for model, _ in h.calls} == {"sandbox"}
+        assert kinds == ["audio", "image", "image", "video"]
+
+
+async def test_model_without_image_url_is_invalid(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        await h.deliver(dispatched("job_noimg", "kiln/image-edit", {"prompt": "x"}))
+        (event,) = await h.wait_for("job.attempt_failed")
+        assert (failure(event).error_code, failure(event).retryable) == ("INVALID_INPUT", False)
+
+
+async def test_refused_image_url_is_not_retryable(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        await h.deliver(
+            dispatched(
+                "job_ssrf", "kiln/image-edit", {"prompt": "x", "image_url": "http://10.0.0.1/a.png"}
+            )
+        )
+        (event,) = await h.wait_for("job.attempt_failed")
+        assert (failure(event).error_code, failure(event).retryable) == (
+            "INPUT_IMAGE_REFUSED",
+            False,
+        )
+        assert h.calls == []
+
+
+async def test_retention_sweep_deletes_old_results(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_worker(
+        tmp_path, answer_png, monkeypatch, result_retention_s=3600, retention_sweep_interval_s=3600
+    ) as h:
+        await h.deliver(dispatched("job_old"))
+        await h.deliver(dispatched("job_new"))
+        done = await h.wait_for("job.completed", 2)
+        keys = {e.job_id: e.message.result.blob_key for e in done}  # type: ignore[attr-defined]
+        async with transaction(h.sessions) as session:
+            old = await session.get(StoredResult, keys["job_old"])
+            assert old is not None
+            old.stored_at = datetime.now(UTC) - timedelta(hours=2)
+        assert await h.worker.sweep_expired_results() == 1
+        assert h.blobs.size(keys["job_old"]) is None
+        assert h.blobs.size(keys["job_new"]) is not None
+        assert await h.worker.sweep_expired_results() == 0

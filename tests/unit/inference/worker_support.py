@@ -1,0 +1,170 @@
+"""A worker on a SQLite file with a stand-in relay and a stand-in Triton, for worker tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select
+
+from kiln_contracts import Event, decode, new_event
+from kiln_contracts.v1 import common_pb2, jobs_pb2
+from kiln_crypto import make_result_key
+from kiln_inference import worker as worker_module
+from kiln_inference.config import InferenceSettings
+from kiln_inference.models import MESSAGING, Base
+from kiln_inference.worker import Worker, make_handlers
+from kiln_runtime.blobs import LocalBlobStore
+from kiln_runtime.catalog import load_catalog
+from kiln_runtime.consuming import EventProcessor
+from kiln_runtime.db import make_engine, make_session_factory
+
+SECRET = "sk_live_worker-tests"
+ACCOUNT = "acct_worker"
+Infer = Callable[[str, str, dict[str, Any], float], Awaitable[tuple[bytes, str]]]
+
+
+class StubRelay:
+    def wake(self) -> None:
+        pass
+
+
+def ts(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def dispatched(
+    job_id: str,
+    model: str = "kiln/prompt-to-image",
+    input_: dict[str, Any] | None = None,
+    *,
+    attempt: int = 1,
+    sandbox: bool = False,
+    outcome: str | None = None,
+    delay_ms: int | None = None,
+    deadline_s: float = 60.0,
+) -> Event:
+    material = make_result_key(SECRET)
+    now = datetime.now(UTC)
+    spec = common_pb2.JobSpec(
+        model=model,
+        input_json=json.dumps(input_ if input_ is not None else {"prompt": "a lighthouse"}),
+        sandbox=sandbox,
+        result_key=common_pb2.ResultKey(
+            key_id="key_1", public_key=material.public_key, salt=material.salt
+        ),
+        pool="cpu-image",
+        created_at=ts(now),
+        deadline=ts(now + timedelta(seconds=deadline_s)),
+    )
+    if outcome is not None:
+        spec.sandbox_outcome = outcome
+    if delay_ms is not None:
+        spec.sandbox_delay_ms = delay_ms
+    message = jobs_pb2.JobDispatched(spec=spec, price_millicredits=5000, attempt=attempt)
+    return decode(_encode(new_event("job.dispatched", message, account_id=ACCOUNT, job_id=job_id)))
+
+
+def cancel_requested(job_id: str) -> Event:
+    message = jobs_pb2.JobCancelRequested(requested_by_key_id="key_1")
+    return decode(
+        _encode(new_event("job.cancel_requested", message, account_id=ACCOUNT, job_id=job_id))
+    )
+
+
+def _encode(envelope: Any) -> bytes:
+    from kiln_contracts import encode
+
+    return encode(envelope)
+
+
+@dataclass
+class Harness:
+    worker: Worker
+    processor: EventProcessor
+    settings: InferenceSettings
+    blobs: LocalBlobStore
+    sessions: Any
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def deliver(self, event: Event) -> None:
+        await self.processor.process(event)
+
+    async def emitted(self, event_type: str | None = None) -> list[Event]:
+        async with self.sessions() as session:
+            rows = (await session.execute(select(MESSAGING.outbox.c.payload))).scalars().all()
+        events = [decode(row) for row in rows]
+        return [e for e in events if event_type is None or e.type == event_type]
+
+    async def wait_for(
+        self, event_type: str, count: int = 1, timeout_s: float = 10.0
+    ) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            found = await self.emitted(event_type)
+            if len(found) >= count:
+                return found
+            if loop.time() > deadline:
+                every = [e.type for e in await self.emitted()]
+                raise AssertionError(f"no {count} x {event_type} in {timeout_s} s; got {every}")
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_worker(
+    tmp_path: Path,
+    infer: Infer,
+    monkeypatch: Any,
+    *,
+    start: bool = True,
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
+    settings = InferenceSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'inference.db'}",
+        blob_dir=tmp_path / "blobs",
+        worker_concurrency=2,
+        progress_interval_s=0.05,
+        sandbox_timeout_grace_s=0.2,
+        **overrides,
+    )
+    engine = make_engine(settings.database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = make_session_factory(engine)
+    harness_calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def fake_infer(
+        url: str, model: str, request: dict[str, Any], timeout_s: float
+    ) -> tuple[bytes, str]:
+        harness_calls.append((model, request))
+        return await infer(url, model, request, timeout_s)
+
+    monkeypatch.setattr(worker_module, "infer_file", fake_infer)
+    wakeup = asyncio.Event()
+    blobs = LocalBlobStore(settings.blob_dir)
+    worker = Worker(settings, sessions, StubRelay(), load_catalog(), blobs, wakeup)
+    processor = EventProcessor(
+        sessions,
+        MESSAGING,
+        consumer="inference",
+        handlers=make_handlers(wakeup, settings.worker_id),
+        on_commit=worker.on_event_committed,
+    )
+    task = asyncio.create_task(worker.run()) if start else None
+    try:
+        yield Harness(worker, processor, settings, blobs, sessions, harness_calls)
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await engine.dispose()
