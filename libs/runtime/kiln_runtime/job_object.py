@@ -35,6 +35,8 @@ class JobView:
     error_code: str | None = None
     error_message: str | None = None
     webhook_url: str | None = None
+    estimated_start_at: datetime | None = None
+    queue_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def render_job(view: JobView, links: FileLinks, now: datetime | None = None) -> 
         "started_at": _iso(view.started_at),
         "completed_at": _iso(view.completed_at),
         "queue_position": view.queue_position if view.status == "queued" else None,
+        "estimated_start_at": _iso(view.estimated_start_at) if view.status == "queued" else None,
+        "queue_reason": view.queue_reason if view.status == "queued" else None,
         "progress": view.progress,
         "cost": None if view.cost_millicredits is None else format_credits(view.cost_millicredits),
         "result": result,

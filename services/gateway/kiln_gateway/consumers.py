@@ -55,7 +55,7 @@ async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
     job = await session.get(Job, event.job_id)
     if job is None or job.account_id != event.account_id:
         return
-    before = (job.status, job.progress, job.queue_position)
+    before = (job.status, job.progress, job.queue_position, job.queue_reason)
     target = next_status(job.status, event.type)
     if target is not None:
         job.status = target
@@ -70,6 +70,12 @@ async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
     elif isinstance(message, jobs_pb2.JobQueued):
         if job.status == "queued":
             job.queue_position = message.queue_position
+            job.queue_reason = message.queue_reason or None
+            job.estimated_start_at = (
+                _when(message.estimated_start_at, occurred)
+                if message.HasField("estimated_start_at")
+                else None
+            )
     elif isinstance(message, jobs_pb2.JobStarted):
         if target == "running":
             job.started_at = _when(message.started_at, occurred)
@@ -108,7 +114,8 @@ async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
         job.completed_at = _when(message.canceled_at, occurred)
         job.cost_millicredits = 0
         job.queue_position = None
-    if (job.status, job.progress, job.queue_position) != before or event.type in LEDGER_EVENTS:
+    after = (job.status, job.progress, job.queue_position, job.queue_reason)
+    if after != before or event.type in LEDGER_EVENTS:
         record_account_event(session, job, event.type, occurred)
 
 

@@ -97,6 +97,9 @@ def job_spec(
         spec.sandbox_outcome = body.sandbox.outcome
         if body.sandbox.delay_s is not None:
             spec.sandbox_delay_ms = int(body.sandbox.delay_s * 1000)
+        if body.sandbox.outcome == "timeout":
+            limit_s = body.sandbox.delay_s if body.sandbox.delay_s is not None else 2.0
+            spec.deadline.CopyFrom(_ts(now + timedelta(seconds=limit_s)))
     return spec
 
 
@@ -309,7 +312,7 @@ async def job_events(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -
         quiet_since = asyncio.get_running_loop().time()
         while True:
             job = await _load(state, job_id, caller)
-            seen = (job.status, round(job.progress, 3), job.queue_position)
+            seen = (job.status, round(job.progress, 3), job.queue_position, job.queue_reason)
             if seen != last:
                 last = seen
                 sent += 1

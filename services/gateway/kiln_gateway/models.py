@@ -79,6 +79,9 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # While queued, from the scheduler's job.queued (issue 5).
+    estimated_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queue_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class Balance(Base):

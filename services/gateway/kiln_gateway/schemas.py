@@ -29,8 +29,9 @@ class KeyCreate(Strict):
 
 
 class SandboxOptions(Strict):
-    # "timeout" (DESIGN.md) needs the scheduler's deadlines, which come with issue 5.
-    outcome: Literal["completed", "failed"] = "completed"
+    # "timeout": the job gets a short deadline (delay_s, else 2 s) that the sandbox model
+    # overruns, and the scheduler fails it with TIMEOUT at that deadline.
+    outcome: Literal["completed", "failed", "timeout"] = "completed"
     delay_s: float | None = Field(default=None, ge=0, le=600)
 
 

@@ -33,6 +33,8 @@ def job_view(job: Job) -> JobView:
         error_code=job.error_code,
         error_message=job.error_message,
         webhook_url=job.webhook_url,
+        estimated_start_at=job.estimated_start_at,
+        queue_reason=job.queue_reason,
     )
 
 
