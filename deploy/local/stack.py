@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -64,7 +65,13 @@ DEMO_EMAIL = "demo@kiln.local"
 DEMO_NAME = "Demo"
 DEMO_CREDITS = "1000"
 # Made once per stack folder (secrets.env), then reused by every `up`.
-SECRET_NAMES = ("KILN_ADMIN_TOKEN", "KILN_FILES_SIGNING_KEY", "KILN_SESSION_SIGNING_KEY")
+SECRET_NAMES = (
+    "KILN_ADMIN_TOKEN",
+    "KILN_FILES_SIGNING_KEY",
+    "KILN_SESSION_SIGNING_KEY",
+    # The platform's Ed25519 private key for `v1a` webhook signatures (gateway and notifier).
+    "KILN_WEBHOOK_SIGNING_KEY",
+)
 
 DEFAULT_SANDBOX_DELAY_MS = 10_000
 KAFKA_START_TIMEOUT_S = 90.0
@@ -832,7 +839,12 @@ class LocalStack:
         changed = False
         for key in SECRET_NAMES:
             if not values.get(key):
-                values[key] = secrets.token_urlsafe(32)
+                values[key] = (
+                    # Ed25519 private key: standard base64 of 32 random bytes.
+                    base64.b64encode(secrets.token_bytes(32)).decode()
+                    if key == "KILN_WEBHOOK_SIGNING_KEY"
+                    else secrets.token_urlsafe(32)
+                )
                 changed = True
         if changed:
             write_env_file(
@@ -864,6 +876,8 @@ class LocalStack:
         )
         if name == "gateway":
             env["KILN_SESSION_SIGNING_KEY"] = keys["KILN_SESSION_SIGNING_KEY"]
+        if name in ("gateway", "notifier"):
+            env["KILN_WEBHOOK_SIGNING_KEY"] = keys["KILN_WEBHOOK_SIGNING_KEY"]
         if name == "inference":
             env["KILN_TRITON_GRPC_URL"] = f"127.0.0.1:{self.ports.triton_grpc}"
             env["KILN_SANDBOX_DELAY_MS"] = str(self.sandbox_delay_ms)

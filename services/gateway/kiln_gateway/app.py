@@ -7,7 +7,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from kiln_contracts import Event
-from kiln_gateway import admin, catalog, files, jobs, keys, sessions, usage, webhooks
+from kiln_gateway import (
+    admin,
+    catalog,
+    files,
+    jobs,
+    keys,
+    sessions,
+    usage,
+    webhook_endpoints,
+)
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.consumers import HANDLERS
 from kiln_gateway.errors import error_response, install_error_handlers
@@ -76,7 +85,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return response
 
     api = APIRouter(prefix="/api/v1")
-    for module in (admin, jobs, catalog, usage, files, webhooks, sessions, keys):
+    for module in (admin, jobs, catalog, usage, files, webhook_endpoints, sessions, keys):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health_router(lambda: runtime.readiness))

@@ -36,3 +36,7 @@ class GatewaySettings(ServiceSettings):
     rate_limit_sandbox_read: int = Field(default=1000, gt=0)
     # Where the counters live: "database" (shared by every replica) or "memory" (per process).
     rate_limit_store: Literal["database", "memory"] = "database"
+    # The platform's Ed25519 private key for `v1a` webhook signatures (base64 of the raw 32
+    # bytes), the same as the notifier's; GET /api/v1/webhooks/public-key serves its public
+    # half. Empty: no `v1a` signatures, and that route answers 404.
+    webhook_signing_key: str = ""

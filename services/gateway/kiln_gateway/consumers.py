@@ -4,11 +4,19 @@ import base64
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_contracts import Event
-from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
-from kiln_gateway.models import Balance, Grant, Job
+from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2, webhooks_pb2
+from kiln_gateway.models import (
+    Balance,
+    Grant,
+    Job,
+    WebhookAttemptRecord,
+    WebhookDeliveryRecord,
+    WebhookEndpoint,
+)
 from kiln_gateway.service import next_status
 from kiln_gateway.timeline import record_account_event
 from kiln_runtime.consuming import Handler
@@ -138,3 +146,105 @@ READ_MODEL_TOPICS = (
 )
 
 HANDLERS: dict[str, Handler] = {topic: on_event for topic in READ_MODEL_TOPICS}
+
+
+# ---------------------------------------------------------------------------------------------
+# The webhook delivery log (issue 6): built from the notifier's events, never its tables.
+
+
+async def on_webhook_attempted(session: AsyncSession, event: Event, outbox: Outbox) -> None:
+    """One attempt: its row in the log, and the delivery's current state. A 410 that ended a
+    delivery to an account endpoint marks the endpoint disabled (an update re-enables it)."""
+    message = event.message
+    if not isinstance(message, webhooks_pb2.WebhookAttempted):
+        return
+    occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
+    attempted_at = _when(message.attempted_at, occurred)
+    next_at = (
+        message.next_attempt_at.ToDatetime(tzinfo=UTC)
+        if message.HasField("next_attempt_at")
+        else None
+    )
+    delivery = await session.get(WebhookDeliveryRecord, message.delivery_id)
+    if delivery is None:
+        delivery = WebhookDeliveryRecord(
+            id=message.delivery_id,
+            account_id=event.account_id,
+            webhook_id=message.webhook_id,
+            endpoint_id=message.endpoint_id,
+            url=message.url,
+            event_type=message.event_type,
+            job_id=message.job_id,
+            status=message.outcome,
+            attempts=0,
+            created_at=attempted_at,
+            updated_at=attempted_at,
+        )
+        session.add(delivery)
+    elif delivery.account_id != event.account_id:
+        return
+    known = await session.scalar(
+        select(WebhookAttemptRecord.id).where(
+            WebhookAttemptRecord.delivery_id == message.delivery_id,
+            WebhookAttemptRecord.attempt == message.attempt,
+        )
+    )
+    if known is not None:
+        return
+    session.add(
+        WebhookAttemptRecord(
+            delivery_id=message.delivery_id,
+            account_id=event.account_id,
+            attempt=message.attempt,
+            attempted_at=attempted_at,
+            status_code=message.status_code or None,
+            latency_ms=message.latency_ms,
+            error=message.error or None,
+            outcome=message.outcome,
+            next_attempt_at=next_at,
+        )
+    )
+    if message.attempt >= delivery.attempts:
+        delivery.attempts = message.attempt
+        delivery.status = message.outcome
+        delivery.last_status_code = message.status_code or None
+        delivery.last_error = message.error or None
+        delivery.next_attempt_at = next_at
+        delivery.updated_at = attempted_at
+    if message.status_code == 410 and message.outcome == "failed" and message.endpoint_id:
+        endpoint = await session.get(WebhookEndpoint, message.endpoint_id)
+        if endpoint is not None and endpoint.account_id == event.account_id:
+            if (
+                endpoint.disabled_at is None
+                and endpoint.updated_at.replace(tzinfo=endpoint.updated_at.tzinfo or UTC)
+                <= attempted_at
+            ):
+                endpoint.disabled_at = attempted_at
+
+
+async def on_webhook_finished(session: AsyncSession, event: Event, outbox: Outbox) -> None:
+    """webhook.delivered / webhook.failed: the delivery's final status (webhook.attempted of
+    the same attempt says the same; this covers a log row made before it)."""
+    message = event.message
+    if not isinstance(message, webhooks_pb2.WebhookDelivered | webhooks_pb2.WebhookFailed):
+        return
+    delivery = await session.get(WebhookDeliveryRecord, message.delivery_id)
+    if delivery is None or delivery.account_id != event.account_id:
+        return
+    attempt = (
+        message.attempt if isinstance(message, webhooks_pb2.WebhookDelivered) else message.attempts
+    )
+    if attempt >= delivery.attempts:
+        delivery.status = (
+            "delivered" if isinstance(message, webhooks_pb2.WebhookDelivered) else "failed"
+        )
+        delivery.next_attempt_at = None
+
+
+HANDLERS.update(
+    {
+        "webhook.attempted": on_webhook_attempted,
+        "webhook.delivered": on_webhook_finished,
+        "webhook.failed": on_webhook_finished,
+    }
+)

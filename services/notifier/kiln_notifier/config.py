@@ -22,12 +22,31 @@ class NotifierSettings(ServiceSettings):
     # A claimed delivery whose outcome was never recorded (the process died mid-send) is due
     # again after this long; it must outlast one attempt.
     delivery_lease_s: float = Field(default=60.0, gt=0)
+    # At most this many attempts in flight to one endpoint (one URL), so that a slow or dead
+    # receiver holds a few slots and never the whole sender.
+    max_concurrent_per_endpoint: int = Field(default=4, gt=0)
+    # A 429's Retry-After is honoured up to this many seconds (longer waits are capped).
+    max_retry_after_s: float = Field(default=36000.0, gt=0)
+    # The platform's Ed25519 private key (base64 of the raw 32 bytes; standard or URL-safe
+    # alphabet) for the `v1a` signature; the gateway serves its public key. Empty: `v1` only.
+    webhook_signing_key: str = ""
+    # How often the pending-retries and disabled-endpoints gauges are refreshed.
+    metrics_refresh_s: float = Field(default=5.0, gt=0)
 
     @field_validator("retry_schedule_s")
     @classmethod
     def _delays_not_negative(cls, value: list[float]) -> list[float]:
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays must not be negative")
+        return value
+
+    @field_validator("webhook_signing_key")
+    @classmethod
+    def _signing_key_is_ed25519(cls, value: str) -> str:
+        if value:
+            from kiln_notifier.signing import load_signing_key
+
+            load_signing_key(value)  # raises ValueError when it is not 32 base64 bytes
         return value
 
     @model_validator(mode="after")

@@ -12,10 +12,13 @@ from kiln_contracts.v1 import webhooks_pb2
 from kiln_notifier import repository
 from kiln_notifier.models import NotifierTables
 from kiln_notifier.service import (
+    TEST_TYPE,
     WEBHOOK_TYPES,
+    DeliveryTarget,
     delivery_targets,
     job_spec,
     payload_for_event,
+    payload_for_test_event,
     webhook_type,
 )
 from kiln_runtime.consuming import Handler
@@ -78,6 +81,46 @@ async def handle_job_finished(
     )
 
 
+async def handle_redelivery_requested(
+    session: AsyncSession, event: Event, tables: NotifierTables, now: datetime
+) -> repository.Redelivery | None:
+    """Send a delivery again with the same body and `webhook-id` (the gateway checked that the
+    account owns it; so do we). Unknown ids change nothing."""
+    message = event.message
+    if not isinstance(message, webhooks_pb2.WebhookRedeliveryRequested):
+        raise TypeError(f"expected WebhookRedeliveryRequested, got {type(message).__name__}")
+    return await repository.request_redelivery(
+        session, tables, account_id=event.account_id, delivery_id=message.delivery_id, now=now
+    )
+
+
+async def handle_test_requested(
+    session: AsyncSession, event: Event, tables: NotifierTables, now: datetime
+) -> list[str]:
+    """A `webhook.test` delivery to one live endpoint of the account, `webhook-id` = test id."""
+    message = event.message
+    if not isinstance(message, webhooks_pb2.WebhookTestRequested):
+        raise TypeError(f"expected WebhookTestRequested, got {type(message).__name__}")
+    url = await repository.endpoint_for_test(
+        session, tables, account_id=event.account_id, endpoint_id=message.endpoint_id
+    )
+    if not url:
+        log.info("test event for unknown endpoint %s: nothing sent", message.endpoint_id)
+        return []
+    return await repository.add_deliveries(
+        session,
+        tables,
+        webhook_id=message.test_id or event.event_id,
+        account_id=event.account_id,
+        job_id="",
+        event_type=TEST_TYPE,
+        payload=payload_for_test_event(message.endpoint_id, message.test_id, now),
+        targets=[DeliveryTarget(endpoint_id=message.endpoint_id, url=url)],
+        trace_id=event.envelope.trace_id,
+        now=now,
+    )
+
+
 def make_handlers(
     tables: NotifierTables, links: FileLinks, clock: Clock = _utcnow
 ) -> dict[str, Handler]:
@@ -91,7 +134,19 @@ def make_handlers(
         if created:
             log.info("job %s: %d webhook deliveries queued", event.job_id, len(created))
 
-    handlers: dict[str, Handler] = {"webhooks.endpoint_changed": on_endpoint_changed}
+    async def on_redelivery(session: AsyncSession, event: Event, outbox: Outbox) -> None:
+        redelivery = await handle_redelivery_requested(session, event, tables, clock())
+        if redelivery is not None:
+            log.info("delivery %s: redelivery requested", redelivery.delivery_id)
+
+    async def on_test(session: AsyncSession, event: Event, outbox: Outbox) -> None:
+        await handle_test_requested(session, event, tables, clock())
+
+    handlers: dict[str, Handler] = {
+        "webhooks.endpoint_changed": on_endpoint_changed,
+        "webhook.redelivery_requested": on_redelivery,
+        "webhook.test_requested": on_test,
+    }
     for event_type in WEBHOOK_TYPES:
         handlers[event_type] = on_job_finished
     return handlers

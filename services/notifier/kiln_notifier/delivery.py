@@ -6,12 +6,14 @@ One attempt:
 2. find the secret (the endpoint's, or the account's default for a job's webhook_url),
 3. check the URL and resolve it once (url_guard); connect to that checked address only,
 4. POST the stored body, signed per Standard Webhooks, without following redirects,
-5. in one transaction: the attempt row, the delivery's new state, and `webhook.delivered` or
-   `webhook.failed` when it ends; then wake the outbox relay.
+5. in one transaction: the attempt row, the delivery's new state, `webhook.attempted` (the
+   gateway's delivery log) and `webhook.delivered` or `webhook.failed` when it ends; then wake
+   the outbox relay.
 """
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -19,18 +21,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_notifier import repository
 from kiln_notifier.config import NotifierSettings
-from kiln_notifier.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_LATENCY
+from kiln_notifier.metrics import (
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_DELIVERY_SECONDS,
+    WEBHOOK_DISABLED_ENDPOINTS,
+    WEBHOOK_LATENCY,
+    WEBHOOK_PENDING_RETRIES,
+)
 from kiln_notifier.models import DELIVERED, FAILED, PENDING, NotifierTables
 from kiln_notifier.repository import ClaimedDelivery
-from kiln_notifier.service import AttemptOutcome, decide_after_attempt
+from kiln_notifier.service import AttemptOutcome, decide_after_attempt, parse_retry_after
+from kiln_notifier.signing import load_signing_key, sign_v1a
 from kiln_runtime.db import SessionFactory, transaction
 from kiln_runtime.outbox import Outbox
-from kiln_runtime.url_guard import UnsafeUrl, check_url_shape, resolve_public_addresses
+from kiln_runtime.url_guard import (
+    Resolver,
+    UnsafeUrl,
+    check_url_shape,
+    resolve_public_addresses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +68,16 @@ class InvalidSecret(ValueError):
 
 
 def signature_headers(
-    *, webhook_id: str, timestamp: datetime, body: str, secret: str
+    *,
+    webhook_id: str,
+    timestamp: datetime,
+    body: str,
+    secret: str,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> dict[str, str]:
     """`webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256>` over
-    `{id}.{timestamp}.{body}` with the `whsec_` secret (Standard Webhooks).
-
-    The Ed25519 `v1a,<signature>` that DESIGN.md also asks for is appended to the same header,
-    space-separated, once the notifier has the platform's signing key (a later issue).
+    `{id}.{timestamp}.{body}` with the `whsec_` secret (Standard Webhooks); with the platform's
+    Ed25519 key also `v1a,<base64 signature>` of the same content, space-separated.
     """
     try:
         signer = Webhook(secret)
@@ -66,10 +85,17 @@ def signature_headers(
         raise InvalidSecret("the signing secret is not a valid whsec_ secret") from exc
     # The library drops the tzinfo instead of converting, so hand it UTC.
     stamp = timestamp.astimezone(UTC)
+    signatures = [signer.sign(webhook_id, stamp, body)]
+    if signing_key is not None:
+        signatures.append(
+            sign_v1a(
+                signing_key, webhook_id=webhook_id, timestamp=int(stamp.timestamp()), body=body
+            )
+        )
     return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(stamp.timestamp())),
-        "webhook-signature": signer.sign(webhook_id, stamp, body),
+        "webhook-signature": " ".join(signatures),
     }
 
 
@@ -83,6 +109,7 @@ class AttemptResult:
     latency_ms: int
     error: str | None
     permanent: bool = False  # retrying cannot help (bad URL shape, endpoint deleted, bad secret)
+    retry_after: str | None = None  # a 429's Retry-After header, as sent
 
 
 def pinned_request(
@@ -123,14 +150,23 @@ async def attempt_delivery(
     allow_loopback: bool,
     timeout_s: float,
     now: datetime,
+    signing_key: Ed25519PrivateKey | None = None,
+    resolver: Resolver | None = None,
 ) -> AttemptResult:
+    """One signed POST. The host is resolved once, every address checked, and the connection
+    made to the first checked address only (DNS that changes after the check changes nothing);
+    https is verified against the URL's host name; redirects are answers, never followed."""
     try:
         check_url_shape(claim.url, allow_loopback=allow_loopback)
     except UnsafeUrl as exc:
         return AttemptResult(None, 0, str(exc), permanent=True)
     try:
         headers = signature_headers(
-            webhook_id=claim.webhook_id, timestamp=now, body=claim.payload, secret=secret
+            webhook_id=claim.webhook_id,
+            timestamp=now,
+            body=claim.payload,
+            secret=secret,
+            signing_key=signing_key,
         )
     except InvalidSecret as exc:
         return AttemptResult(None, 0, str(exc), permanent=True)
@@ -145,7 +181,7 @@ async def attempt_delivery(
         async with asyncio.timeout(timeout_s):
             # Resolved at send time, every attempt: a name that now points inside is refused.
             _target, addresses = await resolve_public_addresses(
-                claim.url, allow_loopback=allow_loopback
+                claim.url, allow_loopback=allow_loopback, resolver=resolver
             )
             request = pinned_request(
                 client, claim.url, addresses[0], claim.payload.encode("utf-8"), headers
@@ -164,11 +200,20 @@ async def attempt_delivery(
         return AttemptResult(None, elapsed_ms(), f"request failed ({type(exc).__name__})")
     status = response.status_code
     error = None if 200 <= status < 300 else f"HTTP {status}"
-    return AttemptResult(status, elapsed_ms(), error)
+    if 300 <= status < 400:
+        error = f"HTTP {status} (redirects are not followed)"
+    retry_after = response.headers.get("retry-after") if status == 429 else None
+    return AttemptResult(status, elapsed_ms(), error, retry_after=retry_after)
 
 
 # ---------------------------------------------------------------------------------------------
 # The sender loop
+
+_OUTCOME_NAMES = {
+    AttemptOutcome.DELIVERED: "delivered",
+    AttemptOutcome.RETRY: "retrying",
+    AttemptOutcome.GIVE_UP: "failed",
+}
 
 
 class WebhookSender:
@@ -181,6 +226,7 @@ class WebhookSender:
         *,
         client: httpx.AsyncClient | None = None,
         clock: Clock = _utcnow,
+        resolver: Resolver | None = None,
     ) -> None:
         self._settings = settings
         self._tables = tables
@@ -188,8 +234,14 @@ class WebhookSender:
         self._wake_relay = wake_relay
         self._client = client or make_client(settings)
         self._clock = clock
+        self._resolver = resolver
+        self._signing_key = (
+            load_signing_key(settings.webhook_signing_key) if settings.webhook_signing_key else None
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight_by_url: dict[str, int] = {}
         self._slot_freed = asyncio.Event()
+        self._gauges_at = 0.0
 
     async def run(self) -> None:
         """Until cancelled: keep up to max_concurrent_deliveries attempts in flight."""
@@ -206,6 +258,7 @@ class WebhookSender:
                         raise
                     except Exception:
                         log.exception("claiming due deliveries failed; retrying")
+                await self._refresh_gauges()
                 if claimed and claimed == free:
                     continue  # there may be more due right now
                 with contextlib.suppress(TimeoutError):
@@ -215,6 +268,22 @@ class WebhookSender:
         finally:
             await self.close()
 
+    async def _refresh_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._gauges_at < self._settings.metrics_refresh_s:
+            return
+        self._gauges_at = now
+        try:
+            async with self._sessions() as session:
+                WEBHOOK_PENDING_RETRIES.set(await repository.pending_retries(session, self._tables))
+                WEBHOOK_DISABLED_ENDPOINTS.set(
+                    await repository.disabled_endpoint_count(session, self._tables)
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("refreshing the webhook gauges failed")
+
     async def close(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
@@ -223,13 +292,19 @@ class WebhookSender:
 
     def _start(self, claims: list[ClaimedDelivery]) -> int:
         for claim in claims:
+            self._in_flight_by_url[claim.url] = self._in_flight_by_url.get(claim.url, 0) + 1
             task = asyncio.create_task(self._deliver_logged(claim), name=f"webhook-{claim.id}")
             self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, url=claim.url))
         return len(claims)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[None], *, url: str) -> None:
         self._in_flight.discard(task)
+        left = self._in_flight_by_url.get(url, 0) - 1
+        if left > 0:
+            self._in_flight_by_url[url] = left
+        else:
+            self._in_flight_by_url.pop(url, None)
         self._slot_freed.set()
 
     async def _deliver_logged(self, claim: ClaimedDelivery) -> None:
@@ -249,6 +324,8 @@ class WebhookSender:
                 now=self._clock(),
                 lease=timedelta(seconds=self._settings.delivery_lease_s),
                 limit=limit,
+                in_flight_by_url=self._in_flight_by_url,
+                max_per_url=self._settings.max_concurrent_per_endpoint,
             )
 
     async def deliver(self, claim: ClaimedDelivery) -> AttemptOutcome | None:
@@ -258,7 +335,11 @@ class WebhookSender:
                 session, self._tables, account_id=claim.account_id, endpoint_id=claim.endpoint_id
             )
         attempted_at = self._clock()
-        if lookup.endpoint_gone:
+        if lookup.disabled:
+            result = AttemptResult(
+                None, 0, "the endpoint is disabled (it answered 410 Gone)", permanent=True
+            )
+        elif lookup.endpoint_gone:
             result = AttemptResult(None, 0, "the endpoint was deleted", permanent=True)
         elif lookup.secret is None:
             # The account's default secret has not reached us yet: retry on the schedule.
@@ -271,18 +352,23 @@ class WebhookSender:
                 allow_loopback=self._settings.allow_loopback_urls,
                 timeout_s=self._settings.delivery_timeout_s,
                 now=attempted_at,
+                signing_key=self._signing_key,
+                resolver=self._resolver,
             )
         return await self.record(claim, attempted_at, result)
 
     async def record(
         self, claim: ClaimedDelivery, attempted_at: datetime, result: AttemptResult
     ) -> AttemptOutcome | None:
+        now = self._clock()
         decision = decide_after_attempt(
-            claim.attempt,
+            claim.schedule_attempt,
             result.status_code,
             self._settings.retry_schedule_s,
-            self._clock(),
+            now,
             permanent=result.permanent,
+            retry_after_s=parse_retry_after(result.retry_after, now),
+            max_retry_after_s=self._settings.max_retry_after_s,
         )
         new_status = {
             AttemptOutcome.DELIVERED: DELIVERED,
@@ -307,6 +393,34 @@ class WebhookSender:
                     "delivery %s attempt %d was recorded elsewhere", claim.id, claim.attempt
                 )
                 return None
+            if decision.disable_endpoint:
+                await repository.disable_endpoint(
+                    session,
+                    self._tables,
+                    endpoint_id=claim.endpoint_id,
+                    account_id=claim.account_id,
+                    reason="HTTP 410 Gone",
+                    now=now,
+                )
+            attempted = webhooks_pb2.WebhookAttempted(
+                delivery_id=claim.id,
+                webhook_id=claim.webhook_id,
+                endpoint_id=claim.endpoint_id,
+                url=claim.url,
+                event_type=claim.event_type,
+                job_id=claim.job_id,
+                attempt=claim.attempt,
+                status_code=result.status_code or 0,
+                latency_ms=result.latency_ms,
+                error=result.error or "",
+                outcome=_OUTCOME_NAMES[decision.outcome],
+            )
+            attempted.attempted_at.FromDatetime(attempted_at)
+            if decision.next_attempt_at is not None:
+                attempted.next_attempt_at.FromDatetime(decision.next_attempt_at)
+            outbox.emit(
+                "webhook.attempted", attempted, account_id=claim.account_id, job_id=claim.job_id
+            )
             if decision.outcome is AttemptOutcome.DELIVERED:
                 outbox.emit(
                     "webhook.delivered",
@@ -341,8 +455,15 @@ class WebhookSender:
                 )
             await outbox.write(session, self._tables.messaging)
         WEBHOOK_ATTEMPTS.labels(decision.outcome.value).inc()
-        if outbox.envelopes:
-            self._wake_relay()
+        if decision.outcome is not AttemptOutcome.RETRY:
+            WEBHOOK_DELIVERIES.labels(_OUTCOME_NAMES[decision.outcome]).inc()
+        if decision.outcome is AttemptOutcome.DELIVERED:
+            WEBHOOK_DELIVERY_SECONDS.observe(
+                max((attempted_at - claim.created_at).total_seconds(), 0.0)
+                if claim.created_at is not None
+                else 0.0
+            )
+        self._wake_relay()
         log.info(
             "delivery %s attempt %d to %s: %s (%s)",
             claim.id,

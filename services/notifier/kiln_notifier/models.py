@@ -40,6 +40,8 @@ class NotifierTables:
     endpoints: Table
     deliveries: Table
     delivery_attempts: Table
+    disabled_endpoints: Table
+    redeliveries: Table
     messaging: MessagingTables
 
 
@@ -99,11 +101,33 @@ def make_tables() -> NotifierTables:
         Column("error", Text, nullable=True),
         UniqueConstraint("delivery_id", "attempt", name="uq_delivery_attempts_attempt"),
     )
+    # Endpoints that answered 410 Gone: nothing more is sent to them until the gateway announces
+    # a change of the endpoint (an update re-enables it). A table of its own, so that an
+    # existing database gains it without a migration.
+    disabled_endpoints = Table(
+        "disabled_endpoints",
+        metadata,
+        Column("endpoint_id", String(64), primary_key=True),
+        Column("account_id", String(64), nullable=False),
+        Column("disabled_at", DateTime(timezone=True), nullable=False, default=utcnow),
+        Column("reason", Text, nullable=False, default=""),
+    )
+    # A redelivery requested through the gateway: the retry schedule starts over after the
+    # attempts made so far (attempt_base). Its own table, like disabled_endpoints.
+    redeliveries = Table(
+        "redeliveries",
+        metadata,
+        Column("delivery_id", String(64), primary_key=True),
+        Column("attempt_base", Integer, nullable=False),
+        Column("requested_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    )
     messaging = add_messaging_tables(metadata)
     return NotifierTables(
         metadata=metadata,
         endpoints=endpoints,
         deliveries=deliveries,
         delivery_attempts=delivery_attempts,
+        disabled_endpoints=disabled_endpoints,
+        redeliveries=redeliveries,
         messaging=messaging,
     )

@@ -1,16 +1,17 @@
 """All of the notifier's SQL. Callers own the transaction; these functions only execute."""
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_notifier.models import JOB_WEBHOOK_URL, PENDING, NotifierTables
-from kiln_notifier.service import DeliveryTarget, EndpointRecord
+from kiln_notifier.service import TERMINAL_TYPES, DeliveryTarget, EndpointRecord
 
 
 def as_utc(value: datetime) -> datetime:
@@ -46,6 +47,13 @@ async def upsert_endpoint(
         "deleted": change.deleted,
         "changed_at": change.changed_at,
     }
+    if not change.deleted:
+        # Any change the gateway announces (an update after a 410) re-enables the endpoint.
+        await session.execute(
+            delete(tables.disabled_endpoints).where(
+                tables.disabled_endpoints.c.endpoint_id == change.endpoint_id
+            )
+        )
     existing = await session.scalar(
         select(endpoints.c.endpoint_id).where(endpoints.c.endpoint_id == change.endpoint_id)
     )
@@ -74,7 +82,11 @@ async def account_endpoints(
                 endpoints.c.event_types,
                 endpoints.c.is_default,
                 endpoints.c.deleted,
-            ).where(endpoints.c.account_id == account_id, endpoints.c.deleted.is_(False))
+            ).where(
+                endpoints.c.account_id == account_id,
+                endpoints.c.deleted.is_(False),
+                endpoints.c.endpoint_id.not_in(select(tables.disabled_endpoints.c.endpoint_id)),
+            )
         )
     ).all()
     return [
@@ -92,7 +104,8 @@ async def account_endpoints(
 @dataclass(frozen=True)
 class SecretLookup:
     secret: str | None
-    endpoint_gone: bool = False  # the endpoint was deleted: its deliveries stop
+    endpoint_gone: bool = False  # the endpoint was deleted (or disabled): its deliveries stop
+    disabled: bool = False
 
 
 async def signing_secret(
@@ -122,7 +135,54 @@ async def signing_secret(
     ).first()
     if row is None or row.deleted:
         return SecretLookup(secret=None, endpoint_gone=True)
+    disabled = await session.scalar(
+        select(tables.disabled_endpoints.c.endpoint_id).where(
+            tables.disabled_endpoints.c.endpoint_id == endpoint_id
+        )
+    )
+    if disabled is not None:
+        return SecretLookup(secret=None, endpoint_gone=True, disabled=True)
     return SecretLookup(secret=row.secret or None)
+
+
+async def disable_endpoint(
+    session: AsyncSession,
+    tables: NotifierTables,
+    *,
+    endpoint_id: str,
+    account_id: str,
+    reason: str,
+    now: datetime,
+) -> bool:
+    """Stop sending to an endpoint (it answered 410). False when it already was disabled."""
+    if endpoint_id == JOB_WEBHOOK_URL:
+        return False
+    disabled = tables.disabled_endpoints
+    if await session.scalar(
+        select(disabled.c.endpoint_id).where(disabled.c.endpoint_id == endpoint_id)
+    ):
+        return False
+    await session.execute(
+        insert(disabled).values(
+            endpoint_id=endpoint_id, account_id=account_id, disabled_at=now, reason=reason
+        )
+    )
+    return True
+
+
+async def endpoint_for_test(
+    session: AsyncSession, tables: NotifierTables, *, account_id: str, endpoint_id: str
+) -> str | None:
+    """The URL of a live endpoint of `account_id`, or None."""
+    endpoints = tables.endpoints
+    return await session.scalar(
+        select(endpoints.c.url).where(
+            endpoints.c.endpoint_id == endpoint_id,
+            endpoints.c.account_id == account_id,
+            endpoints.c.deleted.is_(False),
+            endpoints.c.is_default.is_(False),
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +212,23 @@ async def add_deliveries(
             )
         ).all()
     )
+    if job_id and event_type in TERMINAL_TYPES:
+        # One terminal webhook per job and target: whichever of completed / failed / canceled
+        # came first. A late, contradicting one (job.completed after job.failed) is not sent.
+        known |= set(
+            (
+                await session.scalars(
+                    select(deliveries.c.endpoint_id).where(
+                        deliveries.c.job_id == job_id,
+                        deliveries.c.account_id == account_id,
+                        deliveries.c.event_type.in_(sorted(TERMINAL_TYPES)),
+                    )
+                )
+            ).all()
+        )
     rows: list[dict[str, Any]] = [
         {
-            "id": str(uuid.uuid4()),
+            "id": f"dlv_{uuid.uuid4().hex}",
             "webhook_id": webhook_id,
             "account_id": account_id,
             "job_id": job_id,
@@ -188,6 +262,14 @@ class ClaimedDelivery:
     payload: str
     attempts: int  # attempts made before this one
     trace_id: str
+    # Attempts made before the last redelivery request: the retry schedule starts over there.
+    attempt_base: int = 0
+    created_at: datetime | None = None
+
+    @property
+    def schedule_attempt(self) -> int:
+        """This attempt's place in the retry schedule (1 for a first try or a redelivery)."""
+        return self.attempt - self.attempt_base
 
     @property
     def attempt(self) -> int:
@@ -196,25 +278,59 @@ class ClaimedDelivery:
 
 
 async def claim_due_deliveries(
-    session: AsyncSession, tables: NotifierTables, *, now: datetime, lease: timedelta, limit: int
+    session: AsyncSession,
+    tables: NotifierTables,
+    *,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    in_flight_by_url: dict[str, int] | None = None,
+    max_per_url: int | None = None,
 ) -> list[ClaimedDelivery]:
     """Take up to `limit` due pending deliveries by pushing their next_attempt_at past the
     lease. Another sender (another replica) cannot take the same row: the conditional update
     only matches while the row is still due. If this process dies before it records the
     outcome, the lease runs out and the delivery is due again (at least once, same webhook-id).
+
+    Order and isolation: a delivery waits while an older unfinished one of the same job goes to
+    the same target (the job's events arrive in order), and no URL gets more than
+    `max_per_url` attempts in flight (counting `in_flight_by_url`), so a slow or dead receiver
+    holds a few slots and never delays the others.
     """
     deliveries = tables.deliveries
+    older = deliveries.alias("older")
+    in_flight = dict(in_flight_by_url or {})
+    full = [url for url, count in in_flight.items() if max_per_url and count >= max_per_url]
     query = (
         select(deliveries)
-        .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
+        .where(
+            deliveries.c.status == PENDING,
+            deliveries.c.next_attempt_at <= now,
+            ~select(older.c.id)
+            .where(
+                older.c.status == PENDING,
+                older.c.job_id == deliveries.c.job_id,
+                older.c.job_id != "",
+                older.c.endpoint_id == deliveries.c.endpoint_id,
+                older.c.url == deliveries.c.url,
+                older.c.created_at < deliveries.c.created_at,
+            )
+            .exists(),
+        )
         .order_by(deliveries.c.next_attempt_at)
-        .limit(limit)
+        .limit(limit * 4)
     )
+    if full:
+        query = query.where(deliveries.c.url.not_in(full))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     rows = (await session.execute(query)).all()
     claimed: list[ClaimedDelivery] = []
     for row in rows:
+        if len(claimed) >= limit:
+            break
+        if max_per_url and in_flight.get(row.url, 0) >= max_per_url:
+            continue
         result = await session.execute(
             update(deliveries)
             .where(
@@ -228,6 +344,7 @@ async def claim_due_deliveries(
         )
         if getattr(result, "rowcount", 0) != 1:
             continue
+        in_flight[row.url] = in_flight.get(row.url, 0) + 1
         claimed.append(
             ClaimedDelivery(
                 id=row.id,
@@ -240,8 +357,20 @@ async def claim_due_deliveries(
                 payload=row.payload,
                 attempts=row.attempts,
                 trace_id=row.trace_id,
+                created_at=as_utc(row.created_at) if row.created_at is not None else None,
             )
         )
+    if claimed:
+        rows_of_bases = await session.execute(
+            select(tables.redeliveries.c.delivery_id, tables.redeliveries.c.attempt_base).where(
+                tables.redeliveries.c.delivery_id.in_([c.id for c in claimed])
+            )
+        )
+        bases = {row.delivery_id: row.attempt_base for row in rows_of_bases}
+        claimed = [
+            dataclasses.replace(c, attempt_base=bases[c.id]) if c.id in bases else c
+            for c in claimed
+        ]
     return claimed
 
 
@@ -289,3 +418,68 @@ async def record_attempt(
         )
     )
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Redelivery, test events, gauges
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    delivery_id: str
+    webhook_id: str
+    was: str  # the status it had
+
+
+async def request_redelivery(
+    session: AsyncSession,
+    tables: NotifierTables,
+    *,
+    account_id: str,
+    delivery_id: str,
+    now: datetime,
+) -> Redelivery | None:
+    """Send a delivery again, same body and `webhook-id`: it is due now and gets the whole retry
+    schedule again (its attempts keep counting in the log). None when the account has no such
+    delivery. A pending one is simply made due now."""
+    deliveries = tables.deliveries
+    row = (
+        await session.execute(
+            select(deliveries.c.webhook_id, deliveries.c.status, deliveries.c.attempts).where(
+                deliveries.c.id == delivery_id, deliveries.c.account_id == account_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    await session.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id)
+        .values(status=PENDING, next_attempt_at=now, finished_at=None)
+    )
+    redeliveries = tables.redeliveries
+    await session.execute(delete(redeliveries).where(redeliveries.c.delivery_id == delivery_id))
+    await session.execute(
+        insert(redeliveries).values(
+            delivery_id=delivery_id, attempt_base=row.attempts, requested_at=now
+        )
+    )
+    return Redelivery(delivery_id=delivery_id, webhook_id=row.webhook_id, was=row.status)
+
+
+async def pending_retries(session: AsyncSession, tables: NotifierTables) -> int:
+    deliveries = tables.deliveries
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(deliveries)
+            .where(deliveries.c.status == PENDING, deliveries.c.attempts > 0)
+        )
+        or 0
+    )
+
+
+async def disabled_endpoint_count(session: AsyncSession, tables: NotifierTables) -> int:
+    return int(
+        await session.scalar(select(func.count()).select_from(tables.disabled_endpoints)) or 0
+    )

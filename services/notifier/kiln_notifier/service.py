@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
@@ -276,6 +277,28 @@ class AttemptOutcome(StrEnum):
 class AttemptDecision:
     outcome: AttemptOutcome
     next_attempt_at: datetime | None = None
+    disable_endpoint: bool = False  # 410 Gone: the receiver asked for no more deliveries
+
+
+GONE = 410
+TOO_MANY_REQUESTS = 429
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (delta-seconds or an HTTP date), or None
+    when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
 
 
 def decide_after_attempt(
@@ -285,13 +308,41 @@ def decide_after_attempt(
     now: datetime,
     *,
     permanent: bool = False,
+    retry_after_s: float | None = None,
+    max_retry_after_s: float = 36000.0,
 ) -> AttemptDecision:
-    """2xx: delivered. Anything else (other status, timeout, refused URL, no connection) is
-    retried on the schedule, unless the failure can never change (`permanent`, e.g. a URL that
-    is not https) or the schedule is used up."""
+    """2xx: delivered. 410: given up at once, and the endpoint is disabled. Anything else
+    (other status, timeout, refused URL, no connection) is retried on the schedule, unless the
+    failure can never change (`permanent`, e.g. a URL that is not https) or the schedule is
+    used up. A 429's Retry-After (capped) is waited out when it is longer than the schedule's
+    delay; it does not add attempts."""
     if is_delivered(status_code):
         return AttemptDecision(AttemptOutcome.DELIVERED)
+    if status_code == GONE:
+        return AttemptDecision(AttemptOutcome.GIVE_UP, disable_endpoint=True)
     delay = None if permanent else next_attempt_delay(attempt, schedule)
     if delay is None:
         return AttemptDecision(AttemptOutcome.GIVE_UP)
+    if status_code == TOO_MANY_REQUESTS and retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max_retry_after_s))
     return AttemptDecision(AttemptOutcome.RETRY, next_attempt_at=now + timedelta(seconds=delay))
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal events of one job, and test events
+
+# Every terminal webhook type: a job gets one of them per target, whichever comes first (a
+# late job.completed after a job.failed, e.g. from a retried worker, announces nothing).
+TERMINAL_TYPES = frozenset({"job.completed", "job.failed", "job.canceled"})
+TEST_TYPE = "webhook.test"
+
+
+def payload_for_test_event(endpoint_id: str, test_id: str, now: datetime) -> str:
+    """The body of `POST /api/v1/webhooks/{id}/test`: a `webhook.test` event."""
+    return encode_payload(
+        webhook_payload(
+            TEST_TYPE,
+            now,
+            {"endpoint_id": endpoint_id, "test_id": test_id, "message": "A test event from Kiln."},
+        )
+    )

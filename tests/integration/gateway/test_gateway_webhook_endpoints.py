@@ -1,0 +1,245 @@
+"""The gateway's webhook routes on a real database (no broker): endpoints (secret once, URL
+guard, event filter, other accounts' ids are 404), the events they announce to the notifier,
+the public key, and the delivery log built from `webhook.attempted` events."""
+
+import base64
+import secrets
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import select
+
+from kiln_contracts import decode, encode, new_event
+from kiln_contracts.v1 import webhooks_pb2
+from kiln_gateway.consumers import HANDLERS
+from kiln_gateway.models import MESSAGING
+from kiln_runtime.db import transaction
+from kiln_runtime.outbox import Outbox
+from tests.integration.gateway.conftest import Gateway, bearer, gateway_without_kafka, make_settings
+
+SIGNING_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    settings = make_settings(tmp_path, webhook_signing_key=SIGNING_KEY, allow_loopback_urls=True)
+    with gateway_without_kafka(settings) as running:
+        yield running
+
+
+def account_with_key(gw: Gateway, email: str) -> tuple[str, dict[str, str]]:
+    account = gw.create_account(email)
+    key = gw.create_key(account["id"])
+    return account["id"], bearer(key["secret"])
+
+
+def outbox_events(gw: Gateway, event_type: str) -> list[Any]:
+    async def read() -> list[Any]:
+        async with gw.state.runtime.sessions() as session:
+            rows = (await session.execute(select(MESSAGING.outbox.c.payload))).all()
+        return [decode(row.payload) for row in rows]
+
+    return [e for e in gw.client.portal.call(read) if e.type == event_type]  # type: ignore[union-attr]
+
+
+def feed(gw: Gateway, event_type: str, message: Any, account_id: str, job_id: str = "") -> None:
+    event = decode(encode(new_event(event_type, message, account_id=account_id, job_id=job_id)))
+
+    async def handle() -> None:
+        async with transaction(gw.state.runtime.sessions) as session:
+            await HANDLERS[event_type](session, event, Outbox())
+
+    gw.client.portal.call(handle)  # type: ignore[union-attr]
+
+
+def test_endpoint_lifecycle(gw: Gateway) -> None:
+    account_id, auth = account_with_key(gw, "ada@example.com")
+    created = gw.client.post(
+        "/webhooks",
+        headers=auth,
+        json={"url": "http://127.0.0.1:9999/hook", "event_types": ["job.failed", "job.completed"]},
+    )
+    assert created.status_code == 201, created.text
+    data = created.json()["data"]
+    secret = data["secret"]
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    assert data["event_types"] == ["job.completed", "job.failed"]
+    assert data["status"] == "enabled"
+    endpoint_id = data["id"]
+    [announced] = [
+        e.message
+        for e in outbox_events(gw, "webhooks.endpoint_changed")
+        if e.message.endpoint_id == endpoint_id
+    ]
+    assert announced.url == "http://127.0.0.1:9999/hook" and announced.secret == secret
+
+    listed = gw.client.get("/webhooks", headers=auth).json()
+    assert [e["id"] for e in listed["data"]] == [endpoint_id]
+    assert "secret" not in listed["data"][0]
+    assert listed["pagination"] == {"page": 1, "per_page": 25, "total_pages": 1, "total_results": 1}
+
+    updated = gw.client.patch(
+        f"/webhooks/{endpoint_id}", headers=auth, json={"event_types": []}
+    ).json()["data"]
+    assert updated["event_types"] == []
+
+    # Another account sees none of it.
+    _, other = account_with_key(gw, "bob@example.com")
+    assert gw.client.get(f"/webhooks/{endpoint_id}", headers=other).status_code == 404
+    assert gw.client.delete(f"/webhooks/{endpoint_id}", headers=other).status_code == 404
+    assert gw.client.post(f"/webhooks/{endpoint_id}/test", headers=other).status_code == 404
+
+    test = gw.client.post(f"/webhooks/{endpoint_id}/test", headers=auth)
+    assert test.status_code == 202
+    [requested] = outbox_events(gw, "webhook.test_requested")
+    assert requested.message.endpoint_id == endpoint_id
+    assert requested.message.test_id == test.json()["data"]["test_id"]
+
+    assert gw.client.delete(f"/webhooks/{endpoint_id}", headers=auth).status_code == 200
+    assert gw.client.get("/webhooks", headers=auth).json()["data"] == []
+    deleted = [
+        e.message
+        for e in outbox_events(gw, "webhooks.endpoint_changed")
+        if e.message.endpoint_id == endpoint_id and e.message.deleted
+    ]
+    assert len(deleted) == 1
+    assert account_id
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "https://10.0.0.1/hook"},
+        {"url": "http://example.com/hook"},
+        {"url": "https://169.254.169.254/latest"},
+        {"url": "https://example.com/", "event_types": ["job.started"]},
+        {"url": "https://example.com/", "extra": 1},
+        {"url": 5},
+    ],
+)
+def test_bad_endpoints_are_422(gw: Gateway, body: dict[str, Any]) -> None:
+    _, auth = account_with_key(gw, "ada@example.com")
+    response = gw.client.post("/webhooks", headers=auth, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+def test_routes_need_an_api_key(gw: Gateway) -> None:
+    for method, path in [
+        ("GET", "/webhooks"),
+        ("POST", "/webhooks"),
+        ("GET", "/webhooks/public-key"),
+        ("GET", "/webhooks/deliveries"),
+    ]:
+        assert gw.client.request(method, path).status_code == 401
+
+
+def test_public_key_is_the_signing_keys_public_half(gw: Gateway) -> None:
+    _, auth = account_with_key(gw, "ada@example.com")
+    data = gw.client.get("/webhooks/public-key", headers=auth).json()["data"]
+    private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(SIGNING_KEY))
+    expected = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert base64.b64decode(data["public_key"]) == expected
+    assert data["algorithm"] == "ed25519" and data["signature_version"] == "v1a"
+
+
+def test_public_key_is_404_when_not_configured(tmp_path: Path) -> None:
+    with gateway_without_kafka(make_settings(tmp_path)) as plain:
+        _, auth = account_with_key(plain, "ada@example.com")
+        response = plain.client.get("/webhooks/public-key", headers=auth)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
+def attempted(
+    delivery_id: str, attempt: int, status: int, outcome: str, job_id: str, endpoint_id: str = ""
+) -> webhooks_pb2.WebhookAttempted:
+    message = webhooks_pb2.WebhookAttempted(
+        delivery_id=delivery_id,
+        webhook_id="evt_1",
+        endpoint_id=endpoint_id,
+        url="http://127.0.0.1:9999/hook",
+        event_type="job.completed",
+        job_id=job_id,
+        attempt=attempt,
+        status_code=status,
+        latency_ms=12 * attempt,
+        error="" if outcome == "delivered" else f"HTTP {status}",
+        outcome=outcome,
+    )
+    message.attempted_at.FromDatetime(datetime.now(UTC))
+    if outcome == "retrying":
+        message.next_attempt_at.FromDatetime(datetime.now(UTC) + timedelta(seconds=10))
+    return message
+
+
+def test_delivery_log_and_redelivery(gw: Gateway) -> None:
+    account_id, auth = account_with_key(gw, "ada@example.com")
+    job_id = f"job_{uuid.uuid4().hex}"
+    delivery_id = f"dlv_{uuid.uuid4().hex}"
+    for attempt, status, outcome in [
+        (1, 500, "retrying"),
+        (2, 0, "retrying"),
+        (3, 204, "delivered"),
+    ]:
+        message = attempted(delivery_id, attempt, status, outcome, job_id)
+        feed(gw, "webhook.attempted", message, account_id, job_id)
+        feed(gw, "webhook.attempted", message, account_id, job_id)  # a duplicate changes nothing
+    log = gw.client.get("/webhooks/deliveries", headers=auth, params={"job_id": job_id}).json()
+    [delivery] = log["data"]
+    assert delivery["id"] == delivery_id and delivery["status"] == "delivered"
+    assert delivery["endpoint_id"] is None and delivery["job_id"] == job_id
+    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in delivery["attempts"]] == [
+        (1, 500, "retrying"),
+        (2, None, "retrying"),
+        (3, 204, "delivered"),
+    ]
+    assert delivery["attempts"][0]["next_attempt_at"] is not None
+    assert delivery["attempts"][2]["latency_ms"] == 36
+    assert log["pagination"]["total_results"] == 1
+    assert (
+        gw.client.get("/webhooks/deliveries", headers=auth, params={"job_id": "job_other"}).json()[
+            "data"
+        ]
+        == []
+    )
+    assert gw.client.get(f"/webhooks/deliveries/{delivery_id}", headers=auth).status_code == 200
+
+    again = gw.client.post(f"/webhooks/deliveries/{delivery_id}/redeliver", headers=auth)
+    assert again.status_code == 202
+    assert again.json()["data"]["webhook_id"] == "evt_1"
+    [requested] = outbox_events(gw, "webhook.redelivery_requested")
+    assert requested.message.delivery_id == delivery_id
+
+    _, other = account_with_key(gw, "bob@example.com")
+    assert gw.client.get("/webhooks/deliveries", headers=other).json()["data"] == []
+    missing = gw.client.post(f"/webhooks/deliveries/{delivery_id}/redeliver", headers=other)
+    assert missing.status_code == 404
+
+
+def test_410_marks_the_endpoint_disabled_and_an_update_enables_it(gw: Gateway) -> None:
+    account_id, auth = account_with_key(gw, "ada@example.com")
+    endpoint = gw.client.post(
+        "/webhooks", headers=auth, json={"url": "http://127.0.0.1:9999/hook"}
+    ).json()["data"]
+    delivery_id = f"dlv_{uuid.uuid4().hex}"
+    feed(
+        gw,
+        "webhook.attempted",
+        attempted(delivery_id, 1, 410, "failed", "job_x", endpoint_id=endpoint["id"]),
+        account_id,
+    )
+    shown = gw.client.get(f"/webhooks/{endpoint['id']}", headers=auth).json()["data"]
+    assert shown["status"] == "disabled" and shown["disabled_at"]
+    log = gw.client.get(
+        "/webhooks/deliveries", headers=auth, params={"endpoint_id": endpoint["id"]}
+    ).json()["data"]
+    assert [d["status"] for d in log] == ["failed"]
+    enabled = gw.client.patch(f"/webhooks/{endpoint['id']}", headers=auth, json={}).json()["data"]
+    assert enabled["status"] == "enabled"

@@ -1,0 +1,244 @@
+"""The notifier's sender on a real SQLite database, sending real HTTP to receivers on loopback.
+
+`notifier` gives the tables, a session factory, the settings (a compressed retry schedule,
+loopback allowed, a `v1a` signing key) and helpers to feed it events through the real handlers
+and to run the sender until a condition holds. `receiver(script)` starts a local HTTP server
+that answers each request with the next status of `script` (the last one repeats) and keeps
+every request it got. No broker: what the sender emits stays in the outbox table, where the
+tests read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+from sqlalchemy import select
+
+from kiln_contracts import Event, decode, encode, new_event
+from kiln_contracts.v1 import common_pb2, jobs_pb2, webhooks_pb2
+from kiln_notifier.config import NotifierSettings
+from kiln_notifier.consumers import handle_endpoint_changed, handle_job_finished
+from kiln_notifier.delivery import WebhookSender
+from kiln_notifier.models import NotifierTables, make_tables
+from kiln_runtime.db import SessionFactory, make_engine, make_session_factory, transaction
+from kiln_runtime.job_object import FileLinks
+
+LINKS = FileLinks(public_url="http://127.0.0.1:8000/", signing_key="k" * 32, ttl_s=3600)
+ACCOUNT = "acct_test"
+DEFAULT_SECRET = "whsec_" + base64.b64encode(b"\x07" * 32).decode()
+
+
+@dataclass
+class Request:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    url: str
+    script: list[tuple[int, dict[str, str], float]]  # (status, headers, delay before answering)
+    requests: list[Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def got(self) -> list[Request]:
+        with self.lock:
+            return list(self.requests)
+
+
+def start_receiver(
+    script: list[int | tuple[int, dict[str, str], float]],
+) -> tuple[Receiver, ThreadingHTTPServer]:
+    steps = [s if isinstance(s, tuple) else (s, {}, 0.0) for s in script]
+    receiver = Receiver(url="", script=steps)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with receiver.lock:
+                index = len(receiver.requests)
+                receiver.requests.append(
+                    Request(
+                        time.monotonic(),
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        body,
+                    )
+                )
+            status, headers, delay = receiver.script[min(index, len(receiver.script) - 1)]
+            if delay:
+                time.sleep(delay)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return receiver, server
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def make(*script: int | tuple[int, dict[str, str], float]) -> Receiver:
+        made, server = start_receiver(list(script) or [204])
+        servers.append(server)
+        return made
+
+    yield make
+    for server in servers:
+        server.shutdown()
+
+
+def job_event(
+    event_type: str, job_id: str, webhook_url: str = "", *, account_id: str = ACCOUNT
+) -> Event:
+    spec = common_pb2.JobSpec(
+        model="kiln/prompt-to-image",
+        input_json=json.dumps({"prompt": "a lighthouse"}),
+        webhook_url=webhook_url,
+    )
+    spec.created_at.FromDatetime(datetime.now(UTC))
+    message: Message
+    if event_type == "job.completed":
+        message = jobs_pb2.JobCompleted(spec=spec, price_millicredits=5000, attempt=1)
+    elif event_type == "job.failed":
+        message = jobs_pb2.JobFailed(
+            spec=spec, error_code="INFERENCE_ERROR", error_message="no", attempt=1
+        )
+    else:
+        message = jobs_pb2.JobCanceled(spec=spec)
+    return decode(encode(new_event(event_type, message, account_id=account_id, job_id=job_id)))
+
+
+def endpoint_event(
+    endpoint_id: str,
+    url: str = "",
+    secret: str = "",
+    *,
+    is_default: bool = False,
+    deleted: bool = False,
+    event_types: tuple[str, ...] = (),
+) -> Event:
+    message = webhooks_pb2.WebhookEndpointChanged(
+        endpoint_id=endpoint_id,
+        url=url,
+        secret=secret,
+        is_default=is_default,
+        deleted=deleted,
+        event_types=list(event_types),
+    )
+    return decode(encode(new_event("webhooks.endpoint_changed", message, account_id=ACCOUNT)))
+
+
+@dataclass
+class Notifier:
+    settings: NotifierSettings
+    tables: NotifierTables
+    sessions: SessionFactory
+    signing_key_b64: str
+
+    async def feed(self, event: Event) -> list[str]:
+        async with transaction(self.sessions) as session:
+            if event.type == "webhooks.endpoint_changed":
+                await handle_endpoint_changed(session, event, self.tables)
+                return []
+            return await handle_job_finished(session, event, self.tables, LINKS, datetime.now(UTC))
+
+    async def run_until(
+        self,
+        done: Callable[[], Awaitable[bool]],
+        timeout_s: float = 20.0,
+        sender: WebhookSender | None = None,
+    ) -> float:
+        """Run a sender until `done()`; returns the seconds it took."""
+        sender = sender or WebhookSender(self.settings, self.tables, self.sessions, lambda: None)
+        task = asyncio.create_task(sender.run())
+        started = time.monotonic()
+        try:
+            while not await done():
+                if time.monotonic() - started > timeout_s:
+                    raise AssertionError("timed out waiting for the sender")
+                await asyncio.sleep(0.02)
+            return time.monotonic() - started
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def deliveries(self) -> list[Any]:
+        async with self.sessions() as session:
+            return list((await session.execute(select(self.tables.deliveries))).all())
+
+    async def attempts(self, delivery_id: str) -> list[Any]:
+        t = self.tables.delivery_attempts
+        async with self.sessions() as session:
+            return list(
+                (
+                    await session.execute(
+                        select(t).where(t.c.delivery_id == delivery_id).order_by(t.c.attempt)
+                    )
+                ).all()
+            )
+
+    async def emitted(self, event_type: str) -> list[Message]:
+        outbox = self.tables.messaging.outbox
+        async with self.sessions() as session:
+            rows = (await session.execute(select(outbox))).all()
+        found = []
+        for row in rows:
+            event = decode(row.payload)
+            if event.type == event_type:
+                found.append(event.message)
+        return found
+
+
+@pytest.fixture
+async def notifier(tmp_path: Path) -> AsyncIterator[Notifier]:
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    settings = NotifierSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/notifier.db",
+        data_dir=tmp_path,
+        kafka_bootstrap="127.0.0.1:1",  # never contacted
+        allow_loopback_urls=True,
+        retry_schedule_s=[0.2, 0.2],
+        delivery_timeout_s=2.0,
+        delivery_lease_s=5.0,
+        delivery_poll_interval_s=0.02,
+        webhook_signing_key=key,
+        metrics_refresh_s=0.05,
+    )
+    tables = make_tables()
+    engine = make_engine(settings.database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(tables.metadata.create_all)
+    made = Notifier(settings, tables, make_session_factory(engine), key)
+    await made.feed(endpoint_event(f"default_{ACCOUNT}", secret=DEFAULT_SECRET, is_default=True))
+    try:
+        yield made
+    finally:
+        await engine.dispose()
