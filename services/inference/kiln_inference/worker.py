@@ -19,6 +19,7 @@ id is remembered, so a dispatch that arrives after its cancel never runs.
 import asyncio
 import base64
 import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -31,7 +32,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_contracts import Event
-from kiln_contracts.v1 import jobs_pb2
+from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_crypto import ResultEncryptor
 from kiln_inference.config import InferenceSettings
 from kiln_inference.inputs import FetchLimits, InputImageError, fetch_input_image
@@ -520,36 +521,14 @@ class Worker:
         output: bytes,
         content_type: str,
     ) -> jobs_pb2.JobResult:
-        key = dispatch.spec.result_key
-        encryptor = ResultEncryptor(
+        return store_encrypted_result(
+            self._blobs,
+            account_id=account_id,
             job_id=job_id,
-            public_key=key.public_key,
-            key_id=key.key_id,
-            salt=key.salt,
-            chunk_size=self._settings.result_chunk_size,
-        )
-        blob_key = result_blob_key(account_id, job_id)
-        with (
-            tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as plain,
-            tempfile.TemporaryFile() as sealed,
-        ):
-            plain.write(output)
-            plain.seek(0)
-            encryptor.encrypt_stream(plain, sealed)  # type: ignore[arg-type]
-            sealed.seek(0)
-            size = self._blobs.write(blob_key, sealed)
-        enc = encryptor.encryption
-        return jobs_pb2.JobResult(
-            blob_key=blob_key,
+            result_key=dispatch.spec.result_key,
+            output=output,
             content_type=content_type,
-            size_bytes=size,
-            encryption=jobs_pb2.ResultEncryption(
-                scheme=enc.scheme,
-                key_id=enc.key_id,
-                salt=enc.salt,
-                sealed_key=enc.sealed_key,
-                chunk_size=enc.chunk_size,
-            ),
+            chunk_size=self._settings.result_chunk_size,
         )
 
     # --- retention ----------------------------------------------------------------------------
@@ -590,3 +569,45 @@ class Worker:
             except Exception:
                 log.exception("the result retention sweep failed; it runs again later")
             await asyncio.sleep(self._settings.retention_sweep_interval_s)
+
+
+def store_encrypted_result(
+    blobs: BlobStore,
+    *,
+    account_id: str,
+    job_id: str,
+    result_key: common_pb2.ResultKey,
+    output: bytes,
+    content_type: str,
+    chunk_size: int,
+) -> jobs_pb2.JobResult:
+    """Encrypt ``output`` (kiln-hpke-v1, in chunks) to the job's key and write it to ``blobs``.
+
+    The sealed blob goes through a temporary file, so a large result is written to the store
+    as a stream (multipart on S3), never as a second copy in memory.
+    """
+    encryptor = ResultEncryptor(
+        job_id=job_id,
+        public_key=result_key.public_key,
+        key_id=result_key.key_id,
+        salt=result_key.salt,
+        chunk_size=chunk_size,
+    )
+    blob_key = result_blob_key(account_id, job_id)
+    with tempfile.TemporaryFile() as sealed:
+        encryptor.encrypt_stream(io.BytesIO(output), sealed)
+        sealed.seek(0)
+        size = blobs.write(blob_key, sealed)
+    enc = encryptor.encryption
+    return jobs_pb2.JobResult(
+        blob_key=blob_key,
+        content_type=content_type,
+        size_bytes=size,
+        encryption=jobs_pb2.ResultEncryption(
+            scheme=enc.scheme,
+            key_id=enc.key_id,
+            salt=enc.salt,
+            sealed_key=enc.sealed_key,
+            chunk_size=enc.chunk_size,
+        ),
+    )

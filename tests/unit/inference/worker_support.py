@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
@@ -25,6 +25,7 @@ from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.consuming import EventProcessor
 from kiln_runtime.db import make_engine, make_session_factory
+from kiln_runtime.outbox import OutboxRelay
 
 SECRET = "sk_live_worker-tests"
 ACCOUNT = "acct_worker"
@@ -152,7 +153,8 @@ async def running_worker(
     monkeypatch.setattr(worker_module, "infer_file", fake_infer)
     wakeup = asyncio.Event()
     blobs = LocalBlobStore(settings.blob_dir)
-    worker = Worker(settings, sessions, StubRelay(), load_catalog(), blobs, wakeup)
+    relay = cast(OutboxRelay, StubRelay())
+    worker = Worker(settings, sessions, relay, load_catalog(), blobs, wakeup)
     processor = EventProcessor(
         sessions,
         MESSAGING,
