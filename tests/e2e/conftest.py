@@ -35,15 +35,35 @@ class WebhookReceiver:
             return [r for r in self.received if r.json()["data"]["id"] == job_id]
 
 
+# Settings every service of the shared stack gets. The webhook retry schedule is compressed
+# (1 s, 2 s: three attempts within about 3 s instead of 2 days) so that the webhook outage and
+# crash tests are bounded; receivers of the other tests answer 2xx at once and never see it.
+# The lease outlasts one attempt (the timeout) and is short, so that a delivery claimed by a
+# notifier killed mid-send is due again a few seconds after it restarts.
+STACK_ENV = {
+    "KILN_RETRY_SCHEDULE_S": "[1, 2]",
+    "KILN_DELIVERY_TIMEOUT_S": "4",
+    "KILN_DELIVERY_LEASE_S": "6",
+}
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The shared stack itself, for tests that stop and start its services."""
     root: Path = tmp_path_factory.mktemp("kiln-stack")
-    local = LocalStack(root=root, ports=StackPorts.free(), sandbox_delay_ms=300)
+    local = LocalStack(
+        root=root, ports=StackPorts.free(), sandbox_delay_ms=300, extra_env=STACK_ENV
+    )
     try:
         local.up()
-        yield load_env_file(root / "demo.env")
+        yield local
     finally:
         local.down()
+
+
+@pytest.fixture(scope="session")
+def stack(local_stack: LocalStack) -> dict[str, str]:
+    return load_env_file(local_stack.root / "demo.env")
 
 
 @pytest.fixture(scope="session")
