@@ -197,3 +197,37 @@ def test_stream_of_a_video_job_shows_progress(stack: dict[str, str], image_serve
         done = wait_for_final(api, job_id)
     assert done["status"] == "completed", done
     assert any(0 < p < 1 for p in seen), seen
+
+
+def wait_for_status(
+    api: Any, job_id: str, statuses: set[str], timeout_s: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = api.get(f"/jobs/{job_id}").json()["data"]
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def test_cancel_stops_a_running_job(stack: dict[str, str]) -> None:
+    with client(stack, stack["KILN_DEMO_SANDBOX_KEY"]) as api:
+        created = api.post(
+            "/jobs",
+            json={
+                "model": "kiln/prompt-to-image",
+                "input": {"prompt": "a long wait"},
+                "sandbox": {"outcome": "completed", "delay_s": 30},
+            },
+        )
+        job_id = created.json()["data"]["id"]
+        wait_for_status(api, job_id, {"running"})
+        asked = time.monotonic()
+        canceled = api.post(f"/jobs/{job_id}/cancel")
+        assert canceled.status_code in (200, 202), canceled.text
+        done = wait_for_final(api, job_id, timeout_s=15)
+        took = time.monotonic() - asked
+    assert done["status"] == "canceled", done
+    assert done["result"] is None
+    assert took < 5, f"the worker took {took:.1f} s to confirm the cancel"
