@@ -21,7 +21,7 @@ class SchedulerSettings(ServiceSettings):
     retry_backoff_cap_s: float = Field(default=60.0, ge=0)
     # Lost workers: a dispatched job with no job.started within this, or a started one with no
     # job.progress (heartbeat) within that, is retried as WORKER_LOST.
-    worker_start_timeout_s: float = Field(default=60.0, gt=0)
+    worker_start_timeout_s: float = Field(default=120.0, gt=0)
     worker_heartbeat_timeout_s: float = Field(default=300.0, gt=0)
     # The timer: deadlines, lost workers, retries due, queue metrics, every this many seconds.
     tick_interval_s: float = Field(default=0.5, gt=0)

@@ -230,7 +230,7 @@ class Tracked:
 @dataclass(frozen=True)
 class LivenessPolicy:
     # A dispatched job with no job.started within this is lost with its worker.
-    start_timeout_s: float = 60.0
+    start_timeout_s: float = 120.0
     # A running job with no job.started/job.progress within this is lost with its worker.
     heartbeat_timeout_s: float = 300.0
 

@@ -1,0 +1,104 @@
+"""Killing the inference worker mid-job leaves no job stuck, on a stack of its own with short
+liveness timeouts: a worker that stays dead gets the job retried (WORKER_LOST) and, with no
+worker to take the retries, failed with WORKER_LOST and refunded; a worker that comes back
+finishes the job."""
+
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.stack_support import RunningStack, started_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+STACK_ENV = {
+    "KILN_WORKER_START_TIMEOUT_S": "3",
+    "KILN_WORKER_HEARTBEAT_TIMEOUT_S": "4",
+    "KILN_RETRY_BACKOFF_BASE_S": "0.5",
+    "KILN_RETRY_BACKOFF_CAP_S": "1",
+    "KILN_MAX_ATTEMPTS": "3",
+    "KILN_PROGRESS_INTERVAL_S": "1",  # the worker's heartbeat (job.progress)
+}
+
+
+@pytest.fixture(scope="module")
+def loss_stack() -> Iterator[RunningStack]:
+    root = Path(tempfile.mkdtemp(prefix="kiln-scheduler-stack-"))
+    try:
+        with started_stack(root, sandbox_delay_ms=200, extra_env=STACK_ENV) as running:
+            yield running
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def api(running: RunningStack) -> httpx.Client:
+    return httpx.Client(
+        base_url=running.demo.api_url,
+        headers={"Authorization": f"Bearer {running.demo.sandbox_key}"},
+        timeout=30,
+    )
+
+
+def submit(client: httpx.Client, delay_s: float) -> str:
+    answer = client.post(
+        "/jobs",
+        json={
+            "model": "kiln/prompt-to-image",
+            "input": {"prompt": "a worker that falls over"},
+            "sandbox": {"outcome": "completed", "delay_s": delay_s},
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["data"]["id"]
+    return job_id
+
+
+def wait_status(client: httpx.Client, job_id: str, wanted: set[str], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    data: Any = None
+    while time.monotonic() < deadline:
+        data = client.get(f"/jobs/{job_id}").json()["data"]
+        if data["status"] in wanted:
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"{job_id} not {wanted} within {timeout_s} s: {data}")
+
+
+def test_a_dead_worker_gets_the_job_retried_then_failed(loss_stack: RunningStack) -> None:
+    local = loss_stack.local
+    with api(loss_stack) as client:
+        job_id = submit(client, delay_s=60)
+        wait_status(client, job_id, {"running"}, 30)
+        local.stop_service("inference", sig=signal.SIGKILL)
+        try:
+            # Silent past the heartbeat timeout, then two retries nobody starts.
+            final = wait_status(client, job_id, {"completed", "failed", "canceled"}, 40)
+            assert final["status"] == "failed"
+            assert final["error"]["code"] == "WORKER_LOST"
+            assert final["cost"] == "0"
+        finally:
+            local.start_service("inference")
+            local.wait_ready(["inference"])
+        scheduler = httpx.get(f"{local.service_url('scheduler')}/metrics", timeout=5).text
+        assert 'kiln_scheduler_retries_total{error_code="WORKER_LOST"' in scheduler
+        assert "kiln_scheduler_workers_lost_total" in scheduler
+
+
+def test_a_worker_that_comes_back_finishes_the_job(loss_stack: RunningStack) -> None:
+    local = loss_stack.local
+    with api(loss_stack) as client:
+        job_id = submit(client, delay_s=3)
+        wait_status(client, job_id, {"running"}, 30)
+        local.stop_service("inference", sig=signal.SIGKILL)
+        local.start_service("inference")
+        local.wait_ready(["inference"])
+        final = wait_status(client, job_id, {"completed", "failed", "canceled"}, 60)
+        assert final["status"] == "completed"
+        assert final["result"] is not None
