@@ -217,3 +217,33 @@ async def test_retention_sweep_deletes_old_results(tmp_path: Path, monkeypatch: 
         assert h.blobs.size(keys["job_old"]) is None
         assert h.blobs.size(keys["job_new"]) is not None
         assert await h.worker.sweep_expired_results() == 0
+
+
+async def test_metrics_count_latency_by_model_and_triton_errors(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    latency_before = sample("kiln_inference_duration_seconds_count", model="kiln/text-to-speech")
+    errors_before = sample(
+        "kiln_inference_errors_total", model="kiln/text-to-speech", code="TRITON_UNAVAILABLE"
+    )
+    async with running_worker(tmp_path, failing("TRITON_UNAVAILABLE"), monkeypatch) as h:
+        await h.deliver(dispatched("job_m", "kiln/text-to-speech", {"text": "hi"}))
+        await h.wait_for("job.attempt_failed")
+    assert (
+        sample("kiln_inference_duration_seconds_count", model="kiln/text-to-speech")
+        == latency_before + 1
+    )
+    assert (
+        sample(
+            "kiln_inference_errors_total", model="kiln/text-to-speech", code="TRITON_UNAVAILABLE"
+        )
+        == errors_before + 1
+    )
+    assert (
+        sample("kiln_inference_attempts_total", model="kiln/text-to-speech", outcome="failed") >= 1
+    )
