@@ -411,7 +411,7 @@ class Scheduler:
         whose worker is lost (WORKER_LOST), dispatch retries whose backoff ended, and refresh
         the queue metrics. The caller holds the lock (repository.lock) and commits."""
         pools: set[str] = set(await repository.pools_with_waiting(session))
-        for row in await repository.unfinished(session):
+        for row in await repository.due_for_timer(session, now):
             tracked = Tracked(
                 job_id=row.job_id,
                 status=row.status,

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import and_, func, inspect, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from kiln_scheduler.models import Base, PoolStats, QueuedJob
@@ -84,12 +84,15 @@ async def jobs_by_id(session: AsyncSession, job_ids: list[str]) -> list[QueuedJo
     return [by_id[j] for j in job_ids]
 
 
-async def unfinished(session: AsyncSession) -> list[QueuedJob]:
-    """Every job the scheduler still holds (queued, in backoff, dispatched, running,
-    canceling), for the timer."""
+async def due_for_timer(session: AsyncSession, now: datetime) -> list[QueuedJob]:
+    """The jobs the timer must look at: every job handed to a worker (deadline, liveness) and
+    the waiting ones past their deadline. Waiting jobs within their deadline are not loaded."""
     rows = await session.scalars(
         select(QueuedJob).where(
-            QueuedJob.status.in_(("queued", *ACTIVE_STATUSES)),
+            or_(
+                QueuedJob.status.in_(ACTIVE_STATUSES),
+                and_(QueuedJob.status == "queued", QueuedJob.deadline_at <= now),
+            )
         )
     )
     return list(rows)

@@ -4,6 +4,7 @@ the per-account limit, queue updates, retries with backoff, deadlines, lost work
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from kiln_contracts.v1 import jobs_pb2
@@ -35,6 +36,10 @@ def settings(**overrides: object) -> SchedulerSettings:
     }
     values.update(overrides)
     return SchedulerSettings(**values)  # type: ignore[arg-type]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def dispatched_ids(events: list) -> list[str]:  # type: ignore[type-arg]
@@ -85,6 +90,7 @@ async def test_retryable_failure_is_retried_with_backoff_then_fails(
     sessions: SessionFactory,
 ) -> None:
     h = Harness(sessions, settings())
+    retries = sample("kiln_scheduler_retries_total", pool=POOL, error_code="TRITON_UNAVAILABLE")
     job = await h.reserve("acct_a")
     now = datetime.now(UTC)
     for attempt in (1, 2):
@@ -101,6 +107,8 @@ async def test_retryable_failure_is_retried_with_backoff_then_fails(
     [failed] = of_type(new, "job.failed")
     assert failed.message.error_code == "TRITON_UNAVAILABLE"
     assert failed.message.attempt == 3
+    after = sample("kiln_scheduler_retries_total", pool=POOL, error_code="TRITON_UNAVAILABLE")
+    assert after == retries + 2
     assert (await h.row(job)).status == "finished"
 
 
@@ -120,6 +128,7 @@ async def test_deadline_fails_queued_and_running_jobs_and_a_late_completion_is_i
     sessions: SessionFactory,
 ) -> None:
     h = Harness(sessions, settings(pool_capacity={POOL: 1}))
+    timeouts = sample("kiln_scheduler_timeouts_total", pool=POOL, status="queued")
     running = await h.reserve("acct_a", deadline_s=5)
     queued = await h.reserve("acct_b", deadline_s=5)
     later = await h.reserve("acct_c", deadline_s=600)
@@ -131,6 +140,8 @@ async def test_deadline_fails_queued_and_running_jobs_and_a_late_completion_is_i
     assert dispatched_ids(new) == [later]  # the slot is free again
     assert await h.deliver(completed("acct_a", running, 1)) == []
     assert (await h.row(running)).outcome == "timeout"
+    assert sample("kiln_scheduler_timeouts_total", pool=POOL, status="queued") == timeouts + 1
+    assert sample("kiln_scheduler_in_flight", pool=POOL) == 1
 
 
 async def test_lost_worker_is_retried_and_its_stale_answer_ignored(
