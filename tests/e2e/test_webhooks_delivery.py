@@ -48,7 +48,8 @@ class Hit:
 @dataclass
 class ScriptedReceiver:
     """Answers POST /<name> with the next step of the script registered for <name> (the last
-    step repeats): a status, or ("hang", seconds) to hold the request open, then answer 204."""
+    step repeats): a status, or ("hang", seconds) to hold the request open, then answer 204
+    (recorded as answered -1: its sender may be gone by then, so it never counts as a 2xx)."""
 
     base: str = ""
     scripts: dict[str, list[Any]] = field(default_factory=dict)
@@ -85,9 +86,10 @@ def scripted() -> Iterator[ScriptedReceiver]:
             status = 204
             if isinstance(step, tuple):
                 time.sleep(step[1])
+                hit.answered = -1  # held open: its sender may be gone; never counts as a 2xx
             else:
                 status = step
-            hit.answered = status
+                hit.answered = status
             try:
                 self.send_response(status)
                 self.send_header("content-length", "0")
@@ -217,6 +219,8 @@ def test_killing_the_notifier_mid_delivery_loses_nothing(
             what="the delivery after the restart",
         )
         got = scripted.got(url)
+        assert len(got) >= 2 and got[0].answered == -1
+        assert got[-1].at > killed_at  # sent by the restarted notifier
         assert len({h.headers["webhook-id"] for h in got}) == 1  # the same message, again
         [delivery] = until(
             lambda: [d for d in delivery_log(api, job_id=job_id) if d["status"] == "delivered"],
