@@ -344,3 +344,22 @@ async def test_server_is_ready(triton_server: TritonServer) -> None:
     assert await triton_ready(triton_server.url)
     assert await triton_ready(triton_server.url, MODELS)
     assert not await triton_ready(triton_server.url, ["no_such_model"])
+
+
+async def test_dynamic_batching_groups_waiting_requests(triton_server: TritonServer) -> None:
+    # 12 requests at once on a model with 2 instances: those that wait are batched together
+    source = base64.b64encode(render_image("batch", 0, 256, 256)).decode()
+    requests = [{"image_b64": source, "prompt": f"style {i}", "seed": i} for i in range(12)]
+    results = await asyncio.gather(
+        *(infer_file(triton_server.url, "image_edit", r, 60) for r in requests)
+    )
+    assert all(content_type == "image/png" for _, content_type in results)
+    # each request got its own answer, in order
+    assert results[3][0] == edit_image(base64.b64decode(source), "style 3", 3)
+    sizes = [
+        int(line.split(" batch=")[1].split()[0])
+        for line in triton_server.log.read_text().splitlines()
+        if "model=image_edit batch=" in line
+    ]
+    assert sum(sizes) >= 12
+    assert max(sizes) > 1, f"no dynamic batch formed: {sizes}"
