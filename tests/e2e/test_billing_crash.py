@@ -57,6 +57,7 @@ STACK_ENV = {
     "KILN_RATE_LIMIT_SANDBOX_CREATE": "100000",
     "KILN_RATE_LIMIT_LIVE_READ": "100000",
     "KILN_RATE_LIMIT_SANDBOX_READ": "100000",
+    "KILN_LEDGER_GAUGES_INTERVAL_S": "1",
 }
 
 
@@ -530,6 +531,18 @@ def test_crash_test_billing_killed_and_broker_restarted_under_300_jobs(
         )
         if redelivered or (line.startswith("kiln_billing_") and "_total{" in line):
             log(f"last billing process: {line}")
+
+    def ledger_gauges() -> dict[str, float]:
+        text = httpx.get(f"{running.local.service_url('billing')}/metrics", timeout=5).text
+        prefix = 'kiln_billing_ledger_millicredits{book="'
+        return {
+            line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(prefix)
+        }
+
+    totals = {book: float(v) for book, v in state.report.totals.items()}
+    wait_until("the ledger gauges", lambda: ledger_gauges() == totals, timeout_s=20)
     starts = (running.local.log_file("billing")).read_text().count("stack.py starts billing")
     assert starts >= 1 + len(chaos_box["chaos"].kills)
     log(f"crash test done in {time.monotonic() - started:.1f} s")

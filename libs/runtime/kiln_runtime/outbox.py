@@ -2,10 +2,18 @@
 transaction as the change; `OutboxRelay` publishes committed rows with an idempotent producer."""
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from google.protobuf.message import Message
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +25,17 @@ from kiln_runtime.messaging import MessagingTables, utcnow
 from kiln_runtime.metrics import EVENTS_PRODUCED, OUTBOX_BACKLOG
 
 log = logging.getLogger(__name__)
+
+# After these an idempotent producer cannot go on: its producer id or sequence numbers are no
+# longer the broker's (a broker restarted while a batch was in flight, say). A new producer, with
+# a new producer id, takes over; the rows were not marked published, so they go again and
+# consumers drop the duplicates by event id.
+PRODUCER_DEAD_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
 
 
 class Outbox:
@@ -75,6 +94,7 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
         keep_published: timedelta = timedelta(hours=1),
+        producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._tables = tables
@@ -84,9 +104,23 @@ class OutboxRelay:
         self._poll_interval_s = poll_interval_s
         self._keep_published = keep_published
         self._wakeup = asyncio.Event()
+        self._producer_factory = producer_factory
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer in use (a new one after the old one could not go on)."""
+        return self._producer
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    async def _renew_producer(self) -> None:
+        if self._producer_factory is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+        self._producer = await self._producer_factory()
+        log.warning("%s: a new Kafka producer publishes the outbox", self._service)
 
     async def run(self) -> None:
         rounds = 0
@@ -98,6 +132,16 @@ class OutboxRelay:
                     await self.prune_published()
             except asyncio.CancelledError:
                 raise
+            except PRODUCER_DEAD_ERRORS:
+                log.exception("outbox relay: the Kafka producer cannot go on; replacing it")
+                published = 0
+                try:
+                    await self._renew_producer()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("outbox relay: no new Kafka producer yet; retrying")
+                    await asyncio.sleep(1.0)
             except Exception:
                 # Broker or database away: the rows stay unpublished and are retried.
                 log.exception("outbox relay round failed; retrying")

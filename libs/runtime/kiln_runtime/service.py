@@ -68,7 +68,8 @@ class ServiceRuntime:
         else:
             async with self._engine.begin() as conn:
                 await conn.run_sync(self.metadata.create_all)
-        self._producer = await start_producer(self.settings.kafka_bootstrap)
+        bootstrap = self.settings.kafka_bootstrap
+        self._producer = await start_producer(bootstrap)
         self._relay = OutboxRelay(
             self._sessions,
             self.tables,
@@ -76,6 +77,7 @@ class ServiceRuntime:
             service=self.settings.service_name,
             batch_size=self.settings.outbox_batch_size,
             poll_interval_s=self.settings.outbox_poll_interval_s,
+            producer_factory=lambda: start_producer(bootstrap),
         )
         self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
         engine = self._engine
@@ -83,9 +85,12 @@ class ServiceRuntime:
         async def database() -> bool:
             return await database_reachable(engine)
 
-        self.readiness = Readiness(
-            {"database": database, "kafka": kafka_check(self._producer), **self._extra_checks}
-        )
+        relay = self._relay
+
+        async def kafka() -> bool:
+            return await kafka_check(relay.producer)()  # the relay may have a new producer
+
+        self.readiness = Readiness({"database": database, "kafka": kafka, **self._extra_checks})
         self.started.set()
 
     @contextlib.asynccontextmanager
@@ -122,6 +127,8 @@ class ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._relay_task
             self._relay_task = None
+        if self._relay is not None:
+            self._producer = self._relay.producer  # the relay may have replaced the first one
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
