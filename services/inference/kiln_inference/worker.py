@@ -256,7 +256,15 @@ class Worker:
 
     async def _loop(self) -> None:
         while True:
-            item = await self._claim()
+            try:
+                item = await self._claim()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # e.g. a cancel deleted the item between this claim's read and its write
+                log.warning("claiming a work item failed; trying again", exc_info=True)
+                await asyncio.sleep(0.2)
+                continue
             if item is None:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
@@ -367,15 +375,33 @@ class Worker:
                 del self._running[item.job_id]
             if not task.done():
                 task.cancel()
+        completed = any(envelope.type == "job.completed" for envelope in outbox.envelopes)
+        key = result_blob_key(item.account_id, item.job_id)
         async with transaction(self._sessions) as session:
+            status = await session.scalar(select(WorkItem.status).where(WorkItem.id == item.id))
+            if completed and status == "canceling":
+                # the cancel came as the model returned: the job stops here, without a result
+                outbox = Outbox()
+                attempt_failed(
+                    outbox,
+                    account_id=item.account_id,
+                    job_id=item.job_id,
+                    attempt=item.attempt,
+                    code=CANCELED,
+                    retryable=False,
+                    worker_id=self._settings.worker_id,
+                )
+                ATTEMPTS.labels(model, "canceled").inc()
+                completed = False
+                await asyncio.to_thread(self._blobs.delete, key)
             await session.execute(delete(WorkItem).where(WorkItem.id == item.id))
             await outbox.write(session, MESSAGING)
-            for envelope in outbox.envelopes:
-                if envelope.type == "job.completed":
-                    key = result_blob_key(item.account_id, item.job_id)
-                    await session.merge(
-                        StoredResult(blob_key=key, job_id=item.job_id, stored_at=self._now())
-                    )
+            if completed:
+                await session.merge(
+                    StoredResult(blob_key=key, job_id=item.job_id, stored_at=self._now())
+                )
+        if completed:
+            ATTEMPTS.labels(model, "completed").inc()
         self._relay.wake()
 
     async def _cancel_pending(self, item_id: str) -> bool:
@@ -416,7 +442,6 @@ class Worker:
                 account_id=item.account_id,
                 job_id=item.job_id,
             )
-            ATTEMPTS.labels(model, "completed").inc()
             return outbox
         except TritonInferenceError as exc:
             TRITON_ERRORS.labels(model, exc.code).inc()

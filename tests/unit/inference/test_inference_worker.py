@@ -247,3 +247,27 @@ async def test_metrics_count_latency_by_model_and_triton_errors(
     assert (
         sample("kiln_inference_attempts_total", model="kiln/text-to-speech", outcome="failed") >= 1
     )
+
+
+async def test_a_cancel_as_the_model_returns_wins(tmp_path: Path, monkeypatch: Any) -> None:
+    holder: dict[str, Any] = {}
+
+    async def cancel_then_answer(
+        url: str, model: str, request: dict[str, Any], timeout_s: float
+    ) -> Any:
+        # the cancel commits while the answer is on its way (too late to stop the call)
+        async with transaction(holder["h"].sessions) as session:
+            item = await session.get(WorkItem, "job_late:1")
+            assert item is not None
+            item.status = "canceling"
+        return PNG, "image/png"
+
+    async with running_worker(tmp_path, cancel_then_answer, monkeypatch) as h:
+        holder["h"] = h
+        await h.deliver(dispatched("job_late"))
+        (event,) = await h.wait_for("job.attempt_failed")
+        assert failure(event).error_code == "CANCELED"
+        assert await h.emitted("job.completed") == []
+        assert h.blobs.size(f"results/{event.account_id}/job_late") is None
+        async with h.sessions() as session:
+            assert await session.get(WorkItem, "job_late:1") is None
