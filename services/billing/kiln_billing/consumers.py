@@ -80,7 +80,12 @@ async def _known_charge(session: AsyncSession, event: Event) -> tuple[bool, JobC
 
 
 async def _apply(
-    session: AsyncSession, event: Event, balances: Balances, decision: Decision
+    session: AsyncSession,
+    event: Event,
+    balances: Balances,
+    decision: Decision,
+    *,
+    known: bool,
 ) -> Balances:
     """Write what `decision` says: the booking, the new balances, the job's new state."""
     if decision.charge is None:
@@ -88,10 +93,14 @@ async def _apply(
         return balances
     if decision.booking is not None:
         balances = apply_postings(balances, decision.booking.postings)
-        repository.add_booking(session, event.account_id, decision.booking, job_id=event.job_id)
+        await repository.add_booking(
+            session, event.account_id, decision.booking, job_id=event.job_id
+        )
         await repository.save_balances(session, event.account_id, balances)
         MILLICREDITS.labels(decision.booking.kind).inc(decision.booking.amount)
-    await repository.save_job_charge(session, event.job_id, event.account_id, decision.charge)
+    await repository.save_job_charge(
+        session, event.job_id, event.account_id, decision.charge, known=known
+    )
     if decision.emit is None:
         UNCHANGED.labels(event.type, decision.reason).inc()
         log.warning("%s for job %s: %s", event.type, event.job_id, decision.reason)
@@ -110,7 +119,7 @@ def make_handlers(catalog: Catalog) -> dict[str, Handler]:
             UNCHANGED.labels(event.type, "duplicate").inc()
             return  # the same grant under another event id: booked once already
         balances = apply_postings(balances, booking.postings)
-        repository.add_booking(session, account, booking, grant_id=grant.grant_id)
+        await repository.add_booking(session, account, booking, grant_id=grant.grant_id)
         await repository.save_balances(session, account, balances)
         MILLICREDITS.labels(booking.kind).inc(booking.amount)
         DECISION_LATENCY.labels(event.type).observe(time.perf_counter() - started)
@@ -138,7 +147,7 @@ def make_handlers(catalog: Catalog) -> dict[str, Handler]:
         decision = decide_submission(
             job_id, current, available=balances.available, price=price, sandbox=spec.sandbox
         )
-        balances = await _apply(session, event, balances, decision)
+        balances = await _apply(session, event, balances, decision, known=current is not None)
         DECISION_LATENCY.labels(event.type).observe(time.perf_counter() - started)
         job_mode = mode(spec.sandbox)
         if decision.emit in ("reserved", "rejected"):
@@ -193,7 +202,7 @@ def make_handlers(catalog: Catalog) -> dict[str, Handler]:
         if not usable:
             return
         decision = decide_end(job_id, current, end, sandbox=ended.spec.sandbox)
-        balances = await _apply(session, event, balances, decision)
+        balances = await _apply(session, event, balances, decision, known=current is not None)
         DECISION_LATENCY.labels(event.type).observe(time.perf_counter() - started)
         if decision.charge is None or decision.emit is None:
             return

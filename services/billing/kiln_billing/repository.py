@@ -1,10 +1,9 @@
 """All of billing's SQL."""
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -66,12 +65,18 @@ async def lock_balances(session: AsyncSession, account_id: str) -> Balances:
 
 
 async def save_balances(session: AsyncSession, account_id: str, balances: Balances) -> None:
-    row = await session.get(AccountBalance, account_id)
-    assert row is not None, "lock_balances first"
-    row.granted_millicredits = balances.granted
-    row.available_millicredits = balances.available
-    row.reserved_millicredits = balances.reserved
-    row.spent_millicredits = balances.spent
+    """Write the account's new balances (its row is locked by `lock_balances`)."""
+    await session.execute(
+        update(AccountBalance)
+        .where(AccountBalance.account_id == account_id)
+        .values(
+            granted_millicredits=balances.granted,
+            available_millicredits=balances.available,
+            reserved_millicredits=balances.reserved,
+            spent_millicredits=balances.spent,
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def cached_balances(session: AsyncSession) -> dict[str, Balances]:
@@ -97,7 +102,7 @@ async def cached_totals(session: AsyncSession) -> Balances:
 # ------------------------------------------------------------------------------ the ledger
 
 
-def add_booking(
+async def add_booking(
     session: AsyncSession,
     account_id: str,
     booking: Booking,
@@ -105,22 +110,35 @@ def add_booking(
     job_id: str | None = None,
     grant_id: str | None = None,
 ) -> None:
-    """Append one booking and its postings (written at the next flush)."""
-    session.add(
-        LedgerTransaction(
-            account_id=account_id,
-            kind=booking.kind,
-            entry_key=booking.entry_key,
-            job_id=job_id,
-            grant_id=grant_id,
-            amount_millicredits=booking.amount,
-            created_at=utcnow(),
-            postings=[
-                LedgerPosting(account_id=account_id, book=str(p.book), amount_millicredits=p.amount)
+    """Append one booking and its postings."""
+    transaction_id = (
+        await session.execute(
+            insert(LedgerTransaction)
+            .values(
+                account_id=account_id,
+                kind=booking.kind,
+                entry_key=booking.entry_key,
+                job_id=job_id,
+                grant_id=grant_id,
+                amount_millicredits=booking.amount,
+                created_at=utcnow(),
+            )
+            .returning(LedgerTransaction.id)
+        )
+    ).scalar_one()
+    if booking.postings:
+        await session.execute(
+            insert(LedgerPosting),
+            [
+                {
+                    "transaction_id": transaction_id,
+                    "account_id": account_id,
+                    "book": str(p.book),
+                    "amount_millicredits": p.amount,
+                }
                 for p in booking.postings
             ],
         )
-    )
 
 
 async def booking_exists(session: AsyncSession, entry_key: str) -> bool:
@@ -231,18 +249,30 @@ async def job_charge(session: AsyncSession, job_id: str) -> tuple[str, JobCharge
 
 
 async def save_job_charge(
-    session: AsyncSession, job_id: str, account_id: str, charge: JobCharge
+    session: AsyncSession, job_id: str, account_id: str, charge: JobCharge, *, known: bool
 ) -> None:
-    row = await session.get(Reservation, job_id)
+    """Record the job's new state; `known` says whether billing had a row for it already."""
     now = utcnow()
-    if row is None:
-        row = Reservation(job_id=job_id, account_id=account_id, created_at=now)
-        session.add(row)
-    row.status = charge.status
-    row.amount_millicredits = charge.amount
-    row.sandbox = charge.sandbox
-    row.ended_with = charge.ended_with
-    row.settled_at = now if charge.final else None
+    values = {
+        "status": charge.status,
+        "amount_millicredits": charge.amount,
+        "sandbox": charge.sandbox,
+        "ended_with": charge.ended_with,
+        "settled_at": now if charge.final else None,
+    }
+    if known:
+        await session.execute(
+            update(Reservation)
+            .where(Reservation.job_id == job_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        await session.execute(
+            insert(Reservation).values(
+                job_id=job_id, account_id=account_id, created_at=now, **values
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -265,13 +295,3 @@ async def job_counts(session: AsyncSession) -> dict[tuple[bool, str], int]:
         )
     )
     return {(bool(sandbox), status): int(n) for sandbox, status, n in rows}
-
-
-async def job_charges_for(
-    session: AsyncSession, job_ids: Iterable[str]
-) -> dict[str, tuple[str, JobCharge]]:
-    ids = list(job_ids)
-    if not ids:
-        return {}
-    rows = (await session.scalars(select(Reservation).where(Reservation.job_id.in_(ids)))).all()
-    return {r.job_id: (r.account_id, _charge(r)) for r in rows}
