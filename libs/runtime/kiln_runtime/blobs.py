@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from kiln_runtime.settings import ServiceSettings
+
 CHUNK = 1024 * 1024
 
 
@@ -182,3 +184,15 @@ def iter_chunks(stream: BinaryIO, chunk_size: int = 256 * 1024) -> Iterator[byte
     with stream:
         while chunk := stream.read(chunk_size):
             yield chunk
+
+
+def blob_store_for(settings: ServiceSettings) -> BlobStore:
+    """The blob store a service's settings name (the same for inference and the gateway)."""
+    return make_blob_store(
+        settings.blob_backend,
+        local_dir=settings.blob_dir,
+        s3_bucket=settings.s3_bucket,
+        s3_prefix=settings.s3_prefix,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+    )

@@ -1,6 +1,7 @@
 """Settings every service shares. Each service's `config.py` subclasses `ServiceSettings`."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,3 +30,11 @@ class ServiceSettings(BaseSettings):
     files_url_ttl_s: int = 24 * 3600
     public_url: str = "http://127.0.0.1:8000"
     blob_dir: Path = Path(".kiln/data/blobs")
+    # Where results go, for inference (writes) and the gateway (serves): "local" (blob_dir) or
+    # "s3" (an S3-compatible bucket; credentials from boto3's usual chain, e.g.
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    blob_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""

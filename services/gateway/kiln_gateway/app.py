@@ -25,7 +25,7 @@ from kiln_gateway.models import MESSAGING, Base
 from kiln_gateway.openapi import install_openapi_document
 from kiln_gateway.ratelimits import RateLimitHeaders
 from kiln_gateway.state import GatewayState
-from kiln_runtime.blobs import LocalBlobStore
+from kiln_runtime.blobs import blob_store_for
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.health import health_router
 from kiln_runtime.http import serve
@@ -38,7 +38,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         settings=settings,
         runtime=runtime,
         catalog=load_catalog(settings.catalog_file),
-        blobs=LocalBlobStore(settings.blob_dir),
+        blobs=blob_store_for(settings),
     )
 
     def wake_waiters(event: Event) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.ratelimits import RateLimiter, make_rate_limiter
-from kiln_runtime.blobs import LocalBlobStore
+from kiln_runtime.blobs import BlobStore
 from kiln_runtime.catalog import Catalog
 from kiln_runtime.job_object import FileLinks
 from kiln_runtime.service import ServiceRuntime
@@ -44,7 +44,7 @@ class GatewayState:
     settings: GatewaySettings
     runtime: ServiceRuntime
     catalog: Catalog
-    blobs: LocalBlobStore
+    blobs: BlobStore
     waiters: Waiters = field(default_factory=Waiters)
     # Rate-limit counters (ratelimits.py), in the database or this process per the settings.
     rate_limiter: RateLimiter = field(init=False)

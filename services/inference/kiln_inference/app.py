@@ -10,7 +10,7 @@ from kiln_inference.config import InferenceSettings
 from kiln_inference.models import MESSAGING, Base
 from kiln_inference.triton_client import triton_ready
 from kiln_inference.worker import Worker, make_handlers
-from kiln_runtime.blobs import make_blob_store
+from kiln_runtime.blobs import blob_store_for
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.health import health_router
 from kiln_runtime.http import serve
@@ -35,14 +35,7 @@ def create_app(settings: InferenceSettings) -> FastAPI:
             runtime.sessions,
             runtime.relay,
             catalog,
-            make_blob_store(
-                settings.blob_backend,
-                local_dir=settings.blob_dir,
-                s3_bucket=settings.s3_bucket,
-                s3_prefix=settings.s3_prefix,
-                s3_endpoint_url=settings.s3_endpoint_url,
-                s3_region=settings.s3_region,
-            ),
+            blob_store_for(settings),
             wakeup,
         )
         try:

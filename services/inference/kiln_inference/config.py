@@ -1,5 +1,3 @@
-from typing import Literal
-
 from pydantic import Field
 
 from kiln_runtime.settings import ServiceSettings
@@ -25,13 +23,6 @@ class InferenceSettings(ServiceSettings):
     input_image_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     input_image_max_pixels: int = Field(default=4096 * 4096, gt=0)
     input_image_timeout_s: float = Field(default=15.0, gt=0)
-    # Where results go: "local" (blob_dir) or "s3" (an S3-compatible bucket; credentials from
-    # boto3's usual chain, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
-    blob_backend: Literal["local", "s3"] = "local"
-    s3_bucket: str = ""
-    s3_prefix: str = ""
-    s3_endpoint_url: str = ""
-    s3_region: str = ""
     # Results are deleted this long after they were stored (a sweep runs every interval).
     result_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     retention_sweep_interval_s: float = Field(default=300.0, gt=0)
