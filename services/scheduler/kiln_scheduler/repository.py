@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, inspect, or_, select, text, update
+from sqlalchemy import and_, func, insert, inspect, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from kiln_scheduler.models import Base, PoolStats, QueuedJob
@@ -33,6 +33,10 @@ async def migrate(engine: AsyncEngine) -> None:
             column = QueuedJob.__table__.columns[name]
             sql_type = column.type.compile(dialect=dialect)
             await conn.execute(text(f"ALTER TABLE queued_jobs ADD COLUMN {name} {sql_type}"))
+        # The lock row exists before any transaction needs it (see `lock`).
+        found = await conn.scalar(select(PoolStats.pool).where(PoolStats.pool == LOCK_ROW))
+        if found is None:
+            await conn.execute(insert(PoolStats).values(pool=LOCK_ROW, samples=0))
 
 
 async def lock(session: AsyncSession) -> None:
