@@ -23,6 +23,9 @@ class SchedulerSettings(ServiceSettings):
     # job.progress (heartbeat) within that, is retried as WORKER_LOST.
     worker_start_timeout_s: float = Field(default=120.0, gt=0)
     worker_heartbeat_timeout_s: float = Field(default=300.0, gt=0)
+    # Waiting jobs say queue_reason "no_workers" when none of the pool's jobs in flight has
+    # started and one has waited this long for a worker to start it.
+    no_workers_after_s: float = Field(default=15.0, gt=0)
     # The timer: deadlines, lost workers, retries due, queue metrics, every this many seconds.
     tick_interval_s: float = Field(default=0.5, gt=0)
     # ETA before any job of the pool finished, and the weight of each new duration sample.

@@ -47,6 +47,7 @@ from kiln_scheduler.service import (
     past_deadline,
     queue_standings,
     updated_mean,
+    workers_absent,
 )
 
 
@@ -144,6 +145,7 @@ class Scheduler:
         if not still:
             return
         mean = await repository.mean_duration(session, pool)
+        oldest_unstarted, started = await repository.pool_liveness(session, pool)
         standings = queue_standings(
             still,
             busy,
@@ -151,6 +153,7 @@ class Scheduler:
             self.fairness,
             now,
             self.settings.default_job_duration_s if mean is None else mean,
+            workers_absent(oldest_unstarted, started, now, self.settings.no_workers_after_s),
         )
         rows = {
             r.job_id: r for r in await repository.jobs_by_id(session, [s.job_id for s in standings])

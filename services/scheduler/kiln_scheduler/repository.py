@@ -80,6 +80,27 @@ async def in_flight(session: AsyncSession, pool: str) -> int:
     return sum((await in_flight_by_account(session, pool)).values())
 
 
+async def pool_liveness(session: AsyncSession, pool: str) -> tuple[datetime | None, int]:
+    """The oldest dispatch of the pool not started yet, and how many of its jobs started."""
+    oldest = await session.scalar(
+        select(func.min(QueuedJob.dispatched_at)).where(
+            QueuedJob.pool == pool,
+            QueuedJob.status.in_(ACTIVE_STATUSES),
+            QueuedJob.started_at.is_(None),
+        )
+    )
+    started = await session.scalar(
+        select(func.count())
+        .select_from(QueuedJob)
+        .where(
+            QueuedJob.pool == pool,
+            QueuedJob.status.in_(ACTIVE_STATUSES),
+            QueuedJob.started_at.is_not(None),
+        )
+    )
+    return aware(oldest), int(started or 0)
+
+
 async def jobs_by_id(session: AsyncSession, job_ids: list[str]) -> list[QueuedJob]:
     if not job_ids:
         return []

@@ -110,13 +110,15 @@ def queue_standings(
     policy: FairnessPolicy,
     now: datetime,
     mean_duration_s: float,
+    workers_absent: bool = False,
 ) -> list[QueueStanding]:
     """Where every waiting job stands: its position in the fair order, why it waits, and an
     estimate of when it starts: `ceil(position / capacity)` rounds of the pool's moving-average
-    job duration from now (no earlier than the end of its backoff)."""
+    job duration from now (no earlier than the end of its backoff). The reason is `no_workers`
+    when the pool has no capacity or no worker takes its jobs (see `workers_absent`)."""
     standings = []
     for index, w in enumerate(fair_order(waiting, in_flight_by_account, policy), start=1):
-        if capacity <= 0:
+        if capacity <= 0 or workers_absent:
             reason = "no_workers"
         elif in_flight_by_account.get(w.account_id, 0) >= policy.limit(w.account_id):
             reason = "concurrency_limit"
@@ -128,6 +130,19 @@ def queue_standings(
             eta = w.ready_at
         standings.append(QueueStanding(w.job_id, w.account_id, index, reason, eta))
     return standings
+
+
+def workers_absent(
+    oldest_unstarted_dispatch: datetime | None,
+    started_in_flight: int,
+    now: datetime,
+    after_s: float,
+) -> bool:
+    """No worker is taking the pool's jobs: nothing it holds has started, and a job handed to it
+    has waited longer than `after_s` for a worker to start it."""
+    if started_in_flight > 0 or oldest_unstarted_dispatch is None:
+        return False
+    return (now - oldest_unstarted_dispatch).total_seconds() >= after_s
 
 
 def queue_position(

@@ -216,3 +216,20 @@ async def test_migrate_adds_the_new_columns_to_an_older_table(tmp_path: object) 
     row = await h.row("j")
     assert row.deadline_at is None and row.queue_reason is None
     await engine.dispose()
+
+
+async def test_waiting_jobs_say_no_workers_when_nothing_handed_out_starts(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings(pool_capacity={POOL: 1}, no_workers_after_s=15))
+    first = await h.reserve("acct_a")
+    second = await h.reserve("acct_b")
+    [queued] = [e for e in of_type(h.emitted, "job.queued") if e.job_id == second]
+    assert queued.message.queue_reason == "capacity"
+    new = await h.tick(datetime.now(UTC) + timedelta(seconds=20))
+    [update] = of_type(new, "job.queued")
+    assert (update.job_id, update.message.queue_reason) == (second, "no_workers")
+    await h.deliver(started("acct_a", first, 1))
+    new = await h.tick(datetime.now(UTC) + timedelta(seconds=21))
+    [update] = of_type(new, "job.queued")
+    assert update.message.queue_reason == "capacity"

@@ -13,6 +13,7 @@ from kiln_scheduler.service import (
     lost_worker,
     past_deadline,
     updated_mean,
+    workers_absent,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,3 +98,10 @@ def test_lost_worker_rules() -> None:
 def test_moving_average() -> None:
     assert updated_mean(None, 4.0, 0.5) == 4.0
     assert updated_mean(4.0, 8.0, 0.5) == 6.0
+
+
+def test_workers_absent_when_nothing_handed_out_starts() -> None:
+    assert not workers_absent(None, 0, NOW, 15)
+    assert not workers_absent(NOW, 0, NOW + timedelta(seconds=14), 15)
+    assert workers_absent(NOW, 0, NOW + timedelta(seconds=15), 15)
+    assert not workers_absent(NOW, 1, NOW + timedelta(seconds=60), 15)
