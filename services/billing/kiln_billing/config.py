@@ -13,4 +13,4 @@ class BillingSettings(ServiceSettings):
     # partitions, so the credit decisions of its accounts, until the broker gives up on it.
     kafka_session_timeout_s: float = Field(default=10.0, ge=6.0)
     kafka_heartbeat_interval_s: float = Field(default=2.0, gt=0)
-    kafka_rebalance_timeout_s: float = Field(default=20.0, gt=0)
+    kafka_rebalance_timeout_s: float = Field(default=60.0, gt=0)
