@@ -181,3 +181,25 @@ def test_idempotency_key_replays_and_races(fresh_account: dict[str, str]) -> Non
         assert {a.status_code for a in answers} == {202}
         assert len({a.json()["data"]["id"] for a in answers}) == 1
         assert api.get("/jobs/count").json()["data"]["count"] == before + 2
+
+
+def test_another_accounts_job_is_404_on_every_route(
+    stack: dict[str, str], fresh_account: dict[str, str]
+) -> None:
+    with client(fresh_account, fresh_account["SANDBOX"]) as owner:
+        job_id = sandbox_job(owner, delay_s=0).json()["data"]["id"]
+    with client(stack, stack["KILN_DEMO_SANDBOX_KEY"]) as stranger:
+        for method, path in [
+            ("GET", f"/jobs/{job_id}"),
+            ("GET", f"/jobs/{job_id}/events"),
+            ("POST", f"/jobs/{job_id}/cancel"),
+        ]:
+            answer = stranger.request(method, path)
+            assert answer.status_code == 404, (method, path, answer.text)
+            assert answer.json()["error"]["code"] == "NOT_FOUND"
+        listed = stranger.get("/jobs", params={"per_page": 100}).json()["data"]
+        assert job_id not in {j["id"] for j in listed}
+        deliveries = stranger.get("/webhooks/deliveries", params={"job_id": job_id})
+        assert deliveries.status_code in (200, 404)
+        if deliveries.status_code == 200:
+            assert deliveries.json()["data"] == []

@@ -26,7 +26,7 @@ from kiln_gateway.idempotency import run_idempotently
 from kiln_gateway.job_queries import JobFilters, count_query, order_by
 from kiln_gateway.models import MESSAGING, Job
 from kiln_gateway.schemas import JobCreate
-from kiln_gateway.service import TERMINAL, input_errors, new_id
+from kiln_gateway.service import TERMINAL, input_errors, new_id, url_inputs
 from kiln_gateway.state import GatewayState
 from kiln_gateway.timeline import record_account_event
 from kiln_gateway.views import job_json
@@ -61,13 +61,14 @@ async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) 
     details = input_errors(entry.input_schema, body.input)
     if body.sandbox is not None and not caller.key.sandbox:
         details.append({"field": "sandbox", "message": "only sandbox (sk_test_) keys may set it"})
-    if body.webhook_url is not None:
+    # Every URL the job names (its webhook, input images) must reach only the public internet.
+    urls = [("webhook_url", body.webhook_url)] if body.webhook_url is not None else []
+    urls += [(f"input.{name}", value) for name, value in url_inputs(entry.input_schema, body.input)]
+    for field_name, url in urls:
         try:
-            await resolve_public_addresses(
-                body.webhook_url, allow_loopback=state.settings.allow_loopback_urls
-            )
+            await resolve_public_addresses(url, allow_loopback=state.settings.allow_loopback_urls)
         except UnsafeUrl as exc:
-            details.append({"field": "webhook_url", "message": str(exc)})
+            details.append({"field": field_name, "message": str(exc)})
     if details:
         raise ValidationFailed("The request has invalid fields.", details)
     enforce_content_policy(state.settings.content_policy_file, entry.kind, body.input)

@@ -79,3 +79,15 @@ def input_errors(schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
             continue
         details.append({"field": f"input.{path}" if path else "input", "message": error.message})
     return details
+
+
+def url_inputs(schema: dict[str, Any], value: Any) -> list[tuple[str, str]]:
+    """The top-level string inputs that the model's schema marks as URLs (`format: uri`)."""
+    if not isinstance(value, dict):
+        return []
+    properties = schema.get("properties", {})
+    return [
+        (name, item)
+        for name, item in value.items()
+        if isinstance(item, str) and properties.get(name, {}).get("format") == "uri"
+    ]

@@ -40,3 +40,18 @@ def test_usage_periods_are_utc_calendar_months() -> None:
     assert period_start(datetime(2026, 11, 21, 19, 5, tzinfo=UTC)) == datetime(
         2026, 11, 1, tzinfo=UTC
     )
+
+
+def test_url_inputs_are_the_fields_the_schema_marks_as_uri() -> None:
+    from kiln_gateway.service import url_inputs
+    from kiln_runtime.catalog import load_catalog
+
+    catalog = load_catalog()
+    video = catalog.model("kiln/image-to-video")
+    assert video is not None
+    assert url_inputs(video.input_schema, {"image_url": "0", "motion": "zoom_in"}) == [
+        ("image_url", "0")
+    ]
+    image = catalog.model("kiln/prompt-to-image")
+    assert image is not None
+    assert url_inputs(image.input_schema, {"prompt": "https://example.com"}) == []
