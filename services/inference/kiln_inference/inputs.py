@@ -5,7 +5,11 @@ checked address (pinned; the URL's host travels in the Host header and as the TL
 redirects are not followed, proxies from the environment are ignored, and the body is read in
 chunks and refused as soon as it passes the cap. What arrives must be a picture Pillow can read.
 
-Failures are InputImageError with a machine code: ``INPUT_IMAGE_REFUSED`` (the guard said no),
+A picture that shows a person (kiln_inference.person_check, in a thread) is refused too: Kiln
+does not put a real person into generated media.
+
+Failures are InputImageError with a machine code: ``INPUT_IMAGE_REFUSED`` (the guard said no,
+or the picture shows a person),
 ``INPUT_IMAGE_TOO_LARGE``, ``INPUT_IMAGE_INVALID`` (not an image, HTTP 4xx) — never worth
 retrying — and ``INPUT_IMAGE_UNAVAILABLE`` (timeout, connection failure, HTTP 5xx), which is.
 """
@@ -19,9 +23,14 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from kiln_inference import person_check
+from kiln_inference.metrics import PERSON_CHECK_LATENCY, PERSON_REFUSED
 from kiln_runtime.url_guard import Resolver, UnsafeUrl, resolve_public_addresses
 
 USER_AGENT = "Kiln-Inference/1 (+input image fetch)"
+PERSON_REFUSED_MESSAGE = (
+    "The input image shows a person; Kiln does not put real people into generated media."
+)
 
 
 class InputImageError(Exception):
@@ -69,7 +78,17 @@ async def fetch_input_image(
             retryable=True,
         ) from None
     check_image(data, limits.max_pixels)
+    await refuse_a_person(data)
     return data
+
+
+async def refuse_a_person(data: bytes) -> None:
+    """Raise INPUT_IMAGE_REFUSED when the (already checked) picture shows a person."""
+    with PERSON_CHECK_LATENCY.time():
+        findings = await asyncio.to_thread(person_check.person_findings_in, data)
+    if findings:
+        PERSON_REFUSED.labels(findings[0].kind).inc()
+        raise InputImageError("INPUT_IMAGE_REFUSED", PERSON_REFUSED_MESSAGE, retryable=False)
 
 
 async def _download(url: str, address: str, max_bytes: int) -> bytes:

@@ -27,6 +27,16 @@ INPUT_FETCH_LATENCY = Histogram(
 INPUT_FETCH_ERRORS = Counter(
     "kiln_inference_input_fetch_errors_total", "Refused or failed input images, by code.", ["code"]
 )
+PERSON_CHECK_LATENCY = Histogram(
+    "kiln_inference_person_check_seconds",
+    "Time to look for a person in one input image (OpenCV, in a thread).",
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PERSON_REFUSED = Counter(
+    "kiln_inference_person_refused_total",
+    "Input images refused because they show a person, by what was found.",
+    ["kind"],
+)
 RESULTS_DELETED = Counter(
     "kiln_inference_results_deleted_total", "Result blobs deleted after their retention."
 )
