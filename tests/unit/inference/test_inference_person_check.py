@@ -96,6 +96,20 @@ def test_a_face_in_fully_transparent_pixels_is_still_found() -> None:
     assert person_findings_in(_png(hidden))
 
 
+def test_most_faces_of_the_lfw_subset_are_found_and_no_non_face() -> None:
+    """scikit-image's 100 face crops from Labeled Faces in the Wild (25 px, enlarged) and its
+    100 non-face crops, each alone on a grey 300 px canvas. Measured: 81 and 0."""
+    crops = samples.lfw_subset()
+    found = []
+    for crop in crops:
+        canvas = Image.new("L", (300, 300), 128)
+        face = Image.fromarray((crop * 255).astype(np.uint8)).resize((120, 120), Image.BICUBIC)
+        canvas.paste(face, (90, 90))
+        found.append(shows_a_person(canvas))
+    assert sum(found[:100]) >= 70
+    assert sum(found[100:]) == 0
+
+
 # --- not people: accepted ----------------------------------------------------------------
 
 NOT_PEOPLE = [
