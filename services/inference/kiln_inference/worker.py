@@ -354,21 +354,8 @@ class Worker:
                 current = asyncio.current_task()
                 if not running.cancel_requested or (current and current.cancelling()):
                     raise  # shutting down: the item stays running and recover() re-runs it
-                outbox = Outbox()
-                attempt_failed(
-                    outbox,
-                    account_id=item.account_id,
-                    job_id=item.job_id,
-                    attempt=item.attempt,
-                    code=CANCELED,
-                    retryable=False,
-                    worker_id=self._settings.worker_id,
-                )
-                ATTEMPTS.labels(model, "canceled").inc()
-                # a result the attempt may have stored before it stopped
-                await asyncio.to_thread(
-                    self._blobs.delete, result_blob_key(item.account_id, item.job_id)
-                )
+                # a result the attempt may have stored before it stopped goes too
+                outbox = await self._canceled(item, model)
         finally:
             IN_FLIGHT.dec()
             if self._running.get(item.job_id) is running:
@@ -381,19 +368,8 @@ class Worker:
             status = await session.scalar(select(WorkItem.status).where(WorkItem.id == item.id))
             if completed and status == "canceling":
                 # the cancel came as the model returned: the job stops here, without a result
-                outbox = Outbox()
-                attempt_failed(
-                    outbox,
-                    account_id=item.account_id,
-                    job_id=item.job_id,
-                    attempt=item.attempt,
-                    code=CANCELED,
-                    retryable=False,
-                    worker_id=self._settings.worker_id,
-                )
-                ATTEMPTS.labels(model, "canceled").inc()
+                outbox = await self._canceled(item, model)
                 completed = False
-                await asyncio.to_thread(self._blobs.delete, key)
             await session.execute(delete(WorkItem).where(WorkItem.id == item.id))
             await outbox.write(session, MESSAGING)
             if completed:
@@ -403,6 +379,22 @@ class Worker:
         if completed:
             ATTEMPTS.labels(model, "completed").inc()
         self._relay.wake()
+
+    async def _canceled(self, item: WorkItem, model: str) -> Outbox:
+        """The attempt's end when a cancel stopped it: CANCELED, and no result kept."""
+        outbox = Outbox()
+        attempt_failed(
+            outbox,
+            account_id=item.account_id,
+            job_id=item.job_id,
+            attempt=item.attempt,
+            code=CANCELED,
+            retryable=False,
+            worker_id=self._settings.worker_id,
+        )
+        ATTEMPTS.labels(model, "canceled").inc()
+        await asyncio.to_thread(self._blobs.delete, result_blob_key(item.account_id, item.job_id))
+        return outbox
 
     async def _cancel_pending(self, item_id: str) -> bool:
         async with self._sessions() as session:
