@@ -38,6 +38,9 @@ def make_faust_app(runtime: ServiceRuntime) -> faust.App:
         value_serializer="raw",
         broker_commit_every=100,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_s,
     )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]

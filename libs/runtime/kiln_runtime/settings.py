@@ -21,6 +21,11 @@ class ServiceSettings(BaseSettings):
     # The outbox relay wakes at once after a local commit; this is the fallback poll.
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     outbox_batch_size: int = Field(default=500, gt=0)
+    # Kafka group membership of faust workers: a worker that dies (SIGKILL, a lost node) holds
+    # its partitions until the broker gives up on it (faust's own default is 60 s).
+    kafka_session_timeout_s: float = Field(default=10.0, ge=6.0)
+    kafka_heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    kafka_rebalance_timeout_s: float = Field(default=60.0, gt=0)
     topic_partitions: int | None = None
     topic_replication_factor: int | None = None
     # Loopback http(s) URLs for webhooks and input images: local development only.

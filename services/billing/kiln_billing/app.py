@@ -18,9 +18,6 @@ log = logging.getLogger(__name__)
 settings = BillingSettings()
 runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, migrate=upgrade_database)
 app = make_faust_app(runtime)
-app.conf.broker_session_timeout = settings.kafka_session_timeout_s
-app.conf.broker_heartbeat_interval = settings.kafka_heartbeat_interval_s
-app.conf.broker_rebalance_timeout = settings.kafka_rebalance_timeout_s
 attach_processor(app, runtime, make_handlers(load_catalog(settings.catalog_file)))
 
 

@@ -33,7 +33,6 @@ def create_app(settings: NotifierSettings | None = None) -> faust.App:
     tables = make_tables()
     runtime = ServiceRuntime(settings, tables.metadata, tables.messaging)
     app = make_faust_app(runtime)
-    app.conf.broker_session_timeout = settings.kafka_session_timeout_s
     attach_processor(app, runtime, make_handlers(tables, file_links(settings)))
     sender_tasks: list[asyncio.Task[Any]] = []
 

@@ -30,10 +30,6 @@ class NotifierSettings(ServiceSettings):
     # The platform's Ed25519 private key (base64 of the raw 32 bytes; standard or URL-safe
     # alphabet) for the `v1a` signature; the gateway serves its public key. Empty: `v1` only.
     webhook_signing_key: str = ""
-    # How long Kafka waits for a silent notifier before giving its partitions to another one
-    # (faust's default is 60 s). A notifier killed mid-delivery resumes (the sender starts
-    # with the worker) only after its old membership expired, so this bounds that pause.
-    kafka_session_timeout_s: float = Field(default=10.0, ge=6.0)
     # How often the pending-retries and disabled-endpoints gauges are refreshed.
     metrics_refresh_s: float = Field(default=5.0, gt=0)
 
