@@ -468,46 +468,21 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
         return run_sandbox_batch(request, options.sandbox_delay_ms)
 
     # One callable per instance: each instance runs one batch at a time in its own thread.
-    triton.bind(
-        model_name=TTS_MODEL,
-        infer_func=[infer_speech] * options.tts_instances,
-        inputs=inputs,
-        outputs=outputs,
-        config=config(),
-        strict=True,
-    )
-    triton.bind(
-        model_name=IMAGE_MODEL,
-        infer_func=[infer_image] * options.image_instances,
-        inputs=inputs,
-        outputs=outputs,
-        config=config(),
-        strict=True,
-    )
-    triton.bind(
-        model_name=EDIT_MODEL,
-        infer_func=[infer_edit] * options.edit_instances,
-        inputs=inputs,
-        outputs=outputs,
-        config=config(),
-        strict=True,
-    )
-    triton.bind(
-        model_name=VIDEO_MODEL,
-        infer_func=[infer_video] * options.video_instances,
-        inputs=inputs,
-        outputs=outputs,
-        config=config(),
-        strict=True,
-    )
-    triton.bind(
-        model_name=SANDBOX_MODEL,
-        infer_func=[infer_sandbox] * options.sandbox_instances,
-        inputs=inputs,
-        outputs=outputs,
-        config=config(),
-        strict=True,
-    )
+    for model_name, infer_func, instances in (
+        (TTS_MODEL, infer_speech, options.tts_instances),
+        (IMAGE_MODEL, infer_image, options.image_instances),
+        (EDIT_MODEL, infer_edit, options.edit_instances),
+        (VIDEO_MODEL, infer_video, options.video_instances),
+        (SANDBOX_MODEL, infer_sandbox, options.sandbox_instances),
+    ):
+        triton.bind(
+            model_name=model_name,
+            infer_func=[infer_func] * instances,
+            inputs=inputs,
+            outputs=outputs,
+            config=config(),
+            strict=True,
+        )
 
 
 LOAD_ATTEMPTS = 5
