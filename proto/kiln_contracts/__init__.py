@@ -10,6 +10,7 @@ from kiln_contracts.codec import (
     encode,
     from_json,
     new_event,
+    timestamp,
     to_json,
 )
 from kiln_contracts.registry import TOPICS, TopicSpec, load_topics, message_class
@@ -30,6 +31,7 @@ __all__ = [
     "load_topics",
     "message_class",
     "new_event",
+    "timestamp",
     "to_json",
     "webhooks_pb2",
 ]

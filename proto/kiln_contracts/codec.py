@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from kiln_contracts.registry import TOPICS, message_class
 from kiln_contracts.v1.envelope_pb2 import Envelope
@@ -162,3 +163,10 @@ def from_json(data: Mapping[str, Any]) -> Envelope:
         raise EventDecodeError(f"not a Kiln event: {exc}") from exc
     envelope.payload = message.SerializeToString(deterministic=True)
     return envelope
+
+
+def timestamp(value: datetime | None = None) -> Timestamp:
+    """A protobuf Timestamp for `value` (aware), or for now (UTC) when none is given."""
+    ts = Timestamp()
+    ts.FromDatetime(value if value is not None else datetime.now(UTC))
+    return ts

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
+from kiln_contracts import timestamp
 from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_gateway.content_policy import enforce_content_policy
 from kiln_gateway.deps import Caller, CallerDep, StateDep
@@ -43,12 +43,6 @@ IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="Replays the first answer for 24 h."),
 ]
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) -> ModelEntry:
@@ -90,8 +84,8 @@ def job_spec(
             salt=caller.key.result_salt,
         ),
         pool=state.catalog.pool_for(entry.id, caller.key.sandbox),
-        created_at=_ts(now),
-        deadline=_ts(now + timedelta(seconds=entry.deadline_s)),
+        created_at=timestamp(now),
+        deadline=timestamp(now + timedelta(seconds=entry.deadline_s)),
         api_key_id=caller.key.id,
     )
     if caller.key.sandbox and body.sandbox is not None:
@@ -100,7 +94,7 @@ def job_spec(
             spec.sandbox_delay_ms = int(body.sandbox.delay_s * 1000)
         if body.sandbox.outcome == "timeout":
             limit_s = body.sandbox.delay_s if body.sandbox.delay_s is not None else 2.0
-            spec.deadline.CopyFrom(_ts(now + timedelta(seconds=limit_s)))
+            spec.deadline.CopyFrom(timestamp(now + timedelta(seconds=limit_s)))
     return spec
 
 

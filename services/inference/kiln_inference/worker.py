@@ -27,11 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiln_contracts import Event
+from kiln_contracts import Event, timestamp
 from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_crypto import ResultEncryptor
 from kiln_inference.config import InferenceSettings
@@ -71,12 +70,6 @@ PROGRESS_INPUT_READY = 0.1
 PROGRESS_MODEL_DONE = 0.9
 
 
-def _now_ts() -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(datetime.now(UTC))
-    return ts
-
-
 def attempt_failed(
     outbox: Outbox,
     *,
@@ -95,7 +88,7 @@ def attempt_failed(
             error_code=code,
             error_message=message or public_message(code),
             retryable=retryable,
-            failed_at=_now_ts(),
+            failed_at=timestamp(),
             worker_id=worker_id,
         ),
         account_id=account_id,
@@ -324,7 +317,7 @@ class Worker:
             outbox.emit(
                 "job.started",
                 jobs_pb2.JobStarted(
-                    attempt=item.attempt, worker_id=self._settings.worker_id, started_at=_now_ts()
+                    attempt=item.attempt, worker_id=self._settings.worker_id, started_at=timestamp()
                 ),
                 account_id=item.account_id,
                 job_id=item.job_id,
@@ -405,7 +398,7 @@ class Worker:
         """Run one attempt to its outcome; the returned outbox holds it."""
         outbox = Outbox()
         model = dispatch.spec.model
-        started_at = _now_ts()
+        started_at = timestamp()
         try:
             call = triton_call(dispatch, self._catalog, self._settings.sandbox_delay_ms)
             if call.hold_past_deadline:
@@ -429,7 +422,7 @@ class Worker:
                     attempt=dispatch.attempt,
                     result=result,
                     started_at=started_at,
-                    completed_at=_now_ts(),
+                    completed_at=timestamp(),
                 ),
                 account_id=item.account_id,
                 job_id=item.job_id,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiln_contracts import Event
+from kiln_contracts import Event, timestamp
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_runtime.catalog import Catalog
 from kiln_runtime.consuming import Handler
@@ -49,12 +49,6 @@ from kiln_scheduler.service import (
     updated_mean,
     workers_absent,
 )
-
-
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 def _when(ts: Timestamp) -> datetime | None:
@@ -173,7 +167,7 @@ class Scheduler:
                 "job.queued",
                 jobs_pb2.JobQueued(
                     queue_position=standing.position,
-                    estimated_start_at=_ts(standing.estimated_start_at),
+                    estimated_start_at=timestamp(standing.estimated_start_at),
                     queue_reason=standing.reason,
                 ),
                 account_id=row.account_id,
@@ -192,7 +186,9 @@ class Scheduler:
         outbox.emit(
             "job.canceled",
             jobs_pb2.JobCanceled(
-                spec=_spec(row), price_millicredits=row.price_millicredits, canceled_at=_ts(now)
+                spec=_spec(row),
+                price_millicredits=row.price_millicredits,
+                canceled_at=timestamp(now),
             ),
             account_id=row.account_id,
             job_id=row.job_id,
@@ -212,7 +208,7 @@ class Scheduler:
                 error_code=code,
                 error_message=message,
                 retryable=False,
-                failed_at=_ts(now),
+                failed_at=timestamp(now),
             ),
             account_id=row.account_id,
             job_id=row.job_id,
