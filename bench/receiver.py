@@ -25,6 +25,11 @@ class Arrival:
     at: float  # time.monotonic()
 
 
+def _resolve(future: asyncio.Future[Arrival], arrival: Arrival) -> None:
+    if not future.done():
+        future.set_result(arrival)
+
+
 class WebhookReceiver:
     """`with WebhookReceiver() as hooks: ... hooks.url ... hooks.wait_for(ids, timeout_s)`."""
 
@@ -39,6 +44,9 @@ class WebhookReceiver:
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        # Async waiters (job id → futures on their own loops), woken from the server thread.
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Arrival]]]]
+        self._waiters = {}
 
     @property
     def url(self) -> str:
@@ -71,6 +79,24 @@ class WebhookReceiver:
                 self._changed.wait(min(remaining, 0.5))
             return {job: self._arrivals[job] for job in wanted if job in self._arrivals}
 
+    async def arrival(self, job_id: str, timeout_s: float) -> Arrival | None:
+        """Wait (in the caller's event loop) for one job's terminal webhook; None on timeout."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Arrival] = loop.create_future()
+        with self._changed:
+            found = self._arrivals.get(job_id)
+            if found is not None:
+                return found
+            self._waiters.setdefault(job_id, []).append((loop, future))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            with self._changed:
+                waiting = self._waiters.get(job_id, [])
+                if (loop, future) in waiting:
+                    waiting.remove((loop, future))
+            return None
+
     async def _hook(self, request: web.Request) -> web.Response:
         at = time.monotonic()
         try:
@@ -82,8 +108,11 @@ class WebhookReceiver:
         with self._changed:
             self._deliveries += 1
             if kind in TERMINAL_TYPES and job_id and job_id not in self._arrivals:
-                self._arrivals[job_id] = Arrival(job_id, kind, at)
+                arrival = Arrival(job_id, kind, at)
+                self._arrivals[job_id] = arrival
                 self._changed.notify_all()
+                for loop, future in self._waiters.pop(job_id, []):
+                    loop.call_soon_threadsafe(_resolve, future, arrival)
         return web.Response(status=204)
 
     def _serve(self) -> None:
