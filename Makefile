@@ -4,6 +4,7 @@
 #   make status   what runs
 #   make logs     follow the logs of the local stack
 #   make test     the whole test suite (unit, integration, e2e on a stack of its own)
+#   make bench    the benchmarks: a table, and bench/results/latest.json (BENCH_ARGS=--smoke ...)
 #   make lint     ruff and mypy
 #   make proto    regenerate the code of proto/kiln_contracts/v1/*.proto
 
@@ -14,7 +15,7 @@ STACK := uv run python deploy/local/stack.py
 STACK_DIR := $(or $(KILN_STACK_DIR),.kiln)
 TEST_TIMEOUT_S ?= 1500
 
-.PHONY: help ensure-uv sync install up down status logs test lint proto
+.PHONY: help ensure-uv sync install up down status logs test bench lint proto
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -49,9 +50,14 @@ test: install
 	timeout $(TEST_TIMEOUT_S) uv run pytest -q -p no:cacheprovider tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
+# Each bench starts the stacks it needs in a temporary folder (next to any `make up` stack);
+# docs/BENCHMARKS.md says what they measure. About 40 minutes; BENCH_ARGS="--only submit".
+bench: install
+	PYTHONPATH=. uv run python -m bench $(BENCH_ARGS)
+
 lint: sync
 	uv run ruff check .
-	uv run mypy libs services proto
+	uv run mypy libs services proto bench
 
 proto: sync
 	uv run python proto/generate.py

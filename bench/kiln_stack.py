@@ -2,7 +2,8 @@
 its own on free ports, with the limits that protect a shared deployment lifted (rate limits,
 per-account concurrency) so that the pipeline itself is what gets measured, and several bench
 accounts: jobs are keyed by account on 6 partitions, so one account would put every job on one
-partition and one consumer of each group."""
+partition and one consumer of each group (12 accounts cover the 6 partitions with a margin for
+hash collisions)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ BENCH_ENV: dict[str, str] = {
     "KILN_WORKER_CONCURRENCY": "64",
     "KILN_LOG_LEVEL": "INFO",
 }
-BENCH_ACCOUNTS = 6
+BENCH_ACCOUNTS = 12
 BENCH_CREDITS = "1000000"
 
 

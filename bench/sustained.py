@@ -34,7 +34,7 @@ class SustainedRun:
 
 
 async def sustained(
-    jobs_url: str,
+    jobs_url: str | Sequence[str],
     api_keys: Sequence[str],
     receiver: WebhookReceiver,
     body_for: Callable[[int], dict[str, object]],
@@ -43,7 +43,9 @@ async def sustained(
     duration_s: float,
     warmup_s: float,
 ) -> SustainedRun:
-    """Keep `window` jobs in flight for warm-up + duration; request i uses api_keys[i % n]."""
+    """Keep `window` jobs in flight for warm-up + duration; request i uses api_keys[i % n]
+    (and, given several gateway URLs, jobs_url[i % m])."""
+    urls = [jobs_url] if isinstance(jobs_url, str) else list(jobs_url)
     counter = iter(range(10**9))
     started = time.monotonic()
     measure_from = started + warmup_s
@@ -59,7 +61,9 @@ async def sustained(
             headers = {"Authorization": f"Bearer {api_keys[index % len(api_keys)]}"}
             submitted += 1
             try:
-                async with session.post(jobs_url, json=body_for(index), headers=headers) as answer:
+                async with session.post(
+                    urls[index % len(urls)], json=body_for(index), headers=headers
+                ) as answer:
                     data = await answer.json(content_type=None) if answer.status < 300 else {}
                     status = answer.status
             except (aiohttp.ClientError, TimeoutError, ValueError):
