@@ -5,6 +5,15 @@
     uv run python deploy/local/stack.py status   # what runs
     uv run python deploy/local/stack.py install  # only the Debian packages and the Kafka jars
 
+    uv run python deploy/local/stack.py up --instances inference=2,billing=2
+    uv run python deploy/local/stack.py scale --instances inference=4   # on a running stack
+
+Several instances of a service: instance 1 is the service's usual process (`billing`:
+run/billing.pid, logs/billing.log, its port of `StackPorts`); instance i >= 2 is `billing-<i>`
+(run/billing-<i>.pid, logs/billing-<i>.log, a free port kept in run/billing-<i>.port). All
+instances of a service are members of its Kafka consumer group; see `LocalStack.service_env` for
+their databases.
+
 Everything lives under one folder, `KILN_STACK_DIR` (default `<repo>/.kiln`):
 
     kafka/libs/        the broker's jars (Maven Central, deploy/local/pom.xml)
@@ -12,7 +21,7 @@ Everything lives under one folder, `KILN_STACK_DIR` (default `<repo>/.kiln`):
     kafka/*.properties generated from deploy/local/*.properties.in
     data/              the services' SQLite files; data/blobs/ their blobs
     logs/              one log per process
-    run/               pidfiles
+    run/               pidfiles (and the ports of extra service instances)
     secrets.env        the admin token and the signing keys (made once, then reused)
     demo.env           the demo account (`set -a; . .kiln/demo.env; set +a`)
 
@@ -157,6 +166,52 @@ def port_accepts(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> 
             return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------------------------
+# Service instances
+
+
+def instance_name(service: str, instance: int = 1) -> str:
+    """The component name of one instance of a service: `billing`, `billing-2`, ..."""
+    if service not in SERVICES:
+        raise StackError(f"unknown service {service!r} (one of {', '.join(SERVICES)})")
+    if instance < 1:
+        raise StackError(f"{service}: instance numbers start at 1 (not {instance})")
+    return service if instance == 1 else f"{service}-{instance}"
+
+
+def split_instance(component: str) -> tuple[str, int]:
+    """(service, instance number) of a component name: `billing-2` -> ("billing", 2),
+    `billing` -> ("billing", 1); anything else (kafka, triton) -> (component, 1)."""
+    base, sep, number = component.rpartition("-")
+    if sep and base in SERVICES and number.isdigit() and int(number) >= 2:
+        return base, int(number)
+    return component, 1
+
+
+def instance_counts(instances: Mapping[str, int] | None = None) -> dict[str, int]:
+    """How many instances of each service: 1 unless `instances` says otherwise (>= 1)."""
+    counts = dict.fromkeys(SERVICES, 1)
+    for name, count in (instances or {}).items():
+        if name not in SERVICES:
+            raise StackError(f"instances: unknown service {name!r} (one of {', '.join(SERVICES)})")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise StackError(f"instances: {name}={count!r} is not a count >= 1")
+        counts[name] = count
+    return counts
+
+
+def parse_instances(spec: str) -> dict[str, int]:
+    """`inference=2,billing=2` (commas or spaces between) -> {"inference": 2, "billing": 2}."""
+    counts: dict[str, int] = {}
+    for item in spec.replace(",", " ").split():
+        name, sep, raw = item.partition("=")
+        if not sep or not raw.strip().isdigit():
+            raise StackError(f"instances: {item!r} is not SERVICE=COUNT")
+        counts[name.strip()] = int(raw)
+    instance_counts(counts)  # validates
+    return counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +378,12 @@ class LocalStack:
     `extra_env` goes last into the environment of Triton and of every service (tests use it to
     tune settings). `kafka_libs` lets several stacks share one folder of Kafka jars; `python` is
     the interpreter of the services (default: the workspace's `.venv/bin/python`).
+
+    `instances` runs several processes of a service (`{"inference": 4, "billing": 2}`; 1 for a
+    service it does not name). Instance 1 is the service's usual process; instance i >= 2 is the
+    component `<service>-<i>` with its own pidfile, log and port (`service_url(name, i)`).
+    `scale(name, n)` changes the count of a running stack. The scheduler may run several
+    instances, but they add no throughput (see `service_env`).
     """
 
     def __init__(
@@ -336,8 +397,10 @@ class LocalStack:
         python: Path | None = None,
         repo: Path = REPO,
         echo: Callable[[str], None] | None = None,
+        instances: Mapping[str, int] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self.instances = instance_counts(instances)
         self.ports = ports or StackPorts()
         self.sandbox_delay_ms = sandbox_delay_ms
         self.extra_env = dict(extra_env or {})
@@ -396,14 +459,65 @@ class LocalStack:
     def triton_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.triton_http}"
 
-    def service_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports.service(name)}"
+    def _resolve(self, name: str, instance: int | None = None) -> tuple[str, int]:
+        """(service, instance) from a service name and an instance number (default 1), or
+        from a component name such as `billing-2`, which names its instance itself (then
+        `instance` is left at its default or agrees)."""
+        service, number = split_instance(name)
+        if service not in SERVICES:
+            raise StackError(f"unknown service {name!r} (one of {', '.join(SERVICES)})")
+        if number == 1:
+            number = 1 if instance is None else instance
+        elif instance not in (None, 1, number):
+            raise StackError(f"{name} is instance {number}, not {instance}")
+        instance_name(service, number)  # validates the number
+        return service, number
+
+    def port_file(self, name: str) -> Path:
+        """Where the port of an extra instance (`billing-2`) is kept once it was chosen."""
+        return self.run_dir / f"{name}.port"
+
+    def service_port(self, name: str, instance: int = 1) -> int | None:
+        """The HTTP port of a service instance: instance 1's is in `ports`; another's was
+        chosen at its first start (None when it never started)."""
+        service, number = self._resolve(name, instance)
+        if number == 1:
+            return self.ports.service(service)
+        try:
+            return int(self.port_file(instance_name(service, number)).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def service_url(self, name: str, instance: int = 1) -> str:
+        port = self.service_port(name, instance)
+        if port is None:
+            component = instance_name(*self._resolve(name, instance))
+            raise StackError(f"{component} has no port yet: it never started")
+        return f"http://127.0.0.1:{port}"
 
     def log_file(self, name: str) -> Path:
         return self.logs_dir / (f"{name}.out" if name == KAFKA else f"{name}.log")
 
     def pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
+
+    def service_instances(self, name: str) -> list[int]:
+        """The instance numbers of a service this stack knows of: 1 to its configured count,
+        and any other whose pidfile exists (say, started by an earlier `up --instances`)."""
+        if name not in SERVICES:
+            raise StackError(f"unknown service {name!r} (one of {', '.join(SERVICES)})")
+        numbers = set(range(1, self.instances[name] + 1))
+        if self.run_dir.is_dir():
+            pattern = re.compile(rf"{re.escape(name)}-([0-9]+)\.pid")
+            for path in self.run_dir.iterdir():
+                found = pattern.fullmatch(path.name)
+                if found and int(found.group(1)) >= 2:
+                    numbers.add(int(found.group(1)))
+        return sorted(numbers)
+
+    def service_components(self) -> list[str]:
+        """Every service instance this stack knows of, by component name, in SERVICES order."""
+        return [instance_name(name, i) for name in SERVICES for i in self.service_instances(name)]
 
     # ---------------------------------------------------------------------------- install
 
@@ -470,7 +584,7 @@ class LocalStack:
             return str(self.kafka_properties)
         if name == TRITON:
             return "kiln_inference.triton_server"
-        return f"kiln_{name}"
+        return f"kiln_{split_instance(name)[0]}"
 
     def _alive(self, name: str, pid: int) -> bool:
         proc = self._procs.get(name)
@@ -854,11 +968,45 @@ class LocalStack:
             )
         return values
 
-    def service_env(self, name: str) -> dict[str, str]:
-        if name not in SERVICES:
-            raise StackError(f"unknown service {name!r} (one of {', '.join(SERVICES)})")
+    def service_env(self, name: str, instance: int = 1) -> dict[str, str]:
+        """The environment of one service instance.
+
+        Every instance of a service has the service's name (`KILN_SERVICE_NAME`), so they are
+        members of one Kafka consumer group that splits the partitions between them, and they
+        share the service's database (data/<name>.db), as the replicas of one deployment share
+        theirs: billing, the gateway and the notifier decide under row locks (or SQLite's
+        database lock), and so does the scheduler (below). Each instance has its own HTTP port.
+
+        Inference is different: each worker instance has a database of its own
+        (data/inference-<i>.db; instance 1 keeps data/inference.db) and its own
+        `KILN_WORKER_ID` (`inference-<i>`), as a worker pod with local state would. Its
+        database is the worker's private queue, not shared state: the `work_items` it accepted
+        from its own partitions, claimed by a select-then-update that only an in-process lock
+        guards (two processes on one file could both claim an item and run the job twice), and
+        its start-up recovery puts every `running` item back to `pending` (on a shared file, a
+        starting worker would re-run the jobs another one is running). Its inbox dedupes the
+        events of the partitions it consumes, which Kafka gives to one worker at a time (an
+        event redelivered to another worker after a rebalance may run an attempt twice; the
+        scheduler and billing keep the first completion). The cost: the work a stopped
+        instance accepted waits in its file until that instance runs again or the scheduler's
+        lost-worker rule retries it.
+
+        The scheduler: all of its state is in its database and every handler and tick takes
+        its write lock (`repository.lock`) before reading, so several instances sharing the
+        database act like one that runs their transactions one after another: correct (no
+        double dispatch; a redelivered event hits the inbox's unique key), but they add no
+        throughput. services/scheduler/README.md (Concurrency) asks for one per database.
+
+        A second instance of a shared-database service starts once instance 1 is ready (its
+        schema migration ran), see `_start_instances`.
+        """
+        service, number = self._resolve(name, instance)
+        port = self.service_port(service, number)
+        if port is None:
+            raise StackError(f"{instance_name(service, number)} has no port yet (start it)")
         keys = self.secrets()
         env = self._base_env()
+        database = service if number == 1 or service != "inference" else f"{service}-{number}"
         env.update(
             {
                 "KILN_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
@@ -869,56 +1017,109 @@ class LocalStack:
                 "KILN_ADMIN_TOKEN": keys["KILN_ADMIN_TOKEN"],
                 "KILN_PUBLIC_URL": self.gateway_url,
                 "KILN_LOG_LEVEL": "INFO",
-                "KILN_SERVICE_NAME": name,
-                "KILN_HTTP_PORT": str(self.ports.service(name)),
-                "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{self.data_dir}/{name}.db",
+                "KILN_SERVICE_NAME": service,
+                "KILN_HTTP_PORT": str(port),
+                "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{self.data_dir}/{database}.db",
             }
         )
-        if name == "gateway":
+        if service == "gateway":
             env["KILN_SESSION_SIGNING_KEY"] = keys["KILN_SESSION_SIGNING_KEY"]
-        if name in ("gateway", "notifier"):
+        if service in ("gateway", "notifier"):
             env["KILN_WEBHOOK_SIGNING_KEY"] = keys["KILN_WEBHOOK_SIGNING_KEY"]
-        if name == "inference":
+        if service == "inference":
             env["KILN_TRITON_GRPC_URL"] = f"127.0.0.1:{self.ports.triton_grpc}"
             env["KILN_SANDBOX_DELAY_MS"] = str(self.sandbox_delay_ms)
+            env["KILN_WORKER_ID"] = f"inference-{number}"
         env.update(self.extra_env)
         return env
 
-    def start_service(self, name: str) -> int:
-        """Start one service (no-op when it runs); returns its pid. Does not wait for it."""
-        env = self.service_env(name)
-        self._reap_orphans(name)
-        pid = self.pid(name)
+    def _shares_database(self, service: str) -> bool:
+        return service != "inference"
+
+    def _choose_port(self, service: str, number: int) -> int:
+        """Instance 1: its port of `ports` (which must be free). Another instance: the port it
+        had before when that is free, else a new free one, kept in its port file."""
+        if number == 1:
+            port = self.ports.service(service)
+            self._check_ports_free(service, {service: port})
+            return port
+        component = instance_name(service, number)
+        kept = self.service_port(service, number)
+        if kept is not None and not port_accepts(kept):
+            return kept
+        port = free_port()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.port_file(component).write_text(f"{port}\n")
+        return port
+
+    def start_service(self, name: str, instance: int = 1) -> int:
+        """Start one service instance (no-op when it runs); returns its pid. Does not wait
+        for it. `name` may also be a component name such as `billing-2`."""
+        service, number = self._resolve(name, instance)
+        component = instance_name(service, number)
+        self._reap_orphans(component)
+        pid = self.pid(component)
         if pid is not None:
-            self._echo(f"{name}: already running (pid {pid}) on {self.service_url(name)}")
+            url = self.service_url(service, number)
+            self._echo(f"{component}: already running (pid {pid}) on {url}")
             return pid
-        self._check_ports_free(name, {name: self.ports.service(name)})
+        self._choose_port(service, number)
+        env = self.service_env(service, number)
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        pid = self._spawn(name, [str(self.python), "-m", f"kiln_{name}"], env)
-        self._echo(f"{name}: starting (pid {pid}) on {self.service_url(name)}")
+        pid = self._spawn(component, [str(self.python), "-m", f"kiln_{service}"], env)
+        self._echo(f"{component}: starting (pid {pid}) on {self.service_url(service, number)}")
         return pid
 
     def stop_service(
-        self, name: str, sig: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S
+        self,
+        name: str,
+        sig: int = signal.SIGTERM,
+        grace_s: float = STOP_GRACE_S,
+        instance: int | None = None,
     ) -> bool:
-        """Send `sig` to a service's process group (SIGKILL after `grace_s`); True if it ran."""
-        if name not in SERVICES:
+        """Send `sig` to the process group of each instance of a service (SIGKILL after
+        `grace_s`), or of one (`instance`, or a component name such as `billing-2`); True if
+        any ran."""
+        service, number = split_instance(name)
+        if service not in SERVICES:
             raise StackError(f"unknown service {name!r}")
-        return bool(self._stop([name], sig, grace_s))
+        if number == 1 and instance is None:
+            components = [instance_name(service, i) for i in self.service_instances(service)]
+        else:
+            components = [instance_name(*self._resolve(name, instance))]
+        return bool(self._stop(components, sig, grace_s))
 
-    def service_ready(self, name: str, timeout_s: float = 2.0) -> bool:
+    def service_ready(self, name: str, timeout_s: float = 2.0, instance: int = 1) -> bool:
+        port = self.service_port(name, instance)
+        if port is None:
+            return False
         try:
-            response = httpx.get(f"{self.service_url(name)}/readyz", timeout=timeout_s)
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=timeout_s)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
 
+    def _expand(self, names: Iterable[str] | None) -> list[str]:
+        """Component names: a service stands for each of its configured instances."""
+        components: list[str] = []
+        for name in SERVICES if names is None else names:
+            if name in SERVICES:
+                wanted = [instance_name(name, i) for i in range(1, self.instances[name] + 1)]
+            else:
+                wanted = [instance_name(*self._resolve(name))]
+            components += [c for c in wanted if c not in components]
+        return components
+
     def wait_ready(
         self, names: Iterable[str] | None = None, timeout_s: float = SERVICES_READY_TIMEOUT_S
     ) -> None:
-        """Wait until each service's /readyz answers 200; a service that exits or stays unready
+        """Wait until each service's /readyz answers 200 (every configured instance of a
+        service, or the instances named like `billing-2`); one that exits or stays unready
         raises StackError with the end of its log."""
-        pending = list(SERVICES if names is None else names)
+        self._wait_components(self._expand(names), timeout_s)
+
+    def _wait_components(self, components: Sequence[str], timeout_s: float) -> None:
+        pending = list(components)
         deadline = time.monotonic() + timeout_s
         while pending:
             for name in list(pending):
@@ -939,6 +1140,25 @@ class LocalStack:
                     )
                 )
             time.sleep(0.5)
+
+    def _start_instances(
+        self, wanted: Sequence[tuple[str, int]], timeout_s: float = SERVICES_READY_TIMEOUT_S
+    ) -> list[str]:
+        """Start service instances and wait until they are ready; returns their components.
+
+        Instance 1 of each service (and every inference instance: each has its own database)
+        goes first; the other instances of a shared-database service start once those are
+        ready, so that only one process migrates the database's schema (two `create_all` or
+        Alembic upgrades racing on one empty file would fail)."""
+        first = [(s, i) for s, i in wanted if i == 1 or not self._shares_database(s)]
+        later = [(s, i) for s, i in wanted if (s, i) not in first]
+        for batch in (first, later):
+            if not batch:
+                continue
+            for service, number in batch:
+                self.start_service(service, number)
+            self._wait_components([instance_name(s, i) for s, i in batch], timeout_s)
+        return [instance_name(s, i) for s, i in wanted]
 
     # ---------------------------------------------------------------------------- demo account
 
@@ -1030,7 +1250,9 @@ class LocalStack:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def up(self) -> dict[str, str]:
-        """Start whatever is not running, then bootstrap the demo account; returns demo.env."""
+        """Start whatever is not running (each configured instance of each service), then
+        bootstrap the demo account; returns demo.env. Instances beyond the configured counts
+        that already run are left alone (`scale` stops them, `down` too)."""
         with self._locked():
             for folder in (self.data_dir, self.blob_dir, self.logs_dir, self.run_dir):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -1042,17 +1264,18 @@ class LocalStack:
                 "services: loopback webhook/image URLs are allowed "
                 "(KILN_ALLOW_LOOPBACK_URLS=true), for local use only"
             )
-            for name in SERVICES:
-                self.start_service(name)
-            self.wait_ready()
+            self._start_instances(
+                [(name, i) for name in SERVICES for i in range(1, self.instances[name] + 1)]
+            )
             demo = self.bootstrap_demo()
         self.print_summary()
         return demo
 
     def down(self) -> list[str]:
-        """Stop the services, then Triton, then Kafka; returns the names that were running."""
+        """Stop the services (every instance), then Triton, then Kafka; returns the names that
+        were running."""
         with self._locked():
-            stopped = self._stop(SERVICES)
+            stopped = self._stop(self.service_components())
             stopped += self._stop([TRITON])
             stopped += self._stop([KAFKA])
         for name in stopped:
@@ -1078,11 +1301,54 @@ class LocalStack:
                 TRITON, triton_pid, self.triton_url, triton_pid is not None and self.triton_ready()
             )
         )
-        for name in SERVICES:
+        for name in self.service_components():
             pid = self.pid(name)
             ready = pid is not None and self.service_ready(name, timeout_s=1.0)
-            result.append(ComponentStatus(name, pid, self.service_url(name), ready))
+            port = self.service_port(name)
+            address = f"http://127.0.0.1:{port}" if port is not None else "-"
+            result.append(ComponentStatus(name, pid, address, ready))
         return result
+
+    def processes(self) -> dict[str, list[int]]:
+        """The pids of each running component's process group ("kafka", "triton", "gateway",
+        "billing-2", ...), its leader first: Triton's holds the PyTriton process, the
+        tritonserver binary and its Python backend stubs."""
+        result: dict[str, list[int]] = {}
+        for name in [KAFKA, TRITON, *self.service_components()]:
+            pid = self.pid(name)
+            if pid is None:
+                continue
+            members = group_members(pid)
+            if members:
+                result[name] = sorted(members, key=lambda member: (member != pid, member))
+        return result
+
+    def scale(
+        self, name: str, count: int, timeout_s: float = SERVICES_READY_TIMEOUT_S
+    ) -> tuple[list[str], list[str]]:
+        """Run `count` instances of a service on a running stack (Kafka and Triton stay up):
+        start the missing ones and wait until they are ready, stop the extra ones (highest
+        first, SIGTERM). Returns (started, stopped) component names.
+
+        Scale between runs, when the pipeline is idle: a stopped inference instance keeps the
+        work it had accepted in its own database (see `service_env`), and its partitions move
+        to the others only after the consumer group rebalanced."""
+        counts = instance_counts({**self.instances, name: count})
+        with self._locked():
+            self.instances = counts
+            stopped: list[str] = []
+            for number in sorted(self.service_instances(name), reverse=True):
+                if number > count:
+                    stopped += self._stop([instance_name(name, number)])
+            missing = [
+                (name, i) for i in range(1, count + 1) if self.pid(instance_name(name, i)) is None
+            ]
+            if missing and self.pid(KAFKA) is None:
+                raise StackError(f"cannot scale {name}: Kafka does not run (run `up` first)")
+            started = self._start_instances(missing, timeout_s)
+        for component in stopped:
+            self._echo(f"{component}: stopped")
+        return started, stopped
 
     def print_summary(self) -> None:
         self._echo("")
@@ -1147,15 +1413,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "command",
-        choices=("up", "down", "status", "install"),
+        choices=("up", "down", "status", "install", "scale"),
         help="up: install, start and bootstrap; down: stop; status: what runs; "
-        "install: only the Debian packages and the Kafka jars",
+        "install: only the Debian packages and the Kafka jars; "
+        "scale: change the instance counts of a running stack (--instances)",
+    )
+    parser.add_argument(
+        "--instances",
+        default="",
+        metavar="SERVICE=N,...",
+        help="instances of services, e.g. inference=2,billing=2 (up and scale; default 1 each)",
     )
     args = parser.parse_args(argv)
     try:
         stack = LocalStack.from_env()
+        counts = parse_instances(args.instances)
+        if args.command in ("up", "scale"):
+            stack.instances = instance_counts({**stack.instances, **counts})
+        elif counts:
+            raise StackError("--instances goes with up or scale")
         if args.command == "up":
             stack.up()
+        elif args.command == "scale":
+            if not counts:
+                raise StackError("scale needs --instances SERVICE=N,...")
+            for name, count in counts.items():
+                stack.scale(name, count)
         elif args.command == "down":
             stack.down()
         elif args.command == "install":
@@ -1166,7 +1449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state = "stopped"
                 if item.running:
                     state = f"running (pid {item.pid}), {'ready' if item.ready else 'not ready'}"
-                print(f"{item.name:<10} {state:<36} {item.address}")
+                print(f"{item.name:<12} {state:<36} {item.address}")
             if stack.demo_env_file.exists():
                 print(f"demo account: {stack.demo_env_file}")
     except StackError as exc:
