@@ -2,12 +2,13 @@
 feeds the service's EventProcessor; faust's web server serves /healthz, /readyz, /metrics."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kiln_contracts import Event
 from kiln_runtime.consuming import EventProcessor, Handler
 from kiln_runtime.health import readiness_body
 from kiln_runtime.service import ServiceRuntime
@@ -52,14 +53,26 @@ def make_faust_app(runtime: ServiceRuntime) -> faust.App:
 
 
 def attach_processor(
-    app: faust.App, runtime: ServiceRuntime, handlers: Mapping[str, Handler]
+    app: faust.App,
+    runtime: ServiceRuntime,
+    handlers: Mapping[str, Handler],
+    *,
+    on_commit: Callable[[Event], None] | None = None,
 ) -> None:
     """Start the runtime when the worker starts, then feed every event to the processor.
+
+    After each event's transaction commits, the outbox relay is woken, then `on_commit` (say,
+    a loop that acts on what the handler wrote, so that it need not wait for its next poll).
 
     Faust acknowledges an event when the agent moves past it and commits acknowledged offsets,
     so an offset is committed only after the event's database transaction committed.
     """
     processor_holder: list[EventProcessor] = []
+
+    def committed(event: Event) -> None:
+        runtime.relay.wake()
+        if on_commit is not None:
+            on_commit(event)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_runtime() -> None:
@@ -70,7 +83,7 @@ def attach_processor(
                 runtime.tables,
                 consumer=runtime.settings.service_name,
                 handlers=handlers,
-                on_commit=lambda _event: runtime.relay.wake(),
+                on_commit=committed,
             )
         )
         log.info("%s runtime started", runtime.settings.service_name)

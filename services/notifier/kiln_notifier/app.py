@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 
+from kiln_contracts import Event
 from kiln_notifier.config import NotifierSettings
 from kiln_notifier.consumers import make_handlers
 from kiln_notifier.delivery import WebhookSender
@@ -33,7 +34,16 @@ def create_app(settings: NotifierSettings | None = None) -> faust.App:
     tables = make_tables()
     runtime = ServiceRuntime(settings, tables.metadata, tables.messaging)
     app = make_faust_app(runtime)
-    attach_processor(app, runtime, make_handlers(tables, file_links(settings)))
+    senders: list[WebhookSender] = []
+
+    def wake_senders(_event: Event) -> None:
+        # A committed event may have recorded deliveries: send them now, not at the next poll.
+        for sender in senders:
+            sender.wake()
+
+    attach_processor(
+        app, runtime, make_handlers(tables, file_links(settings)), on_commit=wake_senders
+    )
     sender_tasks: list[asyncio.Task[Any]] = []
 
     @app.task  # type: ignore[untyped-decorator]  # faust's are untyped
@@ -43,8 +53,12 @@ def create_app(settings: NotifierSettings | None = None) -> faust.App:
         if task is not None:
             sender_tasks.append(task)
         sender = WebhookSender(settings, tables, runtime.sessions, runtime.relay.wake)
+        senders.append(sender)
         log.info("webhook sender started")
-        await sender.run()
+        try:
+            await sender.run()
+        finally:
+            senders.remove(sender)
 
     async def stop_runtime(_sender: Any, *_args: Any, **_kwargs: Any) -> None:
         # After the consumer stopped: end in-flight attempts (their leases make them due again),

@@ -17,6 +17,7 @@ from standardwebhooks import Webhook
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_notifier.consumers import handle_redelivery_requested, handle_test_requested
+from kiln_notifier.delivery import WebhookSender
 from kiln_notifier.models import DELIVERED, FAILED
 from kiln_runtime.db import transaction
 from tests.integration.notifier.conftest import (
@@ -322,3 +323,26 @@ async def test_events_of_one_job_keep_their_order_per_endpoint(
     assert ids[-1] == "evt_later"
     assert ids.count("evt_later") == 1 and len(ids) == 3  # first: 500, first: 204, second
     assert second and first
+
+
+async def test_a_recorded_delivery_is_sent_on_wake_not_at_the_next_poll(
+    notifier: Notifier, receiver: Callable[..., Receiver]
+) -> None:
+    # The service wakes the sender after each committed event (kiln_notifier.app); with a poll
+    # of a minute, a delivery recorded while the sender sleeps goes out soon only because of it.
+    settings = notifier.settings.model_copy(update={"delivery_poll_interval_s": 60.0})
+    sender = WebhookSender(settings, notifier.tables, notifier.sessions, lambda: None)
+    hook = receiver(204)
+
+    async def record_then_wake() -> None:
+        await asyncio.sleep(0.3)  # the sender found nothing due and sleeps
+        await notifier.feed(job_event("job.completed", job_id(), hook.url))
+        sender.wake()
+
+    async def sent() -> bool:
+        return bool(hook.got())
+
+    feeding = asyncio.create_task(record_then_wake())
+    await notifier.run_until(sent, timeout_s=15, sender=sender)
+    await feeding
+    assert len(hook.got()) == 1
