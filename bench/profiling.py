@@ -3,7 +3,11 @@ instrumentation), then sum the samples by function and by package.
 
 py-spy leaves out idle threads by default, so a sample is CPU time: an asyncio service waiting in
 epoll takes no samples, and `cpu_share` (samples over duration × rate) approximates the share of
-one core the process used while sampled.
+one core the process used while sampled. On a busy machine a thread that is ready to run but
+waits for a core also counts as active; a leaf frame in `selectors.select` is such a wait for
+I/O, and is left out. aiosqlite runs SQLite's C code on its own thread, so "aiosqlite" time is
+SQLite's, and a leaf in `asyncio.runners` under uvloop is the loop's own C code (I/O, HTTP
+parsing).
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ def _frames(stack: str) -> list[tuple[str, str]]:
     return frames
 
 
+def _idle(func: str, file: str) -> bool:
+    return file.endswith("selectors.py") and func.endswith("select")
+
+
 @dataclass
 class Profile:
     name: str
@@ -103,8 +111,10 @@ def parse_raw(name: str, text: str, duration_s: float, rate_hz: int) -> Profile:
         frames = _frames(stack)
         if not frames:
             continue
-        profile.samples += count
         func, file = frames[-1]
+        if _idle(func, file):
+            continue
+        profile.samples += count
         profile.by_function[f"{func} ({package_of(file)})"] += count
         profile.by_package[package_of(file)] += count
         kiln = next(
@@ -126,6 +136,7 @@ def record(pids: Mapping[str, int], duration_s: float, rate_hz: int = 50) -> dic
             argv = [
                 binary, "record", "--pid", str(pid), "--duration", str(max(1, round(duration_s))),
                 "--rate", str(rate_hz), "--format", "raw", "--output", str(out), "--nonblocking",
+                "--full-filenames",
             ]  # fmt: skip
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             running[name] = (proc, out)

@@ -32,16 +32,15 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import median
-from types import TracebackType
 
 import aiohttp
 import httpx
-import psutil
 
 from bench.baselines.bare_fastapi import BareFastAPI
 from bench.context import BenchContext
+from bench.cpu import CpuMeter, stack_cpu_meter
 from bench.kiln_stack import KilnBenchStack, sandbox_job
 from bench.loadgen import (
     LoadSummary,
@@ -59,7 +58,6 @@ from bench.wrk import saturate
 BENCH = "submit"
 BARE = "bare FastAPI"
 IN_FLIGHT = "pending,queued,running"
-BENCH_CLIENT = "bench client"
 
 
 # --- helpers shared with other benches ---------------------------------------------------------
@@ -119,82 +117,6 @@ def billing_decisions(stack: KilnBenchStack) -> tuple[float, float]:
             elif line.startswith("kiln_billing_decision_delay_seconds_sum"):
                 total += float(line.rsplit(" ", 1)[1])
     return count, total
-
-
-def stack_pids(stack: KilnBenchStack) -> dict[str, int]:
-    """Each running process of the stack (service instances, Kafka, Triton) by name."""
-    pids: dict[str, int] = {}
-    for name in [*stack.local.service_components(), "kafka", "triton"]:
-        pid = stack.local.pid(name)
-        if pid is not None:
-            pids[name] = pid
-    return pids
-
-
-@dataclass
-class CpuMeter:
-    """CPU used by each named process and its descendants (Triton's server and Python stubs
-    are children of the PyTriton process) while the meter is entered, in percent of one core.
-    The processes named in `alone` are counted without their descendants (the bench process:
-    the stack's processes are its children).
-
-    `with CpuMeter({"gateway": pid, ...}) as cpu: ...; cpu.percent`"""
-
-    pids: Mapping[str, int]
-    alone: frozenset[str] = frozenset()
-    percent: dict[str, float] = field(default_factory=dict)
-    _start: dict[str, float] = field(default_factory=dict)
-    _started_at: float = 0.0
-
-    def _cpu_seconds(self) -> dict[str, float]:
-        used: dict[str, float] = {}
-        for name, pid in self.pids.items():
-            total = 0.0
-            try:
-                root = psutil.Process(pid)
-                tree = [root] if name in self.alone else [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
-            for proc in tree:
-                try:
-                    times = proc.cpu_times()
-                except psutil.Error:
-                    continue
-                total += times.user + times.system
-            used[name] = total
-        return used
-
-    def __enter__(self) -> CpuMeter:
-        self._start = self._cpu_seconds()
-        self._started_at = time.monotonic()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        wall = max(time.monotonic() - self._started_at, 1e-9)
-        end = self._cpu_seconds()
-        self.percent = {
-            name: 100 * (end[name] - self._start[name]) / wall
-            for name in end
-            if name in self._start
-        }
-
-    def describe(self, top: int = 4) -> str:
-        """The busiest processes, "gateway 92%, kafka 40%, ..." (100% = one core)."""
-        busiest = sorted(self.percent.items(), key=lambda item: -item[1])[:top]
-        return ", ".join(f"{name} {value:.0f}%" for name, value in busiest)
-
-
-def bench_cpu_meter(stack: KilnBenchStack) -> CpuMeter:
-    """A CpuMeter of every process of the stack and of the bench process itself (the load
-    generator and the webhook receiver)."""
-    return CpuMeter(
-        {**stack_pids(stack), BENCH_CLIENT: os.getpid()}, alone=frozenset({BENCH_CLIENT})
-    )
 
 
 # --- the bench ---------------------------------------------------------------------------------
@@ -295,7 +217,7 @@ def run(ctx: BenchContext) -> None:
                 row["b99"].append(base.p99_ms)
                 row["bacc"].append(base.accepted_per_s)
 
-            with bench_cpu_meter(stack) as cpu:
+            with stack_cpu_meter(stack.local) as cpu:
                 load = kiln_load(asyncio.run(closed_loop(kiln_request, clients, saturation_s)))
             kiln_cpu = cpu.describe()
             ctx.echo(
@@ -320,7 +242,7 @@ def run(ctx: BenchContext) -> None:
             undrained.append(left)
 
             assert bare.pid is not None
-            with CpuMeter({"bare FastAPI": bare.pid}) as cpu:
+            with CpuMeter({"bare FastAPI": [bare.pid]}) as cpu:
                 result = saturate(
                     bare.jobs_url,
                     json.dumps(body),

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.context import BenchContext
+from bench.cpu import CpuMeter, stack_cpu_meter
 from bench.kiln_stack import KilnBenchStack, sandbox_job
 from bench.results import Measurement
 from bench.stats import percentile
-from bench.submit_latency import CpuMeter, bench_cpu_meter, wait_drained
+from bench.submit_latency import wait_drained
 from bench.sustained import sustained
 from kiln_inference.triton_client import TritonInferenceError, close_clients, infer_file
 from kiln_inference.triton_server import DEFAULT_SANDBOX_INSTANCES, ServerOptions
@@ -144,7 +145,7 @@ def run(ctx: BenchContext) -> None:
     for repeat in range(ctx.repeats):
         ctx.echo(f"triton: repeat {repeat + 1}/{ctx.repeats}")
         triton_pid = stack.local.pid("triton")
-        with CpuMeter({"triton": triton_pid} if triton_pid else {}) as cpu:
+        with CpuMeter({"triton": [triton_pid]} if triton_pid else {}) as cpu:
             direct = asyncio.run(
                 drive_triton(
                     stack.triton_grpc_url,
@@ -165,7 +166,7 @@ def run(ctx: BenchContext) -> None:
         if direct.failed:
             problems.append(f"direct: {direct.failed} failed ({_summary(direct.errors)})")
 
-        with bench_cpu_meter(stack) as cpu:
+        with stack_cpu_meter(stack.local) as cpu:
             kiln = asyncio.run(
                 sustained(
                     stack.jobs_url,

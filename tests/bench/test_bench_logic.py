@@ -74,3 +74,12 @@ def test_py_spy_raw_stacks_are_summed_by_function_package_and_kiln_frame() -> No
     assert profile.by_kiln_frame["(no Kiln frame)"] == 60
     assert "50% of a core" in profile.summary()
     assert package_of("/x/site-packages/faust/app.py") == "faust"
+
+
+def test_waiting_in_select_is_not_counted_as_cpu() -> None:
+    raw = (
+        "run (/py/lib/python3.11/asyncio/base_events.py:1);select (/py/lib/python3.11/"
+        "selectors.py:468) 70\nrun (/py/lib/python3.11/asyncio/base_events.py:1) 30"
+    )
+    profile = parse_raw("billing", raw, duration_s=1.0, rate_hz=100)
+    assert profile.samples == 30
