@@ -59,7 +59,7 @@ def jobs_urls(stack: KilnBenchStack) -> list[str]:
 
 
 def measure(ctx: BenchContext, stack: KilnBenchStack, config: Config) -> list[SustainedRun]:
-    window, duration_s, warmup_s = ctx.size((4, 3.0, 1.0), (64, 30.0, 5.0))
+    window, duration_s, warmup_s = ctx.size((4, 3.0, 1.0), (64, 20.0, 5.0))
     receiver = ctx.receiver()
     keys = [account.sandbox_key for account in stack.accounts]
     runs: list[SustainedRun] = []
