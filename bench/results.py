@@ -140,6 +140,13 @@ def _cell(summary: Summary) -> str:
     return f"{_number(summary.median)} [{_number(summary.low)}–{_number(summary.high)}]"
 
 
+def _ratio(value: float) -> str:
+    if math.isnan(value):
+        return ""
+    # Two significant digits below 0.1, so that 13 jobs/s against 6351 is not shown as 0.00×.
+    return f"{value:.2g}×" if abs(value) < 0.1 else f"{value:.2f}×"
+
+
 def format_table(measurements: Sequence[Measurement]) -> str:
     """Plain-text columns: bench, metric, Kiln median [low–high], comparison, ratio."""
     header = ("bench", "metric", "unit", "kiln", "comparison", "vs", "ratio")
@@ -153,7 +160,7 @@ def format_table(measurements: Sequence[Measurement]) -> str:
                 _cell(m.kiln_summary),
                 _cell(m.comparison_summary) if m.comparison else "",
                 m.comparison_name,
-                "" if math.isnan(m.ratio) else f"{m.ratio:.2f}×",
+                _ratio(m.ratio),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -83,3 +83,8 @@ def test_waiting_in_select_is_not_counted_as_cpu() -> None:
     )
     profile = parse_raw("billing", raw, duration_s=1.0, rate_hz=100)
     assert profile.samples == 30
+
+
+def test_tiny_ratios_keep_two_significant_digits() -> None:
+    table = format_table([Measurement("s", "jobs/s", "jobs/s", [13.0], "bare", [6351.0])])
+    assert "0.002×" in table
