@@ -13,7 +13,7 @@ SHELL := /bin/bash
 
 STACK := uv run python deploy/local/stack.py
 STACK_DIR := $(or $(KILN_STACK_DIR),.kiln)
-TEST_TIMEOUT_S ?= 1500
+TEST_TIMEOUT_S ?= 2700
 
 .PHONY: help ensure-uv sync install up down status logs test bench lint proto
 

@@ -71,7 +71,7 @@ async def running_gateway(database_url: str, folder: Path) -> AsyncIterator[Gate
     # ServiceRuntime.start without Kafka (as tests/integration/gateway/conftest.py does).
     runtime._engine, runtime._sessions = engine, sessions
     runtime._relay = OutboxRelay(sessions, runtime.tables, None, service="gateway")
-    state.app = app
+    state.app = app  # type: ignore[attr-defined, unused-ignore]
     try:
         yield state
     finally:
@@ -110,7 +110,7 @@ async def main() -> None:
         folder = Path(tmp)
         url = args.database_url or f"sqlite+aiosqlite:///{folder}/gateway.db"
         async with running_gateway(url, folder) as state:
-            app = state.app
+            app = state.app  # type: ignore[attr-defined, unused-ignore]
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://bench/api/v1"
