@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -112,6 +113,14 @@ class EventProcessor:
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
 
+# Range, not aiokafka's default round robin: every topic is keyed by account on the same number
+# of partitions, and range gives each member the same partition numbers of every topic, so the
+# member that got a job's `job.dispatched` also gets its `job.cancel_requested`. Round robin
+# deals the partitions of all topics out in turn; with 4 inference workers a cancel then went
+# to another worker than the one running the job (found by the scaling benchmark's stacks).
+PARTITION_ASSIGNORS = (RangePartitionAssignor,)
+
+
 class KafkaEventConsumer:
     """An aiokafka consumer group member that feeds an EventProcessor and commits late."""
 
@@ -133,6 +142,7 @@ class KafkaEventConsumer:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=200,
+            partition_assignment_strategy=PARTITION_ASSIGNORS,
         )
 
     async def start(self) -> None:
