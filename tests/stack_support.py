@@ -64,6 +64,8 @@ StackError: Any = stack.StackError
 ComponentStatus: Any = stack.ComponentStatus
 SERVICES: tuple[str, ...] = stack.SERVICES
 free_port: Any = stack.free_port
+group_members: Any = stack.group_members
+tail: Any = stack.tail
 read_env_file: Any = stack.read_env_file
 load_env_file: Any = stack.read_env_file
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from kiln_runtime.logs import configure_logging
+from tests.stack_support import free_port
 
 SERVICE = "bare-fastapi"
 
@@ -59,13 +59,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The same call as kiln_runtime.http.serve, with the services' default settings.
     configure_logging(SERVICE, "INFO")
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info", proxy_headers=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class BareFastAPI:

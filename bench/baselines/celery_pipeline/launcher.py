@@ -43,7 +43,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -53,11 +52,11 @@ from types import TracebackType
 from typing import Final
 
 import httpx
-import psutil
 import redis
 
 from bench.baselines.celery_pipeline import db
 from bench.baselines.celery_pipeline.settings import QUEUE, Settings
+from tests.stack_support import free_port, group_members, tail
 
 REPO: Final = Path(__file__).resolve().parents[3]
 REDIS_SERVER: Final = "/usr/bin/redis-server"
@@ -74,29 +73,6 @@ POOLS: Final = ("threads", "prefork", "gevent", "solo")
 
 class BaselineError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    members = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                members.append(process)
-    return members
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class CeleryBaseline:
@@ -258,7 +234,7 @@ class CeleryBaseline:
                 if client.ping():
                     break
             if time.monotonic() > deadline:
-                raise BaselineError(f"redis did not answer:\n{_tail(self._log(REDIS))}")
+                raise BaselineError(f"redis did not answer:\n{tail(self._log(REDIS))}")
             time.sleep(0.1)
         client.close()
 
@@ -295,7 +271,7 @@ class CeleryBaseline:
             worker_ready = settings.ready_file is not None and settings.ready_file.exists()
             if time.monotonic() > deadline:
                 waiting = [n for n, ok in ((API, api_ready), (WORKER, worker_ready)) if not ok]
-                logs = "\n".join(f"{n}:\n{_tail(self._log(n))}" for n in waiting)
+                logs = "\n".join(f"{n}:\n{tail(self._log(n))}" for n in waiting)
                 raise BaselineError(f"not ready in {START_TIMEOUT_S:.0f} s:\n{logs}")
             time.sleep(0.1)
 
@@ -321,7 +297,7 @@ class CeleryBaseline:
         process = self._procs[name]
         if process.poll() is not None:
             raise BaselineError(
-                f"{name} exited ({process.returncode}) during start:\n{_tail(self._log(name))}"
+                f"{name} exited ({process.returncode}) during start:\n{tail(self._log(name))}"
             )
 
     def _stop_groups(self, names: Sequence[str], grace_s: float) -> None:
@@ -335,15 +311,15 @@ class CeleryBaseline:
         for name, process in running.items():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            left = _group_members(process.pid)
-            while left and time.monotonic() < deadline:
+            while group_members(process.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-                left = _group_members(process.pid)
-            if left:
+            if group_members(process.pid):
                 self._echo(f"{name}: still running after {grace_s:.0f} s, sending SIGKILL")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                psutil.wait_procs(left, timeout=10)
+                killed_by = time.monotonic() + 10
+                while group_members(process.pid) and time.monotonic() < killed_by:
+                    time.sleep(0.1)
             process.wait(timeout=10)  # reap the leader
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
