@@ -13,11 +13,20 @@ from kiln_contracts.codec import (
     timestamp,
     to_json,
 )
-from kiln_contracts.registry import TOPICS, TopicSpec, load_topics, message_class
+from kiln_contracts.registry import (
+    INTERNAL_TOPICS,
+    TOPICS,
+    InternalTopicSpec,
+    TopicSpec,
+    load_topics,
+    message_class,
+)
 from kiln_contracts.v1 import common_pb2, credits_pb2, envelope_pb2, jobs_pb2, webhooks_pb2
 
 __all__ = [
+    "INTERNAL_TOPICS",
     "TOPICS",
+    "InternalTopicSpec",
     "Event",
     "EventDecodeError",
     "TopicSpec",

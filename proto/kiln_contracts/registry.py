@@ -69,12 +69,45 @@ def _topic_spec(name: str, table: dict[str, Any], path: Path) -> TopicSpec:
     )
 
 
+@dataclass(frozen=True)
+class InternalTopicSpec:
+    """A topic that carries no event type of its own (the dead-letter topic): Kafka messages
+    that are copies of other topics' messages, with headers saying where they come from."""
+
+    name: str
+    owner: str
+    purpose: str
+    partitions: int
+    replication_factor: int
+    retention_ms: int
+
+
+def load_internal_topics(path: Path | None = None) -> dict[str, InternalTopicSpec]:
+    """The `[internal.*]` tables of a topic registry, merged over `[defaults]`."""
+    path = path or TOPICS_PATH
+    with path.open("rb") as file:
+        data = tomllib.load(file)
+    defaults = data.get("defaults", {})
+    specs: dict[str, InternalTopicSpec] = {}
+    for name, table in data.get("internal", {}).items():
+        merged = {**defaults, **table}
+        specs[name] = InternalTopicSpec(
+            name=name,
+            owner=str(merged["owner"]),
+            purpose=str(merged["purpose"]),
+            partitions=int(merged["partitions"]),
+            replication_factor=int(merged["replication_factor"]),
+            retention_ms=int(merged["retention_ms"]),
+        )
+    return specs
+
+
 def load_topics(path: Path | None = None) -> dict[str, TopicSpec]:
     """Read a topic registry; each topic's table is merged over `[defaults]`. File order is kept."""
     path = path or TOPICS_PATH
     with path.open("rb") as file:
         data = tomllib.load(file)
-    unknown_tables = data.keys() - {"defaults", "topics"}
+    unknown_tables = data.keys() - {"defaults", "topics", "internal"}
     if unknown_tables:
         raise ValueError(f"{path}: unknown table(s) {sorted(unknown_tables)}")
     defaults = data.get("defaults", {})
@@ -90,6 +123,7 @@ def load_topics(path: Path | None = None) -> dict[str, TopicSpec]:
 
 
 TOPICS: dict[str, TopicSpec] = load_topics()
+INTERNAL_TOPICS: dict[str, InternalTopicSpec] = load_internal_topics()
 
 
 @cache

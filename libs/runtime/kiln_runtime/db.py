@@ -1,12 +1,32 @@
-"""Database setup: one async engine per service, SQLite by default, PostgreSQL by URL."""
+"""Databases: SQLite by default, PostgreSQL by URL (docs/architecture.md, "Storage").
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+The event runtime works on a *synchronous* SQLAlchemy engine: a whole batch of events is
+handled in one transaction inside one worker thread, one thread hop per batch instead of
+aiosqlite's three or four per statement. `Database` owns that engine and two executors:
+
+* the writer: one thread that runs every write transaction of the process, one after another.
+  SQLite takes one writer at a time anyway, so the process never waits on its own lock, and
+  callers that arrive while a transaction runs are committed together by `GroupCommit`.
+* readers: a few threads for read-only queries on their own connections (WAL lets them read
+  while the writer writes).
+
+An async engine (aiosqlite or asyncpg) is still there for code that reads and writes rarely
+(key management, admin routes); it points at the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine.url import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,40 +34,240 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from kiln_runtime.metrics import DB_STATEMENTS, DB_TRANSACTIONS
+
+log = logging.getLogger(__name__)
+
 SessionFactory = async_sessionmaker[AsyncSession]
+T = TypeVar("T")
+WRITE_INTENT = "kiln_write_intent"
+
+# Driver names for the two engines, by backend. Operators are handed plain URLs
+# (`postgresql://user:pw@host/db` by CloudNativePG, `sqlite:///path`); Kiln picks the drivers.
+_SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 
 
-def make_engine(url: str) -> AsyncEngine:
+class UnsupportedDatabase(ValueError):
+    """A database URL whose backend Kiln does not run on."""
+
+
+def _with_driver(url: str | URL, drivers: dict[str, str]) -> URL:
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    backend = parsed.get_backend_name()
+    if backend == "postgres":  # the old alias some tools still hand out
+        backend = "postgresql"
+    if backend not in drivers:
+        raise UnsupportedDatabase(
+            f"database URL {parsed.render_as_string(hide_password=True)!r}: Kiln runs on "
+            f"SQLite and PostgreSQL only"
+        )
+    return parsed.set(drivername=f"{backend}+{drivers[backend]}")
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-        # WAL lets the outbox relay read while a handler writes; the busy timeout absorbs
-        # the short write-lock waits between the two instead of failing.
+
+def sync_url(url: str | URL) -> URL:
+    """`url` with Kiln's synchronous driver (pysqlite, psycopg), whatever driver it named."""
+    return _with_driver(url, _SYNC_DRIVERS)
+
+
+def async_url(url: str | URL) -> URL:
+    """`url` with Kiln's asynchronous driver (aiosqlite, asyncpg), whatever driver it named."""
+    return _with_driver(url, _ASYNC_DRIVERS)
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _prepare_sqlite_file(url: URL) -> None:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
+    def apply(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers read while the writer writes. synchronous=NORMAL survives a process
+        # crash (what the chaos tests do); a power loss may roll back the last transactions,
+        # which is harmless because event ids are stable and every handler is idempotent
+        # (docs/architecture.md, "Exactly once"). The busy timeout absorbs the write-lock waits
+        # between processes that share a database file.
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
+    return apply
+
+
+def make_sync_engine(url: str | URL, *, busy_timeout_s: float = 30.0) -> Engine:
+    parsed = sync_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    _prepare_sqlite_file(parsed)
+    # pysqlite's own transaction handling issues BEGIN lazily, at the first write; SQLAlchemy's
+    # documented fix is to take BEGIN over ourselves, so a transaction that reads then writes
+    # holds its snapshot from the start (no "upgrade" of a read snapshot under a writer).
+    engine = create_engine(
+        parsed,
+        connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+        pool_size=8,
+        max_overflow=8,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_s))
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A write transaction takes the write lock at BEGIN: a deferred one that read first
+        # could not take it later once another process committed (SQLITE_BUSY_SNAPSHOT, which
+        # no busy timeout absorbs).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(WRITE_INTENT) else "BEGIN")
+
     return engine
+
+
+def make_async_engine(url: str | URL, *, busy_timeout_s: float = 30.0) -> AsyncEngine:
+    parsed = async_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(parsed, pool_pre_ping=True)
+    _prepare_sqlite_file(parsed)
+    engine = create_async_engine(parsed, connect_args={"timeout": busy_timeout_s})
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_s))
+    return engine
+
+
+def make_engine(url: str | URL) -> AsyncEngine:
+    """The async engine alone (tests and tools that only need it)."""
+    return make_async_engine(url)
 
 
 def make_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def transaction(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
-    """A session whose work commits on success and rolls back on any error."""
+    """An async session whose work commits on success and rolls back on any error."""
     async with sessions() as session, session.begin():
         yield session
+
+
+def count_statements(engine: Engine, service: str) -> None:
+    """Count SQL statements and write transactions (what bench `hops` prints per job)."""
+    statements = DB_STATEMENTS.labels(service)
+    writes = DB_TRANSACTIONS.labels(service, "write")
+    reads = DB_TRANSACTIONS.labels(service, "read")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _statement(
+        conn: Connection, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+    ) -> None:
+        statements.inc()
+        head = statement.lstrip()[:6].upper()
+        if head in ("INSERT", "UPDATE", "DELETE"):
+            conn.info["kiln_wrote"] = True
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn: Connection) -> None:
+        (writes if conn.info.pop("kiln_wrote", False) else reads).inc()
+
+    @event.listens_for(engine, "rollback")
+    def _rollback(conn: Connection) -> None:
+        conn.info.pop("kiln_wrote", None)
+
+
+class Database:
+    """One service's database: the sync engine with its writer and reader threads, and the
+    async engine for rarely used paths."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        service: str,
+        busy_timeout_s: float = 30.0,
+        readers: int = 4,
+    ) -> None:
+        self.url = url
+        self.service = service
+        self.engine = make_sync_engine(url, busy_timeout_s=busy_timeout_s)
+        count_statements(self.engine, service)
+        self.async_engine = make_async_engine(url, busy_timeout_s=busy_timeout_s)
+        self.sessions = make_session_factory(self.async_engine)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{service}-writer")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix=f"{service}-db")
+        self._writer_thread: int | None = None
+        self._writer.submit(self._remember_writer).result()
+
+    def _remember_writer(self) -> None:
+        self._writer_thread = threading.get_ident()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def in_writer(self) -> bool:
+        return threading.get_ident() == self._writer_thread
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction on the writer thread; commit when it returns."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self.write_now, work)
+
+    def write_now(self, work: Callable[[Connection], T]) -> T:
+        """`write` for code already on the writer thread (or in a test without a loop)."""
+        with self.engine.connect() as connection:
+            connection.info[WRITE_INTENT] = True
+            try:
+                with connection.begin():
+                    return work(connection)
+            finally:
+                connection.info.pop(WRITE_INTENT, None)
+
+    async def on_writer(self, work: Callable[[], T]) -> T:
+        """Run `work` on the writer thread without opening a transaction for it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` on a reader thread in a read-only transaction."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.read_now, work)
+
+    def read_now(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as connection:
+            try:
+                return work(connection)
+            finally:
+                connection.rollback()
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A write transaction on the calling thread (migrations, tests, tools)."""
+        with self.engine.connect() as connection:
+            connection.info[WRITE_INTENT] = True
+            try:
+                with connection.begin():
+                    yield connection
+            finally:
+                connection.info.pop(WRITE_INTENT, None)
+
+    async def reachable(self) -> bool:
+        try:
+            return bool(await self.read(lambda c: c.execute(text("SELECT 1")).scalar() == 1))
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        self._writer.shutdown(wait=True, cancel_futures=False)
+        self._readers.shutdown(wait=True, cancel_futures=True)
+        self.engine.dispose()
+        await self.async_engine.dispose()
 
 
 async def database_reachable(engine: AsyncEngine) -> bool:

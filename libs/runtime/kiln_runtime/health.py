@@ -1,5 +1,5 @@
-"""/healthz (the process runs), /readyz (its dependencies answer) and /metrics, for FastAPI and
-for faust's web server."""
+"""/healthz (the process runs), /readyz (its dependencies answer) and /metrics, served by every
+service's HTTP server (http.py)."""
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping

@@ -1,11 +1,27 @@
-"""Emitting events: handlers collect envelopes in an `Outbox`, which is written in the same
-transaction as the change; `OutboxRelay` publishes committed rows with an idempotent producer."""
+"""Publishing the outbox (docs/architecture.md, "Publish on commit").
+
+Every transaction writes the events it emits as outbox rows, leased to the process that wrote
+them (`owner`, `lease_until`). Right after the commit, that process hands the rows to
+`OutboxPublisher.publish`, which sends them at once with an idempotent producer. Once Kafka
+acknowledged a row, its id waits in `acked` and the next write transaction of the process (or
+the recovery round, when there is none) deletes it.
+
+The recovery round runs every `recover_interval_s`. It claims, with one conditional UPDATE,
+rows whose lease ran out (their writer died, or could not reach Kafka) and this process's own
+rows whose send failed, and sends them. The claim moves the lease, so two instances on one
+database never both take a row: a row is sent by its writer, or by the one instance whose
+claim moved its lease. (A writer that dies after Kafka took a row but before the row was
+deleted leaves it to be sent again: consumers drop that copy by event id.)
+"""
+
+from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -14,22 +30,18 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-from google.protobuf.message import Message
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, delete, func, or_, select, update
 
-from kiln_contracts import encode, new_event
-from kiln_contracts.v1.envelope_pb2 import Envelope
-from kiln_runtime.db import SessionFactory, transaction
+from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
-from kiln_runtime.metrics import EVENTS_PRODUCED, OUTBOX_BACKLOG
+from kiln_runtime.metrics import EVENTS_PRODUCED, EVENTS_RECOVERED, OUTBOX_BACKLOG
+from kiln_runtime.unit import OutgoingEvent, headers_from_blob
 
 log = logging.getLogger(__name__)
 
 # After these an idempotent producer cannot go on: its producer id or sequence numbers are no
-# longer the broker's (a broker restarted while a batch was in flight, say). A new producer, with
-# a new producer id, takes over; the rows were not marked published, so they go again and
-# consumers drop the duplicates by event id.
+# longer the broker's (a broker restarted while a batch was in flight, say). A new producer
+# takes over; the rows were not deleted, so they go again and consumers drop the duplicates.
 PRODUCER_DEAD_ERRORS = (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
@@ -38,25 +50,320 @@ PRODUCER_DEAD_ERRORS = (
 )
 
 
-class Outbox:
-    """The events one transaction emits. `trace_id` carries over from the consumed event."""
+def make_producer(bootstrap: str, *, linger_ms: int = 1) -> AIOKafkaProducer:
+    # aiokafka defaults to acks=1 without idempotence; DESIGN.md asks for both.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        request_timeout_ms=15000,
+    )
+
+
+async def start_producer(bootstrap: str, attempts: int = 60) -> AIOKafkaProducer:
+    """Start an idempotent producer, waiting for the broker for up to `attempts` seconds."""
+    for attempt in range(1, attempts + 1):
+        producer = make_producer(bootstrap)
+        try:
+            await producer.start()
+            return producer
+        except Exception:
+            await producer.stop()
+            if attempt == attempts:
+                raise
+            log.warning("Kafka at %s not reachable yet (attempt %d)", bootstrap, attempt)
+            await asyncio.sleep(1.0)
+    raise RuntimeError("unreachable")
+
+
+class OutboxPublisher:
+    def __init__(
+        self,
+        database: Database,
+        tables: MessagingTables,
+        producer: AIOKafkaProducer,
+        *,
+        service: str,
+        owner: str,
+        lease: timedelta,
+        recover_interval_s: float,
+        recover_batch: int = 500,
+        producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._db = database
+        self._tables = tables
+        self._producer = producer
+        self._service = service
+        self.owner = owner
+        self.lease = lease
+        self._recover_interval_s = recover_interval_s
+        self._recover_batch = recover_batch
+        self._producer_factory = producer_factory
+        self._clock = clock
+        self._in_flight: set[int] = set()
+        self._acked: list[int] = []
+        self._failed: set[int] = set()
+        self._pending: set[asyncio.Future[None]] = set()
+        self._queue: asyncio.Queue[
+            tuple[list[OutgoingEvent], asyncio.Future[None] | None]
+        ] = asyncio.Queue()
+        self._first_round = True
+        self._renewing = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._rounds = 0
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer in use (a new one after the old one could not go on)."""
+        return self._producer
+
+    # --- publish on commit --------------------------------------------------------------------
+
+    def publish(self, rows: Sequence[OutgoingEvent]) -> None:
+        """Send committed rows now, after every row handed over before them. Never raises: a
+        row that cannot go now stays in the outbox and the recovery round sends it."""
+        if rows:
+            self._queue.put_nowait((list(rows), None))
+
+    async def _publish_and_wait(self, rows: Sequence[OutgoingEvent]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((list(rows), done))
+        await done
+
+    async def run_sender(self) -> None:
+        """The one task that hands rows to the producer, so that they go in commit order."""
+        while True:
+            rows, done = await self._queue.get()
+            ids = [row.row_id for row in rows if row.row_id is not None]
+            self._in_flight.update(ids)
+            futures: list[asyncio.Future[Any]] = []
+            try:
+                for row in rows:
+                    futures.append(
+                        await self._producer.send(
+                            row.topic,
+                            value=row.value,
+                            key=row.key.encode(),
+                            headers=list(row.headers) or None,
+                        )
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the producer refused the send (stopped, broker away)
+                refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                refused.set_exception(exc)
+                futures.extend([refused] * (len(rows) - len(futures)))
+            task = asyncio.ensure_future(self._settle(rows, futures, done))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _settle(
+        self,
+        rows: Sequence[OutgoingEvent],
+        futures: Sequence[asyncio.Future[Any]],
+        done: asyncio.Future[None] | None,
+    ) -> None:
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        dead = False
+        failed = 0
+        for row, result in zip(rows, results, strict=True):
+            if row.row_id is not None:
+                self._in_flight.discard(row.row_id)
+            if isinstance(result, BaseException):
+                failed += 1
+                if row.row_id is not None:
+                    self._failed.add(row.row_id)
+                dead = dead or isinstance(result, PRODUCER_DEAD_ERRORS)
+                continue
+            EVENTS_PRODUCED.labels(self._service, row.topic).inc()
+            if row.row_id is not None:
+                self._acked.append(row.row_id)
+        if done is not None and not done.done():
+            done.set_result(None)
+        if failed:
+            log.warning("%s: %d outbox row(s) not sent; the recovery round sends them",
+                        self._service, failed)
+            self._wakeup.set()
+        if dead:
+            await self._renew_producer()
+
+    async def _renew_producer(self) -> None:
+        if self._producer_factory is None or self._renewing.locked():
+            return
+        async with self._renewing:
+            old = self._producer
+            try:
+                self._producer = await self._producer_factory()
+            except Exception:
+                log.exception("%s: no new Kafka producer yet", self._service)
+                return
+            log.warning("%s: a new Kafka producer publishes the outbox", self._service)
+            with contextlib.suppress(Exception):
+                await old.stop()
+
+    # --- acknowledged rows --------------------------------------------------------------------
+
+    def take_acked(self) -> list[int]:
+        """The ids Kafka acknowledged since the last call: delete them in your transaction, or
+        give them back with `return_acked` when it rolls back."""
+        ids, self._acked = self._acked, []
+        return ids
+
+    def return_acked(self, ids: Sequence[int]) -> None:
+        self._acked.extend(ids)
+
+    def delete_rows(self, connection: Connection, ids: Sequence[int]) -> None:
+        if ids:
+            outbox = self._tables.outbox
+            connection.execute(delete(outbox).where(outbox.c.id.in_(list(ids))))
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                sent = await self.recover_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("%s: outbox recovery round failed; retrying", self._service,
+                            exc_info=True)
+                sent = 0
+            if sent >= self._recover_batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._recover_interval_s)
+            self._wakeup.clear()
+
+    async def recover_once(self) -> int:
+        """Delete acknowledged rows, then claim and send what no live writer will send."""
+        acked = self.take_acked()
+        failed = sorted(self._failed)
+        first = self._first_round
+        now = self._clock()
+
+        def claim(connection: Connection) -> list[OutgoingEvent]:
+            self.delete_rows(connection, acked)
+            return self._claim(connection, now, failed, first)
+
+        try:
+            rows = await self._db.write(claim)
+        except BaseException:
+            self.return_acked(acked)
+            raise
+        self._first_round = False
+        self._failed.difference_update(failed)
+        self._rounds += 1
+        if self._rounds % 10 == 1:
+            await self._refresh_backlog()
+        if not rows:
+            return 0
+        EVENTS_RECOVERED.labels(self._service).inc(len(rows))
+        await self._publish_and_wait(rows)
+        return len(rows)
+
+    def _claim(
+        self, connection: Connection, now: datetime, failed: list[int], first: bool
+    ) -> list[OutgoingEvent]:
+        outbox = self._tables.outbox
+        claimable = [outbox.c.lease_until < now]
+        if failed:
+            claimable.append(outbox.c.id.in_(failed) & (outbox.c.owner == self.owner))
+        if first:  # rows this instance wrote in an earlier life
+            claimable.append(outbox.c.owner == self.owner)
+        condition = or_(*claimable)
+        if self._in_flight:
+            condition = condition & outbox.c.id.not_in(sorted(self._in_flight))
+        chosen = select(outbox.c.id).where(condition).order_by(outbox.c.id)
+        chosen = chosen.limit(self._recover_batch)
+        if connection.dialect.name == "postgresql":
+            chosen = chosen.with_for_update(skip_locked=True)
+        result = connection.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(chosen.scalar_subquery()), condition)
+            .values(owner=self.owner, lease_until=now + self.lease)
+            .returning(
+                outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.event_id,
+                outbox.c.payload, outbox.c.headers,
+            )
+        )
+        rows = sorted(result.all(), key=lambda r: r.id)
+        return [
+            OutgoingEvent(
+                topic=r.topic,
+                key=r.key,
+                event_id=r.event_id,
+                value=r.payload,
+                headers=tuple(headers_from_blob(r.headers)),
+                row_id=r.id,
+            )
+            for r in rows
+        ]
+
+    async def _refresh_backlog(self) -> None:
+        outbox = self._tables.outbox
+
+        def count(connection: Connection) -> Any:
+            return connection.execute(select(func.count()).select_from(outbox)).scalar()
+
+        try:
+            OUTBOX_BACKLOG.labels(self._service).set(int(await self._db.read(count) or 0))
+        except Exception:
+            log.debug("outbox backlog not counted", exc_info=True)
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait for the sends in flight (at shutdown), then delete what Kafka acknowledged."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
+        acked = self.take_acked()
+        if acked:
+            try:
+                await self._db.write(lambda c: self.delete_rows(c, acked))
+            except Exception:
+                log.warning("%s: acknowledged outbox rows not deleted; they go again",
+                            self._service, exc_info=True)
+
+    async def stop(self) -> None:
+        await self.flush()
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+
+
+class SessionOutbox:
+    """Events emitted from code that works with an async ORM session (rare paths: key and
+    webhook management, admin routes). Its rows carry no owner and an expired lease, so the
+    publisher's next recovery round sends them: call `runtime.publisher.wake()` after the
+    commit. Hot paths use `ServiceRuntime.write`, which sends at once."""
 
     def __init__(self, trace_id: str = "") -> None:
         self.trace_id = trace_id
-        self.envelopes: list[Envelope] = []
+        self.envelopes: list[Any] = []
 
-    def emit(
-        self, event_type: str, message: Message, *, account_id: str, job_id: str = ""
-    ) -> Envelope:
+    def emit(self, event_type: str, message: Any, *, account_id: str, job_id: str = "") -> Any:
+        from kiln_contracts import new_event
+
         envelope = new_event(
             event_type, message, account_id=account_id, job_id=job_id, trace_id=self.trace_id
         )
         self.envelopes.append(envelope)
         return envelope
 
-    async def write(self, session: AsyncSession, tables: MessagingTables) -> None:
+    async def write(self, session: Any, tables: MessagingTables) -> None:
+        from sqlalchemy import insert
+
+        from kiln_contracts import encode
+
         if not self.envelopes:
             return
+        now = utcnow()
         await session.execute(
             insert(tables.outbox),
             [
@@ -65,138 +372,15 @@ class Outbox:
                     "key": env.account_id,
                     "event_id": env.event_id,
                     "payload": encode(env),
-                    "created_at": utcnow(),
+                    "headers": None,
+                    "created_at": now,
+                    "owner": "",
+                    "lease_until": now,
                 }
                 for env in self.envelopes
             ],
         )
 
 
-def make_producer(bootstrap: str) -> AIOKafkaProducer:
-    # aiokafka defaults to acks=1 without idempotence; DESIGN.md asks for both.
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        request_timeout_ms=15000,
-    )
-
-
-class OutboxRelay:
-    def __init__(
-        self,
-        sessions: SessionFactory,
-        tables: MessagingTables,
-        producer: AIOKafkaProducer,
-        *,
-        service: str,
-        batch_size: int = 500,
-        poll_interval_s: float = 0.5,
-        keep_published: timedelta = timedelta(hours=1),
-        producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
-    ) -> None:
-        self._sessions = sessions
-        self._tables = tables
-        self._producer = producer
-        self._service = service
-        self._batch_size = batch_size
-        self._poll_interval_s = poll_interval_s
-        self._keep_published = keep_published
-        self._wakeup = asyncio.Event()
-        self._producer_factory = producer_factory
-
-    @property
-    def producer(self) -> AIOKafkaProducer:
-        """The producer in use (a new one after the old one could not go on)."""
-        return self._producer
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    async def _renew_producer(self) -> None:
-        if self._producer_factory is None:
-            return
-        with contextlib.suppress(Exception):
-            await self._producer.stop()
-        self._producer = await self._producer_factory()
-        log.warning("%s: a new Kafka producer publishes the outbox", self._service)
-
-    async def run(self) -> None:
-        rounds = 0
-        while True:
-            try:
-                published = await self.publish_pending()
-                rounds += 1
-                if rounds % 600 == 0:
-                    await self.prune_published()
-            except asyncio.CancelledError:
-                raise
-            except PRODUCER_DEAD_ERRORS:
-                log.exception("outbox relay: the Kafka producer cannot go on; replacing it")
-                published = 0
-                try:
-                    await self._renew_producer()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("outbox relay: no new Kafka producer yet; retrying")
-                    await asyncio.sleep(1.0)
-            except Exception:
-                # Broker or database away: the rows stay unpublished and are retried.
-                log.exception("outbox relay round failed; retrying")
-                published = 0
-                await asyncio.sleep(1.0)
-            if published >= self._batch_size:
-                continue
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval_s)
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-
-    async def publish_pending(self) -> int:
-        outbox = self._tables.outbox
-        async with self._sessions() as session:
-            query = (
-                select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload)
-                .where(outbox.c.published_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(self._batch_size)
-            )
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).all()
-            if not rows:
-                OUTBOX_BACKLOG.labels(self._service).set(0)
-                await session.rollback()
-                return 0
-            # Sent in id order; the idempotent producer keeps that order per partition.
-            futures = [
-                await self._producer.send(row.topic, value=row.payload, key=row.key.encode())
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
-            await session.execute(
-                update(outbox)
-                .where(outbox.c.id.in_([row.id for row in rows]))
-                .values(published_at=utcnow())
-            )
-            backlog = await session.scalar(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            )
-            await session.commit()
-        for row in rows:
-            EVENTS_PRODUCED.labels(self._service, row.topic).inc()
-        OUTBOX_BACKLOG.labels(self._service).set(backlog or 0)
-        return len(rows)
-
-    async def prune_published(self) -> None:
-        outbox = self._tables.outbox
-        cutoff = utcnow() - self._keep_published
-        async with transaction(self._sessions) as session:
-            await session.execute(
-                outbox.delete().where(
-                    outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
-                )
-            )
+# The name the services' rare paths know it by.
+Outbox = SessionOutbox

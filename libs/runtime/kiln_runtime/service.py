@@ -1,24 +1,36 @@
-"""The parts every service process starts and stops the same way: its database (with the
-inbox/outbox tables), the idempotent producer, the outbox relay, and readiness checks."""
+"""What every service process starts and stops the same way (docs/architecture.md, "The event
+runtime"): its database (schema migrated first), the idempotent producer and the outbox
+publisher, the group commit for writes that no event caused, the consumer of its topics, the
+inbox pruning, and the readiness checks its health server reports."""
+
+from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TypeVar
 
-from aiokafka import AIOKafkaProducer
-from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, MetaData, delete, select
 
-from kiln_contracts import Event
-from kiln_runtime.consuming import EventProcessor, Handler, KafkaEventConsumer
-from kiln_runtime.db import SessionFactory, database_reachable, make_engine, make_session_factory
+from kiln_runtime.batches import BatchTransaction, EventHandlers
+from kiln_runtime.consumer import ConsumerSettings, EventConsumer
+from kiln_runtime.db import Database, SessionFactory
+from kiln_runtime.failures import Backoff
+from kiln_runtime.group_commit import GroupCommit
 from kiln_runtime.health import Readiness, ReadinessCheck, kafka_check
-from kiln_runtime.messaging import MessagingTables
-from kiln_runtime.outbox import OutboxRelay, make_producer
+from kiln_runtime.messaging import MessagingTables, utcnow
+from kiln_runtime.metrics import INBOX_PRUNED
+from kiln_runtime.migrations import Migrate
+from kiln_runtime.outbox import OutboxPublisher, start_producer
 from kiln_runtime.settings import ServiceSettings
+from kiln_runtime.unit import Unit
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
 
 
 class ServiceRuntime:
@@ -27,139 +39,207 @@ class ServiceRuntime:
         settings: ServiceSettings,
         metadata: MetaData,
         tables: MessagingTables,
+        *,
+        migrate: Migrate | None = None,
+        handlers: EventHandlers | None = None,
         extra_checks: Mapping[str, ReadinessCheck] | None = None,
-        migrate: Callable[[AsyncEngine], Awaitable[None]] | None = None,
+        clock: Clock = utcnow,
     ) -> None:
-        """`migrate` brings the database's schema up to date at start (say, Alembic's
-        `upgrade head`); without it, `metadata.create_all` makes the missing tables."""
+        """`migrate` brings the schema up to date at start (Alembic's `upgrade head` on a sync
+        connection); without it, `metadata.create_all` makes what is missing (tests only)."""
         self.settings = settings
         self.metadata = metadata
         self.tables = tables
-        self._extra_checks = dict(extra_checks or {})
+        self.handlers = handlers
+        self.clock = clock
         self._migrate = migrate
-        self._engine: AsyncEngine | None = None
-        self._sessions: SessionFactory | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._relay: OutboxRelay | None = None
-        self._relay_task: asyncio.Task[None] | None = None
+        self._extra_checks = dict(extra_checks or {})
+        self._db: Database | None = None
+        self._publisher: OutboxPublisher | None = None
+        self._group_commit: GroupCommit | None = None
+        self._consumer: EventConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.readiness: Readiness | None = None
         self.started = asyncio.Event()
 
+    # --- what services use --------------------------------------------------------------------
+
     @property
-    def engine(self) -> AsyncEngine:
-        assert self._engine is not None, "runtime not started"
-        return self._engine
+    def db(self) -> Database:
+        assert self._db is not None, "runtime not started"
+        return self._db
 
     @property
     def sessions(self) -> SessionFactory:
-        assert self._sessions is not None, "runtime not started"
-        return self._sessions
+        """Async ORM sessions, for paths that write rarely (see `SessionOutbox`)."""
+        return self.db.sessions
 
     @property
-    def relay(self) -> OutboxRelay:
-        assert self._relay is not None, "runtime not started"
-        return self._relay
+    def publisher(self) -> OutboxPublisher:
+        assert self._publisher is not None, "runtime not started"
+        return self._publisher
+
+    # The old name: rare paths write with `SessionOutbox`, then wake the publisher.
+    relay = publisher
+
+    @property
+    def consumer(self) -> EventConsumer | None:
+        return self._consumer
+
+    async def write(self, work: Callable[[Unit], T]) -> T:
+        """Run `work(unit)` in a (shared) write transaction; its events go out on commit."""
+        assert self._group_commit is not None, "runtime not started"
+        return await self._group_commit(work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        return await self.db.read(work)
+
+    # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._engine = make_engine(self.settings.database_url)
-        self._sessions = make_session_factory(self._engine)
-        if self._migrate is not None:
-            await self._migrate(self._engine)
-        else:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(self.metadata.create_all)
-        bootstrap = self.settings.kafka_bootstrap
-        self._producer = await start_producer(bootstrap)
-        self._relay = OutboxRelay(
-            self._sessions,
-            self.tables,
-            self._producer,
-            service=self.settings.service_name,
-            batch_size=self.settings.outbox_batch_size,
-            poll_interval_s=self.settings.outbox_poll_interval_s,
-            producer_factory=lambda: start_producer(bootstrap),
+        s = self.settings
+        self._db = Database(
+            s.database_url, service=s.service_name, busy_timeout_s=s.database_busy_timeout_s
         )
-        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
-        engine = self._engine
+        if self._migrate is not None:
+            migrate = self._migrate
+            await self._db.on_writer(lambda: _run_in_transaction(self.db, migrate))
+        else:
+            await self._db.on_writer(lambda: self.metadata.create_all(self.db.engine))
+        bootstrap = s.kafka_bootstrap
+        producer = await start_producer(bootstrap)
+        lease = timedelta(seconds=s.outbox_lease_s)
+        self._publisher = OutboxPublisher(
+            self._db,
+            self.tables,
+            producer,
+            service=s.service_name,
+            owner=s.instance,
+            lease=lease,
+            recover_interval_s=s.outbox_recover_interval_s,
+            recover_batch=s.outbox_batch_size,
+            producer_factory=lambda: start_producer(bootstrap),
+            clock=self.clock,
+        )
+        self._group_commit = GroupCommit(
+            self._db, self.tables, self._publisher, service=s.service_name, clock=self.clock
+        )
+        self._tasks = [
+            asyncio.create_task(self._publisher.run_sender(), name="outbox-sender"),
+            asyncio.create_task(self._publisher.run(), name="outbox-recovery"),
+            asyncio.create_task(self._prune_inbox_loop(), name="inbox-pruning"),
+        ]
+        if self.handlers is not None:
+            batch = BatchTransaction(
+                self.tables,
+                self.handlers,
+                group=s.service_name,
+                service=s.service_name,
+                owner=s.instance,
+                lease=lease,
+                clock=self.clock,
+                take_acked=self._publisher.take_acked,
+                return_acked=self._publisher.return_acked,
+            )
+            self._consumer = EventConsumer(
+                self._db,
+                self.tables,
+                self._publisher,
+                self.handlers,
+                batch,
+                ConsumerSettings(
+                    bootstrap=bootstrap,
+                    group=s.service_name,
+                    max_batch=s.consumer_max_batch,
+                    poll_timeout_ms=s.consumer_poll_timeout_ms,
+                    commit_interval_s=s.consumer_commit_interval_s,
+                    session_timeout_s=s.kafka_session_timeout_s,
+                    heartbeat_interval_s=s.kafka_heartbeat_interval_s,
+                    rebalance_timeout_s=s.kafka_rebalance_timeout_s,
+                    poison_attempts=s.consumer_poison_attempts,
+                    transient_backoff=Backoff(0.1, 5.0),
+                ),
+                service=s.service_name,
+            )
+            await self._consumer.start()
+        db = self._db
+        publisher = self._publisher
 
         async def database() -> bool:
-            return await database_reachable(engine)
-
-        relay = self._relay
+            return await db.reachable()
 
         async def kafka() -> bool:
-            return await kafka_check(relay.producer)()  # the relay may have a new producer
+            return await kafka_check(publisher.producer)()  # it may have a new producer
 
-        self.readiness = Readiness({"database": database, "kafka": kafka, **self._extra_checks})
+        checks: dict[str, ReadinessCheck] = {"database": database, "kafka": kafka}
+        consumer = self._consumer
+        if consumer is not None:
+
+            async def consuming() -> bool:
+                return consumer.running
+
+            checks["consumer"] = consuming
+        self.readiness = Readiness({**checks, **self._extra_checks})
         self.started.set()
-
-    @contextlib.asynccontextmanager
-    async def consuming(
-        self,
-        handlers: Mapping[str, Handler],
-        on_commit: Callable[[Event], None] | None = None,
-    ) -> AsyncIterator[EventProcessor]:
-        """Consume the handlers' topics (aiokafka, commit after each batch) while inside."""
-        processor = EventProcessor(
-            self.sessions,
-            self.tables,
-            consumer=self.settings.service_name,
-            handlers=handlers,
-            on_commit=on_commit,
-        )
-        consumer = KafkaEventConsumer(
-            processor, bootstrap=self.settings.kafka_bootstrap, group_id=self.settings.service_name
-        )
-        await consumer.start()
-        task = asyncio.create_task(_keep_running(consumer.run), name="consumer")
-        try:
-            yield processor
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await consumer.stop()
+        log.info("%s runtime started (instance %s)", s.service_name, s.instance)
 
     async def stop(self) -> None:
-        """Idempotent: faust and a service's own shutdown hook may both call it."""
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
-            self._relay_task = None
-        if self._relay is not None:
-            self._producer = self._relay.producer  # the relay may have replaced the first one
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+        """Idempotent. Stops consuming first, then sends what is in flight, then the rest."""
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.flush()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.stop()
+            self._publisher = None
+        if self._db is not None:
+            await self._db.dispose()
+            self._db = None
 
+    # --- housekeeping -------------------------------------------------------------------------
 
-async def start_producer(bootstrap: str, attempts: int = 60) -> AIOKafkaProducer:
-    """Start an idempotent producer, waiting for the broker for up to `attempts` seconds."""
-    for attempt in range(1, attempts + 1):
-        producer = make_producer(bootstrap)
-        try:
-            await producer.start()
-            return producer
-        except Exception:
-            await producer.stop()
-            if attempt == attempts:
+    async def prune_inbox(self, chunk: int = 10_000) -> int:
+        """Delete inbox rows past the retention window, a chunk per transaction."""
+        inbox = self.tables.inbox
+        cutoff = self.clock() - timedelta(seconds=self.settings.inbox_retention_s)
+        total = 0
+        while True:
+
+            def prune(connection: Connection) -> int:
+                ids = select(inbox.c.id).where(inbox.c.received_at < cutoff).limit(chunk)
+                return connection.execute(
+                    delete(inbox).where(inbox.c.id.in_(ids.scalar_subquery()))
+                ).rowcount
+
+            deleted = await self.db.write(prune)
+            total += deleted
+            if deleted < chunk:
+                break
+        if total:
+            INBOX_PRUNED.labels(self.settings.service_name).inc(total)
+        return total
+
+    async def _prune_inbox_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.inbox_prune_interval_s)
+            try:
+                await self.prune_inbox()
+            except asyncio.CancelledError:
                 raise
-            log.warning("Kafka at %s not reachable yet (attempt %d)", bootstrap, attempt)
-            await asyncio.sleep(1.0)
-    raise RuntimeError("unreachable")
+            except Exception:
+                log.warning("inbox pruning failed; next round later", exc_info=True)
 
 
-async def _keep_running(loop: Callable[[], Awaitable[None]]) -> None:
-    """Restart a consumer loop that died of an unexpected error instead of going deaf."""
-    while True:
-        try:
-            await loop()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("consumer loop failed; restarting in 1 s")
-            await asyncio.sleep(1.0)
+def _run_in_transaction(database: Database, migrate: Migrate) -> None:
+    with database.connect() as connection:
+        migrate(connection)

@@ -4,13 +4,13 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from kiln_contracts import TOPICS, TopicSpec
+from kiln_contracts import INTERNAL_TOPICS, TOPICS, InternalTopicSpec, TopicSpec
 
 log = logging.getLogger(__name__)
 
 
 def topic_plan(
-    topics: dict[str, TopicSpec],
+    topics: dict[str, TopicSpec] | dict[str, TopicSpec | InternalTopicSpec],
     partitions: int | None = None,
     replication_factor: int | None = None,
 ) -> list[NewTopic]:
@@ -34,7 +34,9 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            t for t in topic_plan(TOPICS, partitions, replication_factor) if t.name not in existing
+            t
+            for t in topic_plan({**TOPICS, **INTERNAL_TOPICS}, partitions, replication_factor)
+            if t.name not in existing
         ]
         if missing:
             await admin.create_topics(missing, timeout_ms=30000)

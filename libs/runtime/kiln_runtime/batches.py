@@ -1,0 +1,332 @@
+"""The steps between a poll and a commit, as plain functions of their input (docs/architecture.md,
+"The event runtime"):
+
+    decode -> drop what is not ours -> [one transaction: fence the positions, drop duplicates,
+    handle every event in order, dead letters, inbox rows, outbox rows] -> (the consumer then
+    publishes the outbox rows, runs after-commit callbacks and commits offsets)
+
+Nothing here talks to Kafka; `handle_batch` runs on the database writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from kiln_contracts import Event, EventDecodeError, decode
+from kiln_runtime.dead_letters import (
+    DEAD_LETTER_TOPIC,
+    dead_letter_headers,
+    dead_letter_id,
+    replay_target,
+)
+from kiln_runtime.messaging import MessagingTables
+from kiln_runtime.metrics import HANDLER_LATENCY
+from kiln_runtime.unit import OutgoingEvent, Unit, write_outbox
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Unit, Event], None]
+
+
+@dataclass(frozen=True)
+class EventHandlers:
+    """What a service consumes: one handler per event type, and optional batch hooks.
+
+    `before_batch` sees every event the batch will hand to a handler (say, to load the rows
+    they touch in one query); `after_batch` runs once after the last handler, in the same
+    transaction (say, one dispatch pass for the whole batch). `on_rollback` is told when a
+    transaction that ran handlers rolled back (drop in-memory changes made meanwhile), and
+    `on_assigned` when the member got partitions (rebuild in-memory state for them).
+    """
+
+    handlers: Mapping[str, Handler]
+    before_batch: Callable[[Unit, Sequence[Event]], None] | None = None
+    after_batch: Callable[[Unit], None] | None = None
+    on_rollback: Callable[[], None] | None = None
+    on_assigned: Callable[[Connection, frozenset[int]], None] | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self.handlers)
+
+
+@dataclass
+class Delivery:
+    """One message as the consumer took it, and what decoding made of it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    event: Event | None = None
+    error: str | None = None  # why it cannot be decoded
+    skip: str | None = None  # why it is not handled here (it still moves the position)
+
+    @property
+    def event_type(self) -> str:
+        return self.event.type if self.event is not None else self.topic
+
+
+def decode_deliveries(
+    deliveries: Iterable[Delivery], *, group: str, topics: Iterable[str]
+) -> list[Delivery]:
+    """Decode each message; mark those this group does not handle."""
+    handled = set(topics)
+    out = []
+    for d in deliveries:
+        target = replay_target(d.headers)
+        if target is not None and target != group:
+            d.skip = "replay_for_other_group"  # that group's dead letter, not ours
+        elif d.value is None:
+            d.error = "EventDecodeError: empty message"
+        else:
+            try:
+                d.event = decode(d.value)
+            except EventDecodeError as exc:
+                d.error = f"EventDecodeError: {exc}"
+            else:
+                if d.event.type not in handled:
+                    d.skip = "ignored"
+        out.append(d)
+    return out
+
+
+class Fenced(Exception):
+    """Another member moved a partition's position since this one read it: it owns it now."""
+
+    def __init__(self, partitions: set[tuple[str, int]]) -> None:
+        super().__init__(f"positions moved by another member: {sorted(partitions)}")
+        self.partitions = partitions
+
+
+@dataclass
+class BatchResult:
+    """What a committed batch leaves for after the commit."""
+
+    outgoing: list[OutgoingEvent]
+    callbacks: list[Callable[[], None]]
+    positions: dict[tuple[str, int], int]  # the next offset per partition
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (event type, outcome)
+    dead_lettered: list[Delivery] = field(default_factory=list)
+
+
+class BatchTransaction:
+    """Handles deliveries in one database transaction (run it on the writer thread)."""
+
+    def __init__(
+        self,
+        tables: MessagingTables,
+        handlers: EventHandlers,
+        *,
+        group: str,
+        service: str,
+        owner: str,
+        lease: timedelta,
+        clock: Callable[[], datetime],
+        take_acked: Callable[[], list[int]],
+        return_acked: Callable[[Sequence[int]], None],
+    ) -> None:
+        self._tables = tables
+        self._handlers = handlers
+        self.group = group
+        self._service = service
+        self._owner = owner
+        self._lease = lease
+        self._clock = clock
+        self._take_acked = take_acked
+        self._return_acked = return_acked
+        positions = tables.positions
+        inbox = tables.inbox
+        # Built once: constructing statements costs more than running them.
+        self._move = (
+            update(positions)
+            .where(
+                and_(
+                    positions.c.consumer == bindparam("c"),
+                    positions.c.topic == bindparam("t"),
+                    positions.c.partition == bindparam("p"),
+                    positions.c.next_offset == bindparam("expected"),
+                )
+            )
+            .values(next_offset=bindparam("next"), updated_at=bindparam("now"))
+        )
+        self._first = insert(positions).values(
+            consumer=bindparam("c"),
+            topic=bindparam("t"),
+            partition=bindparam("p"),
+            next_offset=bindparam("next"),
+            updated_at=bindparam("now"),
+        )
+        self._seen = select(inbox.c.event_id).where(
+            inbox.c.consumer == bindparam("c"),
+            inbox.c.event_id.in_(bindparam("ids", expanding=True)),
+        )
+        self._record = insert(inbox)
+
+    # --- the transaction ----------------------------------------------------------------------
+
+    def handle(
+        self,
+        connection: Connection,
+        deliveries: Sequence[Delivery],
+        expected: Mapping[tuple[str, int], int | None],
+        *,
+        dead_letter: str | None = None,
+    ) -> BatchResult:
+        """Everything in one transaction. `dead_letter` (an error text) sends every delivery
+        to the dead-letter topic instead of its handler."""
+        acked = self._take_acked()
+        try:
+            return self._handle(connection, deliveries, expected, acked, dead_letter)
+        except BaseException:
+            self._return_acked(acked)
+            if self._handlers.on_rollback is not None:
+                self._handlers.on_rollback()
+            raise
+
+    def _handle(
+        self,
+        connection: Connection,
+        deliveries: Sequence[Delivery],
+        expected: Mapping[tuple[str, int], int | None],
+        acked: list[int],
+        dead_letter: str | None,
+    ) -> BatchResult:
+        now = self._clock()
+        positions = self._fence(connection, deliveries, expected, now)
+        unit = Unit(connection, now, self._service)
+        outcomes: list[tuple[str, str]] = []
+        dead: list[Delivery] = []
+        fresh: list[Delivery] = []
+        if dead_letter is not None:
+            dead = list(deliveries)
+        else:
+            fresh = self._drop_duplicates(connection, deliveries, outcomes)
+            dead = [d for d in deliveries if d.error is not None]
+        for d in deliveries:
+            if d.skip is not None:
+                outcomes.append((d.event_type, d.skip))
+        events = [d.event for d in fresh if d.event is not None]
+        if events and self._handlers.before_batch is not None:
+            self._handlers.before_batch(unit, events)
+        for event in events:
+            unit.cause = event
+            started = time.perf_counter()
+            self._handlers.handlers[event.type](unit, event)
+            HANDLER_LATENCY.labels(self._service, event.type).observe(
+                time.perf_counter() - started
+            )
+            outcomes.append((event.type, "processed"))
+        unit.cause = None
+        if events and self._handlers.after_batch is not None:
+            self._handlers.after_batch(unit)
+        for d in dead:
+            error = dead_letter if dead_letter is not None else (d.error or "")
+            self._dead_letter(unit, d, error, now)
+            outcomes.append((d.event_type, "dead_lettered"))
+        if events:
+            connection.execute(
+                self._record,
+                [
+                    {
+                        "consumer": self.group,
+                        "event_id": e.event_id,
+                        "event_type": e.type,
+                        "received_at": now,
+                    }
+                    for e in events
+                ],
+            )
+        write_outbox(
+            connection, self._tables, unit.outgoing, owner=self._owner, now=now, lease=self._lease
+        )
+        if acked:
+            outbox = self._tables.outbox
+            connection.execute(outbox.delete().where(outbox.c.id.in_(acked)))
+        return BatchResult(
+            outgoing=unit.outgoing,
+            callbacks=unit.callbacks(),
+            positions=positions,
+            outcomes=outcomes,
+            dead_lettered=dead,
+        )
+
+    def _fence(
+        self,
+        connection: Connection,
+        deliveries: Sequence[Delivery],
+        expected: Mapping[tuple[str, int], int | None],
+        now: datetime,
+    ) -> dict[tuple[str, int], int]:
+        """Move each partition's position past the batch, only from where this member saw it."""
+        last: dict[tuple[str, int], int] = {}
+        for d in deliveries:
+            tp = (d.topic, d.partition)
+            last[tp] = max(last.get(tp, -1), d.offset)
+        moved: dict[tuple[str, int], int] = {}
+        fenced: set[tuple[str, int]] = set()
+        for tp, offset in last.items():
+            params = {"c": self.group, "t": tp[0], "p": tp[1], "next": offset + 1, "now": now}
+            before = expected.get(tp)
+            if before is None:
+                try:
+                    with connection.begin_nested():
+                        connection.execute(self._first, params)
+                except IntegrityError:
+                    fenced.add(tp)
+                    continue
+            elif connection.execute(self._move, {**params, "expected": before}).rowcount != 1:
+                fenced.add(tp)
+                continue
+            moved[tp] = offset + 1
+        if fenced:
+            raise Fenced(fenced)
+        return moved
+
+    def _drop_duplicates(
+        self,
+        connection: Connection,
+        deliveries: Sequence[Delivery],
+        outcomes: list[tuple[str, str]],
+    ) -> list[Delivery]:
+        candidates = [d for d in deliveries if d.event is not None and d.skip is None]
+        if not candidates:
+            return []
+        ids = sorted({d.event.event_id for d in candidates if d.event is not None})
+        seen = set(connection.execute(self._seen, {"c": self.group, "ids": ids}).scalars())
+        fresh = []
+        for d in candidates:
+            assert d.event is not None
+            if d.event.event_id in seen:
+                d.skip = "duplicate"
+                continue
+            seen.add(d.event.event_id)  # a second copy within the same batch
+            fresh.append(d)
+        return fresh
+
+    def _dead_letter(self, unit: Unit, d: Delivery, error: str, now: datetime) -> None:
+        unit.emit_raw(
+            DEAD_LETTER_TOPIC,
+            (d.key or b"").decode(errors="replace") or "-",
+            d.value or b"",
+            event_id=dead_letter_id(self.group, d.topic, d.partition, d.offset),
+            headers=dead_letter_headers(
+                group=self.group,
+                topic=d.topic,
+                partition=d.partition,
+                offset=d.offset,
+                error=error,
+                at=now,
+                event_id=d.event.event_id if d.event is not None else "",
+                event_type=d.event.type if d.event is not None else "",
+            ),
+        )

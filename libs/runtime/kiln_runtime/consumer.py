@@ -1,0 +1,441 @@
+"""The Kafka edge of the event runtime: an aiokafka consumer group member that feeds polled
+batches to `BatchTransaction` (docs/architecture.md, "The event runtime").
+
+* One poll, one batch: `getmany` returns what the fetcher holds (up to `max_batch`); nothing
+  waits for a batch to fill.
+* Order: a partition's events are handled in offset order; the positions in the database say
+  where each partition goes on, and a batch commits only if they did not move under it.
+* Assignment: range, so that each member gets the same partition numbers of every topic (all
+  topics are keyed by account on one partition count: a job's events of every topic reach the
+  same member). On assignment the member seeks to the database's positions; on revocation it
+  finishes the batch in hand (the coordinator waits for it) and commits offsets.
+* Kafka's committed offsets follow the database about once a second; they feed lag metrics and
+  autoscaling, and correctness never depends on them.
+* Failures: `failures.is_transient` ones hold every partition (paused, the member stays in its
+  group) and retry the batch with backoff until it passes; any other failure splits the batch
+  and handles its events one by one, and an event that keeps failing goes to the dead-letter
+  topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from sqlalchemy import Connection, select
+
+from kiln_runtime.batches import (
+    BatchResult,
+    BatchTransaction,
+    Delivery,
+    EventHandlers,
+    Fenced,
+    decode_deliveries,
+)
+from kiln_runtime.db import Database
+from kiln_runtime.failures import Backoff, PoisonEvent, describe, is_transient
+from kiln_runtime.messaging import MessagingTables
+from kiln_runtime.metrics import (
+    BATCH_LATENCY,
+    BATCH_RETRIES,
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    EVENTS_CONSUMED,
+    EVENTS_DEAD_LETTERED,
+)
+from kiln_runtime.outbox import OutboxPublisher
+
+log = logging.getLogger(__name__)
+
+# Range, not aiokafka's default round robin: round robin deals the partitions of all topics out
+# in turn, so with 4 inference workers a job's cancel reached another worker than the one
+# running it (found by the scaling benchmark's stacks).
+PARTITION_ASSIGNORS = (RangePartitionAssignor,)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    bootstrap: str
+    group: str
+    max_batch: int = 500
+    poll_timeout_ms: int = 200
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 2.0
+    rebalance_timeout_s: float = 60.0
+    poison_attempts: int = 3
+    transient_backoff: Backoff = Backoff(0.1, 5.0)
+    poison_backoff: Backoff = Backoff(0.05, 0.5)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._consumer.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._consumer.partitions_assigned(assigned)
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        database: Database,
+        tables: MessagingTables,
+        publisher: OutboxPublisher,
+        handlers: EventHandlers,
+        batch: BatchTransaction,
+        settings: ConsumerSettings,
+        *,
+        service: str,
+    ) -> None:
+        self._db = database
+        self._tables = tables
+        self._publisher = publisher
+        self._handlers = handlers
+        self._batch = batch
+        self._settings = settings
+        self._service = service
+        self._consumer: AIOKafkaConsumer | None = None
+        self._busy = asyncio.Lock()  # held while a batch is handled; revocation waits for it
+        self._positions: dict[TopicPartition, int | None] = {}
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.assigned = asyncio.Event()
+        self.holding = False  # retrying a transient failure
+
+    @property
+    def topics(self) -> list[str]:
+        return self._handlers.topics
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return frozenset(tp.partition for tp in self._positions)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self._settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            group_id=s.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_batch,
+            partition_assignment_strategy=PARTITION_ASSIGNORS,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
+            rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
+            fetch_max_wait_ms=s.poll_timeout_ms,
+        )
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        await self._consumer.start()
+        self._tasks = [
+            asyncio.create_task(self._keep_polling(), name=f"{self._service}-consumer"),
+            asyncio.create_task(self._commit_offsets_loop(), name=f"{self._service}-commits"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._consumer is not None:
+            async with self._busy:
+                await self._commit_offsets()
+            await self._consumer.stop()
+            self._consumer = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    # --- assignment ---------------------------------------------------------------------------
+
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._busy:  # the batch in hand commits (or rolls back) first
+            await self._commit_offsets()
+            for tp in revoked:
+                self._positions.pop(tp, None)
+                self._to_commit.pop(tp, None)
+                CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(0)
+        if revoked:
+            log.info("%s: partitions revoked: %s", self._service, _names(revoked))
+
+    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        stored = await self._db.read(lambda c: self._stored_positions(c, assigned))
+        assert self._consumer is not None
+        for tp in assigned:
+            position = stored.get((tp.topic, tp.partition))
+            if position is not None:
+                self._consumer.seek(tp, position)
+            self._positions[tp] = position
+        if self._handlers.on_assigned is not None:
+            hook = self._handlers.on_assigned
+            numbers = frozenset(tp.partition for tp in self._positions)
+            await self._db.write(lambda c: hook(c, numbers))
+        self.assigned.set()
+        log.info("%s: partitions assigned: %s", self._service, _names(assigned))
+
+    def _stored_positions(
+        self, connection: Connection, tps: set[TopicPartition]
+    ) -> dict[tuple[str, int], int]:
+        p = self._tables.positions
+        rows = connection.execute(
+            select(p.c.topic, p.c.partition, p.c.next_offset).where(
+                p.c.consumer == self._settings.group, p.c.topic.in_({tp.topic for tp in tps})
+            )
+        ).all()
+        return {(r.topic, r.partition): r.next_offset for r in rows}
+
+    # --- polling ------------------------------------------------------------------------------
+
+    async def _keep_polling(self) -> None:
+        while True:
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: consumer loop failed; going on in 1 s", self._service)
+                await asyncio.sleep(1.0)
+
+    async def _poll_once(self) -> None:
+        assert self._consumer is not None
+        fetched = await self._consumer.getmany(
+            timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch
+        )
+        if not fetched:
+            return
+        started = asyncio.get_running_loop().time()
+        deliveries = [
+            Delivery(
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=m.offset,
+                key=m.key,
+                value=m.value,
+                headers=tuple(m.headers or ()),
+            )
+            for tp, messages in fetched.items()
+            for m in messages
+        ]
+        decoded = decode_deliveries(deliveries, group=self._settings.group, topics=self.topics)
+        await self._handle(decoded)
+        BATCH_SIZE.labels(self._service).observe(len(decoded))
+        BATCH_LATENCY.labels(self._service).observe(asyncio.get_running_loop().time() - started)
+
+    def _current(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Deliveries of partitions still ours, not before where the partition stands."""
+        out = []
+        for d in deliveries:
+            tp = TopicPartition(d.topic, d.partition)
+            if tp not in self._positions:
+                continue
+            position = self._positions[tp]
+            if position is not None and d.offset < position:
+                continue
+            out.append(d)
+        return out
+
+    def _expected(self) -> dict[tuple[str, int], int | None]:
+        return {(tp.topic, tp.partition): pos for tp, pos in self._positions.items()}
+
+    async def _handle(self, deliveries: Sequence[Delivery]) -> None:
+        attempt = 0
+        while True:
+            async with self._busy:
+                current = self._current(deliveries)
+                if not current:
+                    return
+                try:
+                    expected = self._expected()
+                    result = await self._db.write(
+                        lambda c: self._batch.handle(c, current, expected)
+                    )
+                except Fenced as fenced:
+                    BATCH_RETRIES.labels(self._service, "fenced").inc()
+                    await self._refence(fenced)
+                    return
+                except Exception as exc:
+                    if not is_transient(exc):
+                        BATCH_RETRIES.labels(self._service, "poison").inc()
+                        log.warning(
+                            "%s: a batch of %d failed (%s); handling its events one by one",
+                            self._service, len(current), describe(exc),
+                        )
+                        await self._one_by_one(current)
+                        return
+                    attempt += 1
+                    BATCH_RETRIES.labels(self._service, "transient").inc()
+                    log.warning(
+                        "%s: batch of %d failed transiently (%s); retry %d",
+                        self._service, len(current), describe(exc), attempt,
+                    )
+                else:
+                    self._committed(result)
+                    return
+            await self._hold(self._settings.transient_backoff.delay(attempt))
+
+    async def _one_by_one(self, deliveries: Sequence[Delivery]) -> None:
+        """Split a failed batch: each event in its own transaction; one that fails again and
+        again (never transiently) goes to the dead-letter topic. Runs holding `_busy`."""
+        for d in deliveries:
+            attempt = 0
+            transient = 0
+            while True:
+                [current] = self._current([d]) or [None]
+                if current is None:
+                    break
+                expected = self._expected()
+                try:
+                    result = await self._db.write(
+                        lambda c, one=current, exp=expected: self._batch.handle(c, [one], exp)
+                    )
+                except Fenced as fenced:
+                    BATCH_RETRIES.labels(self._service, "fenced").inc()
+                    await self._refence(fenced)
+                    break
+                except Exception as exc:
+                    if is_transient(exc):
+                        transient += 1
+                        await self._hold(self._settings.transient_backoff.delay(transient))
+                        continue
+                    attempt += 1
+                    if attempt < self._settings.poison_attempts and not isinstance(
+                        exc, PoisonEvent
+                    ):
+                        log.warning(
+                            "%s: %s at %s:%d:%d failed (%s); attempt %d",
+                            self._service, d.event_type, d.topic, d.partition, d.offset,
+                            describe(exc), attempt,
+                        )
+                        await asyncio.sleep(self._settings.poison_backoff.delay(attempt))
+                        continue
+                    log.error(
+                        "%s: %s at %s:%d:%d failed %d times (%s); dead-lettered",
+                        self._service, d.event_type, d.topic, d.partition, d.offset, attempt,
+                        describe(exc), exc_info=exc,
+                    )
+                    await self._dead_letter(current, describe(exc))
+                    break
+                else:
+                    self._committed(result)
+                    break
+
+    async def _dead_letter(self, d: Delivery, error: str) -> None:
+        transient = 0
+        while True:
+            expected = self._expected()
+            try:
+                result = await self._db.write(
+                    lambda c: self._batch.handle(c, [d], expected, dead_letter=error)
+                )
+            except Fenced as fenced:
+                await self._refence(fenced)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                transient += 1
+                await self._hold(self._settings.transient_backoff.delay(transient))
+                continue
+            self._committed(result)
+            return
+
+    async def _hold(self, delay_s: float) -> None:
+        """Wait out a transient failure without leaving the group: every partition is paused
+        (no progress anywhere), and the member keeps polling so that it is not deemed dead."""
+        assert self._consumer is not None
+        self.holding = True
+        paused = set(self._consumer.assignment())
+        self._consumer.pause(*paused)
+        try:
+            deadline = asyncio.get_running_loop().time() + delay_s
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                await self._consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000) or 1)
+        finally:
+            assignment = self._consumer.assignment()
+            self._consumer.resume(*(tp for tp in paused if tp in assignment))
+            self.holding = False
+
+    async def _refence(self, fenced: Fenced) -> None:
+        """Another member moved these positions: go on from where the database says."""
+        assert self._consumer is not None
+        tps = {TopicPartition(t, p) for t, p in fenced.partitions}
+        stored = await self._db.read(lambda c: self._stored_positions(c, tps))
+        for tp in tps:
+            if tp not in self._positions:
+                continue
+            position = stored.get((tp.topic, tp.partition))
+            self._positions[tp] = position
+            if position is not None:
+                self._consumer.seek(tp, position)
+        log.warning("%s: positions moved elsewhere, re-read: %s", self._service, _names(tps))
+
+    def _committed(self, result: BatchResult) -> None:
+        self._publisher.publish(result.outgoing)
+        for (topic, partition), next_offset in result.positions.items():
+            tp = TopicPartition(topic, partition)
+            if tp in self._positions:
+                self._positions[tp] = next_offset
+                self._to_commit[tp] = next_offset
+        for event_type, outcome in result.outcomes:
+            EVENTS_CONSUMED.labels(self._service, event_type, outcome).inc()
+        for d in result.dead_lettered:
+            EVENTS_DEAD_LETTERED.labels(self._service, d.topic).inc()
+        for callback in result.callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("%s: an after-commit callback failed", self._service)
+
+    # --- offsets ------------------------------------------------------------------------------
+
+    async def _commit_offsets_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.commit_interval_s)
+            try:
+                await self._commit_offsets()
+                self._report_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("%s: offsets not committed this round", self._service, exc_info=True)
+
+    async def _commit_offsets(self) -> None:
+        if not self._to_commit or self._consumer is None:
+            return
+        offsets, self._to_commit = dict(self._to_commit), {}
+        try:
+            await self._consumer.commit(offsets)
+        except Exception:
+            # The database holds the positions; Kafka's copy catches up on the next round.
+            for tp, offset in offsets.items():
+                self._to_commit.setdefault(tp, offset)
+            raise
+
+    def _report_lag(self) -> None:
+        if self._consumer is None:
+            return
+        for tp, position in self._positions.items():
+            high = self._consumer.highwater(tp)
+            if high is None or position is None:
+                continue
+            CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(
+                max(high - position, 0)
+            )
+
+
+def _names(tps: set[TopicPartition] | Mapping[TopicPartition, object]) -> str:
+    return ", ".join(sorted(f"{tp.topic}:{tp.partition}" for tp in tps)) or "none"
+

@@ -1,0 +1,145 @@
+"""Writes that do not come from a consumed event (an HTTP request, a finished inference attempt,
+a webhook attempt, a timer) share transactions: whatever is asked for while one transaction runs
+goes into the next one, each piece in its own savepoint (docs/architecture.md, "Group commit").
+
+Under load a hundred concurrent requests cost a few transactions instead of a hundred; alone, a
+request waits for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection
+
+from kiln_runtime.db import Database
+from kiln_runtime.failures import Backoff, is_transient
+from kiln_runtime.messaging import MessagingTables
+from kiln_runtime.outbox import OutboxPublisher
+from kiln_runtime.unit import Unit, write_outbox
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Request(Generic[T]):
+    work: Callable[[Unit], T]
+    future: asyncio.Future[T]
+    unit: Unit | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    def __init__(
+        self,
+        database: Database,
+        tables: MessagingTables,
+        publisher: OutboxPublisher,
+        *,
+        service: str,
+        clock: Callable[[], datetime],
+        max_group: int = 256,
+        transient_attempts: int = 5,
+    ) -> None:
+        self._db = database
+        self._tables = tables
+        self._publisher = publisher
+        self._service = service
+        self._clock = clock
+        self._max_group = max_group
+        self._transient_attempts = transient_attempts
+        self._queue: list[_Request[Any]] = []
+        self._draining = False
+
+    async def __call__(self, work: Callable[[Unit], T]) -> T:
+        """Run `work(unit)` in a transaction shared with other callers; its events are sent
+        once it committed. Raises what `work` raised (its savepoint alone rolls back)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(work, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
+                await self._commit_group(group)
+        finally:
+            self._draining = False
+
+    async def _commit_group(self, group: Sequence[_Request[Any]]) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            acked = self._publisher.take_acked()
+            try:
+                await self._db.write(lambda c: self._run_all(c, group, acked))
+            except Exception as exc:
+                self._publisher.return_acked(acked)
+                if is_transient(exc) and attempt < self._transient_attempts:
+                    log.warning("%s: group commit failed transiently; retry %d",
+                                self._service, attempt, exc_info=True)
+                    await asyncio.sleep(Backoff(0.05, 1.0).delay(attempt))
+                    continue
+                for request in group:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                return
+            break
+        for request in group:
+            if request.error is None and request.unit is not None:
+                self._publisher.publish(request.unit.outgoing)
+        for request in group:
+            if request.error is not None or request.unit is None:
+                continue
+            for callback in request.unit.callbacks():
+                try:
+                    callback()
+                except Exception:
+                    log.exception("%s: an after-commit callback failed", self._service)
+        for request in group:
+            if request.future.done():
+                continue
+            if request.error is not None:
+                request.future.set_exception(request.error)
+            else:
+                request.future.set_result(request.result)
+
+    def _run_all(
+        self, connection: Connection, group: Sequence[_Request[Any]], acked: list[int]
+    ) -> None:
+        now = self._clock()
+        outgoing = []
+        for request in group:
+            request.unit, request.result, request.error = None, None, None
+            unit = Unit(connection, now, self._service)
+            try:
+                with connection.begin_nested():
+                    request.result = request.work(unit)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the whole group goes again
+                request.error = exc
+                continue
+            request.unit = unit
+            outgoing.extend(unit.outgoing)
+        write_outbox(
+            connection,
+            self._tables,
+            outgoing,
+            owner=self._publisher.owner,
+            now=now,
+            lease=self._publisher.lease,
+        )
+        self._publisher.delete_rows(connection, acked)
+

@@ -1,0 +1,57 @@
+"""Each service's schema through Alembic (its `migrations/` folder), run at start by the
+runtime before anything else touches the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+
+Migrate = Callable[[Connection], None]
+
+
+def alembic_config(migrations_dir: Path, connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision(migrations_dir: Path) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(migrations_dir)).get_current_head()
+
+
+def upgrade(
+    connection: Connection,
+    migrations_dir: Path,
+    *,
+    lock_key: int,
+    revision: str = "head",
+    baseline: tuple[str, str] | None = None,
+) -> None:
+    """Bring the schema to `revision`. Two processes starting at once on PostgreSQL take
+    turns (an advisory lock); SQLite serialises them itself. `baseline` = (revision, table):
+    a database that has `table` but no Alembic version was made before migrations existed and
+    is stamped at that revision first."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+    config = alembic_config(migrations_dir, connection)
+    if baseline is not None:
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables and baseline[1] in tables:
+            command.stamp(config, baseline[0])
+    command.upgrade(config, revision)
+
+
+def downgrade(connection: Connection, migrations_dir: Path, revision: str) -> None:
+    command.downgrade(alembic_config(migrations_dir, connection), revision)

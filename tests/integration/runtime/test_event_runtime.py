@@ -1,0 +1,255 @@
+"""The event runtime on a real broker and a real SQLite database: batches in one transaction,
+duplicates dropped, order kept, transient failures held and retried, poison dead-lettered and
+replayed, the outbox published once by several instances on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import func, select
+
+from kiln_contracts import decode
+from kiln_runtime.dead_letters import list_dead_letters, replay_dead_letters
+from kiln_runtime.failures import TransientError
+from kiln_runtime.metrics import BATCH_SIZE
+from kiln_runtime.unit import OutgoingEvent, write_outbox
+from tests.integration.runtime.conftest import (
+    MESSAGING,
+    Toy,
+    grant,
+    handled_counts,
+    send_all,
+    settings_for,
+    toy_runtime,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _acct(tag: str) -> str:
+    return f"acct_{tag}_{uuid.uuid4().hex[:8]}"
+
+
+async def applied_events(bootstrap: str, accounts: set[str], timeout_s: float = 5.0) -> list[str]:
+    """The grant ids of every `credits.applied` for `accounts` on the topic (duplicates kept)."""
+    consumer = AIOKafkaConsumer(
+        "credits.applied", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    try:
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        out: list[str] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                for m in messages:
+                    event = decode(m.value)
+                    if event.account_id in accounts:
+                        out.append(event.message.grant_id)  # type: ignore[attr-defined]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_a_batch_is_handled_once_in_order_and_its_events_published_once(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    accounts = [_acct("batch") for _ in range(4)]
+    toy = Toy()
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "toy.db", group), toy)
+    before = BATCH_SIZE.labels(group)._sum.get()  # noqa: SLF001
+    items = [(a, grant(a, f"{a}:{i}")) for i in range(50) for a in accounts]
+    await send_all(producer, items)  # waiting before the consumer starts: batches form
+    await runtime.start()
+    try:
+        await wait_until(
+            lambda: sum(1 for g in toy.seen if g.split(":")[0] in accounts) >= len(items)
+        )
+        counts = await runtime.read(handled_counts)
+        assert {a: counts[a] for a in accounts} == dict.fromkeys(accounts, 50)
+        for account in accounts:
+            mine = [int(g.split(":")[1]) for g in toy.seen if g.startswith(account + ":")]
+            assert mine == list(range(50)), "order within the partition is kept"
+        handled = BATCH_SIZE.labels(group)._sum.get() - before  # noqa: SLF001
+        assert handled >= len(items)
+        published = await applied_events(kafka, set(accounts), timeout_s=20)
+        expected = sorted(f"{a}:{i}" for i in range(50) for a in accounts)
+        assert sorted(published) == expected, "each event published once"
+    finally:
+        await runtime.stop()
+
+
+async def test_a_second_copy_of_an_event_at_a_new_offset_is_dropped(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("dup")
+    event_id = str(uuid.uuid4())
+    toy = Toy()
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "toy.db", group), toy)
+    await runtime.start()
+    try:
+        await send_all(producer, [(account, grant(account, "g1", event_id))])
+        await wait_until(lambda: "g1" in toy.seen)
+        await send_all(producer, [(account, grant(account, "g1", event_id)),
+                                  (account, grant(account, "g2"))])
+        await wait_until(lambda: "g2" in toy.seen)
+        assert toy.seen.count("g1") == 1
+        assert (await runtime.read(handled_counts))[account] == 2
+    finally:
+        await runtime.stop()
+
+
+async def test_a_transient_failure_holds_the_partition_until_it_passes(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("transient")
+    failures = {"left": 4}
+
+    def fail(event: object) -> BaseException | None:
+        if getattr(event, "account_id", "") == account and failures["left"] > 0:
+            failures["left"] -= 1
+            return TransientError("database away")
+        return None
+
+    toy = Toy(fail=fail)  # type: ignore[arg-type]
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "toy.db", group), toy)
+    await runtime.start()
+    try:
+        await send_all(producer, [(account, grant(account, f"t{i}")) for i in range(5)])
+        await wait_until(lambda: sum(1 for g in toy.seen if g.startswith("t")) == 5)
+        assert [g for g in toy.seen if g.startswith("t")] == [f"t{i}" for i in range(5)]
+        assert failures["left"] == 0
+        assert (await runtime.read(handled_counts))[account] == 5
+        assert await list_dead_letters(kafka, group=group) == []
+    finally:
+        await runtime.stop()
+
+
+async def test_poison_goes_to_the_dead_letter_topic_and_can_be_replayed(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("poison")
+    broken = {"on": True}
+
+    def fail(event: object) -> BaseException | None:
+        message = getattr(event, "message", None)
+        if broken["on"] and getattr(message, "grant_id", "") == "bad":
+            return ValueError("cannot handle this grant")
+        return None
+
+    toy = Toy(fail=fail)  # type: ignore[arg-type]
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "toy.db", group), toy)
+    await runtime.start()
+    try:
+        await send_all(
+            producer,
+            [
+                (account, grant(account, "before")),
+                (account, grant(account, "bad")),
+                (account, b"\x00not an envelope"),
+                (account, grant(account, "after")),
+            ],
+        )
+        await wait_until(lambda: "after" in toy.seen)
+        assert [g for g in toy.seen if g in ("before", "bad", "after")] == ["before", "after"]
+        letters: list = []
+
+        async def listed() -> list:
+            return await list_dead_letters(kafka, group=group)
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(letters) < 2 and asyncio.get_running_loop().time() < deadline:
+            letters = await listed()
+            await asyncio.sleep(0.2)
+        assert len(letters) == 2
+        by_error = sorted(letters, key=lambda e: e.error)
+        assert by_error[0].error.startswith("EventDecodeError")
+        assert by_error[1].error == "ValueError: cannot handle this grant"
+        assert all(e.topic == "credits.granted" and e.group == group for e in letters)
+        assert by_error[1].event_type == "credits.granted" and by_error[1].event_id
+        assert by_error[1].offset >= 0 and by_error[1].key == account
+        # The operator fixes the cause and replays the event that failed.
+        broken["on"] = False
+        replayed = await replay_dead_letters(kafka, refs=[by_error[1].ref])
+        assert [e.ref for e in replayed] == [by_error[1].ref]
+        await wait_until(lambda: "bad" in toy.seen)
+        await asyncio.sleep(1.0)
+        assert toy.seen.count("bad") == 1
+        assert (await runtime.read(handled_counts))[account] == 3
+    finally:
+        await runtime.stop()
+
+
+async def test_rows_left_by_a_dead_writer_are_sent_once_by_one_of_several_instances(
+    kafka: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "shared.db"
+    account = _acct("orphan")
+    runtimes = [
+        toy_runtime(settings_for(kafka, db, f"toy-{uuid.uuid4().hex[:6]}"), Toy())
+        for _ in range(3)
+    ]
+    for r in runtimes:
+        await r.start()
+    try:
+        now = runtimes[0].clock()
+        rows = [
+            OutgoingEvent(
+                topic="credits.applied", key=account, event_id=str(uuid.uuid4()),
+                value=decode_grant_applied(account, f"o{i}"),
+            )
+            for i in range(40)
+        ]
+        # As a writer that died right after its commit would have left them.
+        await runtimes[0].db.write(
+            lambda c: write_outbox(
+                c, MESSAGING, rows, owner="dead-instance", now=now - timedelta(seconds=60),
+                lease=timedelta(seconds=1),
+            )
+        )
+        outbox = MESSAGING.outbox
+
+        async def left() -> int:
+            return int(
+                await runtimes[0].read(
+                    lambda c: c.execute(select(func.count()).select_from(outbox)).scalar()
+                )
+                or 0
+            )
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while await left() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+        assert await left() == 0
+        published = await applied_events(kafka, {account}, timeout_s=20)
+        assert sorted(published) == sorted(f"o{i}" for i in range(40))
+    finally:
+        for r in runtimes:
+            await r.stop()
+
+
+def decode_grant_applied(account: str, grant_id: str) -> bytes:
+    from kiln_contracts import encode, new_event
+    from kiln_contracts.v1 import credits_pb2
+
+    return encode(
+        new_event(
+            "credits.applied",
+            credits_pb2.CreditsApplied(grant_id=grant_id, amount_millicredits=1),
+            account_id=account,
+        )
+    )
