@@ -1,99 +1,133 @@
-"""All of billing's SQL."""
+"""All of billing's SQL, on a synchronous connection (the event runtime's transaction)."""
+
+from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiln_billing.models import AccountBalance, LedgerPosting, LedgerTransaction, Reservation
-from kiln_billing.service import Balances, Booking, JobCharge
-from kiln_runtime.messaging import utcnow
+from kiln_billing.ledger import Balances, Booking, JobCharge
+from kiln_billing.tables import AccountBalance, LedgerPosting, LedgerTransaction, Reservation
 
-# ------------------------------------------------------------------------------ snapshots
+balances_table = AccountBalance.__table__
+postings_table = LedgerPosting.__table__
+transactions_table = LedgerTransaction.__table__
+reservations_table = Reservation.__table__
 
-
-async def begin_snapshot(session: AsyncSession) -> None:
-    """Make every later read of `session`'s transaction see one snapshot of the database
-    (PostgreSQL: REPEATABLE READ; SQLite: an explicit BEGIN, since its driver starts none
-    before reads), so that a check never mixes states while billing writes."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    else:
-        await session.execute(text("BEGIN"))
+# Built once (constructing a statement costs more than running it).
+_SAVE_BALANCES = (
+    update(balances_table)
+    .where(balances_table.c.account_id == bindparam("b_account"))
+    .values(
+        granted_millicredits=bindparam("granted"),
+        available_millicredits=bindparam("available"),
+        reserved_millicredits=bindparam("reserved"),
+        spent_millicredits=bindparam("spent"),
+    )
+)
+_ADD_TRANSACTION = (
+    insert(transactions_table)
+    .values(
+        account_id=bindparam("account_id"),
+        kind=bindparam("kind"),
+        entry_key=bindparam("entry_key"),
+        job_id=bindparam("job_id"),
+        grant_id=bindparam("grant_id"),
+        amount_millicredits=bindparam("amount"),
+        created_at=bindparam("now"),
+    )
+    .returning(transactions_table.c.id)
+)
+_ADD_POSTINGS = insert(postings_table)
+_BOOKING_EXISTS = select(transactions_table.c.id).where(
+    transactions_table.c.entry_key == bindparam("entry_key")
+)
+_UPDATE_CHARGE = (
+    update(reservations_table)
+    .where(reservations_table.c.job_id == bindparam("r_job"))
+    .values(
+        status=bindparam("status"),
+        amount_millicredits=bindparam("amount"),
+        sandbox=bindparam("sandbox"),
+        ended_with=bindparam("ended_with"),
+        settled_at=bindparam("settled_at"),
+    )
+)
+_INSERT_CHARGE = insert(reservations_table)
 
 
 # ------------------------------------------------------------------------------ balances
 
 
-def _balances(row: AccountBalance) -> Balances:
+def _balances(row: object) -> Balances:
     return Balances(
-        row.granted_millicredits,
-        row.available_millicredits,
-        row.reserved_millicredits,
-        row.spent_millicredits,
+        int(row.granted_millicredits),  # type: ignore[attr-defined]
+        int(row.available_millicredits),  # type: ignore[attr-defined]
+        int(row.reserved_millicredits),  # type: ignore[attr-defined]
+        int(row.spent_millicredits),  # type: ignore[attr-defined]
     )
 
 
-async def lock_balances(session: AsyncSession, account_id: str) -> Balances:
-    """The account's cached balances, its row locked until the transaction ends (PostgreSQL:
-    `FOR UPDATE`; SQLite holds the database's write lock from the inbox insert on), so two
-    decisions for one account never read the same balance. Creates the row when missing."""
-    row = await session.get(AccountBalance, account_id, with_for_update=True)
-    if row is None:
-        insert = (
-            postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        )
-        await session.execute(
-            insert(AccountBalance)
-            .values(
-                account_id=account_id,
-                granted_millicredits=0,
-                available_millicredits=0,
-                reserved_millicredits=0,
-                spent_millicredits=0,
-            )
-            .on_conflict_do_nothing(index_elements=["account_id"])
-        )
-        row = await session.get(
-            AccountBalance, account_id, with_for_update=True, populate_existing=True
-        )
-        assert row is not None
-    return _balances(row)
+def lock_balances(connection: Connection, account_ids: Iterable[str]) -> dict[str, Balances]:
+    """The accounts' cached balances, their rows made when missing and locked until the
+    transaction ends (PostgreSQL: `FOR UPDATE`; SQLite: the writer holds the database's write
+    lock from BEGIN IMMEDIATE), so two decisions for one account never read the same balance."""
+    wanted = sorted(set(account_ids))
+    if not wanted:
+        return {}
+    postgres = connection.dialect.name == "postgresql"
+    make = postgresql_insert if postgres else sqlite_insert
+    connection.execute(
+        make(balances_table).on_conflict_do_nothing(index_elements=["account_id"]),
+        [
+            {
+                "account_id": a,
+                "granted_millicredits": 0,
+                "available_millicredits": 0,
+                "reserved_millicredits": 0,
+                "spent_millicredits": 0,
+            }
+            for a in wanted
+        ],
+    )
+    query = select(balances_table).where(balances_table.c.account_id.in_(wanted))
+    if postgres:
+        query = query.with_for_update()
+    return {row.account_id: _balances(row) for row in connection.execute(query)}
 
 
-async def save_balances(session: AsyncSession, account_id: str, balances: Balances) -> None:
+def save_balances(connection: Connection, account_id: str, balances: Balances) -> None:
     """Write the account's new balances (its row is locked by `lock_balances`)."""
-    await session.execute(
-        update(AccountBalance)
-        .where(AccountBalance.account_id == account_id)
-        .values(
-            granted_millicredits=balances.granted,
-            available_millicredits=balances.available,
-            reserved_millicredits=balances.reserved,
-            spent_millicredits=balances.spent,
-        )
-        .execution_options(synchronize_session=False)
+    connection.execute(
+        _SAVE_BALANCES,
+        {
+            "b_account": account_id,
+            "granted": balances.granted,
+            "available": balances.available,
+            "reserved": balances.reserved,
+            "spent": balances.spent,
+        },
     )
 
 
-async def cached_balances(session: AsyncSession) -> dict[str, Balances]:
-    rows = (await session.scalars(select(AccountBalance))).all()
-    return {row.account_id: _balances(row) for row in rows}
+def cached_balances(connection: Connection) -> dict[str, Balances]:
+    return {row.account_id: _balances(row) for row in connection.execute(select(balances_table))}
 
 
-async def cached_totals(session: AsyncSession) -> Balances:
+def cached_totals(connection: Connection) -> Balances:
     """The sum of every account's cached balances (cheap: one row per account)."""
-    row = (
-        await session.execute(
-            select(
-                func.coalesce(func.sum(AccountBalance.granted_millicredits), 0),
-                func.coalesce(func.sum(AccountBalance.available_millicredits), 0),
-                func.coalesce(func.sum(AccountBalance.reserved_millicredits), 0),
-                func.coalesce(func.sum(AccountBalance.spent_millicredits), 0),
-            )
+    b = balances_table.c
+    row = connection.execute(
+        select(
+            func.coalesce(func.sum(b.granted_millicredits), 0),
+            func.coalesce(func.sum(b.available_millicredits), 0),
+            func.coalesce(func.sum(b.reserved_millicredits), 0),
+            func.coalesce(func.sum(b.spent_millicredits), 0),
         )
     ).one()
     return Balances(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
@@ -102,33 +136,31 @@ async def cached_totals(session: AsyncSession) -> Balances:
 # ------------------------------------------------------------------------------ the ledger
 
 
-async def add_booking(
-    session: AsyncSession,
+def add_booking(
+    connection: Connection,
     account_id: str,
     booking: Booking,
     *,
+    now: datetime,
     job_id: str | None = None,
     grant_id: str | None = None,
 ) -> None:
     """Append one booking and its postings."""
-    transaction_id = (
-        await session.execute(
-            insert(LedgerTransaction)
-            .values(
-                account_id=account_id,
-                kind=booking.kind,
-                entry_key=booking.entry_key,
-                job_id=job_id,
-                grant_id=grant_id,
-                amount_millicredits=booking.amount,
-                created_at=utcnow(),
-            )
-            .returning(LedgerTransaction.id)
-        )
+    transaction_id = connection.execute(
+        _ADD_TRANSACTION,
+        {
+            "account_id": account_id,
+            "kind": booking.kind,
+            "entry_key": booking.entry_key,
+            "job_id": job_id,
+            "grant_id": grant_id,
+            "amount": booking.amount,
+            "now": now,
+        },
     ).scalar_one()
     if booking.postings:
-        await session.execute(
-            insert(LedgerPosting),
+        connection.execute(
+            _ADD_POSTINGS,
             [
                 {
                     "transaction_id": transaction_id,
@@ -141,20 +173,16 @@ async def add_booking(
         )
 
 
-async def booking_exists(session: AsyncSession, entry_key: str) -> bool:
-    found = await session.scalar(
-        select(LedgerTransaction.id).where(LedgerTransaction.entry_key == entry_key)
-    )
-    return found is not None
+def booking_exists(connection: Connection, entry_key: str) -> bool:
+    return connection.execute(_BOOKING_EXISTS, {"entry_key": entry_key}).first() is not None
 
 
-async def postings_by_account_and_book(session: AsyncSession) -> dict[str, dict[str, int]]:
-    rows = await session.execute(
-        select(
-            LedgerPosting.account_id,
-            LedgerPosting.book,
-            func.sum(LedgerPosting.amount_millicredits),
-        ).group_by(LedgerPosting.account_id, LedgerPosting.book)
+def postings_by_account_and_book(connection: Connection) -> dict[str, dict[str, int]]:
+    p = postings_table.c
+    rows = connection.execute(
+        select(p.account_id, p.book, func.sum(p.amount_millicredits)).group_by(
+            p.account_id, p.book
+        )
     )
     books: dict[str, dict[str, int]] = defaultdict(dict)
     for account_id, book, total in rows:
@@ -162,42 +190,43 @@ async def postings_by_account_and_book(session: AsyncSession) -> dict[str, dict[
     return dict(books)
 
 
-async def unbalanced_transactions(session: AsyncSession) -> list[tuple[str, int]]:
+def unbalanced_transactions(connection: Connection) -> list[tuple[str, int]]:
     """(entry_key, sum of its postings) of every booking whose postings do not sum to zero,
     or that moved an amount without any posting."""
+    p, t = postings_table.c, transactions_table.c
     sums = (
         select(
-            LedgerPosting.transaction_id.label("transaction_id"),
-            func.sum(LedgerPosting.amount_millicredits).label("total"),
+            p.transaction_id.label("transaction_id"),
+            func.sum(p.amount_millicredits).label("total"),
             func.count().label("legs"),
         )
-        .group_by(LedgerPosting.transaction_id)
+        .group_by(p.transaction_id)
         .subquery()
     )
-    rows = await session.execute(
+    rows = connection.execute(
         select(
-            LedgerTransaction.entry_key,
+            t.entry_key,
             func.coalesce(sums.c.total, 0),
             func.coalesce(sums.c.legs, 0),
-            LedgerTransaction.amount_millicredits,
+            t.amount_millicredits,
         )
-        .outerjoin(sums, sums.c.transaction_id == LedgerTransaction.id)
+        .outerjoin(sums, sums.c.transaction_id == t.id)
         .where(
             (func.coalesce(sums.c.total, 0) != 0)
-            | ((func.coalesce(sums.c.legs, 0) == 0) & (LedgerTransaction.amount_millicredits != 0))
+            | ((func.coalesce(sums.c.legs, 0) == 0) & (t.amount_millicredits != 0))
         )
     )
     return [(key, int(total)) for key, total, _legs, _amount in rows]
 
 
-async def orphan_postings(session: AsyncSession) -> int:
+def orphan_postings(connection: Connection) -> int:
     """Postings whose account differs from their booking's."""
-    count = await session.scalar(
+    p, t = postings_table.c, transactions_table.c
+    count = connection.execute(
         select(func.count())
-        .select_from(LedgerPosting)
-        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
-        .where(LedgerPosting.account_id != LedgerTransaction.account_id)
-    )
+        .select_from(postings_table.join(transactions_table, t.id == p.transaction_id))
+        .where(p.account_id != t.account_id)
+    ).scalar()
     return int(count or 0)
 
 
@@ -209,69 +238,78 @@ class JobBooking:
     amount: int
 
 
-async def job_bookings(session: AsyncSession) -> list[JobBooking]:
-    rows = await session.execute(
-        select(
-            LedgerTransaction.job_id,
-            LedgerTransaction.account_id,
-            LedgerTransaction.kind,
-            LedgerTransaction.amount_millicredits,
-        ).where(LedgerTransaction.job_id.is_not(None))
+def job_bookings(connection: Connection) -> list[JobBooking]:
+    t = transactions_table.c
+    rows = connection.execute(
+        select(t.job_id, t.account_id, t.kind, t.amount_millicredits).where(t.job_id.is_not(None))
     )
     return [JobBooking(str(j), a, k, int(m)) for j, a, k, m in rows]
 
 
-async def ledger_counts(session: AsyncSession) -> tuple[int, int]:
+def ledger_counts(connection: Connection) -> tuple[int, int]:
     """(bookings, postings)."""
-    bookings = await session.scalar(select(func.count()).select_from(LedgerTransaction))
-    postings = await session.scalar(select(func.count()).select_from(LedgerPosting))
+    bookings = connection.execute(select(func.count()).select_from(transactions_table)).scalar()
+    postings = connection.execute(select(func.count()).select_from(postings_table)).scalar()
     return int(bookings or 0), int(postings or 0)
 
 
 # ------------------------------------------------------------------------------ job charges
 
 
-def _charge(row: Reservation) -> JobCharge:
+def _charge(row: object) -> JobCharge:
     return JobCharge(
-        status=row.status,  # type: ignore[arg-type]
-        amount=row.amount_millicredits,
-        sandbox=row.sandbox,
-        ended_with=row.ended_with,  # type: ignore[arg-type]
+        status=row.status,  # type: ignore[attr-defined]
+        amount=int(row.amount_millicredits),  # type: ignore[attr-defined]
+        sandbox=bool(row.sandbox),  # type: ignore[attr-defined]
+        ended_with=row.ended_with,  # type: ignore[attr-defined]
     )
 
 
-async def job_charge(session: AsyncSession, job_id: str) -> tuple[str, JobCharge] | None:
-    """(account id, charge) of a job billing has heard of, or None."""
-    row = await session.get(Reservation, job_id)
-    if row is None:
-        return None
-    return row.account_id, _charge(row)
+def job_charges(
+    connection: Connection, job_ids: Iterable[str]
+) -> dict[str, tuple[str, JobCharge]]:
+    """(account id, charge) of the jobs billing has heard of, by job id."""
+    wanted = sorted(set(job_ids))
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        select(reservations_table).where(reservations_table.c.job_id.in_(wanted))
+    )
+    return {row.job_id: (row.account_id, _charge(row)) for row in rows}
 
 
-async def save_job_charge(
-    session: AsyncSession, job_id: str, account_id: str, charge: JobCharge, *, known: bool
+def save_job_charge(
+    connection: Connection,
+    job_id: str,
+    account_id: str,
+    charge: JobCharge,
+    *,
+    known: bool,
+    now: datetime,
 ) -> None:
     """Record the job's new state; `known` says whether billing had a row for it already."""
-    now = utcnow()
     values = {
         "status": charge.status,
-        "amount_millicredits": charge.amount,
+        "amount": charge.amount,
         "sandbox": charge.sandbox,
         "ended_with": charge.ended_with,
         "settled_at": now if charge.final else None,
     }
     if known:
-        await session.execute(
-            update(Reservation)
-            .where(Reservation.job_id == job_id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        connection.execute(_UPDATE_CHARGE, {"r_job": job_id, **values})
     else:
-        await session.execute(
-            insert(Reservation).values(
-                job_id=job_id, account_id=account_id, created_at=now, **values
-            )
+        connection.execute(
+            _INSERT_CHARGE,
+            {
+                "job_id": job_id,
+                "account_id": account_id,
+                "created_at": now,
+                "status": charge.status,
+                "amount_millicredits": charge.amount,
+                "sandbox": charge.sandbox,
+                "ended_with": charge.ended_with,
+                "settled_at": values["settled_at"],
+            },
         )
 
 
@@ -282,16 +320,15 @@ class ChargeRow:
     charge: JobCharge
 
 
-async def all_job_charges(session: AsyncSession) -> list[ChargeRow]:
-    rows = (await session.scalars(select(Reservation))).all()
+def all_job_charges(connection: Connection) -> list[ChargeRow]:
+    rows = connection.execute(select(reservations_table))
     return [ChargeRow(r.job_id, r.account_id, _charge(r)) for r in rows]
 
 
-async def job_counts(session: AsyncSession) -> dict[tuple[bool, str], int]:
+def job_counts(connection: Connection) -> dict[tuple[bool, str], int]:
     """Jobs by (sandbox, status)."""
-    rows = await session.execute(
-        select(Reservation.sandbox, Reservation.status, func.count()).group_by(
-            Reservation.sandbox, Reservation.status
-        )
+    r = reservations_table.c
+    rows = connection.execute(
+        select(r.sandbox, r.status, func.count()).group_by(r.sandbox, r.status)
     )
     return {(bool(sandbox), status): int(n) for sandbox, status, n in rows}

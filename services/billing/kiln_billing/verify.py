@@ -17,18 +17,17 @@ import argparse
 import asyncio
 import json
 import sys
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, text
 
 from kiln_billing import repository
-from kiln_billing.migrate import database_revision, head_revision
-from kiln_billing.service import Balances, balances_from_books
-from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
+from kiln_billing.migrate import current_revision, head_revision
+from kiln_billing.ledger import Balances, balances_from_books
+from kiln_runtime.db import make_sync_engine
 from kiln_runtime.money import format_credits
 
 # The bookings a job in each state has, by kind (sandbox and zero-price jobs have none).
@@ -118,16 +117,16 @@ def _check_account(
         problems.add(f"{account_id}: cached balance {cached} != postings {derived}")
 
 
-async def check_ledger_session(session: AsyncSession) -> LedgerReport:
+def check_ledger_connection(connection: Connection) -> LedgerReport:
     problems = _Problems()
-    for key, total in await repository.unbalanced_transactions(session):
+    for key, total in repository.unbalanced_transactions(connection):
         problems.add(f"booking {key} does not balance (its postings sum to {total})")
-    orphans = await repository.orphan_postings(session)
+    orphans = repository.orphan_postings(connection)
     if orphans:
         problems.add(f"{orphans} postings carry another account than their booking's")
 
-    books = await repository.postings_by_account_and_book(session)
-    cached = await repository.cached_balances(session)
+    books = repository.postings_by_account_and_book(connection)
+    cached = repository.cached_balances(connection)
     reports: list[AccountReport] = []
     totals = Balances.zero()
     for account_id in sorted(set(books) | set(cached)):
@@ -148,14 +147,14 @@ async def check_ledger_session(session: AsyncSession) -> LedgerReport:
     bookings_by_job: dict[str, Counter[str]] = defaultdict(Counter)
     booked_amounts: dict[str, set[int]] = defaultdict(set)
     booking_accounts: dict[str, str] = {}
-    for booking in await repository.job_bookings(session):
+    for booking in repository.job_bookings(connection):
         bookings_by_job[booking.job_id][booking.kind] += 1
         booked_amounts[booking.job_id].add(booking.amount)
         booking_accounts[booking.job_id] = booking.account_id
     held_by_account: dict[str, int] = defaultdict(int)
     jobs: dict[str, dict[str, int]] = {"live": {}, "sandbox": {}}
     seen: set[str] = set()
-    for row in await repository.all_job_charges(session):
+    for row in repository.all_job_charges(connection):
         charge = row.charge
         seen.add(row.job_id)
         job_mode = "sandbox" if charge.sandbox else "live"
@@ -192,7 +191,7 @@ async def check_ledger_session(session: AsyncSession) -> LedgerReport:
                 f"{held_by_account.get(report.account_id, 0)}"
             )
 
-    booking_count, posting_count = await repository.ledger_counts(session)
+    booking_count, posting_count = repository.ledger_counts(connection)
     return LedgerReport(
         ok=problems.count == 0,
         accounts=len(reports),
@@ -211,56 +210,45 @@ async def check_ledger_session(session: AsyncSession) -> LedgerReport:
     )
 
 
-async def check_ledger(sessions: SessionFactory) -> LedgerReport:
-    """Check the ledger in one read-only snapshot, even while billing writes."""
-    async with sessions() as session:
-        await repository.begin_snapshot(session)
-        try:
-            return await check_ledger_session(session)
-        finally:
-            await session.rollback()
+def check_ledger(connection: Connection) -> LedgerReport:
+    """Check the ledger in one read-only snapshot, even while billing writes (PostgreSQL:
+    REPEATABLE READ; SQLite: one read transaction of the WAL)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    try:
+        return check_ledger_connection(connection)
+    finally:
+        connection.rollback()
 
 
 class LedgerUnreadable(RuntimeError):
     """The database is not a billing ledger at the current schema."""
 
 
-async def verify_ledger_async(database_url: str) -> LedgerReport:
-    engine = make_engine(database_url)
+def _verify(database_url: str) -> LedgerReport:
+    engine = make_sync_engine(database_url)
     try:
-        revision, head = await database_revision(engine), head_revision()
-        if revision != head:
-            raise LedgerUnreadable(
-                f"the database is at schema revision {revision or 'none'}, not {head}: "
-                "start billing once (it migrates its database when it starts)"
-            )
-        return await check_ledger(make_session_factory(engine))
+        with engine.connect() as connection:
+            revision, head = current_revision(connection), head_revision()
+            connection.rollback()
+            if revision != head:
+                raise LedgerUnreadable(
+                    f"the database is at schema revision {revision or 'none'}, not {head}: "
+                    "start billing once (it migrates its database when it starts)"
+                )
+            connection.begin()
+            return check_ledger(connection)
     finally:
-        await engine.dispose()
+        engine.dispose()
+
+
+async def verify_ledger_async(database_url: str) -> LedgerReport:
+    return await asyncio.to_thread(_verify, database_url)
 
 
 def verify_ledger(database_url: str) -> LedgerReport:
-    """Check billing's ledger at `database_url` (read-only); callable from sync code, even
-    from a thread whose event loop runs."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(verify_ledger_async(database_url))
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["report"] = asyncio.run(verify_ledger_async(database_url))
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="verify-ledger")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    report: LedgerReport = box["report"]
-    return report
+    """Check billing's ledger at `database_url` (read-only); callable from any thread."""
+    return _verify(database_url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

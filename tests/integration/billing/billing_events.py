@@ -9,22 +9,39 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from kiln_billing.consumers import make_handlers
-from kiln_billing.models import MESSAGING, LedgerTransaction
-from kiln_billing.verify import LedgerReport, check_ledger
+from kiln_billing.handlers import make_handlers
+from kiln_billing.tables import MESSAGING, LedgerTransaction
+from kiln_billing.verify import LedgerReport, verify_ledger_async
 from kiln_contracts import Event, decode, encode, new_event
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_runtime.catalog import Catalog, load_catalog
-from kiln_runtime.consuming import EventProcessor
-from kiln_runtime.db import SessionFactory
+from kiln_runtime.db import Database, SessionFactory
+from kiln_runtime.testing import EventDriver
 
 IMAGE = "kiln/prompt-to-image"  # 5 credits in the default catalog
 IMAGE_PRICE = 5_000
 
 
-def processor(sessions: SessionFactory, catalog: Catalog | None = None) -> EventProcessor:
-    return EventProcessor(
-        sessions, MESSAGING, consumer="billing", handlers=make_handlers(catalog or load_catalog())
+_DATABASES: dict[str, Database] = {}
+
+
+def database_url_of(sessions: SessionFactory) -> str:
+    return str(sessions.kw["bind"].url.render_as_string(hide_password=False))
+
+
+def database_of(sessions: SessionFactory) -> Database:
+    """One runtime Database (sync engine, writer thread) per test database."""
+    url = database_url_of(sessions)
+    if url not in _DATABASES:
+        _DATABASES[url] = Database(url, service="billing")
+    return _DATABASES[url]
+
+
+def processor(sessions: SessionFactory, catalog: Catalog | None = None) -> EventDriver:
+    """Billing's handlers as the consumer runs them (inbox, outbox, one transaction per
+    batch), on the test's database."""
+    return EventDriver(
+        database_of(sessions), MESSAGING, make_handlers(catalog or load_catalog()), group="billing"
     )
 
 
@@ -106,6 +123,10 @@ async def bookings_by_job(sessions: SessionFactory, job_id: str) -> Counter[str]
             .group_by(LedgerTransaction.kind)
         )
         return Counter({kind: int(n) for kind, n in rows})
+
+
+async def check_ledger(sessions: SessionFactory) -> LedgerReport:
+    return await verify_ledger_async(database_url_of(sessions))
 
 
 async def sound_ledger(sessions: SessionFactory) -> LedgerReport:

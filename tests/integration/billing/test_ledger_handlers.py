@@ -7,8 +7,7 @@ import itertools
 import pytest
 from sqlalchemy import insert, update
 
-from kiln_billing.models import AccountBalance, LedgerPosting, LedgerTransaction
-from kiln_billing.verify import check_ledger
+from kiln_billing.tables import AccountBalance, LedgerPosting, LedgerTransaction
 from kiln_contracts import Event
 from kiln_contracts.v1 import credits_pb2
 from kiln_runtime.catalog import load_catalog
@@ -17,6 +16,7 @@ from tests.integration.billing.billing_events import (
     IMAGE,
     IMAGE_PRICE,
     bookings_by_job,
+    check_ledger,
     emitted,
     emitted_types,
     ended,

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from kiln_billing.migrate import upgrade_database
-from kiln_billing.models import AccountBalance
+from kiln_billing.tables import AccountBalance
 from kiln_billing.verify import main, verify_ledger
 from kiln_runtime.db import SessionFactory, make_engine, transaction
 from tests.integration.billing.billing_events import (

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from kiln_billing.service import (
+from kiln_billing.ledger import (
     Balances,
     Book,
     Booking,

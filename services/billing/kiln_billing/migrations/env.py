@@ -1,13 +1,11 @@
 """Alembic's entry: migrate the connection `kiln_billing.migrate` hands over, or (from the
 `alembic` command line) the database of `sqlalchemy.url` / KILN_DATABASE_URL."""
 
-import asyncio
-
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from kiln_billing.models import Base
-from kiln_runtime.db import make_engine
+from kiln_billing.tables import Base
+from kiln_runtime.db import make_sync_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -34,15 +32,6 @@ def database_url() -> str:
     return BillingSettings().database_url
 
 
-async def run_on_engine(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(run_migrations)
-    finally:
-        await engine.dispose()
-
-
 given: Connection | None = config.attributes.get("connection")
 if given is not None:
     run_migrations(given)
@@ -51,4 +40,9 @@ elif context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    asyncio.run(run_on_engine(database_url()))
+    engine = make_sync_engine(database_url())
+    try:
+        with engine.begin() as connection:
+            run_migrations(connection)
+    finally:
+        engine.dispose()

@@ -1,0 +1,80 @@
+"""Driving a service's handlers without a broker, the way the consumer does (one transaction
+per batch, positions, inbox, outbox rows left in the table), for tests of handlers on a real
+database. The consumer itself is tested on a real broker (tests/integration/runtime)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from kiln_contracts import Event, encode
+from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, decode_deliveries
+from kiln_runtime.db import Database
+from kiln_runtime.messaging import MessagingTables, utcnow
+
+
+# Every call of every driver reads a partition of its own: no two share a position.
+_PARTITIONS = itertools.count(1)
+
+
+class EventDriver:
+    def __init__(
+        self,
+        database: Database,
+        tables: MessagingTables,
+        handlers: EventHandlers,
+        *,
+        group: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = database
+        self.group = group
+        self._handlers = handlers
+        self._batch = BatchTransaction(
+            tables,
+            handlers,
+            group=group,
+            service=group,
+            owner="test-driver",
+            lease=timedelta(hours=1),
+            clock=clock,
+            take_acked=list,
+            return_acked=lambda _ids: None,
+        )
+        self.callbacks_run = 0
+
+    async def process(self, event: Event) -> bool:
+        """Handle one event in its own transaction; False when it was a duplicate or is not
+        handled here."""
+        [outcome] = await self.process_batch([event])
+        return outcome == "processed"
+
+    async def process_batch(self, events: Sequence[Event]) -> list[str]:
+        """Handle events as one polled batch (one transaction); their outcomes in order. Each
+        call reads a partition of its own, so calls may run side by side."""
+        partition = next(_PARTITIONS)
+        deliveries = [
+            Delivery(
+                topic=event.type,
+                partition=partition,
+                offset=offset,
+                key=event.account_id.encode(),
+                value=encode(event.envelope),
+            )
+            for offset, event in enumerate(events)
+        ]
+        decoded = decode_deliveries(deliveries, group=self.group, topics=self._handlers.topics)
+        result = await self.db.write(lambda c: self._batch.handle(c, decoded, {}))
+        for callback in result.callbacks:
+            callback()
+            self.callbacks_run += 1
+        outcomes = []
+        for d in decoded:
+            if d.skip is not None:
+                outcomes.append(d.skip)
+            elif d.error is not None:
+                outcomes.append("dead_lettered")
+            else:
+                outcomes.append("processed")
+        return outcomes
