@@ -50,7 +50,8 @@ class EventHandlers:
     before_batch: Callable[[Unit, Sequence[Event]], None] | None = None
     after_batch: Callable[[Unit], None] | None = None
     on_rollback: Callable[[], None] | None = None
-    on_assigned: Callable[[Connection, frozenset[int]], None] | None = None
+    # (connection, the partition numbers this member holds, how many partitions there are)
+    on_assigned: Callable[[Connection, frozenset[int], int], None] | None = None
 
     @property
     def topics(self) -> list[str]:

@@ -168,6 +168,9 @@ class EventConsumer:
                 self._positions.pop(tp, None)
                 self._to_commit.pop(tp, None)
                 CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(0)
+            if revoked:
+                self.assigned.clear()
+                await self._tell_assignment()
         if revoked:
             log.info("%s: partitions revoked: %s", self._service, _names(revoked))
 
@@ -179,12 +182,18 @@ class EventConsumer:
             if position is not None:
                 self._consumer.seek(tp, position)
             self._positions[tp] = position
-        if self._handlers.on_assigned is not None:
-            hook = self._handlers.on_assigned
-            numbers = frozenset(tp.partition for tp in self._positions)
-            await self._db.write(lambda c: hook(c, numbers))
+        await self._tell_assignment()
         self.assigned.set()
         log.info("%s: partitions assigned: %s", self._service, _names(assigned))
+
+    async def _tell_assignment(self) -> None:
+        """Give the handlers' `on_assigned` the partitions held now (after every change)."""
+        if self._handlers.on_assigned is None or self._consumer is None:
+            return
+        hook = self._handlers.on_assigned
+        numbers = frozenset(tp.partition for tp in self._positions)
+        counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self.topics]
+        await self._db.write(lambda c: hook(c, numbers, max(counts, default=1)))
 
     def _stored_positions(
         self, connection: Connection, tps: set[TopicPartition]

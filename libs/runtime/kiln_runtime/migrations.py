@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, MetaData, inspect, text
 
 Migrate = Callable[[Connection], None]
 
@@ -55,3 +55,41 @@ def upgrade(
 
 def downgrade(connection: Connection, migrations_dir: Path, revision: str) -> None:
     command.downgrade(alembic_config(migrations_dir, connection), revision)
+
+
+def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
+    """The body of every service's `migrations/env.py`: migrate the connection the runtime hands
+    over, or (from the `alembic` command line) the database of `sqlalchemy.url`, else the
+    service's own setting (KILN_DATABASE_URL)."""
+    from alembic import context
+
+    from kiln_runtime.db import make_sync_engine
+
+    config = context.config
+
+    def run_migrations(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            # SQLite alters a table by copying it; Alembic's batch mode does that.
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    given: Connection | None = config.attributes.get("connection")
+    url = config.get_main_option("sqlalchemy.url") or ""
+    if given is not None:
+        run_migrations(given)
+    elif context.is_offline_mode():
+        context.configure(url=url or default_url(), target_metadata=metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    else:
+        engine = make_sync_engine(url or default_url())
+        try:
+            with engine.begin() as connection:
+                run_migrations(connection)
+        finally:
+            engine.dispose()

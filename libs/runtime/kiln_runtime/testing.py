@@ -9,9 +9,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from kiln_contracts import Event, encode
+from typing import TypeVar
+
 from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, decode_deliveries
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
+from kiln_runtime.unit import Unit, write_outbox
+
+T = TypeVar("T")
 
 
 # Every call of every driver reads a partition of its own: no two share a position.
@@ -30,6 +35,8 @@ class EventDriver:
     ) -> None:
         self.db = database
         self.group = group
+        self._tables = tables
+        self._clock = clock
         self._handlers = handlers
         self._batch = BatchTransaction(
             tables,
@@ -78,3 +85,20 @@ class EventDriver:
             else:
                 outcomes.append("processed")
         return outcomes
+
+    async def write(self, work: Callable[[Unit], T]) -> T:
+        """Run `work(unit)` in its own transaction with its outbox rows, as the runtime's
+        group commit does for writes no event caused (a timer, an HTTP request)."""
+
+        def run(connection: object) -> T:
+            unit = Unit(connection, self._clock(), self.group)  # type: ignore[arg-type]
+            result = work(unit)
+            write_outbox(
+                unit.connection, self._tables, unit.outgoing, owner="test-driver",
+                now=unit.now, lease=timedelta(hours=1),
+            )
+            for callback in unit.callbacks():
+                callback()
+            return result
+
+        return await self.db.write(run)

@@ -1,55 +1,68 @@
-"""The scheduler as a faust worker: `python -m kiln_scheduler`. The event handlers run in the
-faust agent; the timer (deadlines, lost workers, retries due, queue metrics) is a task started
-once the runtime is up."""
+"""The scheduler: `python -m kiln_scheduler` consumes reservations and workers' reports
+(handlers.py), runs its timer (deadlines, lost workers, retries due, queue metrics) and serves
+/healthz, /readyz and /metrics."""
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
 
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.db import transaction
-from kiln_runtime.faust_support import attach_processor, make_faust_app, run_worker
-from kiln_runtime.logs import configure_logging
-from kiln_runtime.messaging import utcnow
-from kiln_runtime.outbox import Outbox
+from kiln_runtime.http import serve, service_app
 from kiln_runtime.service import ServiceRuntime
-from kiln_scheduler import repository
 from kiln_scheduler.config import SchedulerSettings
-from kiln_scheduler.consumers import Scheduler
-from kiln_scheduler.models import MESSAGING, Base
+from kiln_scheduler.handlers import Scheduler
+from kiln_scheduler.migrate import upgrade_connection
+from kiln_scheduler.tables import MESSAGING, Base
 
 log = logging.getLogger(__name__)
 
-settings = SchedulerSettings()
-runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, migrate=repository.migrate)
-scheduler = Scheduler(load_catalog(settings.catalog_file), settings)
-app = make_faust_app(runtime)
-attach_processor(app, runtime, scheduler.handlers())
 
-
-async def tick_once() -> None:
-    outbox = Outbox()
-    async with transaction(runtime.sessions) as session:
-        await repository.lock(session)
-        await scheduler.tick(session, outbox, utcnow())
-        await outbox.write(session, runtime.tables)
-    if outbox.envelopes:
-        runtime.relay.wake()
-
-
-@app.task  # type: ignore[untyped-decorator]  # faust's are untyped
-async def run_timer() -> None:
-    await runtime.started.wait()
-    log.info("scheduler timer started (every %.2f s)", settings.tick_interval_s)
+async def run_timer(runtime: ServiceRuntime, scheduler: Scheduler, interval_s: float) -> None:
+    """Tick while this instance holds partitions; a failed tick reloads the queue."""
+    consumer = runtime.consumer
     while True:
+        if consumer is not None:
+            await consumer.assigned.wait()
         try:
-            await tick_once()
+            await runtime.write(scheduler.tick)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("scheduler tick failed; next one in %.2f s", settings.tick_interval_s)
-        await asyncio.sleep(settings.tick_interval_s)
+            scheduler.forget()
+            log.exception("scheduler tick failed; next one in %.2f s", interval_s)
+        await asyncio.sleep(interval_s)
+
+
+def create_app(settings: SchedulerSettings) -> FastAPI:
+    scheduler = Scheduler(load_catalog(settings.catalog_file), settings)
+    runtime = ServiceRuntime(
+        settings,
+        Base.metadata,
+        MESSAGING,
+        migrate=upgrade_connection,
+        handlers=scheduler.handlers(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def timer(rt: ServiceRuntime) -> AsyncIterator[None]:
+        task = asyncio.create_task(
+            run_timer(rt, scheduler, settings.tick_interval_s), name="scheduler-timer"
+        )
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = service_app("Kiln scheduler", runtime, alongside=timer)
+    app.state.runtime = runtime
+    return app
 
 
 def main() -> None:
-    configure_logging(settings.service_name, settings.log_level)
-    run_worker(app, settings.log_level)
+    settings = SchedulerSettings()
+    serve(create_app(settings), settings)

@@ -1,14 +1,36 @@
-"""All of the scheduler's SQL."""
+"""All of the scheduler's SQL, on a synchronous connection (the event runtime's transaction)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import and_, func, insert, inspect, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from kiln_scheduler.models import Base, PoolStats, QueuedJob
-from kiln_scheduler.service import ACTIVE_STATUSES, Waiting
+from kiln_scheduler.decisions import ACTIVE_STATUSES, FINISHED
+from kiln_scheduler.queue import COLUMNS, QueuedJobState
+from kiln_scheduler.tables import PoolSlots, PoolStats, QueuedJob
 
-LOCK_ROW = "*"
+jobs_table = QueuedJob.__table__
+stats_table = PoolStats.__table__
+slots_table = PoolSlots.__table__
+
+_MUTABLE = tuple(c for c in COLUMNS if c not in ("job_id", "seq"))
+_INSERT_JOBS = insert(jobs_table).returning(jobs_table.c.seq, sort_by_parameter_order=True)
+_UPDATE_JOB = (
+    update(jobs_table)
+    .where(jobs_table.c.job_id == bindparam("key_job_id"))
+    .values({name: bindparam(f"v_{name}") for name in _MUTABLE})
+)
+_MOVE_SLOTS = (
+    update(slots_table)
+    .where(slots_table.c.pool == bindparam("s_pool"))
+    .values(in_flight=slots_table.c.in_flight + bindparam("delta"))
+    .returning(slots_table.c.in_flight)
+)
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -18,137 +40,113 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Make the missing tables, then add the columns a table made by an older version lacks
-    (every column added since is nullable)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-
-        def missing_columns(sync_conn: object) -> list[str]:
-            present = {c["name"] for c in inspect(sync_conn).get_columns("queued_jobs")}
-            return [c.name for c in QueuedJob.__table__.columns if c.name not in present]
-
-        dialect = conn.dialect
-        for name in await conn.run_sync(missing_columns):
-            column = QueuedJob.__table__.columns[name]
-            sql_type = column.type.compile(dialect=dialect)
-            await conn.execute(text(f"ALTER TABLE queued_jobs ADD COLUMN {name} {sql_type}"))
-        # The lock row exists before any transaction needs it (see `lock`).
-        found = await conn.scalar(select(PoolStats.pool).where(PoolStats.pool == LOCK_ROW))
-        if found is None:
-            await conn.execute(insert(PoolStats).values(pool=LOCK_ROW, samples=0))
+def _state(row: Any) -> QueuedJobState:
+    values = {name: getattr(row, name) for name in COLUMNS}
+    for name in (
+        "enqueued_at", "dispatched_at", "finished_at", "deadline_at", "ready_at", "started_at",
+        "last_seen_at",
+    ):
+        values[name] = aware(values[name])
+    return QueuedJobState(**values)
 
 
-async def lock(session: AsyncSession) -> None:
-    """Take the scheduler's write lock for this transaction: the timer and the event handlers
-    both decide over whole pools, so they run one at a time. A write first: on SQLite it takes
-    the database's write lock before anything is read; on PostgreSQL it locks one row."""
-    result = await session.execute(
-        update(PoolStats).where(PoolStats.pool == LOCK_ROW).values(samples=PoolStats.samples + 1)
+def unfinished_jobs(connection: Connection) -> list[QueuedJobState]:
+    """Every job not finished (waiting, in flight, or a cancel waiting for its reservation)."""
+    rows = connection.execute(
+        select(jobs_table).where(jobs_table.c.status != FINISHED).order_by(jobs_table.c.seq)
     )
-    if getattr(result, "rowcount", 1) == 0:
-        session.add(PoolStats(pool=LOCK_ROW, mean_duration_s=None, samples=0))
-        await session.flush()
+    return [_state(r) for r in rows]
 
 
-async def job(session: AsyncSession, job_id: str) -> QueuedJob | None:
-    return await session.scalar(select(QueuedJob).where(QueuedJob.job_id == job_id))
+def job(connection: Connection, job_id: str) -> QueuedJobState | None:
+    row = connection.execute(select(jobs_table).where(jobs_table.c.job_id == job_id)).first()
+    return _state(row) if row is not None else None
 
 
-async def waiting_in_pool(session: AsyncSession, pool: str) -> list[Waiting]:
-    rows = await session.execute(
-        select(QueuedJob.job_id, QueuedJob.account_id, QueuedJob.seq, QueuedJob.ready_at).where(
-            QueuedJob.pool == pool, QueuedJob.status == "queued"
-        )
-    )
-    return [
-        Waiting(job_id=r.job_id, account_id=r.account_id, seq=r.seq, ready_at=aware(r.ready_at))
-        for r in rows
+def insert_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
+    """Insert new rows; each job learns its `seq` (its arrival order)."""
+    if not jobs:
+        return
+    params = [
+        {name: getattr(j, name) for name in COLUMNS if name != "seq"} for j in jobs
     ]
+    seqs = connection.execute(_INSERT_JOBS, params).scalars().all()
+    for j, seq in zip(jobs, seqs, strict=True):
+        j.seq = seq
 
 
-async def in_flight_by_account(session: AsyncSession, pool: str) -> dict[str, int]:
-    rows = await session.execute(
-        select(QueuedJob.account_id, func.count())
-        .where(QueuedJob.pool == pool, QueuedJob.status.in_(ACTIVE_STATUSES))
-        .group_by(QueuedJob.account_id)
+def update_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
+    if not jobs:
+        return
+    connection.execute(
+        _UPDATE_JOB,
+        [
+            {"key_job_id": j.job_id, **{f"v_{name}": getattr(j, name) for name in _MUTABLE}}
+            for j in jobs
+        ],
     )
-    return {account_id: int(count) for account_id, count in rows}
 
 
-async def in_flight(session: AsyncSession, pool: str) -> int:
-    return sum((await in_flight_by_account(session, pool)).values())
+# ------------------------------------------------------------------------------ pool slots
 
 
-async def pool_liveness(session: AsyncSession, pool: str) -> tuple[datetime | None, int]:
-    """The oldest dispatch of the pool not started yet, and how many of its jobs started."""
-    oldest = await session.scalar(
-        select(func.min(QueuedJob.dispatched_at)).where(
-            QueuedJob.pool == pool,
-            QueuedJob.status.in_(ACTIVE_STATUSES),
-            QueuedJob.started_at.is_(None),
+def move_slots(connection: Connection, pool: str, delta: int) -> int:
+    """Add `delta` to the pool's jobs in flight; returns the new count."""
+    found = connection.execute(_MOVE_SLOTS, {"s_pool": pool, "delta": delta}).scalar()
+    if found is not None:
+        return int(found)
+    make = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(
+        make(slots_table).values(pool=pool, in_flight=0).on_conflict_do_nothing(
+            index_elements=["pool"]
         )
     )
-    started = await session.scalar(
-        select(func.count())
-        .select_from(QueuedJob)
-        .where(
-            QueuedJob.pool == pool,
-            QueuedJob.status.in_(ACTIVE_STATUSES),
-            QueuedJob.started_at.is_not(None),
+    return int(connection.execute(_MOVE_SLOTS, {"s_pool": pool, "delta": delta}).scalar_one())
+
+
+def recount_slots(connection: Connection) -> None:
+    """Set every pool's slots in use from the jobs themselves (at assignment: cheap insurance)."""
+    counts = dict(
+        connection.execute(
+            select(jobs_table.c.pool, func.count())
+            .where(jobs_table.c.status.in_(ACTIVE_STATUSES))
+            .group_by(jobs_table.c.pool)
+        ).all()
+    )
+    known = set(connection.execute(select(slots_table.c.pool)).scalars())
+    for pool in known | set(counts):
+        move_slots(connection, pool, 0)
+        connection.execute(
+            update(slots_table)
+            .where(slots_table.c.pool == pool)
+            .values(in_flight=int(counts.get(pool, 0)))
+        )
+
+
+# ------------------------------------------------------------------------------ durations
+
+
+def mean_durations(connection: Connection) -> dict[str, float | None]:
+    rows = connection.execute(select(stats_table.c.pool, stats_table.c.mean_duration_s))
+    return {pool: mean for pool, mean in rows}
+
+
+def record_duration(connection: Connection, pool: str, mean: float) -> None:
+    make = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = make(stats_table).values(pool=pool, mean_duration_s=mean, samples=1)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["pool"],
+            set_={"mean_duration_s": mean, "samples": stats_table.c.samples + 1},
         )
     )
-    return aware(oldest), int(started or 0)
 
 
-async def jobs_by_id(session: AsyncSession, job_ids: list[str]) -> list[QueuedJob]:
-    if not job_ids:
-        return []
-    rows = await session.scalars(select(QueuedJob).where(QueuedJob.job_id.in_(job_ids)))
-    by_id = {r.job_id: r for r in rows}
-    return [by_id[j] for j in job_ids]
-
-
-async def due_for_timer(session: AsyncSession, now: datetime) -> list[QueuedJob]:
-    """The jobs the timer must look at: every job handed to a worker (deadline, liveness) and
-    the waiting ones past their deadline. Waiting jobs within their deadline are not loaded."""
-    rows = await session.scalars(
-        select(QueuedJob).where(
-            or_(
-                QueuedJob.status.in_(ACTIVE_STATUSES),
-                and_(QueuedJob.status == "queued", QueuedJob.deadline_at <= now),
-            )
-        )
-    )
-    return list(rows)
-
-
-async def pools_with_waiting(session: AsyncSession) -> list[str]:
-    rows = await session.scalars(
-        select(QueuedJob.pool).where(QueuedJob.status == "queued").distinct()
-    )
-    return list(rows)
-
-
-async def mean_duration(session: AsyncSession, pool: str) -> float | None:
-    row = await session.get(PoolStats, pool)
-    return row.mean_duration_s if row is not None else None
-
-
-async def record_duration(session: AsyncSession, pool: str, mean: float) -> None:
-    row = await session.get(PoolStats, pool)
-    if row is None:
-        session.add(PoolStats(pool=pool, mean_duration_s=mean, samples=1))
-    else:
-        row.mean_duration_s = mean
-        row.samples += 1
-
-
-async def queue_stats(session: AsyncSession) -> list[tuple[str, int, datetime | None]]:
+def queue_stats(connection: Connection) -> list[tuple[str, int, datetime | None]]:
     """Per pool: how many jobs wait and when the oldest was enqueued."""
-    rows = await session.execute(
-        select(QueuedJob.pool, func.count(), func.min(QueuedJob.enqueued_at))
-        .where(QueuedJob.status == "queued")
-        .group_by(QueuedJob.pool)
+    rows = connection.execute(
+        select(jobs_table.c.pool, func.count(), func.min(jobs_table.c.enqueued_at))
+        .where(jobs_table.c.status == "queued")
+        .group_by(jobs_table.c.pool)
     )
     return [(pool, int(n), aware(oldest)) for pool, n, oldest in rows]

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
-from kiln_scheduler.repository import migrate
+from kiln_scheduler.migrate import upgrade_connection
 from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
 
 BACKENDS = ("sqlite", "postgresql")
@@ -45,7 +45,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def sessions(database_url: str) -> AsyncIterator[SessionFactory]:
     engine = make_engine(database_url)
-    await migrate(engine)
+    async with engine.begin() as connection:
+        await connection.run_sync(upgrade_connection)
     try:
         yield make_session_factory(engine)
     finally:

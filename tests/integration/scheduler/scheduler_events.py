@@ -14,13 +14,13 @@ from sqlalchemy import select
 from kiln_contracts import Event, decode, encode, new_event
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.consuming import EventProcessor
-from kiln_runtime.db import SessionFactory, transaction
-from kiln_runtime.outbox import Outbox
+from kiln_runtime.db import Database, SessionFactory
+from kiln_runtime.testing import EventDriver
 from kiln_scheduler import repository
 from kiln_scheduler.config import SchedulerSettings
-from kiln_scheduler.consumers import Scheduler
-from kiln_scheduler.models import MESSAGING, QueuedJob
+from kiln_scheduler.handlers import Scheduler
+from kiln_scheduler.queue import QueuedJobState
+from kiln_scheduler.tables import MESSAGING
 
 POOL = "cpu-image"
 
@@ -46,29 +46,47 @@ def spec(deadline_s: float = 120.0) -> common_pb2.JobSpec:
     )
 
 
+_DATABASES: dict[str, Database] = {}
+
+
+def database_of(sessions: SessionFactory) -> Database:
+    url = str(sessions.kw["bind"].url.render_as_string(hide_password=False))
+    if url not in _DATABASES:
+        _DATABASES[url] = Database(url, service="scheduler")
+    return _DATABASES[url]
+
+
 @dataclass
 class Harness:
+    """The scheduler's handlers and timer on a test database, with a clock of the test's own:
+    every event is handled at `now` (fixed when the harness is made) and each tick at the time
+    the test names, so no decision depends on how fast the machine runs the test."""
+
     sessions: SessionFactory
     settings: SchedulerSettings
     seen_outbox_id: int = 0
     emitted: list[Event] = field(default_factory=list)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(load_catalog(), self.settings)
-        self.processor = EventProcessor(
-            self.sessions, MESSAGING, consumer="scheduler", handlers=self.scheduler.handlers()
+        self.db = database_of(self.sessions)
+        self.driver = EventDriver(
+            self.db, MESSAGING, self.scheduler.handlers(), group="scheduler",
+            clock=lambda: self._at or self.now,
         )
+        self._at: datetime | None = None
 
     async def deliver(self, ev: Event) -> list[Event]:
-        await self.processor.process(ev)
+        await self.driver.process(ev)
         return await self.drain()
 
     async def tick(self, now: datetime) -> list[Event]:
-        outbox = Outbox()
-        async with transaction(self.sessions) as session:
-            await repository.lock(session)
-            await self.scheduler.tick(session, outbox, now)
-            await outbox.write(session, MESSAGING)
+        self._at = now
+        try:
+            await self.driver.write(self.scheduler.tick)
+        finally:
+            self._at = None
         return await self.drain()
 
     async def drain(self) -> list[Event]:
@@ -93,9 +111,8 @@ class Harness:
         await self.deliver(event("credits.reserved", message, account, job_id))
         return job_id
 
-    async def row(self, job_id: str) -> QueuedJob:
-        async with self.sessions() as session:
-            found = await repository.job(session, job_id)
+    async def row(self, job_id: str) -> QueuedJobState:
+        found = await self.db.read(lambda c: repository.job(c, job_id))
         assert found is not None
         return found
 

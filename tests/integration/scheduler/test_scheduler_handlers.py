@@ -10,7 +10,7 @@ from sqlalchemy import text
 from kiln_contracts.v1 import jobs_pb2
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
 from kiln_scheduler.config import SchedulerSettings
-from kiln_scheduler.repository import migrate
+from kiln_scheduler.migrate import upgrade_connection
 from tests.integration.scheduler.scheduler_events import (
     POOL,
     Harness,
@@ -193,9 +193,24 @@ async def test_cancel_of_a_queued_or_backing_off_job_is_immediate(
     assert isinstance(canceled.message, jobs_pb2.JobCanceled)
 
 
-async def test_migrate_adds_the_new_columns_to_an_older_table(tmp_path: object) -> None:
+async def test_migrations_adopt_a_queue_made_before_them(tmp_path: object) -> None:
+    """A database of the version before issue 5: the queue without the columns added since, and
+    the first runtime's inbox, outbox and pool statistics (all made by `create_all`)."""
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/old.db")
     async with engine.begin() as conn:
+        for ddl in (
+            "CREATE TABLE inbox (id INTEGER PRIMARY KEY, consumer VARCHAR(64) NOT NULL, "
+            "event_id VARCHAR(64) NOT NULL, event_type VARCHAR(64) NOT NULL, received_at "
+            "DATETIME NOT NULL, CONSTRAINT uq_inbox_consumer_event UNIQUE (consumer, event_id))",
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic VARCHAR(128) NOT NULL, key "
+            "VARCHAR(128) NOT NULL, event_id VARCHAR(64) NOT NULL UNIQUE, payload BLOB NOT NULL,"
+            " created_at DATETIME NOT NULL, published_at DATETIME)",
+            "CREATE INDEX ix_outbox_published_at ON outbox (published_at)",
+            "CREATE TABLE pool_stats (pool VARCHAR(64) PRIMARY KEY, mean_duration_s FLOAT, "
+            "samples INTEGER NOT NULL)",
+            "INSERT INTO pool_stats VALUES ('*', NULL, 0)",
+        ):
+            await conn.execute(text(ddl))
         await conn.execute(
             text(
                 "CREATE TABLE queued_jobs (seq INTEGER PRIMARY KEY, job_id VARCHAR(64) UNIQUE, "
@@ -210,8 +225,9 @@ async def test_migrate_adds_the_new_columns_to_an_older_table(tmp_path: object) 
                 "status, attempt) VALUES ('j', 'a', 'p', x'', 0, 'queued', 0)"
             )
         )
-    await migrate(engine)
-    await migrate(engine)  # idempotent
+    for _ in range(2):  # a second start finds nothing to do
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_connection)
     h = Harness(make_session_factory(engine), settings())
     row = await h.row("j")
     assert row.deadline_at is None and row.queue_reason is None

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from kiln_scheduler.service import (
+from kiln_scheduler.decisions import (
     Cancel,
     GiveUp,
     LivenessPolicy,

@@ -3,7 +3,7 @@ queue positions, reasons and ETAs."""
 
 from datetime import UTC, datetime, timedelta
 
-from kiln_scheduler.service import (
+from kiln_scheduler.decisions import (
     FairnessPolicy,
     Waiting,
     choose_dispatches,

@@ -1,4 +1,7 @@
-"""The scheduler's own durable queue: one row per reserved job until it ends."""
+"""The scheduler's tables: its durable queue (one row per reserved job; finished rows stay as
+history), per-pool duration statistics, and per-pool slots in use (shared by every scheduler
+instance on the database). The schema changes only through the Alembic migrations of
+`kiln_scheduler/migrations/`; a test holds them equal to these models."""
 
 from datetime import datetime
 
@@ -48,11 +51,21 @@ class QueuedJob(Base):
 
 
 class PoolStats(Base):
-    """Per pool: the moving average of job durations (job.started → job.completed), for ETAs.
-    The row of pool "*" doubles as the scheduler's write lock (see repository.lock)."""
+    """Per pool: the moving average of job durations (job.started → job.completed), for ETAs."""
 
     __tablename__ = "pool_stats"
 
     pool: Mapped[str] = mapped_column(String(64), primary_key=True)
     mean_duration_s: Mapped[float | None] = mapped_column(Float)
     samples: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PoolSlots(Base):
+    """Per pool: how many of its jobs are in flight (dispatched, running, canceling) across
+    every scheduler instance. Moved in the same transaction as the jobs' statuses; a dispatch
+    pass takes only what `capacity - in_flight` leaves (docs/architecture.md, "Scheduler")."""
+
+    __tablename__ = "pool_slots"
+
+    pool: Mapped[str] = mapped_column(String(64), primary_key=True)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
