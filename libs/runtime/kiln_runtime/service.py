@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, MetaData, delete, select
 
@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
+
+
+class Transactions(Protocol):
+    """What code that reads and writes needs of the runtime (ServiceRuntime in a service,
+    kiln_runtime.testing.EventDriver in a test without a broker)."""
+
+    clock: Clock
+
+    @property
+    def db(self) -> Database: ...
+
+    async def write(self, work: Callable[[Unit], T]) -> T: ...
+
+    async def read(self, work: Callable[[Connection], T]) -> T: ...
 
 
 class ServiceRuntime:

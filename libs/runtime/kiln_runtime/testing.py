@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from kiln_contracts import Event, encode
 from typing import TypeVar
 
+from sqlalchemy import Connection
+
 from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, decode_deliveries
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
@@ -37,6 +39,7 @@ class EventDriver:
         self.group = group
         self._tables = tables
         self._clock = clock
+        self.clock = clock
         self._handlers = handlers
         self._batch = BatchTransaction(
             tables,
@@ -102,3 +105,6 @@ class EventDriver:
             return result
 
         return await self.db.write(run)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        return await self.db.read(work)

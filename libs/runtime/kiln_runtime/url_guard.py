@@ -249,3 +249,31 @@ def _ipv4_compatible(address: IPAddress) -> bool:
     return (
         isinstance(address, ipaddress.IPv6Address) and int(address) >> 32 == 0 and int(address) > 1
     )
+
+
+class CachingResolver:
+    """A resolver that remembers each host's addresses for `ttl_s` (bounded to `size` hosts).
+
+    What it hands back is checked again by `resolve_public_addresses` on every call, and the
+    connection is pinned to a checked address: a name whose DNS changes meanwhile reaches the
+    address checked before, never an unchecked one. It saves a `getaddrinfo` per webhook and
+    per submitted URL (docs/architecture.md, "Hot paths")."""
+
+    def __init__(
+        self, resolver: Resolver | None = None, *, ttl_s: float = 10.0, size: int = 4096
+    ) -> None:
+        self._resolver = resolver or system_resolver
+        self._ttl_s = ttl_s
+        self._size = size
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        now = asyncio.get_running_loop().time()
+        hit = self._cache.get((host, port))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        addresses = await self._resolver(host, port)
+        if len(self._cache) >= self._size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(host, port)] = (now + self._ttl_s, addresses)
+        return addresses

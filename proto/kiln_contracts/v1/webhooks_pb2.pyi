@@ -75,6 +75,7 @@ class WebhookDelivered(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STATUS_CODE_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    FINAL_ATTEMPT_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     webhook_id: _builtins.str
     """the Standard Webhooks message id, stable across retries"""
@@ -84,6 +85,12 @@ class WebhookDelivered(_message.Message):
     attempt: _builtins.int
     status_code: _builtins.int
     latency_ms: _builtins.int
+    @_builtins.property
+    def final_attempt(self) -> Global___DeliveryAttempt:
+        """The attempt that got the 2xx (the gateway's delivery log records it from here: a final
+        attempt has no webhook.attempted of its own).
+        """
+
     def __init__(
         self,
         *,
@@ -95,10 +102,11 @@ class WebhookDelivered(_message.Message):
         attempt: _builtins.int = ...,
         status_code: _builtins.int = ...,
         latency_ms: _builtins.int = ...,
+        final_attempt: Global___DeliveryAttempt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final_attempt", b"final_attempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery_id", b"delivery_id", "endpoint_id", b"endpoint_id", "event_type", b"event_type", "latency_ms", b"latency_ms", "status_code", b"status_code", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery_id", b"delivery_id", "endpoint_id", b"endpoint_id", "event_type", b"event_type", "final_attempt", b"final_attempt", "latency_ms", b"latency_ms", "status_code", b"status_code", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -118,6 +126,7 @@ class WebhookFailed(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    FINAL_ATTEMPT_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     webhook_id: _builtins.str
     endpoint_id: _builtins.str
@@ -126,6 +135,10 @@ class WebhookFailed(_message.Message):
     attempts: _builtins.int
     last_error: _builtins.str
     last_status_code: _builtins.int
+    @_builtins.property
+    def final_attempt(self) -> Global___DeliveryAttempt:
+        """The last attempt (see WebhookDelivered)."""
+
     def __init__(
         self,
         *,
@@ -137,14 +150,53 @@ class WebhookFailed(_message.Message):
         attempts: _builtins.int = ...,
         last_error: _builtins.str = ...,
         last_status_code: _builtins.int = ...,
+        final_attempt: Global___DeliveryAttempt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final_attempt", b"final_attempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivery_id", b"delivery_id", "endpoint_id", b"endpoint_id", "event_type", b"event_type", "last_error", b"last_error", "last_status_code", b"last_status_code", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivery_id", b"delivery_id", "endpoint_id", b"endpoint_id", "event_type", b"event_type", "final_attempt", b"final_attempt", "last_error", b"last_error", "last_status_code", b"last_status_code", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WebhookFailed: _TypeAlias = WebhookFailed  # noqa: Y015
+
+@_typing.final
+class DeliveryAttempt(_message.Message):
+    """One attempt of a delivery, inside webhook.delivered and webhook.failed (the attempt that
+    ended the delivery).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_AT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    status_code: _builtins.int
+    """0 when no HTTP answer (timeout, refused, guard)"""
+    latency_ms: _builtins.int
+    error: _builtins.str
+    """"" on success"""
+    @_builtins.property
+    def attempted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        latency_ms: _builtins.int = ...,
+        error: _builtins.str = ...,
+        attempted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempted_at", b"attempted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempted_at", b"attempted_at", "error", b"error", "job_id", b"job_id", "latency_ms", b"latency_ms", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryAttempt: _TypeAlias = DeliveryAttempt  # noqa: Y015
 
 @_typing.final
 class WebhookAttempted(_message.Message):

@@ -8,7 +8,7 @@ from kiln_runtime.settings import ServiceSettings
 class NotifierSettings(ServiceSettings):
     service_name: str = "notifier"
     http_port: int = 8005
-    database_url: str = "sqlite+aiosqlite:///.kiln/data/notifier.db"
+    database_url: str = "sqlite:///.kiln/data/notifier.db"
     # Delays before retry 1, 2, …; after the last one fails the delivery is given up
     # (webhook.failed). As JSON in the environment: KILN_RETRY_SCHEDULE_S='[10, 60, 300]'.
     retry_schedule_s: list[float] = Field(
@@ -18,7 +18,9 @@ class NotifierSettings(ServiceSettings):
     delivery_timeout_s: float = Field(default=10.0, gt=0)
     # How often the sender looks for due deliveries when it has nothing in flight.
     delivery_poll_interval_s: float = Field(default=0.5, gt=0)
-    max_concurrent_deliveries: int = Field(default=16, gt=0)
+    max_concurrent_deliveries: int = Field(default=64, gt=0)
+    # An idle kept-alive connection to a pinned endpoint is closed after this long.
+    keepalive_s: float = Field(default=30.0, gt=0)
     # A claimed delivery whose outcome was never recorded (the process died mid-send) is due
     # again after this long; it must outlast one attempt.
     delivery_lease_s: float = Field(default=60.0, gt=0)

@@ -2,16 +2,16 @@
 
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection
 
-from kiln_notifier.models import JOB_WEBHOOK_URL, PENDING, NotifierTables
-from kiln_notifier.service import TERMINAL_TYPES, DeliveryTarget, EndpointRecord
+from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
+from kiln_notifier.deliveries import TERMINAL_TYPES, DeliveryTarget, EndpointRecord
 
 
 def as_utc(value: datetime) -> datetime:
@@ -35,8 +35,8 @@ class EndpointChange:
     changed_at: datetime
 
 
-async def upsert_endpoint(
-    session: AsyncSession, tables: NotifierTables, change: EndpointChange
+def upsert_endpoint(
+    connection: Connection, tables: NotifierTables, change: EndpointChange
 ) -> None:
     endpoints = tables.endpoints
     values: dict[str, Any] = {
@@ -49,33 +49,33 @@ async def upsert_endpoint(
     }
     if not change.deleted:
         # Any change the gateway announces (an update after a 410) re-enables the endpoint.
-        await session.execute(
+        connection.execute(
             delete(tables.disabled_endpoints).where(
                 tables.disabled_endpoints.c.endpoint_id == change.endpoint_id
             )
         )
-    existing = await session.scalar(
+    existing = connection.scalar(
         select(endpoints.c.endpoint_id).where(endpoints.c.endpoint_id == change.endpoint_id)
     )
     if existing is None:
-        await session.execute(
+        connection.execute(
             insert(endpoints).values(endpoint_id=change.endpoint_id, secret=change.secret, **values)
         )
         return
     # A deletion (or a change that does not rotate it) may come without the secret: keep ours.
     if change.secret:
         values["secret"] = change.secret
-    await session.execute(
+    connection.execute(
         update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id).values(**values)
     )
 
 
-async def account_endpoints(
-    session: AsyncSession, tables: NotifierTables, account_id: str
+def account_endpoints(
+    connection: Connection, tables: NotifierTables, account_id: str
 ) -> list[EndpointRecord]:
     endpoints = tables.endpoints
     rows = (
-        await session.execute(
+        connection.execute(
             select(
                 endpoints.c.endpoint_id,
                 endpoints.c.url,
@@ -108,14 +108,14 @@ class SecretLookup:
     disabled: bool = False
 
 
-async def signing_secret(
-    session: AsyncSession, tables: NotifierTables, *, account_id: str, endpoint_id: str
+def signing_secret(
+    connection: Connection, tables: NotifierTables, *, account_id: str, endpoint_id: str
 ) -> SecretLookup:
     """The secret a delivery is signed with now: its endpoint's, or for a job's own
     webhook_url the account's newest default secret (None while the account has none)."""
     endpoints = tables.endpoints
     if endpoint_id == JOB_WEBHOOK_URL:
-        secret = await session.scalar(
+        secret = connection.scalar(
             select(endpoints.c.secret)
             .where(
                 endpoints.c.account_id == account_id,
@@ -127,7 +127,7 @@ async def signing_secret(
         )
         return SecretLookup(secret=secret or None)
     row = (
-        await session.execute(
+        connection.execute(
             select(endpoints.c.secret, endpoints.c.deleted).where(
                 endpoints.c.endpoint_id == endpoint_id, endpoints.c.account_id == account_id
             )
@@ -135,7 +135,7 @@ async def signing_secret(
     ).first()
     if row is None or row.deleted:
         return SecretLookup(secret=None, endpoint_gone=True)
-    disabled = await session.scalar(
+    disabled = connection.scalar(
         select(tables.disabled_endpoints.c.endpoint_id).where(
             tables.disabled_endpoints.c.endpoint_id == endpoint_id
         )
@@ -145,8 +145,8 @@ async def signing_secret(
     return SecretLookup(secret=row.secret or None)
 
 
-async def disable_endpoint(
-    session: AsyncSession,
+def disable_endpoint(
+    connection: Connection,
     tables: NotifierTables,
     *,
     endpoint_id: str,
@@ -158,11 +158,11 @@ async def disable_endpoint(
     if endpoint_id == JOB_WEBHOOK_URL:
         return False
     disabled = tables.disabled_endpoints
-    if await session.scalar(
+    if connection.scalar(
         select(disabled.c.endpoint_id).where(disabled.c.endpoint_id == endpoint_id)
     ):
         return False
-    await session.execute(
+    connection.execute(
         insert(disabled).values(
             endpoint_id=endpoint_id, account_id=account_id, disabled_at=now, reason=reason
         )
@@ -170,12 +170,12 @@ async def disable_endpoint(
     return True
 
 
-async def endpoint_for_test(
-    session: AsyncSession, tables: NotifierTables, *, account_id: str, endpoint_id: str
+def endpoint_for_test(
+    connection: Connection, tables: NotifierTables, *, account_id: str, endpoint_id: str
 ) -> str | None:
     """The URL of a live endpoint of `account_id`, or None."""
     endpoints = tables.endpoints
-    return await session.scalar(
+    return connection.scalar(
         select(endpoints.c.url).where(
             endpoints.c.endpoint_id == endpoint_id,
             endpoints.c.account_id == account_id,
@@ -187,67 +187,6 @@ async def endpoint_for_test(
 
 # ---------------------------------------------------------------------------------------------
 # Deliveries
-
-
-async def add_deliveries(
-    session: AsyncSession,
-    tables: NotifierTables,
-    *,
-    webhook_id: str,
-    account_id: str,
-    job_id: str,
-    event_type: str,
-    payload: str,
-    targets: Sequence[DeliveryTarget],
-    trace_id: str,
-    now: datetime,
-) -> list[str]:
-    """Insert one pending delivery, due now, per target not already recorded for this message.
-    Returns the new delivery ids."""
-    deliveries = tables.deliveries
-    known = set(
-        (
-            await session.scalars(
-                select(deliveries.c.endpoint_id).where(deliveries.c.webhook_id == webhook_id)
-            )
-        ).all()
-    )
-    if job_id and event_type in TERMINAL_TYPES:
-        # One terminal webhook per job and target: whichever of completed / failed / canceled
-        # came first. A late, contradicting one (job.completed after job.failed) is not sent.
-        known |= set(
-            (
-                await session.scalars(
-                    select(deliveries.c.endpoint_id).where(
-                        deliveries.c.job_id == job_id,
-                        deliveries.c.account_id == account_id,
-                        deliveries.c.event_type.in_(sorted(TERMINAL_TYPES)),
-                    )
-                )
-            ).all()
-        )
-    rows: list[dict[str, Any]] = [
-        {
-            "id": f"dlv_{uuid.uuid4().hex}",
-            "webhook_id": webhook_id,
-            "account_id": account_id,
-            "job_id": job_id,
-            "endpoint_id": target.endpoint_id,
-            "url": target.url,
-            "event_type": event_type,
-            "payload": payload,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "trace_id": trace_id,
-            "created_at": now,
-        }
-        for target in targets
-        if target.endpoint_id not in known
-    ]
-    if rows:
-        await session.execute(insert(deliveries), rows)
-    return [str(row["id"]) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -265,6 +204,7 @@ class ClaimedDelivery:
     # Attempts made before the last redelivery request: the retry schedule starts over there.
     attempt_base: int = 0
     created_at: datetime | None = None
+    claimed: bool = True  # this process holds its lease (False: it waits to be claimed)
 
     @property
     def schedule_attempt(self) -> int:
@@ -277,8 +217,88 @@ class ClaimedDelivery:
         return self.attempts + 1
 
 
-async def claim_due_deliveries(
-    session: AsyncSession,
+def add_deliveries(
+    connection: Connection,
+    tables: NotifierTables,
+    *,
+    webhook_id: str,
+    account_id: str,
+    job_id: str,
+    event_type: str,
+    payload: str,
+    targets: Sequence[DeliveryTarget],
+    trace_id: str,
+    now: datetime,
+    claim_until: Callable[[DeliveryTarget], datetime | None] = lambda _t: None,
+) -> list[ClaimedDelivery]:
+    """Insert one pending delivery per target not already recorded for this message, due now;
+    or, for a target `claim_until` gives a time, claimed by this process until then (it sends
+    them as soon as the transaction commits). Returns the new deliveries."""
+    deliveries = tables.deliveries
+    known = set(
+        connection.execute(
+            select(deliveries.c.endpoint_id).where(deliveries.c.webhook_id == webhook_id)
+        ).scalars()
+    )
+    if job_id and event_type in TERMINAL_TYPES:
+        # One terminal webhook per job and target: whichever of completed / failed / canceled
+        # came first. A late, contradicting one (job.completed after job.failed) is not sent.
+        known |= set(
+            connection.execute(
+                select(deliveries.c.endpoint_id).where(
+                    deliveries.c.job_id == job_id,
+                    deliveries.c.account_id == account_id,
+                    deliveries.c.event_type.in_(sorted(TERMINAL_TYPES)),
+                )
+            ).scalars()
+        )
+    rows: list[dict[str, Any]] = []
+    claims: list[ClaimedDelivery] = []
+    for target in targets:
+        if target.endpoint_id in known:
+            continue
+        delivery_id = f"dlv_{uuid.uuid4().hex}"
+        until = claim_until(target)
+        rows.append(
+            {
+                "id": delivery_id,
+                "webhook_id": webhook_id,
+                "account_id": account_id,
+                "job_id": job_id,
+                "endpoint_id": target.endpoint_id,
+                "url": target.url,
+                "event_type": event_type,
+                "payload": payload,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": until or now,
+                "trace_id": trace_id,
+                "created_at": now,
+            }
+        )
+        claims.append(
+            ClaimedDelivery(
+                id=delivery_id,
+                webhook_id=webhook_id,
+                account_id=account_id,
+                job_id=job_id,
+                endpoint_id=target.endpoint_id,
+                url=target.url,
+                event_type=event_type,
+                payload=payload,
+                attempts=0,
+                trace_id=trace_id,
+                created_at=now,
+                claimed=until is not None,
+            )
+        )
+    if rows:
+        connection.execute(insert(deliveries), rows)
+    return claims
+
+
+def claim_due_deliveries(
+    connection: Connection,
     tables: NotifierTables,
     *,
     now: datetime,
@@ -322,16 +342,16 @@ async def claim_due_deliveries(
     )
     if full:
         query = query.where(deliveries.c.url.not_in(full))
-    if session.get_bind().dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    rows = (await session.execute(query)).all()
+    rows = connection.execute(query).all()
     claimed: list[ClaimedDelivery] = []
     for row in rows:
         if len(claimed) >= limit:
             break
         if max_per_url and in_flight.get(row.url, 0) >= max_per_url:
             continue
-        result = await session.execute(
+        result = connection.execute(
             update(deliveries)
             .where(
                 and_(
@@ -361,7 +381,7 @@ async def claim_due_deliveries(
             )
         )
     if claimed:
-        rows_of_bases = await session.execute(
+        rows_of_bases = connection.execute(
             select(tables.redeliveries.c.delivery_id, tables.redeliveries.c.attempt_base).where(
                 tables.redeliveries.c.delivery_id.in_([c.id for c in claimed])
             )
@@ -374,8 +394,8 @@ async def claim_due_deliveries(
     return claimed
 
 
-async def record_attempt(
-    session: AsyncSession,
+def record_attempt(
+    connection: Connection,
     tables: NotifierTables,
     claim: ClaimedDelivery,
     *,
@@ -389,7 +409,7 @@ async def record_attempt(
     """Log the attempt and move the delivery on. False (and nothing written) when the outcome
     of this attempt was already recorded by someone else (a lease that ran out mid-send)."""
     deliveries = tables.deliveries
-    result = await session.execute(
+    result = connection.execute(
         update(deliveries)
         .where(
             deliveries.c.id == claim.id,
@@ -407,7 +427,7 @@ async def record_attempt(
     )
     if getattr(result, "rowcount", 0) != 1:
         return False
-    await session.execute(
+    connection.execute(
         insert(tables.delivery_attempts).values(
             delivery_id=claim.id,
             attempt=claim.attempt,
@@ -431,8 +451,8 @@ class Redelivery:
     was: str  # the status it had
 
 
-async def request_redelivery(
-    session: AsyncSession,
+def request_redelivery(
+    connection: Connection,
     tables: NotifierTables,
     *,
     account_id: str,
@@ -444,7 +464,7 @@ async def request_redelivery(
     delivery. A pending one is simply made due now."""
     deliveries = tables.deliveries
     row = (
-        await session.execute(
+        connection.execute(
             select(deliveries.c.webhook_id, deliveries.c.status, deliveries.c.attempts).where(
                 deliveries.c.id == delivery_id, deliveries.c.account_id == account_id
             )
@@ -452,14 +472,14 @@ async def request_redelivery(
     ).first()
     if row is None:
         return None
-    await session.execute(
+    connection.execute(
         update(deliveries)
         .where(deliveries.c.id == delivery_id)
         .values(status=PENDING, next_attempt_at=now, finished_at=None)
     )
     redeliveries = tables.redeliveries
-    await session.execute(delete(redeliveries).where(redeliveries.c.delivery_id == delivery_id))
-    await session.execute(
+    connection.execute(delete(redeliveries).where(redeliveries.c.delivery_id == delivery_id))
+    connection.execute(
         insert(redeliveries).values(
             delivery_id=delivery_id, attempt_base=row.attempts, requested_at=now
         )
@@ -467,10 +487,10 @@ async def request_redelivery(
     return Redelivery(delivery_id=delivery_id, webhook_id=row.webhook_id, was=row.status)
 
 
-async def pending_retries(session: AsyncSession, tables: NotifierTables) -> int:
+def pending_retries(connection: Connection, tables: NotifierTables) -> int:
     deliveries = tables.deliveries
     return int(
-        await session.scalar(
+        connection.scalar(
             select(func.count())
             .select_from(deliveries)
             .where(deliveries.c.status == PENDING, deliveries.c.attempts > 0)
@@ -479,7 +499,7 @@ async def pending_retries(session: AsyncSession, tables: NotifierTables) -> int:
     )
 
 
-async def disabled_endpoint_count(session: AsyncSession, tables: NotifierTables) -> int:
+def disabled_endpoint_count(connection: Connection, tables: NotifierTables) -> int:
     return int(
-        await session.scalar(select(func.count()).select_from(tables.disabled_endpoints)) or 0
+        connection.scalar(select(func.count()).select_from(tables.disabled_endpoints)) or 0
     )

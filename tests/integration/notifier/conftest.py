@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,13 @@ from sqlalchemy import select
 from kiln_contracts import Event, decode, encode, new_event
 from kiln_contracts.v1 import common_pb2, jobs_pb2, webhooks_pb2
 from kiln_notifier.config import NotifierSettings
-from kiln_notifier.consumers import handle_endpoint_changed, handle_job_finished
-from kiln_notifier.delivery import WebhookSender
-from kiln_notifier.models import NotifierTables, make_tables
-from kiln_runtime.db import SessionFactory, make_engine, make_session_factory, transaction
+from kiln_notifier import handlers
+from kiln_notifier.migrate import upgrade_connection
+from kiln_notifier.sender import WebhookSender
+from kiln_notifier.tables import NotifierTables, make_tables
+from kiln_runtime.db import Database
 from kiln_runtime.job_object import FileLinks
+from kiln_runtime.testing import EventDriver
 
 LINKS = FileLinks(public_url="http://127.0.0.1:8000/", signing_key="k" * 32, ttl_s=3600)
 ACCOUNT = "acct_test"
@@ -157,17 +159,29 @@ def endpoint_event(
 
 @dataclass
 class Notifier:
+    """The notifier's handlers and sender on a test database, no broker: what they emit stays
+    in the outbox table, where `emitted` reads it."""
+
     settings: NotifierSettings
     tables: NotifierTables
-    sessions: SessionFactory
+    db: Database
     signing_key_b64: str
 
+    def __post_init__(self) -> None:
+        self.handlers = handlers.Notifier(
+            self.tables, LINKS, lease=timedelta(seconds=self.settings.delivery_lease_s)
+        )
+        self.driver = EventDriver(self.db, self.tables.messaging, self.handlers.handlers(),
+                                  group="notifier")
+
+    def sender(self, settings: NotifierSettings | None = None) -> WebhookSender:
+        return WebhookSender(settings or self.settings, self.tables, self.driver)
+
     async def feed(self, event: Event) -> list[str]:
-        async with transaction(self.sessions) as session:
-            if event.type == "webhooks.endpoint_changed":
-                await handle_endpoint_changed(session, event, self.tables)
-                return []
-            return await handle_job_finished(session, event, self.tables, LINKS, datetime.now(UTC))
+        """Handle one event as the consumer would; the ids of the deliveries it made."""
+        before = {d.id for d in await self.deliveries()}
+        await self.driver.process(event)
+        return sorted(d.id for d in await self.deliveries() if d.id not in before)
 
     async def run_until(
         self,
@@ -175,8 +189,10 @@ class Notifier:
         timeout_s: float = 20.0,
         sender: WebhookSender | None = None,
     ) -> float:
-        """Run a sender until `done()`; returns the seconds it took."""
-        sender = sender or WebhookSender(self.settings, self.tables, self.sessions, lambda: None)
+        """Run a sender (handed new deliveries at once, as in the service) until `done()`;
+        returns the seconds it took."""
+        sender = sender or self.sender()
+        self.handlers.sender = sender
         task = asyncio.create_task(sender.run())
         started = time.monotonic()
         try:
@@ -186,29 +202,28 @@ class Notifier:
                 await asyncio.sleep(0.02)
             return time.monotonic() - started
         finally:
+            self.handlers.sender = None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     async def deliveries(self) -> list[Any]:
-        async with self.sessions() as session:
-            return list((await session.execute(select(self.tables.deliveries))).all())
+        table = self.tables.deliveries
+        return await self.db.read(lambda c: list(c.execute(select(table)).all()))
 
     async def attempts(self, delivery_id: str) -> list[Any]:
         t = self.tables.delivery_attempts
-        async with self.sessions() as session:
-            return list(
-                (
-                    await session.execute(
-                        select(t).where(t.c.delivery_id == delivery_id).order_by(t.c.attempt)
-                    )
+        return await self.db.read(
+            lambda c: list(
+                c.execute(
+                    select(t).where(t.c.delivery_id == delivery_id).order_by(t.c.attempt)
                 ).all()
             )
+        )
 
     async def emitted(self, event_type: str) -> list[Message]:
         outbox = self.tables.messaging.outbox
-        async with self.sessions() as session:
-            rows = (await session.execute(select(outbox))).all()
+        rows = await self.db.read(lambda c: list(c.execute(select(outbox)).all()))
         found = []
         for row in rows:
             event = decode(row.payload)
@@ -221,7 +236,7 @@ class Notifier:
 async def notifier(tmp_path: Path) -> AsyncIterator[Notifier]:
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     settings = NotifierSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/notifier.db",
+        database_url=f"sqlite:///{tmp_path}/notifier.db",
         data_dir=tmp_path,
         kafka_bootstrap="127.0.0.1:1",  # never contacted
         allow_loopback_urls=True,
@@ -233,12 +248,11 @@ async def notifier(tmp_path: Path) -> AsyncIterator[Notifier]:
         metrics_refresh_s=0.05,
     )
     tables = make_tables()
-    engine = make_engine(settings.database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(tables.metadata.create_all)
-    made = Notifier(settings, tables, make_session_factory(engine), key)
+    db = Database(settings.database_url, service="notifier")
+    await db.on_writer(lambda: db.write_now(upgrade_connection))
+    made = Notifier(settings, tables, db, key)
     await made.feed(endpoint_event(f"default_{ACCOUNT}", secret=DEFAULT_SECRET, is_default=True))
     try:
         yield made
     finally:
-        await engine.dispose()
+        await db.dispose()

@@ -16,10 +16,7 @@ from standardwebhooks import Webhook
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
-from kiln_notifier.consumers import handle_redelivery_requested, handle_test_requested
-from kiln_notifier.delivery import WebhookSender
-from kiln_notifier.models import DELIVERED, FAILED
-from kiln_runtime.db import transaction
+from kiln_notifier.tables import DELIVERED, FAILED
 from tests.integration.notifier.conftest import (
     ACCOUNT,
     DEFAULT_SECRET,
@@ -79,13 +76,16 @@ async def test_fails_twice_then_succeeds_with_one_webhook_id(
         assert request.headers["webhook-signature"].startswith("v1,")
         assert " v1a," in request.headers["webhook-signature"]
     attempted = await notifier.emitted("webhook.attempted")
+    # Attempts followed by a retry are told one by one; the last one rides on the final event.
     assert [(a.attempt, a.status_code, a.outcome) for a in attempted] == [
         (1, 500, "retrying"),
         (2, 503, "retrying"),
-        (3, 204, "delivered"),
     ]
-    assert all(a.HasField("next_attempt_at") for a in attempted[:2])
-    assert len(await notifier.emitted("webhook.delivered")) == 1
+    assert all(a.HasField("next_attempt_at") for a in attempted)
+    [delivered] = await notifier.emitted("webhook.delivered")
+    assert (delivered.attempt, delivered.status_code) == (3, 204)
+    assert delivered.final_attempt.status_code == 204
+    assert delivered.final_attempt.HasField("attempted_at")
     assert not await notifier.emitted("webhook.failed")
 
 
@@ -104,10 +104,10 @@ async def test_down_for_the_whole_schedule_ends_in_webhook_failed(
     assert len(hook.got()) == len(attempts)
     [failed_event] = await notifier.emitted("webhook.failed")
     assert failed_event.attempts == 3 and failed_event.last_status_code == 502
+    assert failed_event.final_attempt.status_code == 502
     assert [a.outcome for a in await notifier.emitted("webhook.attempted")] == [
         "retrying",
         "retrying",
-        "failed",
     ]
 
 
@@ -231,10 +231,7 @@ async def test_redelivery_sends_the_same_webhook_id_again(
             )
         )
     )
-    async with transaction(notifier.sessions) as session:
-        assert await handle_redelivery_requested(
-            session, request, notifier.tables, datetime.now(UTC)
-        )
+    await notifier.feed(request)
     await notifier.run_until(lambda: sent(2))
     first, again = hook.got()
     assert first.headers["webhook-id"] == again.headers["webhook-id"]
@@ -250,11 +247,9 @@ async def test_redelivery_sends_the_same_webhook_id_again(
             )
         )
     )
-    async with transaction(notifier.sessions) as session:
-        assert (
-            await handle_redelivery_requested(session, foreign, notifier.tables, datetime.now(UTC))
-            is None
-        )
+    await notifier.feed(foreign)
+    [delivery] = [d for d in await notifier.deliveries() if d.id == delivery_id]
+    assert delivery.status == DELIVERED and delivery.attempts == 2  # not made due again
 
 
 async def test_test_event_goes_to_the_endpoint(
@@ -272,8 +267,7 @@ async def test_test_event_goes_to_the_endpoint(
             )
         )
     )
-    async with transaction(notifier.sessions) as session:
-        assert len(await handle_test_requested(session, event, notifier.tables, datetime.now(UTC)))
+    assert len(await notifier.feed(event)) == 1
 
     async def got_it() -> bool:
         return len(hook.got()) == 1
@@ -298,12 +292,12 @@ async def test_events_of_one_job_keep_their_order_per_endpoint(
     # A second delivery of the same job to the same endpoint (a non-terminal type would be
     # one; here a hand-made row stands in for it).
     from kiln_notifier import repository
-    from kiln_notifier.service import DeliveryTarget
+    from kiln_notifier.deliveries import DeliveryTarget
 
     await asyncio.sleep(0.01)
-    async with transaction(notifier.sessions) as session:
-        [second] = await repository.add_deliveries(
-            session,
+    [second] = await notifier.db.write(
+        lambda connection: repository.add_deliveries(
+            connection,
             notifier.tables,
             webhook_id="evt_later",
             account_id=ACCOUNT,
@@ -314,6 +308,7 @@ async def test_events_of_one_job_keep_their_order_per_endpoint(
             trace_id="",
             now=datetime.now(UTC),
         )
+    )
 
     async def both() -> bool:
         return all(d.status == DELIVERED for d in await notifier.deliveries())
@@ -325,19 +320,19 @@ async def test_events_of_one_job_keep_their_order_per_endpoint(
     assert second and first
 
 
-async def test_a_recorded_delivery_is_sent_on_wake_not_at_the_next_poll(
+async def test_a_recorded_delivery_is_sent_at_once_not_at_the_next_poll(
     notifier: Notifier, receiver: Callable[..., Receiver]
 ) -> None:
-    # The service wakes the sender after each committed event (kiln_notifier.app); with a poll
-    # of a minute, a delivery recorded while the sender sleeps goes out soon only because of it.
+    # The handler writes the delivery claimed and hands it to the sender once its batch
+    # committed (kiln_notifier.handlers); with a poll of a minute, a delivery recorded while
+    # the sender sleeps goes out soon only because of that.
     settings = notifier.settings.model_copy(update={"delivery_poll_interval_s": 60.0})
-    sender = WebhookSender(settings, notifier.tables, notifier.sessions, lambda: None)
+    sender = notifier.sender(settings)
     hook = receiver(204)
 
     async def record_then_wake() -> None:
         await asyncio.sleep(0.3)  # the sender found nothing due and sleeps
         await notifier.feed(job_event("job.completed", job_id(), hook.url))
-        sender.wake()
 
     async def sent() -> bool:
         return bool(hook.got())

@@ -12,7 +12,7 @@ from kiln_contracts import Event, decode, encode, from_json, new_event
 from kiln_contracts.registry import EXAMPLES_DIR
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_notifier.config import NotifierSettings
-from kiln_notifier.service import (
+from kiln_notifier.deliveries import (
     AttemptOutcome,
     DeliveryTarget,
     EndpointRecord,

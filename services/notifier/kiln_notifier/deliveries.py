@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kiln_contracts import Event
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
-from kiln_notifier.models import JOB_WEBHOOK_URL
+from kiln_notifier.tables import JOB_WEBHOOK_URL
 from kiln_runtime.job_object import FileLinks, JobView, ResultView, render_job
 from kiln_runtime.money import format_credits
 

@@ -1,14 +1,17 @@
-"""The sender: a background task that takes due deliveries, makes one signed attempt each, and
-records the outcome with the event it announces in one transaction.
+"""The sender: makes one signed attempt per claimed delivery and records the outcome with the
+event it announces.
 
 One attempt:
-1. claim the row (a lease, so another replica does not send it too),
-2. find the secret (the endpoint's, or the account's default for a job's webhook_url),
-3. check the URL and resolve it once (url_guard); connect to that checked address only,
-4. POST the stored body, signed per Standard Webhooks, without following redirects,
-5. in one transaction: the attempt row, the delivery's new state, `webhook.attempted` (the
-   gateway's delivery log) and `webhook.delivered` or `webhook.failed` when it ends; then wake
-   the outbox relay.
+1. the row is claimed (a lease, so another instance does not send it too): by the handler that
+   wrote it, when the sender had room, else by `claim_due` here;
+2. find the secret (the endpoint's, or the account's default for a job's webhook_url);
+3. check the URL and resolve it (url_guard, with a short cache); connect to a checked address
+   only, through a client of its own per (host, address): connections are kept alive and
+   reused for that pinned endpoint alone, never for another host name;
+4. POST the stored body, signed per Standard Webhooks, without following redirects;
+5. record it (the runtime's group commit: many attempts share a transaction): the attempt row,
+   the delivery's new state, and `webhook.attempted` while retries remain, or the final
+   `webhook.delivered` / `webhook.failed` carrying the attempt.
 """
 
 import asyncio
@@ -35,13 +38,14 @@ from kiln_notifier.metrics import (
     WEBHOOK_LATENCY,
     WEBHOOK_PENDING_RETRIES,
 )
-from kiln_notifier.models import DELIVERED, FAILED, PENDING, NotifierTables
+from kiln_notifier.tables import DELIVERED, FAILED, PENDING, NotifierTables
 from kiln_notifier.repository import ClaimedDelivery
-from kiln_notifier.service import AttemptOutcome, decide_after_attempt, parse_retry_after
+from kiln_notifier.deliveries import AttemptOutcome, decide_after_attempt, parse_retry_after
 from kiln_notifier.signing import load_signing_key, sign_v1a
-from kiln_runtime.db import SessionFactory, transaction
-from kiln_runtime.outbox import Outbox
+from kiln_runtime.service import Transactions
+from kiln_runtime.unit import Unit
 from kiln_runtime.url_guard import (
+    CachingResolver,
     Resolver,
     UnsafeUrl,
     check_url_shape,
@@ -130,20 +134,55 @@ def pinned_request(
 
 
 def make_client(settings: NotifierSettings) -> httpx.AsyncClient:
+    """A client for ONE pinned endpoint (a host name at one checked address): its pool keys
+    connections by address, so a client shared by two host names on one address would reuse a
+    connection (and its TLS session) across them. No proxies from the environment: they would
+    undo the pin."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.delivery_timeout_s),
         follow_redirects=False,
-        # Connections are pinned to checked addresses and keyed by address: never reuse one
-        # for another host name. And no proxies from the environment: they would undo the pin.
         limits=httpx.Limits(
-            max_connections=settings.max_concurrent_deliveries, max_keepalive_connections=0
+            max_connections=settings.max_concurrent_per_endpoint,
+            max_keepalive_connections=settings.max_concurrent_per_endpoint,
+            keepalive_expiry=settings.keepalive_s,
         ),
         trust_env=False,
     )
 
 
+class PinnedClients:
+    """One keep-alive client per (scheme, host, port, address), the least recently used closed
+    beyond `size`."""
+
+    def __init__(self, settings: NotifierSettings, size: int = 256) -> None:
+        self._settings = settings
+        self._size = size
+        self._clients: dict[tuple[str, str, int, str], httpx.AsyncClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def for_target(self, url: str, address: str) -> httpx.AsyncClient:
+        parsed = httpx.URL(url)
+        key = (parsed.scheme, parsed.host, parsed.port or 0, address)
+        client = self._clients.pop(key, None)
+        if client is None:
+            client = make_client(self._settings)
+            while len(self._clients) >= self._size:
+                _old_key, old = next(iter(self._clients.items()))
+                del self._clients[_old_key]
+                task = asyncio.ensure_future(old.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._clients[key] = client  # most recently used last
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.aclose() for c in clients), *self._closing,
+                             return_exceptions=True)
+
+
 async def attempt_delivery(
-    client: httpx.AsyncClient,
+    clients: PinnedClients | httpx.AsyncClient,
     claim: ClaimedDelivery,
     secret: str,
     *,
@@ -183,6 +222,11 @@ async def attempt_delivery(
             _target, addresses = await resolve_public_addresses(
                 claim.url, allow_loopback=allow_loopback, resolver=resolver
             )
+            client = (
+                clients.for_target(claim.url, addresses[0])
+                if isinstance(clients, PinnedClients)
+                else clients
+            )
             request = pinned_request(
                 client, claim.url, addresses[0], claim.payload.encode("utf-8"), headers
             )
@@ -221,20 +265,18 @@ class WebhookSender:
         self,
         settings: NotifierSettings,
         tables: NotifierTables,
-        sessions: SessionFactory,
-        wake_relay: Callable[[], None],
+        runtime: Transactions,
         *,
-        client: httpx.AsyncClient | None = None,
-        clock: Clock = _utcnow,
+        clients: PinnedClients | httpx.AsyncClient | None = None,
+        clock: Clock | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         self._settings = settings
         self._tables = tables
-        self._sessions = sessions
-        self._wake_relay = wake_relay
-        self._client = client or make_client(settings)
-        self._clock = clock
-        self._resolver = resolver
+        self._runtime = runtime
+        self._clients = clients or PinnedClients(settings)
+        self._clock = clock or runtime.clock
+        self._resolver = resolver or CachingResolver()
         self._signing_key = (
             load_signing_key(settings.webhook_signing_key) if settings.webhook_signing_key else None
         )
@@ -255,7 +297,9 @@ class WebhookSender:
                 claimed = 0
                 if free > 0:
                     try:
-                        claimed = self._start(await self.claim_due(free))
+                        claims = await self.claim_due(free)
+                        self.start(claims)
+                        claimed = len(claims)
                     except asyncio.CancelledError:
                         raise
                     except Exception:
@@ -271,21 +315,33 @@ class WebhookSender:
             await self.close()
 
     def wake(self) -> None:
-        """Look for due deliveries now: the consumer just recorded some. Without it a new
-        delivery waited for the next poll (delivery_poll_interval_s, on average half of it)."""
+        """Look for due deliveries now (a redelivery was asked for, or the handlers left
+        deliveries for the poll because the sender was full)."""
         self._wakeup.set()
+
+    def has_room_for(self, url: str) -> bool:
+        """Whether a new delivery to `url` may start at once (read from the consumer's thread:
+        a hint; the counts move on the event loop)."""
+        return (
+            len(self._in_flight) < self._settings.max_concurrent_deliveries
+            and self._in_flight_by_url.get(url, 0) < self._settings.max_concurrent_per_endpoint
+        )
 
     async def _refresh_gauges(self) -> None:
         now = time.monotonic()
         if now - self._gauges_at < self._settings.metrics_refresh_s:
             return
         self._gauges_at = now
+        tables = self._tables
         try:
-            async with self._sessions() as session:
-                WEBHOOK_PENDING_RETRIES.set(await repository.pending_retries(session, self._tables))
-                WEBHOOK_DISABLED_ENDPOINTS.set(
-                    await repository.disabled_endpoint_count(session, self._tables)
+            pending, disabled = await self._runtime.read(
+                lambda c: (
+                    repository.pending_retries(c, tables),
+                    repository.disabled_endpoint_count(c, tables),
                 )
+            )
+            WEBHOOK_PENDING_RETRIES.set(pending)
+            WEBHOOK_DISABLED_ENDPOINTS.set(disabled)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -295,15 +351,14 @@ class WebhookSender:
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
-        await self._client.aclose()
+        await self._clients.aclose()
 
-    def _start(self, claims: list[ClaimedDelivery]) -> int:
+    def start(self, claims: list[ClaimedDelivery]) -> None:
         for claim in claims:
             self._in_flight_by_url[claim.url] = self._in_flight_by_url.get(claim.url, 0) + 1
             task = asyncio.create_task(self._deliver_logged(claim), name=f"webhook-{claim.id}")
             self._in_flight.add(task)
             task.add_done_callback(functools.partial(self._finished, url=claim.url))
-        return len(claims)
 
     def _finished(self, task: asyncio.Task[None], *, url: str) -> None:
         self._in_flight.discard(task)
@@ -324,23 +379,30 @@ class WebhookSender:
             log.exception("delivery %s: attempt %d not recorded", claim.id, claim.attempt)
 
     async def claim_due(self, limit: int) -> list[ClaimedDelivery]:
-        async with transaction(self._sessions) as session:
-            return await repository.claim_due_deliveries(
-                session,
-                self._tables,
-                now=self._clock(),
-                lease=timedelta(seconds=self._settings.delivery_lease_s),
+        now = self._clock()
+        lease = timedelta(seconds=self._settings.delivery_lease_s)
+        in_flight = dict(self._in_flight_by_url)
+        tables = self._tables
+        return await self._runtime.db.write(
+            lambda c: repository.claim_due_deliveries(
+                c,
+                tables,
+                now=now,
+                lease=lease,
                 limit=limit,
-                in_flight_by_url=self._in_flight_by_url,
+                in_flight_by_url=in_flight,
                 max_per_url=self._settings.max_concurrent_per_endpoint,
             )
+        )
 
     async def deliver(self, claim: ClaimedDelivery) -> AttemptOutcome | None:
         """One attempt of a claimed delivery, recorded. None if someone else recorded it."""
-        async with self._sessions() as session:
-            lookup = await repository.signing_secret(
-                session, self._tables, account_id=claim.account_id, endpoint_id=claim.endpoint_id
+        tables = self._tables
+        lookup = await self._runtime.read(
+            lambda c: repository.signing_secret(
+                c, tables, account_id=claim.account_id, endpoint_id=claim.endpoint_id
             )
+        )
         attempted_at = self._clock()
         if lookup.disabled:
             result = AttemptResult(
@@ -353,7 +415,7 @@ class WebhookSender:
             result = AttemptResult(None, 0, "no signing secret for this account yet")
         else:
             result = await attempt_delivery(
-                self._client,
+                self._clients,
                 claim,
                 lookup.secret,
                 allow_loopback=self._settings.allow_loopback_urls,
@@ -367,116 +429,146 @@ class WebhookSender:
     async def record(
         self, claim: ClaimedDelivery, attempted_at: datetime, result: AttemptResult
     ) -> AttemptOutcome | None:
-        now = self._clock()
-        decision = decide_after_attempt(
-            claim.schedule_attempt,
-            result.status_code,
-            self._settings.retry_schedule_s,
-            now,
-            permanent=result.permanent,
-            retry_after_s=parse_retry_after(result.retry_after, now),
-            max_retry_after_s=self._settings.max_retry_after_s,
+        outcome = await self._runtime.write(
+            lambda unit: record_attempt(
+                unit, self._tables, self._settings, claim, attempted_at, result
+            )
         )
-        new_status = {
-            AttemptOutcome.DELIVERED: DELIVERED,
-            AttemptOutcome.RETRY: PENDING,
-            AttemptOutcome.GIVE_UP: FAILED,
-        }[decision.outcome]
-        outbox = Outbox(trace_id=claim.trace_id)
-        async with transaction(self._sessions) as session:
-            recorded = await repository.record_attempt(
-                session,
-                self._tables,
-                claim,
-                attempted_at=attempted_at,
-                status_code=result.status_code,
-                latency_ms=result.latency_ms,
-                error=result.error,
-                new_status=new_status,
-                next_attempt_at=decision.next_attempt_at,
-            )
-            if not recorded:
-                log.warning(
-                    "delivery %s attempt %d was recorded elsewhere", claim.id, claim.attempt
-                )
-                return None
-            if decision.disable_endpoint:
-                await repository.disable_endpoint(
-                    session,
-                    self._tables,
-                    endpoint_id=claim.endpoint_id,
-                    account_id=claim.account_id,
-                    reason="HTTP 410 Gone",
-                    now=now,
-                )
-            attempted = webhooks_pb2.WebhookAttempted(
-                delivery_id=claim.id,
-                webhook_id=claim.webhook_id,
-                endpoint_id=claim.endpoint_id,
-                url=claim.url,
-                event_type=claim.event_type,
-                job_id=claim.job_id,
-                attempt=claim.attempt,
-                status_code=result.status_code or 0,
-                latency_ms=result.latency_ms,
-                error=result.error or "",
-                outcome=_OUTCOME_NAMES[decision.outcome],
-            )
-            attempted.attempted_at.FromDatetime(attempted_at)
-            if decision.next_attempt_at is not None:
-                attempted.next_attempt_at.FromDatetime(decision.next_attempt_at)
-            outbox.emit(
-                "webhook.attempted", attempted, account_id=claim.account_id, job_id=claim.job_id
-            )
-            if decision.outcome is AttemptOutcome.DELIVERED:
-                outbox.emit(
-                    "webhook.delivered",
-                    webhooks_pb2.WebhookDelivered(
-                        delivery_id=claim.id,
-                        webhook_id=claim.webhook_id,
-                        endpoint_id=claim.endpoint_id,
-                        url=claim.url,
-                        event_type=claim.event_type,
-                        attempt=claim.attempt,
-                        status_code=result.status_code or 0,
-                        latency_ms=result.latency_ms,
-                    ),
-                    account_id=claim.account_id,
-                    job_id=claim.job_id,
-                )
-            elif decision.outcome is AttemptOutcome.GIVE_UP:
-                outbox.emit(
-                    "webhook.failed",
-                    webhooks_pb2.WebhookFailed(
-                        delivery_id=claim.id,
-                        webhook_id=claim.webhook_id,
-                        endpoint_id=claim.endpoint_id,
-                        url=claim.url,
-                        event_type=claim.event_type,
-                        attempts=claim.attempt,
-                        last_error=result.error or "",
-                        last_status_code=result.status_code or 0,
-                    ),
-                    account_id=claim.account_id,
-                    job_id=claim.job_id,
-                )
-            await outbox.write(session, self._tables.messaging)
-        WEBHOOK_ATTEMPTS.labels(decision.outcome.value).inc()
-        if decision.outcome is not AttemptOutcome.RETRY:
-            WEBHOOK_DELIVERIES.labels(_OUTCOME_NAMES[decision.outcome]).inc()
-        if decision.outcome is AttemptOutcome.DELIVERED:
+        if outcome is None:
+            log.warning("delivery %s attempt %d was recorded elsewhere", claim.id, claim.attempt)
+            return None
+        WEBHOOK_ATTEMPTS.labels(outcome.value).inc()
+        if outcome is not AttemptOutcome.RETRY:
+            WEBHOOK_DELIVERIES.labels(_OUTCOME_NAMES[outcome]).inc()
+        if outcome is AttemptOutcome.DELIVERED:
             WEBHOOK_DELIVERY_SECONDS.observe(
                 max((attempted_at - claim.created_at).total_seconds(), 0.0)
                 if claim.created_at is not None
                 else 0.0
             )
-        self._wake_relay()
-        log.info(
+        log.debug(
             "delivery %s attempt %d to %s: %s (%s)",
             claim.id,
             claim.attempt,
             claim.endpoint_id or "webhook_url",
-            decision.outcome.value,
+            outcome.value,
             result.error or result.status_code,
         )
+        return outcome
+
+
+def record_attempt(
+    unit: Unit,
+    tables: NotifierTables,
+    settings: NotifierSettings,
+    claim: ClaimedDelivery,
+    attempted_at: datetime,
+    result: AttemptResult,
+) -> AttemptOutcome | None:
+    """In one transaction: the attempt row, the delivery's new state, and the event that tells
+    it: `webhook.attempted` when a retry follows, else `webhook.delivered` or `webhook.failed`
+    carrying the attempt. None when someone else recorded this attempt already."""
+    now = unit.now
+    decision = decide_after_attempt(
+        claim.schedule_attempt,
+        result.status_code,
+        settings.retry_schedule_s,
+        now,
+        permanent=result.permanent,
+        retry_after_s=parse_retry_after(result.retry_after, now),
+        max_retry_after_s=settings.max_retry_after_s,
+    )
+    new_status = {
+        AttemptOutcome.DELIVERED: DELIVERED,
+        AttemptOutcome.RETRY: PENDING,
+        AttemptOutcome.GIVE_UP: FAILED,
+    }[decision.outcome]
+    recorded = repository.record_attempt(
+        unit.connection,
+        tables,
+        claim,
+        attempted_at=attempted_at,
+        status_code=result.status_code,
+        latency_ms=result.latency_ms,
+        error=result.error,
+        new_status=new_status,
+        next_attempt_at=decision.next_attempt_at,
+    )
+    if not recorded:
+        return None
+    if decision.disable_endpoint:
+        repository.disable_endpoint(
+            unit.connection,
+            tables,
+            endpoint_id=claim.endpoint_id,
+            account_id=claim.account_id,
+            reason="HTTP 410 Gone",
+            now=now,
+        )
+    trace = claim.trace_id
+    if decision.outcome is AttemptOutcome.RETRY:
+        attempted = webhooks_pb2.WebhookAttempted(
+            delivery_id=claim.id,
+            webhook_id=claim.webhook_id,
+            endpoint_id=claim.endpoint_id,
+            url=claim.url,
+            event_type=claim.event_type,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            status_code=result.status_code or 0,
+            latency_ms=result.latency_ms,
+            error=result.error or "",
+            outcome=_OUTCOME_NAMES[decision.outcome],
+        )
+        attempted.attempted_at.FromDatetime(attempted_at)
+        if decision.next_attempt_at is not None:
+            attempted.next_attempt_at.FromDatetime(decision.next_attempt_at)
+        unit.emit(
+            "webhook.attempted", attempted, account_id=claim.account_id, job_id=claim.job_id,
+            trace_id=trace,
+        )
         return decision.outcome
+    final = webhooks_pb2.DeliveryAttempt(
+        job_id=claim.job_id,
+        status_code=result.status_code or 0,
+        latency_ms=result.latency_ms,
+        error=result.error or "",
+    )
+    final.attempted_at.FromDatetime(attempted_at)
+    if decision.outcome is AttemptOutcome.DELIVERED:
+        unit.emit(
+            "webhook.delivered",
+            webhooks_pb2.WebhookDelivered(
+                delivery_id=claim.id,
+                webhook_id=claim.webhook_id,
+                endpoint_id=claim.endpoint_id,
+                url=claim.url,
+                event_type=claim.event_type,
+                attempt=claim.attempt,
+                status_code=result.status_code or 0,
+                latency_ms=result.latency_ms,
+                final_attempt=final,
+            ),
+            account_id=claim.account_id,
+            job_id=claim.job_id,
+            trace_id=trace,
+        )
+    else:
+        unit.emit(
+            "webhook.failed",
+            webhooks_pb2.WebhookFailed(
+                delivery_id=claim.id,
+                webhook_id=claim.webhook_id,
+                endpoint_id=claim.endpoint_id,
+                url=claim.url,
+                event_type=claim.event_type,
+                attempts=claim.attempt,
+                last_error=result.error or "",
+                last_status_code=result.status_code or 0,
+                final_attempt=final,
+            ),
+            account_id=claim.account_id,
+            job_id=claim.job_id,
+            trace_id=trace,
+        )
+    return decision.outcome

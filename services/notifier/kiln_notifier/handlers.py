@@ -1,0 +1,177 @@
+"""The notifier's event handlers. Each runs inside the event runtime's batch transaction (inbox
+rows, this change and any outbox rows commit together), so a redelivered event changes nothing
+twice.
+
+A job's end becomes one delivery row per target. When the sender has room, the rows are written
+already claimed by this process and handed to the sender as soon as the batch commits (no claim
+transaction, no poll); otherwise they are written due and the sender claims them when it can.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from kiln_contracts import Event
+from kiln_contracts.v1 import webhooks_pb2
+from kiln_notifier import repository
+from kiln_notifier.deliveries import (
+    TEST_TYPE,
+    WEBHOOK_TYPES,
+    DeliveryTarget,
+    delivery_targets,
+    job_spec,
+    payload_for_event,
+    payload_for_test_event,
+    webhook_type,
+)
+from kiln_notifier.repository import ClaimedDelivery
+from kiln_notifier.tables import NotifierTables
+from kiln_runtime.batches import EventHandlers
+from kiln_runtime.job_object import FileLinks
+from kiln_runtime.unit import Unit
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    """What the handlers need of the sender (sender.WebhookSender)."""
+
+    def has_room_for(self, url: str) -> bool: ...
+
+    def start(self, claims: list[ClaimedDelivery]) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class Notifier:
+    def __init__(
+        self,
+        tables: NotifierTables,
+        links: FileLinks,
+        *,
+        lease: timedelta,
+        sender: Sender | None = None,
+    ) -> None:
+        self.tables = tables
+        self.links = links
+        self.lease = lease
+        self.sender = sender
+
+    def handlers(self) -> EventHandlers:
+        handlers = {
+            "webhooks.endpoint_changed": self.handle_endpoint_changed,
+            "webhook.redelivery_requested": self.handle_redelivery_requested,
+            "webhook.test_requested": self.handle_test_requested,
+        }
+        for event_type in WEBHOOK_TYPES:
+            handlers[event_type] = self.handle_job_finished
+        return EventHandlers(handlers)
+
+    def _claim_until(self, unit: Unit) -> Callable[[DeliveryTarget], datetime | None]:
+        sender = self.sender
+        if sender is None:
+            return lambda _target: None
+        until = unit.now + self.lease
+        return lambda target: until if sender.has_room_for(target.url) else None
+
+    def _send_after_commit(self, unit: Unit, claims: list[ClaimedDelivery]) -> None:
+        sender = self.sender
+        if sender is None or not claims:
+            return
+        ready = [c for c in claims if c.claimed]
+        waiting = len(claims) - len(ready)
+        unit.after_commit(lambda: sender.start(ready))
+        if waiting:
+            unit.after_commit(sender.wake)
+
+    def handle_endpoint_changed(self, unit: Unit, event: Event) -> None:
+        message = event.message
+        if not isinstance(message, webhooks_pb2.WebhookEndpointChanged):
+            raise TypeError(f"expected WebhookEndpointChanged, got {type(message).__name__}")
+        repository.upsert_endpoint(
+            unit.connection,
+            self.tables,
+            repository.EndpointChange(
+                endpoint_id=message.endpoint_id,
+                account_id=event.account_id,
+                url=message.url,
+                secret=message.secret,
+                event_types=list(message.event_types),
+                is_default=message.is_default,
+                deleted=message.deleted,
+                changed_at=event.envelope.occurred_at.ToDatetime(tzinfo=UTC),
+            ),
+        )
+
+    def handle_job_finished(self, unit: Unit, event: Event) -> None:
+        """job.completed / job.failed / job.canceled / credits.rejected: one delivery per
+        target (the job's webhook_url, the matching account endpoints)."""
+        kind = webhook_type(event.type)
+        spec = job_spec(event)
+        endpoints = repository.account_endpoints(unit.connection, self.tables, event.account_id)
+        targets = delivery_targets(kind, spec.webhook_url, endpoints)
+        if not targets:
+            return
+        claims = repository.add_deliveries(
+            unit.connection,
+            self.tables,
+            webhook_id=event.event_id,
+            account_id=event.account_id,
+            job_id=event.job_id,
+            event_type=kind,
+            payload=payload_for_event(event, self.links, now=unit.now),
+            targets=targets,
+            trace_id=event.envelope.trace_id,
+            now=unit.now,
+            claim_until=self._claim_until(unit),
+        )
+        self._send_after_commit(unit, claims)
+
+    def handle_redelivery_requested(self, unit: Unit, event: Event) -> None:
+        """Send a delivery again with the same body and `webhook-id` (the gateway checked that
+        the account owns it; so do we). Unknown ids change nothing."""
+        message = event.message
+        if not isinstance(message, webhooks_pb2.WebhookRedeliveryRequested):
+            raise TypeError(f"expected WebhookRedeliveryRequested, got {type(message).__name__}")
+        redelivery = repository.request_redelivery(
+            unit.connection,
+            self.tables,
+            account_id=event.account_id,
+            delivery_id=message.delivery_id,
+            now=unit.now,
+        )
+        if redelivery is not None:
+            log.info("delivery %s: redelivery requested", redelivery.delivery_id)
+            if self.sender is not None:
+                unit.after_commit(self.sender.wake)
+
+    def handle_test_requested(self, unit: Unit, event: Event) -> None:
+        """A `webhook.test` delivery to one live endpoint of the account, `webhook-id` = test
+        id."""
+        message = event.message
+        if not isinstance(message, webhooks_pb2.WebhookTestRequested):
+            raise TypeError(f"expected WebhookTestRequested, got {type(message).__name__}")
+        url = repository.endpoint_for_test(
+            unit.connection, self.tables, account_id=event.account_id,
+            endpoint_id=message.endpoint_id,
+        )
+        if not url:
+            log.info("test event for unknown endpoint %s: nothing sent", message.endpoint_id)
+            return
+        claims = repository.add_deliveries(
+            unit.connection,
+            self.tables,
+            webhook_id=message.test_id or event.event_id,
+            account_id=event.account_id,
+            job_id="",
+            event_type=TEST_TYPE,
+            payload=payload_for_test_event(message.endpoint_id, message.test_id, unit.now),
+            targets=[DeliveryTarget(endpoint_id=message.endpoint_id, url=url)],
+            trace_id=event.envelope.trace_id,
+            now=unit.now,
+            claim_until=self._claim_until(unit),
+        )
+        self._send_after_commit(unit, claims)
