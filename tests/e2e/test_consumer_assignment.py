@@ -11,7 +11,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from kiln_runtime.consuming import PARTITION_ASSIGNORS
+from kiln_runtime.consumer import PARTITION_ASSIGNORS
 from tests.stack_support import LocalStack
 
 pytestmark = pytest.mark.e2e

@@ -223,9 +223,7 @@ class BatchTransaction:
             unit.cause = event
             started = time.perf_counter()
             self._handlers.handlers[event.type](unit, event)
-            HANDLER_LATENCY.labels(self._service, event.type).observe(
-                time.perf_counter() - started
-            )
+            HANDLER_LATENCY.labels(self._service, event.type).observe(time.perf_counter() - started)
             outcomes.append((event.type, "processed"))
         unit.cause = None
         if events and self._handlers.after_batch is not None:

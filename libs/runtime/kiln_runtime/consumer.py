@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -69,8 +70,8 @@ class ConsumerSettings:
     heartbeat_interval_s: float = 2.0
     rebalance_timeout_s: float = 60.0
     poison_attempts: int = 3
-    transient_backoff: Backoff = Backoff(0.1, 5.0)
-    poison_backoff: Backoff = Backoff(0.05, 0.5)
+    transient_backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 5.0))
+    poison_backoff: Backoff = field(default_factory=lambda: Backoff(0.05, 0.5))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -269,7 +270,7 @@ class EventConsumer:
                 try:
                     expected = self._expected()
                     result = await self._db.write(
-                        lambda c: self._batch.handle(c, current, expected)
+                        functools.partial(self._batch.handle, deliveries=current, expected=expected)
                     )
                 except Fenced as fenced:
                     BATCH_RETRIES.labels(self._service, "fenced").inc()
@@ -280,7 +281,9 @@ class EventConsumer:
                         BATCH_RETRIES.labels(self._service, "poison").inc()
                         log.warning(
                             "%s: a batch of %d failed (%s); handling its events one by one",
-                            self._service, len(current), describe(exc),
+                            self._service,
+                            len(current),
+                            describe(exc),
                         )
                         await self._one_by_one(current)
                         return
@@ -288,7 +291,10 @@ class EventConsumer:
                     BATCH_RETRIES.labels(self._service, "transient").inc()
                     log.warning(
                         "%s: batch of %d failed transiently (%s); retry %d",
-                        self._service, len(current), describe(exc), attempt,
+                        self._service,
+                        len(current),
+                        describe(exc),
+                        attempt,
                     )
                 else:
                     self._committed(result)
@@ -302,13 +308,16 @@ class EventConsumer:
             attempt = 0
             transient = 0
             while True:
-                [current] = self._current([d]) or [None]
-                if current is None:
+                still = self._current([d])
+                if not still:
                     break
+                current = still[0]
                 expected = self._expected()
                 try:
                     result = await self._db.write(
-                        lambda c, one=current, exp=expected: self._batch.handle(c, [one], exp)
+                        functools.partial(
+                            self._batch.handle, deliveries=[current], expected=expected
+                        )
                     )
                 except Fenced as fenced:
                     BATCH_RETRIES.labels(self._service, "fenced").inc()
@@ -325,15 +334,26 @@ class EventConsumer:
                     ):
                         log.warning(
                             "%s: %s at %s:%d:%d failed (%s); attempt %d",
-                            self._service, d.event_type, d.topic, d.partition, d.offset,
-                            describe(exc), attempt,
+                            self._service,
+                            d.event_type,
+                            d.topic,
+                            d.partition,
+                            d.offset,
+                            describe(exc),
+                            attempt,
                         )
                         await asyncio.sleep(self._settings.poison_backoff.delay(attempt))
                         continue
                     log.error(
                         "%s: %s at %s:%d:%d failed %d times (%s); dead-lettered",
-                        self._service, d.event_type, d.topic, d.partition, d.offset, attempt,
-                        describe(exc), exc_info=exc,
+                        self._service,
+                        d.event_type,
+                        d.topic,
+                        d.partition,
+                        d.offset,
+                        attempt,
+                        describe(exc),
+                        exc_info=exc,
                     )
                     await self._dead_letter(current, describe(exc))
                     break
@@ -347,7 +367,9 @@ class EventConsumer:
             expected = self._expected()
             try:
                 result = await self._db.write(
-                    lambda c: self._batch.handle(c, [d], expected, dead_letter=error)
+                    functools.partial(
+                        self._batch.handle, deliveries=[d], expected=expected, dead_letter=error
+                    )
                 )
             except Fenced as fenced:
                 await self._refence(fenced)
@@ -447,4 +469,3 @@ class EventConsumer:
 
 def _names(tps: set[TopicPartition] | Mapping[TopicPartition, object]) -> str:
     return ", ".join(sorted(f"{tp.topic}:{tp.partition}" for tp in tps)) or "none"
-

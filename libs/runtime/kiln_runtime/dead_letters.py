@@ -104,8 +104,13 @@ def _headers(pairs: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return {name: value.decode(errors="replace") for name, value in pairs or ()}
 
 
-def _entry(partition: int, offset: int, key: bytes | None, value: bytes | None,
-           headers: Sequence[tuple[str, bytes]] | None) -> DeadLetter:
+def _entry(
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | None,
+) -> DeadLetter:
     h = _headers(headers)
     event_id, event_type = h.get(H_EVENT_ID, ""), h.get(H_EVENT_TYPE, "")
     if not event_id and value:
@@ -146,7 +151,7 @@ async def _read_all(bootstrap: str, timeout_s: float = 10.0) -> list[_Raw]:
     try:
         partitions = consumer.partitions_for_topic(DEAD_LETTER_TOPIC)
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - a fresh client
+            await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(DEAD_LETTER_TOPIC) or set()
         tps = [TopicPartition(DEAD_LETTER_TOPIC, p) for p in sorted(partitions)]
         if not tps:
@@ -163,8 +168,11 @@ async def _read_all(bootstrap: str, timeout_s: float = 10.0) -> list[_Raw]:
             for tp, messages in batches.items():
                 for m in messages:
                     out.append(
-                        _Raw(_entry(tp.partition, m.offset, m.key, m.value, m.headers),
-                             m.key, m.value)
+                        _Raw(
+                            _entry(tp.partition, m.offset, m.key, m.value, m.headers),
+                            m.key,
+                            m.value,
+                        )
                     )
         out.sort(key=lambda r: (r.entry.at, r.entry.dlq_partition, r.entry.dlq_offset))
         return out

@@ -9,6 +9,7 @@ request waits for nobody.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class GroupCommit:
         self._max_group = max_group
         self._transient_attempts = transient_attempts
         self._queue: list[_Request[Any]] = []
+        self._drainer: asyncio.Future[None] | None = None
         self._draining = False
 
     async def __call__(self, work: Callable[[Unit], T]) -> T:
@@ -66,7 +68,7 @@ class GroupCommit:
         self._queue.append(_Request(work, future))
         if not self._draining:
             self._draining = True
-            asyncio.ensure_future(self._drain())
+            self._drainer = asyncio.ensure_future(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -83,12 +85,16 @@ class GroupCommit:
             attempt += 1
             acked = self._publisher.take_acked()
             try:
-                await self._db.write(lambda c: self._run_all(c, group, acked))
+                await self._db.write(functools.partial(self._run_all, group=group, acked=acked))
             except Exception as exc:
                 self._publisher.return_acked(acked)
                 if is_transient(exc) and attempt < self._transient_attempts:
-                    log.warning("%s: group commit failed transiently; retry %d",
-                                self._service, attempt, exc_info=True)
+                    log.warning(
+                        "%s: group commit failed transiently; retry %d",
+                        self._service,
+                        attempt,
+                        exc_info=True,
+                    )
                     await asyncio.sleep(Backoff(0.05, 1.0).delay(attempt))
                     continue
                 for request in group:
@@ -142,4 +148,3 @@ class GroupCommit:
             lease=self._publisher.lease,
         )
         self._publisher.delete_rows(connection, acked)
-

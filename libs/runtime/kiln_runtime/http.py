@@ -32,9 +32,6 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     )
 
 
-
-
-
 def service_app(
     title: str,
     runtime: ServiceRuntime,

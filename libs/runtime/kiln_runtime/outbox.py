@@ -106,9 +106,9 @@ class OutboxPublisher:
         self._acked: list[int] = []
         self._failed: set[int] = set()
         self._pending: set[asyncio.Future[None]] = set()
-        self._queue: asyncio.Queue[
-            tuple[list[OutgoingEvent], asyncio.Future[None] | None]
-        ] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[list[OutgoingEvent], asyncio.Future[None] | None]] = (
+            asyncio.Queue()
+        )
         self._first_round = True
         self._renewing = asyncio.Lock()
         self._wakeup = asyncio.Event()
@@ -158,6 +158,7 @@ class OutboxPublisher:
             task = asyncio.ensure_future(self._settle(rows, futures, done))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+            self._queue.task_done()
 
     async def _settle(
         self,
@@ -183,8 +184,11 @@ class OutboxPublisher:
         if done is not None and not done.done():
             done.set_result(None)
         if failed:
-            log.warning("%s: %d outbox row(s) not sent; the recovery round sends them",
-                        self._service, failed)
+            log.warning(
+                "%s: %d outbox row(s) not sent; the recovery round sends them",
+                self._service,
+                failed,
+            )
             self._wakeup.set()
         if dead:
             await self._renew_producer()
@@ -231,8 +235,9 @@ class OutboxPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("%s: outbox recovery round failed; retrying", self._service,
-                            exc_info=True)
+                log.warning(
+                    "%s: outbox recovery round failed; retrying", self._service, exc_info=True
+                )
                 sent = 0
             if sent >= self._recover_batch:
                 continue
@@ -288,8 +293,12 @@ class OutboxPublisher:
             .where(outbox.c.id.in_(chosen.scalar_subquery()), condition)
             .values(owner=self.owner, lease_until=now + self.lease)
             .returning(
-                outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.event_id,
-                outbox.c.payload, outbox.c.headers,
+                outbox.c.id,
+                outbox.c.topic,
+                outbox.c.key,
+                outbox.c.event_id,
+                outbox.c.payload,
+                outbox.c.headers,
             )
         )
         rows = sorted(result.all(), key=lambda r: r.id)
@@ -318,9 +327,8 @@ class OutboxPublisher:
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait for the sends in flight (at shutdown), then delete what Kafka acknowledged."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout_s)
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
         acked = self.take_acked()
@@ -328,8 +336,11 @@ class OutboxPublisher:
             try:
                 await self._db.write(lambda c: self.delete_rows(c, acked))
             except Exception:
-                log.warning("%s: acknowledged outbox rows not deleted; they go again",
-                            self._service, exc_info=True)
+                log.warning(
+                    "%s: acknowledged outbox rows not deleted; they go again",
+                    self._service,
+                    exc_info=True,
+                )
 
     async def stop(self) -> None:
         await self.flush()

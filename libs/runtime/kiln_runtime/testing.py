@@ -7,12 +7,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-
-from kiln_contracts import Event, encode
 from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from kiln_contracts import Event, encode
 from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, decode_deliveries
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
@@ -97,8 +96,12 @@ class EventDriver:
             unit = Unit(connection, self._clock(), self.group)  # type: ignore[arg-type]
             result = work(unit)
             write_outbox(
-                unit.connection, self._tables, unit.outgoing, owner="test-driver",
-                now=unit.now, lease=timedelta(hours=1),
+                unit.connection,
+                self._tables,
+                unit.outgoing,
+                owner="test-driver",
+                now=unit.now,
+                lease=timedelta(hours=1),
             )
             for callback in unit.callbacks():
                 callback()

@@ -1,6 +1,7 @@
 """Creating the topics of the registry (co-partitioned: one partition count for all)."""
 
 import logging
+from collections.abc import Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -10,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def topic_plan(
-    topics: dict[str, TopicSpec] | dict[str, TopicSpec | InternalTopicSpec],
+    topics: Mapping[str, TopicSpec | InternalTopicSpec],
     partitions: int | None = None,
     replication_factor: int | None = None,
 ) -> list[NewTopic]:
@@ -33,9 +34,10 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        every: dict[str, TopicSpec | InternalTopicSpec] = {**TOPICS, **INTERNAL_TOPICS}
         missing = [
             t
-            for t in topic_plan({**TOPICS, **INTERNAL_TOPICS}, partitions, replication_factor)
+            for t in topic_plan(every, partitions, replication_factor)
             if t.name not in existing
         ]
         if missing:

@@ -39,7 +39,9 @@ class OutgoingEvent:
     def header_blob(self) -> bytes | None:
         if not self.headers:
             return None
-        return b"\n".join(name.encode() + b"=" + value.hex().encode() for name, value in self.headers)
+        return b"\n".join(
+            name.encode() + b"=" + value.hex().encode() for name, value in self.headers
+        )
 
 
 def headers_from_blob(blob: bytes | None) -> list[tuple[str, bytes]]:

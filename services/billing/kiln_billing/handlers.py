@@ -125,7 +125,10 @@ class Billing:
         if account_id != event.account_id:
             log.error(
                 "%s for job %s names account %s, but the job is %s's; ignored",
-                event.type, event.job_id, event.account_id, account_id,
+                event.type,
+                event.job_id,
+                event.account_id,
+                account_id,
             )
             UNCHANGED.labels(event.type, "foreign_account").inc()
             return False, None
@@ -141,13 +144,20 @@ class Billing:
         if decision.booking is not None:
             balances = apply_postings(balances, decision.booking.postings)
             repository.add_booking(
-                unit.connection, event.account_id, decision.booking, now=unit.now,
+                unit.connection,
+                event.account_id,
+                decision.booking,
+                now=unit.now,
                 job_id=event.job_id,
             )
             self._save_balance(unit, event.account_id, balances)
             MILLICREDITS.labels(decision.booking.kind).inc(decision.booking.amount)
         repository.save_job_charge(
-            unit.connection, event.job_id, event.account_id, decision.charge, known=known,
+            unit.connection,
+            event.job_id,
+            event.account_id,
+            decision.charge,
+            known=known,
             now=unit.now,
         )
         self._charges[event.job_id] = (event.account_id, decision.charge)
@@ -263,7 +273,11 @@ class Billing:
             # The price travels with the reservation: a later price change does not apply.
             log.info(
                 "job %s: %s names %d millicredits, the reservation holds %d; %d applies",
-                job_id, event.type, ended.price_millicredits, amount, amount,
+                job_id,
+                event.type,
+                ended.price_millicredits,
+                amount,
+                amount,
             )
         job_mode = mode(decision.charge.sandbox)
         if decision.emit == "captured":

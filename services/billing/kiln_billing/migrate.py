@@ -17,7 +17,10 @@ MIGRATION_LOCK_KEY = 0x6B696C6E_0004  # "kiln", issue 4
 
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     migrations.upgrade(
-        connection, MIGRATIONS_DIR, lock_key=MIGRATION_LOCK_KEY, revision=revision,
+        connection,
+        MIGRATIONS_DIR,
+        lock_key=MIGRATION_LOCK_KEY,
+        revision=revision,
         baseline=BASELINE,
     )
 

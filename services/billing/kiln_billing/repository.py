@@ -7,17 +7,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from typing import cast
+
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from kiln_billing.ledger import Balances, Booking, JobCharge
 from kiln_billing.tables import AccountBalance, LedgerPosting, LedgerTransaction, Reservation
 
-balances_table = AccountBalance.__table__
-postings_table = LedgerPosting.__table__
-transactions_table = LedgerTransaction.__table__
-reservations_table = Reservation.__table__
+balances_table = cast(Table, AccountBalance.__table__)
+postings_table = cast(Table, LedgerPosting.__table__)
+transactions_table = cast(Table, LedgerTransaction.__table__)
+reservations_table = cast(Table, Reservation.__table__)
 
 # Built once (constructing a statement costs more than running it).
 _SAVE_BALANCES = (
@@ -180,9 +182,7 @@ def booking_exists(connection: Connection, entry_key: str) -> bool:
 def postings_by_account_and_book(connection: Connection) -> dict[str, dict[str, int]]:
     p = postings_table.c
     rows = connection.execute(
-        select(p.account_id, p.book, func.sum(p.amount_millicredits)).group_by(
-            p.account_id, p.book
-        )
+        select(p.account_id, p.book, func.sum(p.amount_millicredits)).group_by(p.account_id, p.book)
     )
     books: dict[str, dict[str, int]] = defaultdict(dict)
     for account_id, book, total in rows:
@@ -265,9 +265,7 @@ def _charge(row: object) -> JobCharge:
     )
 
 
-def job_charges(
-    connection: Connection, job_ids: Iterable[str]
-) -> dict[str, tuple[str, JobCharge]]:
+def job_charges(connection: Connection, job_ids: Iterable[str]) -> dict[str, tuple[str, JobCharge]]:
     """(account id, charge) of the jobs billing has heard of, by job id."""
     wanted = sorted(set(job_ids))
     if not wanted:

@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from kiln_billing import repository
-from kiln_billing.migrate import current_revision, head_revision
 from kiln_billing.ledger import Balances, balances_from_books
+from kiln_billing.migrate import current_revision, head_revision
 from kiln_runtime.db import make_sync_engine
 from kiln_runtime.money import format_credits
 

@@ -1,4 +1,6 @@
-"""The inference worker: `python -m kiln_inference` (HTTP only for health and metrics)."""
+"""The inference worker: `python -m kiln_inference` accepts dispatched attempts (handlers.py),
+runs them on Triton (worker.py) and serves /healthz, /readyz (Triton's models ready included)
+and /metrics."""
 
 import asyncio
 import contextlib
@@ -7,13 +9,14 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from kiln_inference.config import InferenceSettings
-from kiln_inference.models import MESSAGING, Base
-from kiln_inference.triton_client import triton_ready
-from kiln_inference.worker import Worker, make_handlers
+from kiln_inference.handlers import Inference
+from kiln_inference.migrate import upgrade_connection
+from kiln_inference.tables import MESSAGING, Base
+from kiln_inference.triton_client import close_clients, triton_ready
+from kiln_inference.worker import Worker
 from kiln_runtime.blobs import blob_store_for
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.health import health_router
-from kiln_runtime.http import serve
+from kiln_runtime.http import serve, service_app
 from kiln_runtime.service import ServiceRuntime
 
 
@@ -24,35 +27,32 @@ def create_app(settings: InferenceSettings) -> FastAPI:
     async def triton() -> bool:
         return await triton_ready(settings.triton_grpc_url, served)
 
-    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, {"triton": triton})
+    inference = Inference(settings.worker_id)
+    runtime = ServiceRuntime(
+        settings,
+        Base.metadata,
+        MESSAGING,
+        migrate=upgrade_connection,
+        handlers=inference.handlers(),
+        extra_checks={"triton": triton},
+    )
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        wakeup = asyncio.Event()
-        worker = Worker(
-            settings,
-            runtime.sessions,
-            runtime.relay,
-            catalog,
-            blob_store_for(settings),
-            wakeup,
-        )
+    async def working(rt: ServiceRuntime) -> AsyncIterator[None]:
+        worker = Worker(settings, rt, catalog, blob_store_for(settings))
+        inference.runner = worker
+        task = asyncio.create_task(worker.run(), name="worker")
         try:
-            async with runtime.consuming(
-                make_handlers(wakeup, settings.worker_id), on_commit=worker.on_event_committed
-            ):
-                task = asyncio.create_task(worker.run(), name="worker")
-                try:
-                    yield
-                finally:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+            yield
         finally:
-            await runtime.stop()
+            inference.runner = None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.close()
+            await close_clients()
 
-    app = FastAPI(title="Kiln inference", lifespan=lifespan)
-    app.include_router(health_router(lambda: runtime.readiness))
+    app = service_app("Kiln inference", runtime, alongside=working)
+    app.state.runtime = runtime
     return app
 
 

@@ -6,10 +6,11 @@ from kiln_runtime.settings import ServiceSettings
 class InferenceSettings(ServiceSettings):
     service_name: str = "inference"
     http_port: int = 8004
-    database_url: str = "sqlite+aiosqlite:///.kiln/data/inference.db"
+    database_url: str = "sqlite:///.kiln/data/inference.db"
     triton_grpc_url: str = "127.0.0.1:8001"
-    # Jobs this worker runs at once (Triton batches what arrives together).
-    worker_concurrency: int = 8
+    # Attempts this worker runs at once: enough in flight for Triton's dynamic batcher to form
+    # real batches (the scheduler's pool capacities bound what is dispatched anyway).
+    worker_concurrency: int = Field(default=64, gt=0)
     # Simulated time of a sandbox job when the request names none (DESIGN.md: 10 s).
     sandbox_delay_ms: int = 10_000
     # A sandbox job asking for outcome "timeout" is held this long past its deadline (so that
@@ -17,7 +18,10 @@ class InferenceSettings(ServiceSettings):
     sandbox_timeout_grace_s: float = Field(default=5.0, ge=0)
     result_chunk_size: int = 1024 * 1024
     worker_id: str = "inference-1"
-    # Progress while a model runs: a job.progress at most this often.
+    # An attempt still running after this long announces itself (job.started); one that ends
+    # sooner goes from dispatched to its end without it (its end says when it started).
+    announce_start_after_s: float = Field(default=0.25, gt=0)
+    # Then its heartbeat: a job.progress this often while it runs.
     progress_interval_s: float = Field(default=2.0, gt=0)
     # Input images (models with needs_input_image): fetched through the URL guard.
     input_image_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)

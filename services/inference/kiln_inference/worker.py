@@ -1,39 +1,47 @@
-"""The worker: accept dispatched jobs durably, run them on Triton, store encrypted results.
+"""The worker: run accepted attempts on Triton, store encrypted results, end each attempt
+(docs/architecture.md, "Inference").
 
-Accepting is one transaction (inbox + work item), so the Kafka offset can be committed at
-once and a long model run never holds a partition. Each outcome is emitted in the same
-transaction that deletes its work item; a worker killed mid-job finds the item on restart and
-runs it again (at-least-once inference, exactly-once outcome per attempt).
-
-The worker reports each attempt's end as ``job.completed`` (the result is stored) or
-``job.attempt_failed`` (code, retryable); the scheduler alone decides what follows a failure
-(another attempt, ``job.failed`` or ``job.canceled``).
-
-Cancel. ``job.cancel_requested`` for a job still pending here drops its work item at once;
-for a running one it marks the item ``canceling`` (durable: a restart does not run it again)
-and, once that commits, cancels the attempt's task, which stops the Triton call or the fetch
-where it is. Both answer ``job.attempt_failed`` with code ``CANCELED``, not retryable. The job
-id is remembered, so a dispatch that arrives after its cancel never runs.
+Up to `worker_concurrency` attempts run at once, so that Triton's dynamic batcher finds
+requests to batch. An attempt that outlives `announce_start_after_s` announces itself with
+`job.started`, then sends `job.progress` every `progress_interval_s` (the scheduler's heartbeat);
+one that ends sooner says nothing until its end, which carries when it started. Its end —
+`job.completed` (the result is stored) or `job.attempt_failed` (code, retryable) — is emitted in
+the transaction that deletes its work item, shared with other attempts ending at the same time
+(the runtime's group commit). An attempt whose item is gone by then was canceled: its result is
+deleted and nothing more is said. A worker killed mid-attempt finds the item at its next start
+and runs it again (at-least-once inference, exactly one outcome per attempt); the scheduler
+alone decides what follows a failure.
 """
+
+from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import functools
 import io
 import logging
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from kiln_contracts import Event, timestamp
+from kiln_contracts import timestamp
 from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_crypto import ResultEncryptor
+from kiln_inference import repository
+from kiln_inference.attempts import (
+    InvalidJobInput,
+    TritonCall,
+    UnknownModel,
+    estimated_progress,
+    public_message,
+    result_blob_key,
+    triton_call,
+)
 from kiln_inference.config import InferenceSettings
+from kiln_inference.handlers import emit_attempt_failed
 from kiln_inference.inputs import FetchLimits, InputImageError, fetch_input_image
 from kiln_inference.metrics import (
     ATTEMPTS,
@@ -44,56 +52,19 @@ from kiln_inference.metrics import (
     RESULTS_DELETED,
     TRITON_ERRORS,
 )
-from kiln_inference.models import MESSAGING, CanceledJob, StoredResult, WorkItem
-from kiln_inference.service import (
-    InvalidJobInput,
-    TritonCall,
-    UnknownModel,
-    estimated_progress,
-    public_message,
-    result_blob_key,
-    triton_call,
-)
+from kiln_inference.repository import WorkItemRow
 from kiln_inference.triton_client import TritonInferenceError, infer_file
 from kiln_runtime.blobs import BlobStore
 from kiln_runtime.catalog import Catalog
-from kiln_runtime.consuming import Handler
-from kiln_runtime.db import SessionFactory, transaction
-from kiln_runtime.outbox import Outbox, OutboxRelay
+from kiln_runtime.service import Transactions
+from kiln_runtime.unit import Unit
 
 log = logging.getLogger(__name__)
 
-CANCELED = "CANCELED"
 TIMEOUT = "TIMEOUT"
-# Progress points of one attempt: input ready, model done (then encrypt and store).
+# Progress points of an attempt that fetches an input image.
 PROGRESS_INPUT_READY = 0.1
 PROGRESS_MODEL_DONE = 0.9
-
-
-def attempt_failed(
-    outbox: Outbox,
-    *,
-    account_id: str,
-    job_id: str,
-    attempt: int,
-    code: str,
-    retryable: bool,
-    worker_id: str,
-    message: str | None = None,
-) -> None:
-    outbox.emit(
-        "job.attempt_failed",
-        jobs_pb2.JobAttemptFailed(
-            attempt=attempt,
-            error_code=code,
-            error_message=message or public_message(code),
-            retryable=retryable,
-            failed_at=timestamp(),
-            worker_id=worker_id,
-        ),
-        account_id=account_id,
-        job_id=job_id,
-    )
 
 
 class AttemptFailure(Exception):
@@ -106,366 +77,230 @@ class AttemptFailure(Exception):
         self.message = message or public_message(code)
 
 
-def make_handlers(wake_workers: asyncio.Event, worker_id: str) -> dict[str, Handler]:
-    async def on_job_dispatched(session: AsyncSession, event: Event, outbox: Outbox) -> None:
-        dispatched = event.message
-        assert isinstance(dispatched, jobs_pb2.JobDispatched)
-        if await session.get(CanceledJob, event.job_id) is not None:
-            attempt_failed(
-                outbox,
-                account_id=event.account_id,
-                job_id=event.job_id,
-                attempt=dispatched.attempt,
-                code=CANCELED,
-                retryable=False,
-                worker_id=worker_id,
-            )
-            return
-        item_id = f"{event.job_id}:{dispatched.attempt}"
-        if await session.get(WorkItem, item_id) is None:
-            session.add(
-                WorkItem(
-                    id=item_id,
-                    job_id=event.job_id,
-                    account_id=event.account_id,
-                    dispatch=dispatched.SerializeToString(deterministic=True),
-                    attempt=dispatched.attempt,
-                    status="pending",
-                )
-            )
-        wake_workers.set()
-
-    async def on_job_cancel_requested(session: AsyncSession, event: Event, outbox: Outbox) -> None:
-        if await session.get(CanceledJob, event.job_id) is None:
-            session.add(CanceledJob(job_id=event.job_id))
-        items = (
-            await session.scalars(select(WorkItem).where(WorkItem.job_id == event.job_id))
-        ).all()
-        for item in items:
-            if item.status == "pending":
-                attempt_failed(
-                    outbox,
-                    account_id=item.account_id,
-                    job_id=item.job_id,
-                    attempt=item.attempt,
-                    code=CANCELED,
-                    retryable=False,
-                    worker_id=worker_id,
-                )
-                ATTEMPTS.labels(_model_of(item), "canceled").inc()
-                await session.delete(item)
-            else:
-                item.status = "canceling"  # the running task stops once this commits
-
-    return {
-        "job.dispatched": on_job_dispatched,
-        "job.cancel_requested": on_job_cancel_requested,
-    }
+Outcome = jobs_pb2.JobCompleted | AttemptFailure
 
 
-def _model_of(item: WorkItem) -> str:
-    dispatch = jobs_pb2.JobDispatched()
-    dispatch.ParseFromString(item.dispatch)
-    return dispatch.spec.model
+class _Attempt:
+    """One running attempt: its task and where its heartbeat stands."""
 
-
-@dataclass
-class _Running:
-    item_id: str
-    task: "asyncio.Task[Outbox]"
-    cancel_requested: bool = False
+    def __init__(self, item: WorkItemRow, dispatch: jobs_pb2.JobDispatched) -> None:
+        self.item = item
+        self.dispatch = dispatch
+        self.started = time.monotonic()
+        self.started_at = datetime.now(UTC)
+        self.announced = False
+        self.progress = 0.0
+        # While the model runs, progress is estimated when a heartbeat asks for it.
+        self.estimate: Callable[[], float] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False  # a cancel ended it: it must say nothing more
 
 
 class Worker:
     def __init__(
         self,
         settings: InferenceSettings,
-        sessions: SessionFactory,
-        relay: OutboxRelay,
+        runtime: Transactions,
         catalog: Catalog,
         blobs: BlobStore,
-        wakeup: asyncio.Event,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
-        self._sessions = sessions
-        self._relay = relay
+        self._runtime = runtime
         self._catalog = catalog
         self._blobs = blobs
-        self._wakeup = wakeup
         self._now = now
-        self._claim_lock = asyncio.Lock()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Attempt] = {}  # by job id
+        self._waiting: deque[WorkItemRow] = deque()
+        self._known: set[str] = set()  # item ids running or waiting here
         self._crashes: dict[str, int] = {}
         self._limits = FetchLimits(
             max_bytes=settings.input_image_max_bytes,
             max_pixels=settings.input_image_max_pixels,
             timeout_s=settings.input_image_timeout_s,
         )
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """Items left running by a killed worker go back to pending; those whose cancel
-        arrived while they ran end now, CANCELED."""
-        outbox = Outbox()
-        async with transaction(self._sessions) as session:
-            canceling = (
-                await session.scalars(select(WorkItem).where(WorkItem.status == "canceling"))
-            ).all()
-            for item in canceling:
-                attempt_failed(
-                    outbox,
-                    account_id=item.account_id,
-                    job_id=item.job_id,
-                    attempt=item.attempt,
-                    code=CANCELED,
-                    retryable=False,
-                    worker_id=self._settings.worker_id,
-                )
-                await session.delete(item)
-            await session.execute(
-                update(WorkItem).where(WorkItem.status == "running").values(status="pending")
-            )
-            await outbox.write(session, MESSAGING)
-        self._relay.wake()
-
     async def run(self) -> None:
-        await self.recover()
-        await asyncio.gather(
-            self._sweep_loop(),
-            *(self._loop() for _ in range(self._settings.worker_concurrency)),
-        )
+        """Run what an earlier life left, then the heartbeat and the retention sweep."""
+        for item in await self._runtime.read(repository.pending_items):
+            self.start(item)
+        await asyncio.gather(self._heartbeat_loop(), self._sweep_loop())
 
-    def on_event_committed(self, event: Event) -> None:
-        """After a cancel commits: stop the attempt that runs the job here, if one does."""
-        if event.type != "job.cancel_requested":
+    async def close(self) -> None:
+        for attempt in list(self._running.values()):
+            if attempt.task is not None:
+                attempt.task.cancel()
+        tasks = [a.task for a in self._running.values() if a.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def start(self, item: WorkItemRow) -> None:
+        """Run an accepted attempt now, or when a slot frees up."""
+        if item.id in self._known:
             return
-        running = self._running.get(event.job_id)
-        if running is not None and not running.task.done():
-            running.cancel_requested = True
-            running.task.cancel()
+        self._known.add(item.id)
+        self._waiting.append(item)
+        self._fill()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                item = await self._claim()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # e.g. a cancel deleted the item between this claim's read and its write
-                log.warning("claiming a work item failed; trying again", exc_info=True)
-                await asyncio.sleep(0.2)
-                continue
-            if item is None:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
-                self._wakeup.clear()
-                continue
-            try:
-                await self._run_item(item)
-                self._crashes.pop(item.id, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                crashes = self._crashes.get(item.id, 0) + 1
-                self._crashes[item.id] = crashes
-                log.exception("work item %s crashed (%d time(s))", item.id, crashes)
-                await asyncio.sleep(1.0)
-                await self._after_crash(item, crashes)
+    def stop(self, job_id: str) -> None:
+        """A cancel ended the job's attempt (its item is gone): stop the task if it runs."""
+        attempt = self._running.get(job_id)
+        if attempt is not None and attempt.task is not None and not attempt.task.done():
+            attempt.stopped = True
+            attempt.task.cancel()
+        for item in [i for i in self._waiting if i.job_id == job_id]:
+            self._waiting.remove(item)
+            self._known.discard(item.id)
 
-    async def _after_crash(self, item: WorkItem, crashes: int) -> None:
-        async with transaction(self._sessions) as session:
-            current = await session.get(WorkItem, item.id)
-            if current is None:
-                return
-            if crashes < self._settings.max_local_crashes and current.status == "running":
-                current.status = "pending"
-                return
-            outbox = Outbox()
-            canceled = current.status == "canceling"
-            attempt_failed(
-                outbox,
-                account_id=item.account_id,
-                job_id=item.job_id,
-                attempt=item.attempt,
-                code=CANCELED if canceled else "WORKER_ERROR",
-                retryable=not canceled,
-                worker_id=self._settings.worker_id,
-            )
-            await session.delete(current)
-            await outbox.write(session, MESSAGING)
-        self._crashes.pop(item.id, None)
-        self._relay.wake()
+    def _fill(self) -> None:
+        while self._waiting and len(self._running) < self._settings.worker_concurrency:
+            item = self._waiting.popleft()
+            dispatch = jobs_pb2.JobDispatched()
+            dispatch.ParseFromString(item.dispatch)
+            attempt = _Attempt(item, dispatch)
+            self._running[item.job_id] = attempt
+            attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {item.id}")
+            IN_FLIGHT.inc()
 
-    async def _claim(self) -> WorkItem | None:
-        """Take the oldest pending item and announce its start, in one transaction."""
-        async with self._claim_lock, transaction(self._sessions) as session:
-            item = await session.scalar(
-                select(WorkItem)
-                .where(WorkItem.status == "pending")
-                .order_by(WorkItem.accepted_at)
-                .limit(1)
-            )
-            if item is None:
-                return None
-            item.status = "running"
-            outbox = Outbox()
-            outbox.emit(
-                "job.started",
-                jobs_pb2.JobStarted(
-                    attempt=item.attempt, worker_id=self._settings.worker_id, started_at=timestamp()
-                ),
-                account_id=item.account_id,
-                job_id=item.job_id,
-            )
-            await outbox.write(session, MESSAGING)
-        self._relay.wake()
-        return item
+    def _done(self, attempt: _Attempt) -> None:
+        IN_FLIGHT.dec()
+        if self._running.get(attempt.item.job_id) is attempt:
+            del self._running[attempt.item.job_id]
+        self._known.discard(attempt.item.id)
+        self._fill()
 
     # --- one attempt --------------------------------------------------------------------------
 
-    async def _run_item(self, item: WorkItem) -> None:
-        dispatch = jobs_pb2.JobDispatched()
-        dispatch.ParseFromString(item.dispatch)
-        model = dispatch.spec.model
-        task = asyncio.create_task(self._attempt(item, dispatch), name=f"attempt {item.id}")
-        running = _Running(item.id, task)
-        self._running[item.job_id] = running
-        IN_FLIGHT.inc()
+    async def _run(self, attempt: _Attempt) -> None:
+        item = attempt.item
         try:
-            # a cancel that committed between the claim and now
-            if await self._cancel_pending(item.id):
-                running.cancel_requested = True
-                task.cancel()
-            try:
-                outbox = await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if not running.cancel_requested or (current and current.cancelling()):
-                    raise  # shutting down: the item stays running and recover() re-runs it
-                # a result the attempt may have stored before it stopped goes too
-                outbox = await self._canceled(item, model)
+            outcome = await self._attempt(attempt)
+            await self._end(attempt, outcome)
+            self._crashes.pop(item.id, None)
+        except asyncio.CancelledError:
+            if not attempt.stopped:
+                raise  # shutting down: the item stays and the next start runs it again
+            await self._discard_result(item)
+        except Exception:
+            crashes = self._crashes.get(item.id, 0) + 1
+            self._crashes[item.id] = crashes
+            log.exception("attempt %s crashed (%d time(s))", item.id, crashes)
+            if crashes < self._settings.max_local_crashes:
+                await asyncio.sleep(1.0)
+                self._done(attempt)
+                self.start(item)
+                return
+            self._crashes.pop(item.id, None)
+            with contextlib.suppress(Exception):
+                await self._end(attempt, AttemptFailure("WORKER_ERROR", retryable=True))
         finally:
-            IN_FLIGHT.dec()
-            if self._running.get(item.job_id) is running:
-                del self._running[item.job_id]
-            if not task.done():
-                task.cancel()
-        completed = any(envelope.type == "job.completed" for envelope in outbox.envelopes)
-        key = result_blob_key(item.account_id, item.job_id)
-        async with transaction(self._sessions) as session:
-            status = await session.scalar(select(WorkItem.status).where(WorkItem.id == item.id))
-            if completed and status == "canceling":
-                # the cancel came as the model returned: the job stops here, without a result
-                outbox = await self._canceled(item, model)
-                completed = False
-            await session.execute(delete(WorkItem).where(WorkItem.id == item.id))
-            await outbox.write(session, MESSAGING)
-            if completed:
-                await session.merge(
-                    StoredResult(blob_key=key, job_id=item.job_id, stored_at=self._now())
-                )
-        if completed:
-            ATTEMPTS.labels(model, "completed").inc()
-        self._relay.wake()
+            if self._running.get(item.job_id) is attempt:
+                self._done(attempt)
 
-    async def _canceled(self, item: WorkItem, model: str) -> Outbox:
-        """The attempt's end when a cancel stopped it: CANCELED, and no result kept."""
-        outbox = Outbox()
-        attempt_failed(
-            outbox,
-            account_id=item.account_id,
-            job_id=item.job_id,
-            attempt=item.attempt,
-            code=CANCELED,
-            retryable=False,
-            worker_id=self._settings.worker_id,
-        )
-        ATTEMPTS.labels(model, "canceled").inc()
-        await asyncio.to_thread(self._blobs.delete, result_blob_key(item.account_id, item.job_id))
-        return outbox
-
-    async def _cancel_pending(self, item_id: str) -> bool:
-        async with self._sessions() as session:
-            status = await session.scalar(select(WorkItem.status).where(WorkItem.id == item_id))
-        return status == "canceling"
-
-    async def _attempt(self, item: WorkItem, dispatch: jobs_pb2.JobDispatched) -> Outbox:
-        """Run one attempt to its outcome; the returned outbox holds it."""
-        outbox = Outbox()
+    async def _attempt(self, attempt: _Attempt) -> Outcome:
+        """Run one attempt to its outcome."""
+        item, dispatch = attempt.item, attempt.dispatch
         model = dispatch.spec.model
-        started_at = timestamp()
         try:
             call = triton_call(dispatch, self._catalog, self._settings.sandbox_delay_ms)
             if call.hold_past_deadline:
-                await self._hold_past_deadline(item, dispatch)
+                await self._hold_past_deadline(attempt)
                 raise AttemptFailure(TIMEOUT, retryable=False)
             request = call.request
             if call.image_url is not None:
                 image = await self._fetch_image(call.image_url)
                 request = {**request, "image_b64": base64.b64encode(image).decode("ascii")}
-                await self._progress(item, PROGRESS_INPUT_READY)
-            output, content_type = await self._infer(item, dispatch, call, request)
-            await self._progress(item, PROGRESS_MODEL_DONE)
+                attempt.progress = PROGRESS_INPUT_READY
+            output, content_type = await self._infer(attempt, call, request)
+            attempt.progress = PROGRESS_MODEL_DONE
             result = await asyncio.to_thread(
-                self._store_encrypted, item.account_id, item.job_id, dispatch, output, content_type
-            )
-            outbox.emit(
-                "job.completed",
-                jobs_pb2.JobCompleted(
-                    spec=dispatch.spec,
-                    price_millicredits=dispatch.price_millicredits,
-                    attempt=dispatch.attempt,
-                    result=result,
-                    started_at=started_at,
-                    completed_at=timestamp(),
-                ),
+                store_encrypted_result,
+                self._blobs,
                 account_id=item.account_id,
                 job_id=item.job_id,
+                result_key=dispatch.spec.result_key,
+                output=output,
+                content_type=content_type,
+                chunk_size=self._settings.result_chunk_size,
             )
-            return outbox
+            return jobs_pb2.JobCompleted(
+                spec=dispatch.spec,
+                price_millicredits=dispatch.price_millicredits,
+                attempt=dispatch.attempt,
+                result=result,
+                started_at=timestamp(attempt.started_at),
+                completed_at=timestamp(self._now()),
+            )
         except TritonInferenceError as exc:
             TRITON_ERRORS.labels(model, exc.code).inc()
-            failure = AttemptFailure(exc.code, exc.retryable)
+            return AttemptFailure(exc.code, exc.retryable)
         except InputImageError as exc:
             INPUT_FETCH_ERRORS.labels(exc.code).inc()
-            failure = AttemptFailure(exc.code, exc.retryable, exc.message)
+            return AttemptFailure(exc.code, exc.retryable, exc.message)
         except UnknownModel:
-            failure = AttemptFailure("UNKNOWN_MODEL", retryable=False)
+            return AttemptFailure("UNKNOWN_MODEL", retryable=False)
         except InvalidJobInput as exc:
-            failure = AttemptFailure("INVALID_INPUT", retryable=False, message=str(exc))
+            return AttemptFailure("INVALID_INPUT", retryable=False, message=str(exc))
         except AttemptFailure as exc:
-            failure = exc
-        log.warning("job %s attempt %d failed: %s", item.job_id, item.attempt, failure.code)
-        ATTEMPTS.labels(model, "timeout" if failure.code == TIMEOUT else "failed").inc()
-        attempt_failed(
-            outbox,
-            account_id=item.account_id,
-            job_id=item.job_id,
-            attempt=item.attempt,
-            code=failure.code,
-            retryable=failure.retryable,
-            worker_id=self._settings.worker_id,
-            message=failure.message,
-        )
-        return outbox
+            return exc
 
-    async def _hold_past_deadline(self, item: WorkItem, dispatch: jobs_pb2.JobDispatched) -> None:
+    async def _end(self, attempt: _Attempt, outcome: Outcome) -> None:
+        """Emit the attempt's end with the deletion of its item (one transaction, shared)."""
+        item = attempt.item
+        model = attempt.dispatch.spec.model
+        worker_id = self._settings.worker_id
+
+        def end(unit: Unit) -> bool:
+            if not repository.delete_item(unit.connection, item.id):
+                return False  # a cancel ended it first
+            if isinstance(outcome, jobs_pb2.JobCompleted):
+                repository.store_result(
+                    unit.connection, outcome.result.blob_key, item.job_id, unit.now
+                )
+                unit.emit("job.completed", outcome, account_id=item.account_id, job_id=item.job_id)
+            else:
+                emit_attempt_failed(
+                    unit,
+                    account_id=item.account_id,
+                    job_id=item.job_id,
+                    attempt=item.attempt,
+                    code=outcome.code,
+                    retryable=outcome.retryable,
+                    worker_id=worker_id,
+                    message=outcome.message,
+                )
+            return True
+
+        if not await self._runtime.write(end):
+            if isinstance(outcome, jobs_pb2.JobCompleted):
+                await self._discard_result(item)
+            return
+        if isinstance(outcome, jobs_pb2.JobCompleted):
+            ATTEMPTS.labels(model, "completed").inc()
+        else:
+            log.warning("job %s attempt %d failed: %s", item.job_id, item.attempt, outcome.code)
+            ATTEMPTS.labels(model, "timeout" if outcome.code == TIMEOUT else "failed").inc()
+
+    async def _discard_result(self, item: WorkItemRow) -> None:
+        """A result the attempt may have stored before a cancel stopped it goes too."""
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(
+                self._blobs.delete, result_blob_key(item.account_id, item.job_id)
+            )
+
+    async def _hold_past_deadline(self, attempt: _Attempt) -> None:
         """Sandbox outcome "timeout": answer nothing until the deadline has passed (the
         scheduler fails the job with TIMEOUT), then give the attempt up."""
-        deadline = dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
+        deadline = attempt.dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
         hold_until = deadline + timedelta(seconds=self._settings.sandbox_timeout_grace_s)
         total = max((hold_until - self._now()).total_seconds(), 0.0)
         started = time.monotonic()
         while (left := total - (time.monotonic() - started)) > 0:
             await asyncio.sleep(min(left, self._settings.progress_interval_s))
-            elapsed = time.monotonic() - started
-            if elapsed < total:
-                await self._progress(item, min(0.85, 0.85 * elapsed / max(total, 1e-3)))
+            attempt.progress = min(0.85, 0.85 * (time.monotonic() - started) / max(total, 1e-3))
 
     async def _fetch_image(self, url: str) -> bytes:
         with INPUT_FETCH_LATENCY.time():
@@ -474,72 +309,82 @@ class Worker:
             )
 
     async def _infer(
-        self,
-        item: WorkItem,
-        dispatch: jobs_pb2.JobDispatched,
-        call: TritonCall,
-        request: dict[str, object],
+        self, attempt: _Attempt, call: TritonCall, request: dict[str, object]
     ) -> tuple[bytes, str]:
-        deadline = dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
+        deadline = attempt.dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
         timeout_s = (deadline - self._now()).total_seconds()
         if timeout_s <= 0:
             raise AttemptFailure(TIMEOUT, retryable=False)
-        call_task = asyncio.create_task(
-            infer_file(self._settings.triton_grpc_url, call.triton_model, request, timeout_s)
-        )
         started = time.monotonic()
+        base = attempt.progress
+        attempt.estimate = lambda: estimated_progress(
+            time.monotonic() - started, call.expected_s, base, PROGRESS_MODEL_DONE
+        )
         try:
-            with INFERENCE_LATENCY.labels(dispatch.spec.model).time():
-                while True:
-                    done, _ = await asyncio.wait(
-                        {call_task}, timeout=self._settings.progress_interval_s
-                    )
-                    if done:
-                        output, content_type = call_task.result()
-                        break
-                    elapsed = time.monotonic() - started
-                    await self._progress(
-                        item,
-                        estimated_progress(
-                            elapsed, call.expected_s, PROGRESS_INPUT_READY, PROGRESS_MODEL_DONE
-                        ),
-                    )
+            with INFERENCE_LATENCY.labels(attempt.dispatch.spec.model).time():
+                # Cancelling the attempt's task cancels the gRPC call.
+                output, content_type = await infer_file(
+                    self._settings.triton_grpc_url, call.triton_model, request, timeout_s
+                )
         finally:
-            if not call_task.done():
-                call_task.cancel()  # cancels the gRPC call
-                with contextlib.suppress(BaseException):
-                    await call_task
+            attempt.estimate = None
         return output, content_type or call.content_type
 
-    async def _progress(self, item: WorkItem, progress: float) -> None:
-        outbox = Outbox()
-        outbox.emit(
-            "job.progress",
-            jobs_pb2.JobProgress(attempt=item.attempt, progress=max(0.0, min(progress, 1.0))),
-            account_id=item.account_id,
-            job_id=item.job_id,
-        )
-        async with transaction(self._sessions) as session:
-            await outbox.write(session, MESSAGING)
-        self._relay.wake()
+    # --- heartbeats ---------------------------------------------------------------------------
 
-    def _store_encrypted(
-        self,
-        account_id: str,
-        job_id: str,
-        dispatch: jobs_pb2.JobDispatched,
-        output: bytes,
-        content_type: str,
-    ) -> jobs_pb2.JobResult:
-        return store_encrypted_result(
-            self._blobs,
-            account_id=account_id,
-            job_id=job_id,
-            result_key=dispatch.spec.result_key,
-            output=output,
-            content_type=content_type,
-            chunk_size=self._settings.result_chunk_size,
-        )
+    async def _heartbeat_loop(self) -> None:
+        """`job.started` for attempts that outlived the announce delay, `job.progress` every
+        progress interval: one shared transaction per round."""
+        s = self._settings
+        tick = min(s.announce_start_after_s, s.progress_interval_s) / 2
+        last_progress = time.monotonic()
+        while True:
+            await asyncio.sleep(max(tick, 0.01))
+            now = time.monotonic()
+            progress_due = now - last_progress >= s.progress_interval_s
+            if progress_due:
+                last_progress = now
+            beats = [
+                a
+                for a in list(self._running.values())
+                if not a.stopped
+                and now - a.started >= s.announce_start_after_s
+                and (not a.announced or progress_due)
+            ]
+            if not beats:
+                continue
+            try:
+                await self._runtime.write(functools.partial(self._beat, attempts=beats))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("heartbeat not written; next round", exc_info=True)
+
+    def _beat(self, unit: Unit, attempts: list[_Attempt]) -> None:
+        for a in attempts:
+            item = a.item
+            if not a.announced:
+                a.announced = True
+                unit.emit(
+                    "job.started",
+                    jobs_pb2.JobStarted(
+                        attempt=item.attempt,
+                        worker_id=self._settings.worker_id,
+                        started_at=timestamp(a.started_at),
+                    ),
+                    account_id=item.account_id,
+                    job_id=item.job_id,
+                )
+            else:
+                progress = a.estimate() if a.estimate is not None else a.progress
+                unit.emit(
+                    "job.progress",
+                    jobs_pb2.JobProgress(
+                        attempt=item.attempt, progress=max(0.0, min(progress, 1.0))
+                    ),
+                    account_id=item.account_id,
+                    job_id=item.job_id,
+                )
 
     # --- retention ----------------------------------------------------------------------------
 
@@ -548,23 +393,14 @@ class Worker:
         cutoff = self._now() - timedelta(seconds=self._settings.result_retention_s)
         deleted = 0
         while True:
-            async with self._sessions() as session:
-                keys = (
-                    await session.scalars(
-                        select(StoredResult.blob_key)
-                        .where(StoredResult.stored_at < cutoff)
-                        .order_by(StoredResult.stored_at)
-                        .limit(batch)
-                    )
-                ).all()
+            keys = await self._runtime.read(lambda c: repository.expired_results(c, cutoff, batch))
             if not keys:
                 return deleted
             for key in keys:
                 await asyncio.to_thread(self._blobs.delete, key)
-            async with transaction(self._sessions) as session:
-                await session.execute(delete(StoredResult).where(StoredResult.blob_key.in_(keys)))
-                # cancels old enough to matter no more go too
-                await session.execute(delete(CanceledJob).where(CanceledJob.canceled_at < cutoff))
+            await self._runtime.write(
+                functools.partial(_forget_results, keys=keys, cutoff=cutoff)
+            )
             deleted += len(keys)
             RESULTS_DELETED.inc(len(keys))
 
@@ -579,6 +415,10 @@ class Worker:
             except Exception:
                 log.exception("the result retention sweep failed; it runs again later")
             await asyncio.sleep(self._settings.retention_sweep_interval_s)
+
+
+def _forget_results(unit: Unit, *, keys: list[str], cutoff: datetime) -> None:
+    repository.forget_results(unit.connection, keys, cutoff)
 
 
 def store_encrypted_result(

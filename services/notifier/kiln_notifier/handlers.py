@@ -155,7 +155,9 @@ class Notifier:
         if not isinstance(message, webhooks_pb2.WebhookTestRequested):
             raise TypeError(f"expected WebhookTestRequested, got {type(message).__name__}")
         url = repository.endpoint_for_test(
-            unit.connection, self.tables, account_id=event.account_id,
+            unit.connection,
+            self.tables,
+            account_id=event.account_id,
             endpoint_id=message.endpoint_id,
         )
         if not url:

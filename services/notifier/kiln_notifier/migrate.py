@@ -15,7 +15,10 @@ MIGRATION_LOCK_KEY = 0x6B696C6E_0006  # "kiln", the notifier
 
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     migrations.upgrade(
-        connection, MIGRATIONS_DIR, lock_key=MIGRATION_LOCK_KEY, revision=revision,
+        connection,
+        MIGRATIONS_DIR,
+        lock_key=MIGRATION_LOCK_KEY,
+        revision=revision,
         baseline=BASELINE,
     )
 

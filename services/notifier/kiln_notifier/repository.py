@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy import Connection
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
-from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
 from kiln_notifier.deliveries import TERMINAL_TYPES, DeliveryTarget, EndpointRecord
+from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
 
 
 def as_utc(value: datetime) -> datetime:
@@ -35,9 +34,7 @@ class EndpointChange:
     changed_at: datetime
 
 
-def upsert_endpoint(
-    connection: Connection, tables: NotifierTables, change: EndpointChange
-) -> None:
+def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> None:
     endpoints = tables.endpoints
     values: dict[str, Any] = {
         "account_id": change.account_id,
@@ -500,6 +497,4 @@ def pending_retries(connection: Connection, tables: NotifierTables) -> int:
 
 
 def disabled_endpoint_count(connection: Connection, tables: NotifierTables) -> int:
-    return int(
-        connection.scalar(select(func.count()).select_from(tables.disabled_endpoints)) or 0
-    )
+    return int(connection.scalar(select(func.count()).select_from(tables.disabled_endpoints)) or 0)

@@ -30,6 +30,7 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_notifier import repository
 from kiln_notifier.config import NotifierSettings
+from kiln_notifier.deliveries import AttemptOutcome, decide_after_attempt, parse_retry_after
 from kiln_notifier.metrics import (
     WEBHOOK_ATTEMPTS,
     WEBHOOK_DELIVERIES,
@@ -38,10 +39,9 @@ from kiln_notifier.metrics import (
     WEBHOOK_LATENCY,
     WEBHOOK_PENDING_RETRIES,
 )
-from kiln_notifier.tables import DELIVERED, FAILED, PENDING, NotifierTables
 from kiln_notifier.repository import ClaimedDelivery
-from kiln_notifier.deliveries import AttemptOutcome, decide_after_attempt, parse_retry_after
 from kiln_notifier.signing import load_signing_key, sign_v1a
+from kiln_notifier.tables import DELIVERED, FAILED, PENDING, NotifierTables
 from kiln_runtime.service import Transactions
 from kiln_runtime.unit import Unit
 from kiln_runtime.url_guard import (
@@ -177,8 +177,7 @@ class PinnedClients:
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(c.aclose() for c in clients), *self._closing,
-                             return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in clients), *self._closing, return_exceptions=True)
 
 
 async def attempt_delivery(
@@ -524,7 +523,10 @@ def record_attempt(
         if decision.next_attempt_at is not None:
             attempted.next_attempt_at.FromDatetime(decision.next_attempt_at)
         unit.emit(
-            "webhook.attempted", attempted, account_id=claim.account_id, job_id=claim.job_id,
+            "webhook.attempted",
+            attempted,
+            account_id=claim.account_id,
+            job_id=claim.job_id,
             trace_id=trace,
         )
         return decision.outcome

@@ -73,7 +73,7 @@ def _spec(job: QueuedJobState) -> common_pb2.JobSpec:
 
 def partition_of(account_id: str, partitions: int) -> int:
     """The partition of an account's events (Kafka's default partitioner on the key)."""
-    return (murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 class Scheduler:
@@ -196,9 +196,7 @@ class Scheduler:
 
     # --- moving the queue -------------------------------------------------------------------
 
-    def dispatch_ready(
-        self, unit: Unit, pool: str, announce: frozenset[str] = frozenset()
-    ) -> None:
+    def dispatch_ready(self, unit: Unit, pool: str, announce: frozenset[str] = frozenset()) -> None:
         """Dispatch what fits, then send job.queued to waiting jobs whose position or reason
         changed (at most `queue_update_batch`, front first, plus every job in `announce`)."""
         now = unit.now
@@ -291,9 +289,7 @@ class Scheduler:
             job_id=job.job_id,
         )
 
-    def fail(
-        self, unit: Unit, job: QueuedJobState, code: str, message: str, outcome: str
-    ) -> None:
+    def fail(self, unit: Unit, job: QueuedJobState, code: str, message: str, outcome: str) -> None:
         self.queue.update(job, last_error_code=code)
         self.finish(job, outcome, unit.now)
         unit.emit(
@@ -451,9 +447,7 @@ class Scheduler:
         ended = _when(completed.completed_at) or unit.now
         if started is not None and completed.attempt == job.attempt:
             sample = max((ended - started).total_seconds(), 0.0)
-            mean = updated_mean(
-                self.means.get(job.pool), sample, self.settings.duration_ewma_alpha
-            )
+            mean = updated_mean(self.means.get(job.pool), sample, self.settings.duration_ewma_alpha)
             repository.record_duration(unit.connection, job.pool, mean)
             self.means[job.pool] = mean
         self.finish(job, "completed", unit.now)
@@ -468,7 +462,10 @@ class Scheduler:
         if job is None:
             return
         self.attempt_failed(
-            unit, job, code=failed.error_code, message=failed.error_message,
+            unit,
+            job,
+            code=failed.error_code,
+            message=failed.error_message,
             retryable=failed.retryable,
         )
         self._touched.add(job.pool)
@@ -496,7 +493,9 @@ class Scheduler:
         for job in list(self.queue.past_deadline(now)):
             pools.add(job.pool)
             TIMEOUTS.labels(job.pool, job.status).inc()
-            self.fail(unit, job, "TIMEOUT", "The job did not finish before its deadline.", "timeout")
+            self.fail(
+                unit, job, "TIMEOUT", "The job did not finish before its deadline.", "timeout"
+            )
         for job in self.queue.active():
             tracked = Tracked(
                 job_id=job.job_id,
@@ -513,15 +512,21 @@ class Scheduler:
                 else:
                     TIMEOUTS.labels(job.pool, job.status).inc()
                     self.fail(
-                        unit, job, "TIMEOUT", "The job did not finish before its deadline.",
+                        unit,
+                        job,
+                        "TIMEOUT",
+                        "The job did not finish before its deadline.",
                         "timeout",
                     )
             elif lost_worker(tracked, now, self.liveness):
                 pools.add(job.pool)
                 WORKERS_LOST.labels(job.pool).inc()
                 self.attempt_failed(
-                    unit, job, code="WORKER_LOST",
-                    message="The worker running the job stopped answering.", retryable=True,
+                    unit,
+                    job,
+                    code="WORKER_LOST",
+                    message="The worker running the job stopped answering.",
+                    retryable=True,
                 )
         self._touched |= pools
         self.after_batch(unit)

@@ -23,15 +23,16 @@ def _add_missing_columns(connection: Connection) -> None:
     for column in QueuedJob.__table__.columns:
         if column.name not in present:
             sql_type = column.type.compile(dialect=connection.dialect)
-            connection.execute(
-                text(f"ALTER TABLE queued_jobs ADD COLUMN {column.name} {sql_type}")
-            )
+            connection.execute(text(f"ALTER TABLE queued_jobs ADD COLUMN {column.name} {sql_type}"))
 
 
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     _add_missing_columns(connection)
     migrations.upgrade(
-        connection, MIGRATIONS_DIR, lock_key=MIGRATION_LOCK_KEY, revision=revision,
+        connection,
+        MIGRATIONS_DIR,
+        lock_key=MIGRATION_LOCK_KEY,
+        revision=revision,
         baseline=BASELINE,
     )
 

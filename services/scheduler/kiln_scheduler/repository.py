@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -14,9 +14,9 @@ from kiln_scheduler.decisions import ACTIVE_STATUSES, FINISHED
 from kiln_scheduler.queue import COLUMNS, QueuedJobState
 from kiln_scheduler.tables import PoolSlots, PoolStats, QueuedJob
 
-jobs_table = QueuedJob.__table__
-stats_table = PoolStats.__table__
-slots_table = PoolSlots.__table__
+jobs_table = cast(Table, QueuedJob.__table__)
+stats_table = cast(Table, PoolStats.__table__)
+slots_table = cast(Table, PoolSlots.__table__)
 
 _MUTABLE = tuple(c for c in COLUMNS if c not in ("job_id", "seq"))
 _INSERT_JOBS = insert(jobs_table).returning(jobs_table.c.seq, sort_by_parameter_order=True)
@@ -43,7 +43,12 @@ def aware(value: datetime | None) -> datetime | None:
 def _state(row: Any) -> QueuedJobState:
     values = {name: getattr(row, name) for name in COLUMNS}
     for name in (
-        "enqueued_at", "dispatched_at", "finished_at", "deadline_at", "ready_at", "started_at",
+        "enqueued_at",
+        "dispatched_at",
+        "finished_at",
+        "deadline_at",
+        "ready_at",
+        "started_at",
         "last_seen_at",
     ):
         values[name] = aware(values[name])
@@ -67,9 +72,7 @@ def insert_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
     """Insert new rows; each job learns its `seq` (its arrival order)."""
     if not jobs:
         return
-    params = [
-        {name: getattr(j, name) for name in COLUMNS if name != "seq"} for j in jobs
-    ]
+    params = [{name: getattr(j, name) for name in COLUMNS if name != "seq"} for j in jobs]
     seqs = connection.execute(_INSERT_JOBS, params).scalars().all()
     for j, seq in zip(jobs, seqs, strict=True):
         j.seq = seq
@@ -97,16 +100,16 @@ def move_slots(connection: Connection, pool: str, delta: int) -> int:
         return int(found)
     make = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     connection.execute(
-        make(slots_table).values(pool=pool, in_flight=0).on_conflict_do_nothing(
-            index_elements=["pool"]
-        )
+        make(slots_table)
+        .values(pool=pool, in_flight=0)
+        .on_conflict_do_nothing(index_elements=["pool"])
     )
     return int(connection.execute(_MOVE_SLOTS, {"s_pool": pool, "delta": delta}).scalar_one())
 
 
 def recount_slots(connection: Connection) -> None:
     """Set every pool's slots in use from the jobs themselves (at assignment: cheap insurance)."""
-    counts = dict(
+    counts: dict[str, int] = dict(
         connection.execute(
             select(jobs_table.c.pool, func.count())
             .where(jobs_table.c.status.in_(ACTIVE_STATUSES))

@@ -30,8 +30,8 @@ from sqlalchemy import select
 
 from kiln_contracts import Event, decode, encode, new_event
 from kiln_contracts.v1 import common_pb2, jobs_pb2, webhooks_pb2
-from kiln_notifier.config import NotifierSettings
 from kiln_notifier import handlers
+from kiln_notifier.config import NotifierSettings
 from kiln_notifier.migrate import upgrade_connection
 from kiln_notifier.sender import WebhookSender
 from kiln_notifier.tables import NotifierTables, make_tables

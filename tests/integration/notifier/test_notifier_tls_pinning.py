@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kiln_notifier.sender import attempt_delivery
 from kiln_notifier.repository import ClaimedDelivery
+from kiln_notifier.sender import attempt_delivery
 from tests.integration.notifier.conftest import DEFAULT_SECRET
 
 NAME = "hooks.kiln.test"

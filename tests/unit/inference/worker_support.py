@@ -1,4 +1,6 @@
-"""A worker on a SQLite file with a stand-in relay and a stand-in Triton, for worker tests."""
+"""A worker on a SQLite file with a stand-in Triton, for worker tests: events go through the
+handlers as the consumer runs them (kiln_runtime.testing.EventDriver), and what the worker
+emits stays in the outbox table."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
@@ -19,22 +21,18 @@ from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_crypto import make_result_key
 from kiln_inference import worker as worker_module
 from kiln_inference.config import InferenceSettings
-from kiln_inference.models import MESSAGING, Base
-from kiln_inference.worker import Worker, make_handlers
+from kiln_inference.handlers import Inference
+from kiln_inference.migrate import upgrade_connection
+from kiln_inference.tables import MESSAGING
+from kiln_inference.worker import Worker
 from kiln_runtime.blobs import LocalBlobStore
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.consuming import EventProcessor
-from kiln_runtime.db import make_engine, make_session_factory
-from kiln_runtime.outbox import OutboxRelay
+from kiln_runtime.db import Database
+from kiln_runtime.testing import EventDriver
 
 SECRET = "sk_live_worker-tests"
 ACCOUNT = "acct_worker"
 Infer = Callable[[str, str, dict[str, Any], float], Awaitable[tuple[bytes, str]]]
-
-
-class StubRelay:
-    def wake(self) -> None:
-        pass
 
 
 def ts(when: datetime) -> Timestamp:
@@ -91,18 +89,21 @@ def _encode(envelope: Any) -> bytes:
 @dataclass
 class Harness:
     worker: Worker
-    processor: EventProcessor
+    inference: Inference
+    driver: EventDriver
     settings: InferenceSettings
     blobs: LocalBlobStore
-    sessions: Any
+    db: Database
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     async def deliver(self, event: Event) -> None:
-        await self.processor.process(event)
+        await self.driver.process(event)
 
     async def emitted(self, event_type: str | None = None) -> list[Event]:
-        async with self.sessions() as session:
-            rows = (await session.execute(select(MESSAGING.outbox.c.payload))).scalars().all()
+        outbox = MESSAGING.outbox
+        rows = await self.db.read(
+            lambda c: list(c.execute(select(outbox.c.payload).order_by(outbox.c.id)).scalars())
+        )
         events = [decode(row) for row in rows]
         return [e for e in events if event_type is None or e.type == event_type]
 
@@ -130,18 +131,19 @@ async def running_worker(
     start: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
+    """A worker on `tmp_path`'s database; `start=False` accepts events without running them
+    (as a worker that is not up yet)."""
     settings = InferenceSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'inference.db'}",
+        database_url=f"sqlite:///{tmp_path / 'inference.db'}",
         blob_dir=tmp_path / "blobs",
         worker_concurrency=2,
         progress_interval_s=0.05,
+        announce_start_after_s=0.05,
         sandbox_timeout_grace_s=0.2,
         **overrides,
     )
-    engine = make_engine(settings.database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    sessions = make_session_factory(engine)
+    db = Database(settings.database_url, service="inference")
+    await db.on_writer(lambda: db.write_now(upgrade_connection))
     harness_calls: list[tuple[str, dict[str, Any]]] = []
 
     async def fake_infer(
@@ -151,22 +153,20 @@ async def running_worker(
         return await infer(url, model, request, timeout_s)
 
     monkeypatch.setattr(worker_module, "infer_file", fake_infer)
-    wakeup = asyncio.Event()
     blobs = LocalBlobStore(settings.blob_dir)
-    relay = cast(OutboxRelay, StubRelay())
-    worker = Worker(settings, sessions, relay, load_catalog(), blobs, wakeup)
-    processor = EventProcessor(
-        sessions,
-        MESSAGING,
-        consumer="inference",
-        handlers=make_handlers(wakeup, settings.worker_id),
-        on_commit=worker.on_event_committed,
-    )
-    task = asyncio.create_task(worker.run()) if start else None
+    inference = Inference(settings.worker_id)
+    driver = EventDriver(db, MESSAGING, inference.handlers(), group="inference")
+    worker = Worker(settings, driver, load_catalog(), blobs)
+    task = None
+    if start:
+        inference.runner = worker
+        task = asyncio.create_task(worker.run())
     try:
-        yield Harness(worker, processor, settings, blobs, sessions, harness_calls)
+        yield Harness(worker, inference, driver, settings, blobs, db, harness_calls)
     finally:
+        inference.runner = None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await engine.dispose()
+        await worker.close()
+        await db.dispose()

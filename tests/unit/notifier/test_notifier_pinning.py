@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from standardwebhooks import Webhook
 
-from kiln_notifier.sender import attempt_delivery, signature_headers
-from kiln_notifier.repository import ClaimedDelivery
 from kiln_notifier.deliveries import AttemptOutcome, decide_after_attempt, parse_retry_after
+from kiln_notifier.repository import ClaimedDelivery
+from kiln_notifier.sender import attempt_delivery, signature_headers
 from kiln_notifier.signing import load_signing_key
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -8,8 +8,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from kiln_notifier.sender import InvalidSecret, signature_headers
 from kiln_notifier.deliveries import encode_payload, webhook_payload
+from kiln_notifier.sender import InvalidSecret, signature_headers
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"o" * 24).decode()
