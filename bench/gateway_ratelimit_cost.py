@@ -24,13 +24,8 @@ import httpx
 
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.ratelimits import (
-    CounterStore,
-    DatabaseCounterStore,
-    MemoryCounterStore,
-    Quota,
-    RateLimiter,
-)
+from kiln_gateway.ratelimit_stores import CounterStore, DatabaseCounterStore, MemoryCounterStore
+from kiln_gateway.ratelimits import Quota, RateLimiter
 from kiln_gateway.state import GatewayState
 from kiln_runtime.db import make_engine, make_session_factory
 from kiln_runtime.outbox import OutboxRelay

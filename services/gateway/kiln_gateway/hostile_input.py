@@ -1,4 +1,5 @@
-"""Hostile input gets a 4xx, never a 500: the request body guard and the bounded `metadata`.
+"""Hostile input gets a 4xx, never a 500: the request body guard. (Job `metadata` is bounded by
+`jobs/metadata.py`; dates in query parameters are ISO text, `query_dates.py`.)
 
 `RequestBodyGuard` (pure ASGI, inside the request-id middleware) reads the body as it streams
 in, before any route sees it:
@@ -22,14 +23,11 @@ lengths) stay with the pydantic schemas, which answer 422 VALIDATION_ERROR.
 
 import json
 import math
-import re
 from collections.abc import Iterator
-from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,13 +37,6 @@ from kiln_gateway.content_policy import load_content_policy
 from kiln_gateway.errors import error_response
 
 MAX_JSON_DEPTH = 32
-
-# `metadata` on a job: the client's own bookkeeping, stored and returned as given, so bounded.
-METADATA_MAX_DEPTH = 3  # the metadata object itself is level 1
-METADATA_MAX_ENTRIES = 50  # per object or array
-METADATA_MAX_KEY_LENGTH = 64
-METADATA_MAX_STRING_LENGTH = 1000
-METADATA_MAX_BYTES = 16 * 1024  # as compact JSON
 
 
 class BodyRefused(Exception):
@@ -225,100 +216,6 @@ def _too_deep() -> BodyRefused:
     return BodyRefused(
         400, "BAD_REQUEST", f"The request body is nested deeper than {MAX_JSON_DEPTH} levels."
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Bounded metadata
-
-
-def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """`metadata` within its bounds (see the constants above), else ValueError naming where."""
-    stack: list[tuple[str, int, Any]] = [("metadata", 1, value)]
-    while stack:
-        where, depth, item = stack.pop()
-        if isinstance(item, str) and len(item) > METADATA_MAX_STRING_LENGTH:
-            raise ValueError(f"{where}: longer than {METADATA_MAX_STRING_LENGTH} characters")
-        if not isinstance(item, dict | list):
-            continue
-        if depth > METADATA_MAX_DEPTH:
-            raise ValueError(f"{where}: nested deeper than {METADATA_MAX_DEPTH} levels")
-        if len(item) > METADATA_MAX_ENTRIES:
-            raise ValueError(f"{where}: more than {METADATA_MAX_ENTRIES} entries")
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if len(key) > METADATA_MAX_KEY_LENGTH:
-                    raise ValueError(
-                        f"{where}: key {key[:20]!r}… longer than {METADATA_MAX_KEY_LENGTH}"
-                    )
-                stack.append((f"{where}.{key}", depth + 1, child))
-        else:
-            stack.extend((f"{where}.{i}", depth + 1, child) for i, child in enumerate(item))
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    if size > METADATA_MAX_BYTES:
-        raise ValueError(f"metadata: larger than {METADATA_MAX_BYTES} bytes as JSON")
-    return value
-
-
-_SCALARS: list[dict[str, Any]] = [
-    {"type": "string", "maxLength": METADATA_MAX_STRING_LENGTH},
-    {"type": "number"},
-    {"type": "boolean"},
-    {"type": "null"},
-]
-
-
-def _metadata_object_schema(level: int) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "maxProperties": METADATA_MAX_ENTRIES,
-        "propertyNames": {"maxLength": METADATA_MAX_KEY_LENGTH},
-        "additionalProperties": _metadata_value_schema(level + 1),
-    }
-
-
-def _metadata_value_schema(level: int) -> dict[str, Any]:
-    """A value `level` deep, spelt out level by level (JSON Schema cannot count depth)."""
-    if level > METADATA_MAX_DEPTH:
-        return {"anyOf": list(_SCALARS)}
-    array = {
-        "type": "array",
-        "maxItems": METADATA_MAX_ENTRIES,
-        "items": _metadata_value_schema(level + 1),
-    }
-    return {"anyOf": [*_SCALARS, array, _metadata_object_schema(level)]}
-
-
-METADATA_DESCRIPTION = (
-    "Your own bookkeeping, stored with the job and returned as given; not read by Kiln and not "
-    f"checked by the content policy. At most {METADATA_MAX_DEPTH} levels deep, "
-    f"{METADATA_MAX_ENTRIES} entries per object or array, keys of at most "
-    f"{METADATA_MAX_KEY_LENGTH} characters, strings of at most {METADATA_MAX_STRING_LENGTH} "
-    f"characters, and {METADATA_MAX_BYTES} bytes in all as compact JSON."
-)
-
-Metadata = Annotated[
-    dict[str, Any],
-    AfterValidator(check_metadata),
-    WithJsonSchema({**_metadata_object_schema(1), "description": METADATA_DESCRIPTION}),
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Dates and times in query parameters
-
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def _iso_text(value: Any) -> Any:
-    """Refuse a bare number, which pydantic would read as a Unix time: the document says ISO
-    8601 text, and `created_before=0.5` meaning 1970 is a surprise, not a feature."""
-    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
-        raise ValueError("must be an ISO 8601 date or date-time, not a number")
-    return value
-
-
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_text)]
-IsoDate = Annotated[date, BeforeValidator(_iso_text)]
 
 
 def install_input_guards(app: FastAPI, settings: GatewaySettings) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln_gateway.models import Base
-from kiln_gateway.ratelimits import DatabaseCounterStore, Quota, RateLimiter, window_start
+from kiln_gateway.ratelimit_stores import DatabaseCounterStore
+from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
+from kiln_gateway.tables import Base
 from kiln_runtime.db import make_engine
 from tests.integration.gateway.conftest import bearer, gateway_without_kafka, make_settings
 

@@ -18,8 +18,10 @@ import httpx
 from kiln_crypto import make_result_key
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.models import Account, ApiKey
-from kiln_gateway.service import new_api_secret, new_id, new_webhook_secret, secret_sha256
+from kiln_gateway.ids import new_id
+from kiln_gateway.keys.service import new_api_secret, secret_sha256
+from kiln_gateway.tables import Account, ApiKey
+from kiln_gateway.webhooks.service import new_webhook_secret
 from kiln_runtime.db import make_engine, make_session_factory, transaction
 from kiln_runtime.outbox import OutboxRelay
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from kiln_gateway.errors import ErrorEnvelope
-from kiln_gateway.hostile_input import (
+from kiln_gateway.jobs.metadata import (
     METADATA_MAX_BYTES,
     METADATA_MAX_DEPTH,
     METADATA_MAX_ENTRIES,

@@ -1,4 +1,6 @@
-"""The gateway's tables: accounts, API keys (hashes only), and the job and balance read models."""
+"""The gateway's tables (SQLAlchemy declarative classes): accounts, API keys (hashes only), the job
+and balance read models, webhook endpoints and the delivery log, idempotency records and
+rate-limit windows. Their schema in a database comes from the Alembic migrations."""
 
 from datetime import datetime
 from typing import Any

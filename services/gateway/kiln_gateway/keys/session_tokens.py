@@ -1,7 +1,7 @@
 """Account session tokens: short-lived HS256 JWTs that `POST /api/v1/auth/token` issues and key
 management accepts. Claims: `sub` (account id), `iat`, `exp`, `jti`, `typ` = "session".
 
-Kept apart from `sessions.py` (the login route) so that `deps.py` can verify a token without
+Kept apart from the login route (`endpoints.py`) so that `deps.py` can verify a token without
 importing a router."""
 
 import logging

@@ -11,12 +11,12 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from kiln_gateway.errors import ApiError, BadRequest, Conflict, error_response
-from kiln_gateway.models import IdempotencyRecord
+from kiln_gateway.jobs import repository
 from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import IdempotencyRecord
 from kiln_runtime.db import transaction
 
 MAX_KEY_LENGTH = 255
@@ -54,41 +54,28 @@ async def _claim(
     now = datetime.now(UTC)
     try:
         async with transaction(state.runtime.sessions) as session:
-            existing = await session.scalar(
-                select(IdempotencyRecord).where(
-                    IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
-                )
-            )
+            existing = await repository.idempotency_record(session, scope, key)
             if existing is not None and _expired(existing, now):
-                await session.execute(
-                    delete(IdempotencyRecord).where(IdempotencyRecord.id == existing.id)
-                )
+                await repository.delete_idempotency_record(session, existing.id)
                 existing = None
             if existing is not None:
                 return existing
-            session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=print_, created_at=now))
+            repository.add_idempotency_claim(session, scope, key, print_, now)
         return None
     except IntegrityError:
         # The racing twin inserted first; read what it wrote.
         async with state.runtime.sessions() as session:
-            return await session.scalar(
-                select(IdempotencyRecord).where(
-                    IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
-                )
-            )
+            return await repository.idempotency_record(session, scope, key)
 
 
 async def _finish(state: GatewayState, scope: str, key: str, response: JSONResponse | None) -> None:
     async with transaction(state.runtime.sessions) as session:
-        record = await session.scalar(
-            select(IdempotencyRecord).where(
-                IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
-            )
-        )
+        record = await repository.idempotency_record(session, scope, key)
         if record is None:
             return
         if response is None or response.status_code >= 500:
-            await session.delete(record)  # a server error may be retried with the same key
+            # A server error may be retried with the same key.
+            await repository.delete_idempotency_record(session, record.id)
             return
         record.status_code = response.status_code
         record.body = json.loads(bytes(response.body))
@@ -129,7 +116,7 @@ async def run_idempotently(
             raise Conflict("A request with this Idempotency-Key is still in progress.")
         await asyncio.sleep(0.05)
         async with state.runtime.sessions() as session:
-            existing = await session.get(IdempotencyRecord, existing.id)
+            existing = await repository.idempotency_record_by_id(session, existing.id)
         if existing is None:  # the first request failed with a server error: take over
             existing = await _claim(state, scope, key, print_)
     response: JSONResponse | None = None

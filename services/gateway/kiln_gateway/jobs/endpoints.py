@@ -3,15 +3,12 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
 
-from kiln_contracts import timestamp
-from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_gateway.content_policy import enforce_content_policy
 from kiln_gateway.deps import Caller, CallerDep, StateDep
 from kiln_gateway.errors import (
@@ -21,19 +18,25 @@ from kiln_gateway.errors import (
     ValidationFailed,
     error_responses,
 )
-from kiln_gateway.hostile_input import IsoDatetime
-from kiln_gateway.idempotency import run_idempotently
-from kiln_gateway.job_queries import JobFilters, count_query, order_by
-from kiln_gateway.models import MESSAGING, Job
-from kiln_gateway.schemas import JobCreate
-from kiln_gateway.service import TERMINAL, input_errors, new_id, url_inputs
+from kiln_gateway.jobs import repository
+from kiln_gateway.jobs.idempotency import run_idempotently
+from kiln_gateway.jobs.schemas import JobCreate, job_json
+from kiln_gateway.jobs.service import (
+    TERMINAL,
+    JobFilters,
+    JobSort,
+    input_errors,
+    job_spec,
+    new_job,
+    url_inputs,
+)
+from kiln_gateway.pagination import PageDep, paged
+from kiln_gateway.query_dates import IsoDatetime
 from kiln_gateway.state import GatewayState
-from kiln_gateway.timeline import record_account_event
-from kiln_gateway.views import job_json
+from kiln_gateway.tables import Job
 from kiln_runtime.catalog import ModelEntry
 from kiln_runtime.db import transaction
 from kiln_runtime.money import format_credits
-from kiln_runtime.outbox import Outbox
 from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -69,35 +72,6 @@ async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) 
     return entry
 
 
-def job_spec(
-    body: JobCreate, entry: ModelEntry, caller: Caller, state: GatewayState, now: datetime
-) -> common_pb2.JobSpec:
-    spec = common_pb2.JobSpec(
-        model=entry.id,
-        input_json=json.dumps(body.input, separators=(",", ":"), sort_keys=True),
-        metadata_json=json.dumps(body.metadata) if body.metadata is not None else "",
-        sandbox=caller.key.sandbox,
-        webhook_url=body.webhook_url or "",
-        result_key=common_pb2.ResultKey(
-            key_id=caller.key.id,
-            public_key=caller.key.result_public_key,
-            salt=caller.key.result_salt,
-        ),
-        pool=state.catalog.pool_for(entry.id, caller.key.sandbox),
-        created_at=timestamp(now),
-        deadline=timestamp(now + timedelta(seconds=entry.deadline_s)),
-        api_key_id=caller.key.id,
-    )
-    if caller.key.sandbox and body.sandbox is not None:
-        spec.sandbox_outcome = body.sandbox.outcome
-        if body.sandbox.delay_s is not None:
-            spec.sandbox_delay_ms = int(body.sandbox.delay_s * 1000)
-        if body.sandbox.outcome == "timeout":
-            limit_s = body.sandbox.delay_s if body.sandbox.delay_s is not None else 2.0
-            spec.deadline.CopyFrom(timestamp(now + timedelta(seconds=limit_s)))
-    return spec
-
-
 async def _wait_for(state: GatewayState, key: str, timeout_s: float) -> None:
     waiter = state.waiters.register(key)
     try:
@@ -110,9 +84,8 @@ async def _wait_for(state: GatewayState, key: str, timeout_s: float) -> None:
 
 async def _load(state: GatewayState, job_id: str, caller: Caller) -> Job:
     async with state.runtime.sessions() as session:
-        job = await session.get(Job, job_id)
-    # Another account's job is indistinguishable from a missing one.
-    if job is None or job.account_id != caller.account_id:
+        job = await repository.account_job(session, caller.account_id, job_id)
+    if job is None:
         raise NotFound("No such job.")
     return job
 
@@ -120,33 +93,13 @@ async def _load(state: GatewayState, job_id: str, caller: Caller) -> Job:
 async def _create(body: JobCreate, caller: Caller, state: GatewayState) -> JSONResponse:
     entry = await validated_model(body, caller, state)
     now = datetime.now(UTC)
-    job = Job(
-        id=new_id("job"),
-        account_id=caller.account_id,
-        api_key_id=caller.key.id,
-        model=entry.id,
-        status="pending",
-        input=body.input,
-        job_metadata=body.metadata,
-        sandbox=caller.key.sandbox,
-        webhook_url=body.webhook_url,
-        created_at=now,
-        progress=0.0,
-    )
-    spec = job_spec(body, entry, caller, state, now)
+    job = new_job(body, entry, caller.key, now)
+    pool = state.catalog.pool_for(entry.id, caller.key.sandbox)
+    spec = job_spec(body, entry, caller.key, pool, now)
     waiter = state.waiters.register(job.id)
     try:
         async with transaction(state.runtime.sessions) as session:
-            session.add(job)
-            record_account_event(session, job, "job.created", now)
-            outbox = Outbox()
-            outbox.emit(
-                "job.submitted",
-                jobs_pb2.JobSubmitted(spec=spec),
-                account_id=caller.account_id,
-                job_id=job.id,
-            )
-            await outbox.write(session, MESSAGING)
+            await repository.add_submitted_job(session, job, spec, now)
         state.runtime.relay.wake()
         try:
             await asyncio.wait_for(waiter.wait(), timeout=state.settings.decision_wait_s)
@@ -155,7 +108,7 @@ async def _create(body: JobCreate, caller: Caller, state: GatewayState) -> JSONR
     finally:
         state.waiters.release(job.id, waiter)
     async with state.runtime.sessions() as session:
-        current = await session.get(Job, job.id)
+        current = await repository.job_by_id(session, job.id)
     assert current is not None
     if current.status == "failed" and current.error_code == "INSUFFICIENT_CREDITS":
         raise InsufficientCredits(
@@ -209,16 +162,15 @@ async def count_jobs(
 ) -> dict[str, Any]:
     filters = JobFilters.parse(status, model, created_after, created_before)
     async with state.runtime.sessions() as session:
-        count = await session.scalar(count_query(filters, caller.account_id))
-    return {"data": {"count": int(count or 0)}}
+        count = await repository.count_jobs(session, caller.account_id, filters)
+    return {"data": {"count": count}}
 
 
 @router.get("")
 async def list_jobs(
     caller: CallerDep,
     state: StateDep,
-    page: int = Query(default=1, ge=1, le=100_000),
-    per_page: int = Query(default=25, ge=1, le=100),
+    page: PageDep,
     status: str | None = Query(default=None, max_length=200),
     model: str | None = Query(default=None, max_length=100),
     created_after: IsoDatetime | None = None,
@@ -226,26 +178,12 @@ async def list_jobs(
     sort: str = Query(default="-created_at", max_length=40),
 ) -> dict[str, Any]:
     filters = JobFilters.parse(status, model, created_after, created_before)
-    ordering = order_by(sort)
+    ordering = JobSort.parse(sort)
     async with state.runtime.sessions() as session:
-        total = int(await session.scalar(count_query(filters, caller.account_id)) or 0)
-        jobs = (
-            await session.scalars(
-                filters.apply(select(Job), caller.account_id)
-                .order_by(*ordering)
-                .offset((page - 1) * per_page)
-                .limit(per_page)
-            )
-        ).all()
-    return {
-        "data": [job_json(j, state.links) for j in jobs],
-        "pagination": {
-            "page": page,
-            "per_page": per_page,
-            "total_pages": (total + per_page - 1) // per_page,
-            "total_results": total,
-        },
-    }
+        jobs, total = await repository.list_jobs(
+            session, caller.account_id, filters, ordering, page
+        )
+    return paged([job_json(j, state.links) for j in jobs], page, total)
 
 
 @router.get("/{job_id}")
@@ -259,22 +197,13 @@ async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -
     the worker confirms it stopped. A finished job cannot be canceled (409)."""
     now = datetime.now(UTC)
     async with transaction(state.runtime.sessions) as session:
-        job = await session.get(Job, job_id)
-        if job is None or job.account_id != caller.account_id:
+        job = await repository.account_job(session, caller.account_id, job_id)
+        if job is None:
             raise NotFound("No such job.")
         if job.status in TERMINAL:
             raise Conflict(f"The job is already {job.status}.")
         if job.status != "canceling":
-            job.status = "canceling"
-            record_account_event(session, job, "job.canceling", now)
-            outbox = Outbox()
-            outbox.emit(
-                "job.cancel_requested",
-                jobs_pb2.JobCancelRequested(requested_by_key_id=caller.key.id),
-                account_id=caller.account_id,
-                job_id=job.id,
-            )
-            await outbox.write(session, MESSAGING)
+            await repository.request_cancel(session, job, caller.key.id, now)
     state.runtime.relay.wake()
     await _wait_for(state, job_id, state.settings.decision_wait_s)
     current = await _load(state, job_id, caller)

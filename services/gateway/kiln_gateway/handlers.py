@@ -9,7 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_contracts import Event
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2, webhooks_pb2
-from kiln_gateway.models import (
+from kiln_gateway.jobs.repository import record_account_event
+from kiln_gateway.jobs.service import next_status
+from kiln_gateway.tables import (
     Balance,
     Grant,
     Job,
@@ -17,8 +19,6 @@ from kiln_gateway.models import (
     WebhookDeliveryRecord,
     WebhookEndpoint,
 )
-from kiln_gateway.service import next_status
-from kiln_gateway.timeline import record_account_event
 from kiln_runtime.consuming import Handler
 from kiln_runtime.outbox import Outbox
 

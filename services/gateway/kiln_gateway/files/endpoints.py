@@ -4,9 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from kiln_gateway.deps import StateDep
-from kiln_gateway.errors import NotFound
+from kiln_gateway.files.service import resolve_download
 from kiln_runtime.blobs import iter_chunks
-from kiln_runtime.file_tokens import InvalidFileToken, verify_file_token
 
 router = APIRouter(tags=["files"])
 
@@ -25,19 +24,13 @@ router = APIRouter(tags=["files"])
     },
 )
 async def download(token: str, state: StateDep) -> StreamingResponse:
-    try:
-        grant = verify_file_token(token, state.settings.files_signing_key)
-    except InvalidFileToken as exc:
-        raise NotFound("No such file, or its link expired.") from exc
-    size = state.blobs.size(grant.blob_key)
-    if size is None:
-        raise NotFound("No such file, or its link expired.")
+    found = resolve_download(token, state.settings.files_signing_key, state.blobs)
     return StreamingResponse(
-        iter_chunks(state.blobs.open(grant.blob_key)),
+        iter_chunks(state.blobs.open(found.grant.blob_key)),
         media_type="application/octet-stream",
         headers={
-            "Content-Length": str(size),
+            "Content-Length": str(found.size),
             # The plaintext's type; the body is the kiln-hpke-v1 blob.
-            "X-Kiln-Content-Type": grant.content_type,
+            "X-Kiln-Content-Type": found.grant.content_type,
         },
     )

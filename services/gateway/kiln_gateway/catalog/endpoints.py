@@ -1,26 +1,14 @@
-"""Catalog and usage endpoints."""
+"""Catalog endpoints: the models a key can run (the catalog is data, DESIGN.md)."""
 
 from typing import Any
 
 from fastapi import APIRouter
 
+from kiln_gateway.catalog.schemas import model_json
 from kiln_gateway.deps import CallerDep, StateDep
 from kiln_gateway.errors import NotFound
-from kiln_runtime.catalog import ModelEntry
 
 router = APIRouter(tags=["catalog"])
-
-
-def model_json(entry: ModelEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "name": entry.name,
-        "kind": entry.kind,
-        "price": entry.price,
-        "content_type": entry.content_type,
-        "needs_input_image": entry.needs_input_image,
-        "input_schema": entry.input_schema,
-    }
 
 
 @router.get("/models")

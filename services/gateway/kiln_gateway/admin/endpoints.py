@@ -4,50 +4,31 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
-from kiln_contracts.v1 import credits_pb2, webhooks_pb2
+from kiln_gateway.admin import repository
+from kiln_gateway.admin.schemas import AccountCreate, CreditGrant, account_json
+from kiln_gateway.admin.service import grant_amount, new_account
 from kiln_gateway.deps import AdminDep, StateDep
-from kiln_gateway.errors import BadRequest, Conflict, NotFound, error_responses
-from kiln_gateway.keys import create_api_key
-from kiln_gateway.models import MESSAGING, Account, Balance, Grant
-from kiln_gateway.schemas import AccountCreate, CreditGrant, KeyCreate
-from kiln_gateway.service import new_id, new_webhook_secret
-from kiln_gateway.sessions import hash_password
-from kiln_gateway.views import account_json, key_json
+from kiln_gateway.errors import Conflict, NotFound, error_responses
+from kiln_gateway.ids import new_id
+from kiln_gateway.keys import repository as keys
+from kiln_gateway.keys.passwords import hash_password, normalize_email
+from kiln_gateway.keys.schemas import KeyCreate, key_json
+from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import Account
 from kiln_runtime.db import transaction
-from kiln_runtime.money import InvalidAmount, format_credits, parse_credits
-from kiln_runtime.outbox import Outbox
+from kiln_runtime.money import format_credits
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @router.post("/accounts", status_code=201, responses=error_responses(409))
 async def create_account(body: AccountCreate, state: StateDep, _: AdminDep) -> dict[str, Any]:
-    email = body.email.strip().lower()
-    password_hash = await hash_password(body.password)
-    account = Account(
-        id=new_id("acct"),
-        email=email,
-        name=body.name,
-        password_hash=password_hash,
-        default_webhook_secret=new_webhook_secret(),
-    )
+    account = new_account(body.email, body.name, await hash_password(body.password))
     async with transaction(state.runtime.sessions) as session:
-        if await session.scalar(select(Account.id).where(Account.email == email)) is not None:
+        if await repository.email_taken(session, account.email):
             raise Conflict("An account with this email exists.")
-        session.add(account)
-        outbox = Outbox()
-        outbox.emit(
-            "webhooks.endpoint_changed",
-            webhooks_pb2.WebhookEndpointChanged(
-                endpoint_id=f"default_{account.id}",
-                secret=account.default_webhook_secret,
-                is_default=True,
-            ),
-            account_id=account.id,
-        )
-        await outbox.write(session, MESSAGING)
+        await repository.add_account(session, account)
     state.runtime.relay.wake()
     return {"data": account_json(account)}
 
@@ -56,17 +37,15 @@ async def create_account(body: AccountCreate, state: StateDep, _: AdminDep) -> d
 async def list_accounts(
     state: StateDep, _: AdminDep, email: str | None = Query(default=None, max_length=320)
 ) -> dict[str, Any]:
+    wanted = normalize_email(email) if email is not None else None
     async with state.runtime.sessions() as session:
-        query = select(Account).order_by(Account.created_at)
-        if email is not None:
-            query = query.where(Account.email == email.strip().lower())
-        accounts = (await session.scalars(query.limit(100))).all()
+        accounts = await repository.list_accounts(session, wanted)
     return {"data": [account_json(a) for a in accounts]}
 
 
-async def _account(state: StateDep, account_id: str) -> Account:
+async def _account(state: GatewayState, account_id: str) -> Account:
     async with state.runtime.sessions() as session:
-        account = await session.get(Account, account_id)
+        account = await keys.account_by_id(session, account_id)
     if account is None:
         raise NotFound("No such account.")
     return account
@@ -77,33 +56,12 @@ async def grant_credits(
     account_id: str, body: CreditGrant, state: StateDep, _: AdminDep
 ) -> dict[str, Any]:
     await _account(state, account_id)
-    try:
-        amount = parse_credits(body.amount)
-    except InvalidAmount as exc:
-        raise BadRequest(str(exc), [{"field": "amount", "message": str(exc)}]) from exc
-    if amount == 0:
-        raise BadRequest("amount must not be zero", [{"field": "amount", "message": "zero"}])
+    amount = grant_amount(body.amount)
     grant_id = new_id("grant")
     waiter = state.waiters.register(grant_id)
     try:
         async with transaction(state.runtime.sessions) as session:
-            session.add(
-                Grant(
-                    id=grant_id,
-                    account_id=account_id,
-                    amount_millicredits=amount,
-                    reason=body.reason,
-                )
-            )
-            outbox = Outbox()
-            outbox.emit(
-                "credits.granted",
-                credits_pb2.CreditsGranted(
-                    grant_id=grant_id, amount_millicredits=amount, reason=body.reason
-                ),
-                account_id=account_id,
-            )
-            await outbox.write(session, MESSAGING)
+            await repository.add_grant(session, grant_id, account_id, amount, body.reason)
         state.runtime.relay.wake()
         try:
             await asyncio.wait_for(waiter.wait(), timeout=max(state.settings.decision_wait_s, 0))
@@ -112,8 +70,8 @@ async def grant_credits(
     finally:
         state.waiters.release(grant_id, waiter)
     async with state.runtime.sessions() as session:
-        grant = await session.get(Grant, grant_id)
-        balance = await session.get(Balance, account_id)
+        grant = await repository.grant_by_id(session, grant_id)
+        balance = await repository.balance_of(session, account_id)
     assert grant is not None
     return {
         "data": {
@@ -133,13 +91,13 @@ async def create_key(
 ) -> dict[str, Any]:
     await _account(state, account_id)
     async with transaction(state.runtime.sessions) as session:
-        key, secret = await create_api_key(session, account_id, body.name, body.sandbox)
+        key, secret = await keys.create_api_key(session, account_id, body.name, body.sandbox)
     return {"data": key_json(key, secret)}
 
 
-async def _set_suspended(state: StateDep, account_id: str, suspended: bool) -> dict[str, Any]:
+async def _set_suspended(state: GatewayState, account_id: str, suspended: bool) -> dict[str, Any]:
     async with transaction(state.runtime.sessions) as session:
-        account = await session.get(Account, account_id)
+        account = await keys.account_by_id(session, account_id)
         if account is None:
             raise NotFound("No such account.")
         account.suspended = suspended
