@@ -16,6 +16,7 @@ from kiln_gateway.hostile_input import install_input_guards
 from kiln_gateway.jobs.endpoints import router as jobs_router
 from kiln_gateway.keys.endpoints import auth_router
 from kiln_gateway.keys.endpoints import router as keys_router
+from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.openapi import install_openapi_document
 from kiln_gateway.ratelimits import RateLimitHeaders
 from kiln_gateway.request_ids import RequestIds
@@ -43,7 +44,7 @@ ROUTERS = (
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING)
+    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, migrate=upgrade_database)
     state = GatewayState(
         settings=settings,
         runtime=runtime,

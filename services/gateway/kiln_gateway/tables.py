@@ -16,11 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    event,
-    inspect,
-    text,
 )
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kiln_runtime.messaging import add_messaging_tables, utcnow
@@ -88,20 +84,6 @@ class Job(Base):
     # While queued, from the scheduler's job.queued (issue 5).
     estimated_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queue_reason: Mapped[str | None] = mapped_column(String(32))
-
-
-# Columns appended to `jobs` after its first release: `create_all` makes missing tables only,
-# so a database made by an older gateway gets them here (nullable, so no backfill).
-JOB_COLUMNS_ADDED_LATER = ("estimated_start_at", "queue_reason")
-
-
-@event.listens_for(Base.metadata, "after_create")
-def _add_job_columns_added_later(_metadata: MetaData, connection: Connection, **_kw: Any) -> None:
-    present = {column["name"] for column in inspect(connection).get_columns("jobs")}
-    for name in JOB_COLUMNS_ADDED_LATER:
-        if name not in present:
-            sql_type = Job.__table__.columns[name].type.compile(dialect=connection.dialect)
-            connection.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}"))
 
 
 class Balance(Base):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from kiln_gateway.ratelimit_stores import DatabaseCounterStore
 from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
@@ -28,6 +29,8 @@ async def _reset_database() -> None:
     engine = make_engine(POSTGRES_URL)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
+        # The gateway migrates at start: from nothing again, not from a stale revision.
+        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     await engine.dispose()
 
 

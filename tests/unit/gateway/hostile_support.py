@@ -1,8 +1,8 @@
 """The real gateway app (`create_app`) on a fresh SQLite file, for hostile-input tests.
 
-The lifespan is not entered, so nothing talks to Kafka: the runtime's database is opened the
-way `ServiceRuntime.start` opens it, and a relay that never runs takes the `wake()` calls
-(events a route emits stay in the outbox table). Requests go through httpx's ASGI transport,
+The lifespan is not entered, so nothing talks to Kafka: the runtime's database is opened and
+migrated the way `ServiceRuntime.start` does it, and a relay that never runs takes the `wake()`
+calls (events a route emits stay in the outbox table). Requests go through httpx's ASGI transport,
 so they pass every middleware, dependency and exception handler of the real app.
 """
 
@@ -20,6 +20,7 @@ from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.ids import new_id
 from kiln_gateway.keys.service import new_api_secret, secret_sha256
+from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.tables import Account, ApiKey
 from kiln_gateway.webhooks.service import new_webhook_secret
 from kiln_runtime.db import make_engine, make_session_factory, transaction
@@ -56,8 +57,7 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
     runtime = app.state.gateway.runtime
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
-    async with engine.begin() as conn:
-        await conn.run_sync(runtime.metadata.create_all)
+    await upgrade_database(engine)
     runtime._engine, runtime._sessions = engine, sessions
     runtime._relay = OutboxRelay(sessions, runtime.tables, None, service="gateway")
 
