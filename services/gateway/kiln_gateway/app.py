@@ -81,7 +81,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # X-RateLimit-* and Retry-After on every response of a rate-limited request.
     app.add_middleware(RateLimitHeaders)
     # Outermost: every answer, the guards' included, carries the request's id.
-    app.add_middleware(RequestIds, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIds)
 
     api = APIRouter(prefix="/api/v1")
     for router in ROUTERS:
