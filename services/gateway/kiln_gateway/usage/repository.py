@@ -49,11 +49,14 @@ async def job_stats(
     account_id: str,
     group_by: Literal["day", "model"],
     lower: datetime,
-    upper: datetime,
+    upper: datetime | None,
 ) -> Sequence[Row[Any]]:
     """(key, sandbox, jobs, completed, failed, charged) rows of the jobs created in
-    [lower, upper), grouped by day (UTC) or model."""
+    [lower, upper) (no end when `upper` is None), grouped by day (UTC) or model."""
     group = func.date(Job.created_at) if group_by == "day" else Job.model
+    window = [Job.created_at >= lower]
+    if upper is not None:
+        window.append(Job.created_at < upper)
     return (
         await session.execute(
             select(
@@ -64,11 +67,7 @@ async def job_stats(
                 func.sum(case((Job.status == "failed", 1), else_=0)),
                 _charged(),
             )
-            .where(
-                Job.account_id == account_id,
-                Job.created_at >= lower,
-                Job.created_at < upper,
-            )
+            .where(Job.account_id == account_id, *window)
             .group_by(group, Job.sandbox)
             .order_by(group)
         )

@@ -24,15 +24,25 @@ class StatsRange:
         return datetime.combine(self.first, datetime.min.time(), UTC)
 
     @property
-    def upper(self) -> datetime:
-        """The first instant after the range."""
+    def upper(self) -> datetime | None:
+        """The first instant after the range; None after the calendar's last day."""
+        if self.last == date.max:
+            return None
         return datetime.combine(self.last + timedelta(days=1), datetime.min.time(), UTC)
 
 
 def stats_range(start: date | None, end: date | None, today: date) -> StatsRange:
-    """[start, end]: by default the 30 days up to `end` (today unless given)."""
+    """[start, end]: by default the 30 days up to `end` (today unless given).
+
+    Every calendar date is a valid `start` or `end`: a range near the calendar's ends is
+    answered like any other (there are no jobs then), and the default start never goes before
+    the calendar's first day (`end=0001-01-01` covers that one day). Only a range that is not
+    one (start after end) or is longer than STATS_MAX_DAYS is refused, with 422."""
     last = end or today
-    first = start or (last - timedelta(days=STATS_DEFAULT_DAYS - 1))
+    if start is not None:
+        first = start
+    else:  # date.min.toordinal() is 1: never a day before it
+        first = last - timedelta(days=min(STATS_DEFAULT_DAYS - 1, last.toordinal() - 1))
     if first > last or (last - first).days > STATS_MAX_DAYS:
         raise ValidationFailed(
             "Bad date range.", [{"field": "start", "message": "start <= end, at most 366 days"}]
