@@ -1,39 +1,50 @@
 """The gateway: `python -m kiln_gateway` serves the public API v1 and keeps the read model."""
 
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 
 from kiln_contracts import Event
-from kiln_gateway import (
-    admin,
-    catalog,
-    files,
-    jobs,
-    keys,
-    sessions,
-    usage,
-    webhook_endpoints,
-)
+from kiln_gateway.admin.endpoints import router as admin_router
+from kiln_gateway.catalog.endpoints import router as catalog_router
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.consumers import HANDLERS
-from kiln_gateway.errors import error_response, install_error_handlers
+from kiln_gateway.errors import install_error_handlers
+from kiln_gateway.files.endpoints import router as files_router
+from kiln_gateway.handlers import HANDLERS
 from kiln_gateway.hostile_input import install_input_guards
-from kiln_gateway.models import MESSAGING, Base
+from kiln_gateway.jobs.endpoints import router as jobs_router
+from kiln_gateway.keys.endpoints import auth_router
+from kiln_gateway.keys.endpoints import router as keys_router
+from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.openapi import install_openapi_document
 from kiln_gateway.ratelimits import RateLimitHeaders
+from kiln_gateway.request_ids import RequestIds
 from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import MESSAGING, Base
+from kiln_gateway.usage.endpoints import router as usage_router
+from kiln_gateway.webhooks.endpoints import router as webhooks_router
 from kiln_runtime.blobs import blob_store_for
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.health import health_router
 from kiln_runtime.http import serve
 from kiln_runtime.service import ServiceRuntime
 
+# In the order of the OpenAPI document.
+ROUTERS = (
+    admin_router,
+    jobs_router,
+    catalog_router,
+    usage_router,
+    files_router,
+    webhooks_router,
+    auth_router,
+    keys_router,
+)
+
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING)
+    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, migrate=upgrade_database)
     state = GatewayState(
         settings=settings,
         runtime=runtime,
@@ -69,24 +80,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_openapi_document(app)
     # X-RateLimit-* and Retry-After on every response of a rate-limited request.
     app.add_middleware(RateLimitHeaders)
-
-    @app.middleware("http")
-    async def request_id_and_size(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request.state.request_id = f"req_{uuid.uuid4().hex}"
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return error_response(
-                request, 413, "PAYLOAD_TOO_LARGE", "The request body is too large."
-            )
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        return response
+    # Outermost: every answer, the guards' included, carries the request's id.
+    app.add_middleware(RequestIds)
 
     api = APIRouter(prefix="/api/v1")
-    for module in (admin, jobs, catalog, usage, files, webhook_endpoints, sessions, keys):
-        api.include_router(module.router)
+    for router in ROUTERS:
+        api.include_router(router)
     app.include_router(api)
     app.include_router(health_router(lambda: runtime.readiness))
     return app

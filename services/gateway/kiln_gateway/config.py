@@ -14,6 +14,12 @@ class GatewaySettings(ServiceSettings):
     # How long POST /jobs waits for billing's decision before answering `pending`.
     decision_wait_s: float = Field(default=2.0, ge=0)
     max_body_bytes: int = 1024 * 1024
+    # A body refused before its end (over max_body_bytes, a bad path) is still read, up to
+    # these bounds, and thrown away before the answer: clients that send the whole body before
+    # reading (urllib, requests, httpx) then read the 413 instead of a connection reset.
+    # Past them the answer closes the connection (hostile_input.py says why).
+    refused_body_drain_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    refused_body_drain_s: float = Field(default=30.0, gt=0)
     # An operator's content policy rules, added to the built-in ones (content_policy.py).
     content_policy_file: Path | None = None
     # Sessions (POST /api/v1/auth/token): an HS256 key of at least 32 characters, the same on

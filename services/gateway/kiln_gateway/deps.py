@@ -6,14 +6,18 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import select
 
 from kiln_gateway.errors import Forbidden, Unauthorized
-from kiln_gateway.models import Account, ApiKey
+from kiln_gateway.keys import repository as keys
+from kiln_gateway.keys.service import API_KEY_PREFIXES, secret_sha256
+from kiln_gateway.keys.session_tokens import (
+    InvalidSessionToken,
+    signing_key,
+    verify_session_token,
+)
 from kiln_gateway.ratelimits import limit_api_key
-from kiln_gateway.service import secret_sha256
-from kiln_gateway.session_tokens import InvalidSessionToken, signing_key, verify_session_token
 from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import Account, ApiKey
 from kiln_runtime.db import transaction
 
 
@@ -59,15 +63,13 @@ async def current_caller(
     state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
     token = _bearer(authorization)
-    if not token.startswith(("sk_live_", "sk_test_")):
+    if not token.startswith(API_KEY_PREFIXES):
         raise Unauthorized("Invalid API key.")
     async with transaction(state.runtime.sessions) as session:
-        key = await session.scalar(
-            select(ApiKey).where(ApiKey.secret_sha256 == secret_sha256(token))
-        )
+        key = await keys.api_key_by_secret_hash(session, secret_sha256(token))
         if key is None or key.revoked_at is not None:
             raise Unauthorized("Invalid API key.")
-        account = await session.get(Account, key.account_id)
+        account = await keys.account_by_id(session, key.account_id)
         if account is None:
             raise Unauthorized("Invalid API key.")
         if account.suspended:
@@ -94,14 +96,14 @@ async def current_account_from_session(
 ) -> Account:
     """The account of a session token from `POST /api/v1/auth/token` (key management)."""
     token = _bearer(authorization)
-    if token.startswith(("sk_live_", "sk_test_")):
+    if token.startswith(API_KEY_PREFIXES):
         raise Unauthorized("This route needs a session token (POST /api/v1/auth/token).")
     try:
         account_id = verify_session_token(token, signing_key(state.settings))
     except InvalidSessionToken as exc:
         raise Unauthorized("Invalid or expired session token.") from exc
     async with state.runtime.sessions() as session:
-        account = await session.get(Account, account_id)
+        account = await keys.account_by_id(session, account_id)
     if account is None:
         raise Unauthorized("Invalid or expired session token.")
     if account.suspended:

@@ -1,10 +1,12 @@
-"""Hostile input gets a 4xx, never a 500: the request body guard and the bounded `metadata`.
+"""Hostile input gets a 4xx, never a 500, and a client can read it: the request body guard.
+(The rules a body must follow are in `json_body.py`; job `metadata` is bounded by
+`jobs/metadata.py`; dates in query parameters are ISO text, `query_dates.py`.)
 
 `RequestBodyGuard` (pure ASGI, inside the request-id middleware) reads the body as it streams
 in, before any route sees it:
 
 - more than `max_body_bytes` → 413 PAYLOAD_TOO_LARGE, whether or not the client sent a
-  Content-Length (a chunked upload is cut off as soon as it passes the limit);
+  Content-Length (a chunked upload stops being kept as soon as it passes the limit);
 - a body whose Content-Type is missing or not JSON (`application/json`, `application/*+json`)
   → 400 BAD_REQUEST: every body of this API is JSON, and a 400 names the problem where FastAPI
   would answer with a confusing 422 about the body's type (`curl -d` sends a form type unless
@@ -18,18 +20,25 @@ in, before any route sees it:
 
 The body is then replayed to the app unchanged. Field-level rules (unknown fields, types,
 lengths) stay with the pydantic schemas, which answer 422 VALIDATION_ERROR.
+
+Refusing before the body is read. Most clients (urllib, requests, httpx) send the whole body
+before they read any answer. If the server answers and closes while body bytes are still
+arriving, the kernel answers those bytes with a TCP reset, which can also discard the answer
+before the client reads it: the client sees "connection reset" instead of the 413. Uvicorn
+closes right after the answer when the request said `Connection: close` (urllib always does,
+and so does HTTP/1.0); on a kept-alive connection it reads and drops the rest itself. So a
+refusal made before the body's end first reads the rest of the body and throws it away, up to
+`refused_body_drain_bytes` and `refused_body_drain_s`, then answers: the client finishes
+sending and reads the 413. Past either bound, or when the client asked
+`Expect: 100-continue` and has sent nothing yet, it answers at once with
+`Connection: close` (a client that waits for `100 Continue` reads the answer instead).
 """
 
-import json
-import math
-import re
-from collections.abc import Iterator
-from datetime import date, datetime
-from typing import Annotated, Any
+import asyncio
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,53 +46,51 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.content_policy import load_content_policy
 from kiln_gateway.errors import error_response
-
-MAX_JSON_DEPTH = 32
-
-# `metadata` on a job: the client's own bookkeeping, stored and returned as given, so bounded.
-METADATA_MAX_DEPTH = 3  # the metadata object itself is level 1
-METADATA_MAX_ENTRIES = 50  # per object or array
-METADATA_MAX_KEY_LENGTH = 64
-METADATA_MAX_STRING_LENGTH = 1000
-METADATA_MAX_BYTES = 16 * 1024  # as compact JSON
+from kiln_gateway.json_body import BodyRefused, check_json_body
 
 
-class BodyRefused(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
+@dataclass(frozen=True)
+class DrainBounds:
+    """How much of a refused request's unread body the guard reads before answering."""
+
+    max_bytes: int
+    max_s: float
+
+
+@dataclass
+class _BodyProgress:
+    received: int = 0  # bytes of the body read so far
+    complete: bool = False  # its last message was read
+    disconnected: bool = False
 
 
 class RequestBodyGuard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, drain: DrainBounds) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        progress = _BodyProgress()
         try:
             _check_target(scope)
-            headers = Headers(scope=scope)
             declared = headers.get("content-length")
             if declared is not None:
                 if not declared.isascii() or not declared.isdigit():
                     raise BodyRefused(400, "BAD_REQUEST", "Content-Length is not a number.")
                 if int(declared) > self.max_body_bytes:
                     raise _too_large(self.max_body_bytes)
-            body, disconnected = await self._read_body(receive)
-            if disconnected:
+            body = await self._read_body(receive, progress)
+            if progress.disconnected:
                 return  # the client is gone: nobody to answer
             if body:
                 check_json_body(body, headers.get("content-type"))
         except BodyRefused as refused:
-            response = error_response(
-                Request(scope), refused.status, refused.code, refused.message, refused.details
-            )
-            await response(scope, receive, send)
+            await self._refuse(scope, receive, send, refused, headers, progress)
             return
 
         replayed = False
@@ -97,92 +104,64 @@ class RequestBodyGuard:
 
         await self.app(scope, replay, send)
 
-    async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
+    async def _read_body(self, receive: Receive, progress: _BodyProgress) -> bytes:
         chunks: list[bytes] = []
-        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"", True
+                progress.disconnected = True
+                return b""
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
+            progress.received += len(chunk)
+            progress.complete = not message.get("more_body", False)
+            if progress.received > self.max_body_bytes:
                 raise _too_large(self.max_body_bytes)
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), False
+            if progress.complete:
+                return b"".join(chunks)
 
-
-def check_json_body(body: bytes, content_type: str | None) -> Any:
-    """The parsed body, or BodyRefused saying what is wrong with it."""
-    if content_type is None or not _is_json_media_type(content_type):
-        raise BodyRefused(
-            400,
-            "BAD_REQUEST",
-            "Request bodies must be JSON, sent with 'Content-Type: application/json'.",
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        refused: BodyRefused,
+        headers: Headers,
+        progress: _BodyProgress,
+    ) -> None:
+        """Answer `refused` so that the client can read it (see the module's docstring)."""
+        read_all = progress.complete or await self._drain(receive, headers, progress)
+        if progress.disconnected:
+            return
+        response = error_response(
+            Request(scope), refused.status, refused.code, refused.message, refused.details
         )
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BodyRefused(400, "BAD_REQUEST", "The request body is not valid UTF-8.") from exc
-    try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        raise BodyRefused(
-            400,
-            "BAD_REQUEST",
-            "Malformed JSON body.",
-            [{"field": "body", "message": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}],
-        ) from exc
-    except RecursionError as exc:
-        raise _too_deep() from exc
-    except ValueError as exc:  # NaN/Infinity, a float that overflows, an int too long to read
-        raise BodyRefused(
-            400,
-            "BAD_REQUEST",
-            "The request body has a number JSON cannot carry.",
-            [{"field": "body", "message": str(exc)}],
-        ) from exc
-    _check_json_value(value)
-    return value
+        if not read_all:
+            # Body bytes may still be on their way: end the connection after this answer.
+            response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
-
-def _check_json_value(value: Any) -> None:
-    nul_fields = []
-    for path, depth, item in _walk(value):
-        if depth > MAX_JSON_DEPTH:
-            raise _too_deep()
-        if isinstance(item, str):
-            if "\x00" in item:
-                nul_fields.append({"field": path, "message": "must not contain NUL characters"})
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise BodyRefused(
-                    400,
-                    "BAD_REQUEST",
-                    "The request body has a string that is not valid Unicode "
-                    "(a lone surrogate escape such as \\ud800).",
-                    [{"field": path, "message": "lone surrogate"}],
-                ) from exc
-    if nul_fields:
-        raise BodyRefused(422, "VALIDATION_ERROR", "The request has invalid fields.", nul_fields)
-
-
-def _walk(value: Any) -> Iterator[tuple[str, int, Any]]:
-    """(field path, depth, item) for every value and key, without recursion."""
-    stack: list[tuple[str, int, Any]] = [("", 1, value)]
-    while stack:
-        path, depth, item = stack.pop()
-        yield path or "body", depth, item
-        if isinstance(item, dict):
-            for key, child in item.items():
-                child_path = f"{path}.{key}" if path else str(key)
-                yield child_path, depth, key  # keys are checked like strings
-                stack.append((child_path, depth + 1, child))
-        elif isinstance(item, list):
-            for index, child in enumerate(item):
-                stack.append((f"{path}.{index}" if path else str(index), depth + 1, child))
+    async def _drain(self, receive: Receive, headers: Headers, progress: _BodyProgress) -> bool:
+        """Read and drop the rest of the body within the bounds; whether it all came."""
+        if progress.received == 0 and "100-continue" in headers.get("expect", "").lower():
+            return False  # asking for the body would send `100 Continue`: it has not left yet
+        declared = headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self.drain.max_bytes:
+            return False  # more than the bound will come: no use reading part of it
+        try:
+            async with asyncio.timeout(self.drain.max_s):
+                while progress.received <= self.drain.max_bytes:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        progress.disconnected = True
+                        return False
+                    progress.received += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        progress.complete = True
+                        return True
+        except TimeoutError:
+            pass
+        return False
 
 
 def _check_target(scope: Scope) -> None:
@@ -200,129 +179,16 @@ def _check_target(scope: Scope) -> None:
             raise BodyRefused(422, "VALIDATION_ERROR", "The request has invalid fields.", fields)
 
 
-def _is_json_media_type(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    kind, _, subtype = media_type.partition("/")
-    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is too large for a JSON number here")
-    return value
-
-
 def _too_large(limit: int) -> BodyRefused:
     return BodyRefused(413, "PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes.")
-
-
-def _too_deep() -> BodyRefused:
-    return BodyRefused(
-        400, "BAD_REQUEST", f"The request body is nested deeper than {MAX_JSON_DEPTH} levels."
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Bounded metadata
-
-
-def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """`metadata` within its bounds (see the constants above), else ValueError naming where."""
-    stack: list[tuple[str, int, Any]] = [("metadata", 1, value)]
-    while stack:
-        where, depth, item = stack.pop()
-        if isinstance(item, str) and len(item) > METADATA_MAX_STRING_LENGTH:
-            raise ValueError(f"{where}: longer than {METADATA_MAX_STRING_LENGTH} characters")
-        if not isinstance(item, dict | list):
-            continue
-        if depth > METADATA_MAX_DEPTH:
-            raise ValueError(f"{where}: nested deeper than {METADATA_MAX_DEPTH} levels")
-        if len(item) > METADATA_MAX_ENTRIES:
-            raise ValueError(f"{where}: more than {METADATA_MAX_ENTRIES} entries")
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if len(key) > METADATA_MAX_KEY_LENGTH:
-                    raise ValueError(
-                        f"{where}: key {key[:20]!r}… longer than {METADATA_MAX_KEY_LENGTH}"
-                    )
-                stack.append((f"{where}.{key}", depth + 1, child))
-        else:
-            stack.extend((f"{where}.{i}", depth + 1, child) for i, child in enumerate(item))
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    if size > METADATA_MAX_BYTES:
-        raise ValueError(f"metadata: larger than {METADATA_MAX_BYTES} bytes as JSON")
-    return value
-
-
-_SCALARS: list[dict[str, Any]] = [
-    {"type": "string", "maxLength": METADATA_MAX_STRING_LENGTH},
-    {"type": "number"},
-    {"type": "boolean"},
-    {"type": "null"},
-]
-
-
-def _metadata_object_schema(level: int) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "maxProperties": METADATA_MAX_ENTRIES,
-        "propertyNames": {"maxLength": METADATA_MAX_KEY_LENGTH},
-        "additionalProperties": _metadata_value_schema(level + 1),
-    }
-
-
-def _metadata_value_schema(level: int) -> dict[str, Any]:
-    """A value `level` deep, spelt out level by level (JSON Schema cannot count depth)."""
-    if level > METADATA_MAX_DEPTH:
-        return {"anyOf": list(_SCALARS)}
-    array = {
-        "type": "array",
-        "maxItems": METADATA_MAX_ENTRIES,
-        "items": _metadata_value_schema(level + 1),
-    }
-    return {"anyOf": [*_SCALARS, array, _metadata_object_schema(level)]}
-
-
-METADATA_DESCRIPTION = (
-    "Your own bookkeeping, stored with the job and returned as given; not read by Kiln and not "
-    f"checked by the content policy. At most {METADATA_MAX_DEPTH} levels deep, "
-    f"{METADATA_MAX_ENTRIES} entries per object or array, keys of at most "
-    f"{METADATA_MAX_KEY_LENGTH} characters, strings of at most {METADATA_MAX_STRING_LENGTH} "
-    f"characters, and {METADATA_MAX_BYTES} bytes in all as compact JSON."
-)
-
-Metadata = Annotated[
-    dict[str, Any],
-    AfterValidator(check_metadata),
-    WithJsonSchema({**_metadata_object_schema(1), "description": METADATA_DESCRIPTION}),
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Dates and times in query parameters
-
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def _iso_text(value: Any) -> Any:
-    """Refuse a bare number, which pydantic would read as a Unix time: the document says ISO
-    8601 text, and `created_before=0.5` meaning 1970 is a surprise, not a feature."""
-    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
-        raise ValueError("must be an ISO 8601 date or date-time, not a number")
-    return value
-
-
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_text)]
-IsoDate = Annotated[date, BeforeValidator(_iso_text)]
 
 
 def install_input_guards(app: FastAPI, settings: GatewaySettings) -> None:
     """The body guard, and the content policy compiled now so that a broken operator file
     stops the gateway at start instead of failing jobs."""
     load_content_policy(settings.content_policy_file)
-    app.add_middleware(RequestBodyGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestBodyGuard,
+        max_body_bytes=settings.max_body_bytes,
+        drain=DrainBounds(settings.refused_body_drain_bytes, settings.refused_body_drain_s),
+    )

@@ -1,7 +1,7 @@
 """The gateway app on a real SQLite database, without Kafka.
 
 `gateway_without_kafka(settings)` builds the real app (`create_app`) and replaces only its
-lifespan: the database is opened and its tables made as `ServiceRuntime.start` does, but no
+lifespan: the database is opened and migrated as `ServiceRuntime.start` does, but no
 producer, relay or consumer starts. Events that routes emit stay in the outbox table, which is
 all that routes about accounts, sessions, keys and limits need. For the pipeline (jobs that
 move), use the e2e stack.
@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
+from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.state import GatewayState
 from kiln_runtime.db import make_engine, make_session_factory
 from kiln_runtime.outbox import OutboxRelay
@@ -55,11 +56,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> GatewaySettings:
 def database_only_lifespan(runtime: ServiceRuntime) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # ServiceRuntime.start without the producer: the same engine, tables and sessions.
+        # ServiceRuntime.start without the producer: the same engine, migrations and sessions.
         engine = make_engine(runtime.settings.database_url)
         sessions = make_session_factory(engine)
-        async with engine.begin() as conn:
-            await conn.run_sync(runtime.metadata.create_all)
+        await upgrade_database(engine)
         runtime._engine = engine
         runtime._sessions = sessions
         # A relay that is never run: `wake()` is a no-op and the outbox keeps the events.

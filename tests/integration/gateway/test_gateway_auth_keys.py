@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from kiln_crypto.keys import derive_result_public_key
-from kiln_gateway.models import ApiKey
-from kiln_gateway.service import secret_sha256
+from kiln_gateway.keys.service import secret_sha256
+from kiln_gateway.tables import ApiKey
 from tests.integration.gateway.conftest import Gateway, bearer
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import httpx
 import jwt
 import pytest
 
-from kiln_gateway.session_tokens import issue_session_token
+from kiln_gateway.keys.session_tokens import issue_session_token
 from tests.integration.gateway.conftest import (
     PASSWORD,
     Gateway,

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln_gateway.ratelimits import DatabaseCounterStore, Quota, RateLimiter, window_start
+from kiln_gateway.ratelimit_stores import DatabaseCounterStore
+from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
 from tests.integration.gateway.conftest import (
     Gateway,
     bearer,

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from kiln_gateway.models import Base
-from kiln_gateway.ratelimits import DatabaseCounterStore, Quota, RateLimiter, window_start
+from kiln_gateway.ratelimit_stores import DatabaseCounterStore
+from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
+from kiln_gateway.tables import Base
 from kiln_runtime.db import make_engine
 from tests.integration.gateway.conftest import bearer, gateway_without_kafka, make_settings
 
@@ -27,6 +29,8 @@ async def _reset_database() -> None:
     engine = make_engine(POSTGRES_URL)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
+        # The gateway migrates at start: from nothing again, not from a stale revision.
+        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     await engine.dispose()
 
 

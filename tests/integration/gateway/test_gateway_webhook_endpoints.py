@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
-from kiln_gateway.consumers import HANDLERS
-from kiln_gateway.models import MESSAGING
+from kiln_gateway.handlers import HANDLERS
+from kiln_gateway.tables import MESSAGING
 from kiln_runtime.db import transaction
 from kiln_runtime.outbox import Outbox
 from tests.integration.gateway.conftest import Gateway, bearer, gateway_without_kafka, make_settings

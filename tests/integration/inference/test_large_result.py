@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from kiln_contracts.v1 import common_pb2
 from kiln_crypto import make_result_key
 from kiln_gateway.deps import get_state
-from kiln_gateway.files import router as files_router
+from kiln_gateway.files.endpoints import router as files_router
 from kiln_inference.worker import store_encrypted_result
 from kiln_runtime.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from kiln_runtime.file_tokens import FileGrant, sign_file_token

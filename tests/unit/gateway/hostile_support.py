@@ -1,25 +1,34 @@
 """The real gateway app (`create_app`) on a fresh SQLite file, for hostile-input tests.
 
-The lifespan is not entered, so nothing talks to Kafka: the runtime's database is opened the
-way `ServiceRuntime.start` opens it, and a relay that never runs takes the `wake()` calls
-(events a route emits stay in the outbox table). Requests go through httpx's ASGI transport,
-so they pass every middleware, dependency and exception handler of the real app.
+The lifespan is not entered, so nothing talks to Kafka: the runtime's database is opened and
+migrated the way `ServiceRuntime.start` does it, and a relay that never runs takes the `wake()`
+calls (events a route emits stay in the outbox table). Requests go through httpx's ASGI transport,
+so they pass every middleware, dependency and exception handler of the real app; or, with
+`ServedGateway`, through a real uvicorn server on a free local port.
 """
 
+import asyncio
 import contextlib
 import secrets
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 from kiln_crypto import make_result_key
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.models import Account, ApiKey
-from kiln_gateway.service import new_api_secret, new_id, new_webhook_secret, secret_sha256
+from kiln_gateway.ids import new_id
+from kiln_gateway.keys.service import new_api_secret, secret_sha256
+from kiln_gateway.migrate import upgrade_database
+from kiln_gateway.tables import Account, ApiKey
+from kiln_gateway.webhooks.service import new_webhook_secret
 from kiln_runtime.db import make_engine, make_session_factory, transaction
 from kiln_runtime.outbox import OutboxRelay
 
@@ -54,8 +63,7 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
     runtime = app.state.gateway.runtime
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
-    async with engine.begin() as conn:
-        await conn.run_sync(runtime.metadata.create_all)
+    await upgrade_database(engine)
     runtime._engine, runtime._sessions = engine, sessions
     runtime._relay = OutboxRelay(sessions, runtime.tables, None, service="gateway")
 
@@ -91,3 +99,59 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
             yield GatewayUnderTest(client, settings, account.id, live, sandbox)
     finally:
         await engine.dispose()
+
+
+class ServedGateway(threading.Thread):
+    """The harness app behind a real uvicorn server, in a thread with its own event loop."""
+
+    def __init__(self, tmp_path: Path, http: str = "auto", **overrides: Any) -> None:
+        """`http`: uvicorn's HTTP implementation ("auto" picks httptools when installed, as
+        the gateway's own `serve` does; "h11" the pure-Python one). `overrides`: settings."""
+        super().__init__(daemon=True)
+        self.tmp_path = tmp_path
+        self.http = http
+        self.overrides = overrides
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server: uvicorn.Server | None = None
+        self.gateway: GatewayUnderTest | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+
+    def wait_started(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.error is None and self.is_alive():
+            if self.server is not None and self.server.started:
+                return True
+            time.sleep(0.05)
+        return False
+
+    async def _serve(self) -> None:
+        async with gateway_under_test(self.tmp_path, **self.overrides) as gateway:
+            self.gateway = gateway
+            app = gateway.client._transport.app  # type: ignore[attr-defined]
+            config = uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                lifespan="off",
+                log_level="warning",
+                http=self.http,  # type: ignore[arg-type]
+            )
+            self.server = uvicorn.Server(config)
+            await self.server.serve()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.join(timeout=30)

@@ -5,7 +5,8 @@ import time
 import pytest
 from starlette.requests import Request
 
-from kiln_gateway.sessions import client_address, hash_password, normalize_email, password_matches
+from kiln_gateway.keys.login_throttle import client_address
+from kiln_gateway.keys.passwords import hash_password, normalize_email, password_matches
 
 
 async def test_a_password_matches_its_hash_only() -> None:

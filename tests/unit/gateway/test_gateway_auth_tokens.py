@@ -6,7 +6,7 @@ import jwt
 import pytest
 
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.session_tokens import (
+from kiln_gateway.keys.session_tokens import (
     InvalidSessionToken,
     issue_session_token,
     signing_key,

@@ -132,6 +132,55 @@ async def test_dates_in_queries_are_iso_text_not_numbers(
                 assert response.status_code == 422, f"{what}: {response.status_code}"
 
 
+# The calendar's ends, alone and with offsets that push them past it: range arithmetic on
+# them (a default 30-day start, an exclusive upper bound, a shift to UTC) must not overflow.
+EDGE_DATES = ["0001-01-01", "0001-01-02", "9999-12-30", "9999-12-31"]
+EDGE_DATETIMES = [
+    "0001-01-01T00:00:00",
+    "0001-01-01T00:00:00+23:59",
+    "0001-01-01T00:00:00-23:59",
+    "9999-12-31T23:59:59.999999",
+    "9999-12-31T23:59:59.999999-23:59",
+    "9999-12-31T23:59:59+23:59",
+]
+
+
+async def test_dates_at_the_calendars_ends_never_get_a_5xx(
+    gateway: GatewayUnderTest, document: dict[str, Any]
+) -> None:
+    """Every date query parameter of every operation, at each end of the calendar, alone and
+    combined with every other date parameter of the operation at each end."""
+    for path, method, operation in operations(document):
+        dated: dict[str, list[str]] = {}
+        for parameter in operation.get("parameters", []):
+            schema = json.dumps(parameter.get("schema", {}))
+            if parameter["in"] != "query":
+                continue
+            if '"format": "date-time"' in schema:
+                dated[parameter["name"]] = EDGE_DATETIMES
+            elif '"format": "date"' in schema:
+                dated[parameter["name"]] = EDGE_DATES
+        queries: list[dict[str, str]] = [
+            {name: value} for name, values in dated.items() for value in values
+        ]
+        names = sorted(dated)
+        for index, first in enumerate(names):
+            for second in names[index + 1 :]:
+                queries += [{first: a, second: b} for a in dated[first] for b in dated[second]]
+        for params in queries:
+            for extra in ({}, {"group_by": "day"}, {"group_by": "model"}):
+                response = await gateway.client.request(
+                    method.upper(),
+                    fill_path(path.removeprefix("/api/v1")),
+                    params={**params, **extra} if "/usage/stats" in path else params,
+                    headers=credentials(gateway, operation),
+                )
+                what = f"{method.upper()} {path}?{params}"
+                assert_documented_refusal(response, operation, what)
+                if "/usage/stats" not in path:
+                    break
+
+
 async def test_hostile_path_values_never_get_a_5xx(
     gateway: GatewayUnderTest, document: dict[str, Any]
 ) -> None:

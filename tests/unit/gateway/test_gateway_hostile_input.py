@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from kiln_gateway.errors import ErrorEnvelope
-from kiln_gateway.hostile_input import (
+from kiln_gateway.jobs.metadata import (
     METADATA_MAX_BYTES,
     METADATA_MAX_DEPTH,
     METADATA_MAX_ENTRIES,
@@ -144,12 +144,14 @@ async def test_a_declared_huge_body_is_413(gateway: GatewayUnderTest) -> None:
 async def test_a_chunked_huge_body_without_content_length_is_413(
     gateway: GatewayUnderTest,
 ) -> None:
+    """Past the limit the body is no longer kept, but it is read to its end (within the drain
+    bound) so that a client that sends it all before reading gets the 413."""
     sent = 0
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent
         yield b'{"model": "kiln/prompt-to-image", "input": {"prompt": "'
-        for _ in range(1000):  # up to 64 MiB if nobody stopped reading
+        for _ in range(100):  # 6.25 MiB
             sent += 65536
             yield b"a" * 65536
         yield b'"}}'
@@ -158,7 +160,42 @@ async def test_a_chunked_huge_body_without_content_length_is_413(
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
-    assert sent < 4 * gateway.settings.max_body_bytes  # it stopped reading early
+    assert sent == 100 * 65536  # read to its end: the client could finish sending
+    assert "connection" not in response.headers  # all read: the connection may stay open
+
+
+async def test_a_refused_body_is_read_only_up_to_the_drain_bound(tmp_path: Path) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(1000):  # 62.5 MiB if nobody stopped reading
+            sent += 65536
+            yield b"a" * 65536
+
+    drain = 4 * 1024 * 1024
+    async with gateway_under_test(tmp_path, refused_body_drain_bytes=drain) as gateway:
+        response = await post_raw(gateway, "/jobs", chunks())
+        assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+        assert response.headers["connection"] == "close"  # the rest was not read
+        assert sent <= drain + 2 * 65536
+
+
+async def test_a_declared_body_beyond_the_drain_bound_is_not_read(tmp_path: Path) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(100):
+            sent += 65536
+            yield b"a" * 65536
+
+    async with gateway_under_test(tmp_path, refused_body_drain_bytes=1024 * 1024) as gateway:
+        headers = {"content-length": str(100 * 65536)}
+        response = await post_raw(gateway, "/jobs", chunks(), headers)
+        assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+        assert response.headers["connection"] == "close"
+        assert sent <= 65536  # answered before reading: it could never all be read
 
 
 async def test_a_chunked_body_within_the_limit_is_read_whole(gateway: GatewayUnderTest) -> None:

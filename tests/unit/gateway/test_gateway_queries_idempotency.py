@@ -3,17 +3,17 @@ from datetime import UTC, datetime
 import pytest
 
 from kiln_gateway.errors import BadRequest, ValidationFailed
-from kiln_gateway.idempotency import checked_key, fingerprint
-from kiln_gateway.job_queries import JobFilters, order_by
-from kiln_gateway.usage import period_start
+from kiln_gateway.jobs.idempotency import checked_key, fingerprint
+from kiln_gateway.jobs.service import JobFilters, JobSort
+from kiln_gateway.usage.service import period_start
 
 
 def test_sort_accepts_known_fields_in_both_directions() -> None:
-    assert len(order_by("created_at")) == 2
-    assert len(order_by("-completed_at")) == 2
+    assert JobSort.parse("created_at") == JobSort("created_at", descending=False)
+    assert JobSort.parse("-completed_at") == JobSort("completed_at", descending=True)
     for bad in ("password", "-", "created_at; drop table jobs", ""):
         with pytest.raises(ValidationFailed):
-            order_by(bad)
+            JobSort.parse(bad)
 
 
 def test_status_filter_takes_a_comma_list_of_known_statuses() -> None:
@@ -43,7 +43,7 @@ def test_usage_periods_are_utc_calendar_months() -> None:
 
 
 def test_url_inputs_are_the_fields_the_schema_marks_as_uri() -> None:
-    from kiln_gateway.service import url_inputs
+    from kiln_gateway.jobs.service import url_inputs
     from kiln_runtime.catalog import load_catalog
 
     catalog = load_catalog()

@@ -7,12 +7,11 @@ import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
 from kiln_gateway.config import GatewaySettings
+from kiln_gateway.ratelimit_stores import MemoryCounterStore, increment_statement
 from kiln_gateway.ratelimits import (
     Decision,
-    MemoryCounterStore,
     Quota,
     RateLimiter,
-    increment_statement,
     key_quota,
     route_class,
     window_start,

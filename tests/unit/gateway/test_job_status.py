@@ -1,6 +1,7 @@
 import pytest
 
-from kiln_gateway.service import input_errors, next_status, secret_sha256
+from kiln_gateway.jobs.service import input_errors, next_status
+from kiln_gateway.keys.service import secret_sha256
 from kiln_runtime.catalog import load_catalog
 
 
@@ -53,7 +54,7 @@ def test_only_a_hash_of_the_secret_is_kept() -> None:
 def test_webhook_secrets_are_valid_standard_webhooks_secrets() -> None:
     from standardwebhooks import Webhook
 
-    from kiln_gateway.service import new_webhook_secret
+    from kiln_gateway.webhooks.service import new_webhook_secret
 
     for _ in range(200):  # URL-safe base64 would fail here within a few draws
         secret = new_webhook_secret()

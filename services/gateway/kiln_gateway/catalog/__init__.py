@@ -1,0 +1,1 @@
+"""The model catalog: `/api/v1/models`, for API keys."""

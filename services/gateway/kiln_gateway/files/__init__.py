@@ -1,0 +1,1 @@
+"""Result downloads: `/api/v1/files/{token}`, no API key needed."""

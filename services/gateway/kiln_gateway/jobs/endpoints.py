@@ -1,0 +1,257 @@
+"""Job endpoints (`/api/v1/jobs`), for API keys."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kiln_gateway.content_policy import enforce_content_policy
+from kiln_gateway.deps import Caller, CallerDep, StateDep
+from kiln_gateway.errors import (
+    Conflict,
+    InsufficientCredits,
+    NotFound,
+    ValidationFailed,
+    error_responses,
+)
+from kiln_gateway.jobs import repository
+from kiln_gateway.jobs.idempotency import run_idempotently
+from kiln_gateway.jobs.schemas import JobCreate, job_json
+from kiln_gateway.jobs.service import (
+    TERMINAL,
+    JobFilters,
+    JobSort,
+    input_errors,
+    job_spec,
+    new_job,
+    url_inputs,
+)
+from kiln_gateway.pagination import PageDep, paged
+from kiln_gateway.query_dates import IsoDatetime
+from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import Job
+from kiln_runtime.catalog import ModelEntry
+from kiln_runtime.db import transaction
+from kiln_runtime.money import format_credits
+from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JOB_ID = Path(pattern=r"^job_[0-9a-f]{32}$", description="A job id, `job_` + 32 hex digits.")
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Replays the first answer for 24 h."),
+]
+
+
+async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) -> ModelEntry:
+    """Everything that makes a job request acceptable, as one 422 naming each bad field."""
+    entry = state.catalog.model(body.model)
+    if entry is None:
+        raise ValidationFailed(
+            "Unknown model.", [{"field": "model", "message": f"no model {body.model!r}"}]
+        )
+    details = input_errors(entry.input_schema, body.input)
+    if body.sandbox is not None and not caller.key.sandbox:
+        details.append({"field": "sandbox", "message": "only sandbox (sk_test_) keys may set it"})
+    # Every URL the job names (its webhook, input images) must reach only the public internet.
+    urls = [("webhook_url", body.webhook_url)] if body.webhook_url is not None else []
+    urls += [(f"input.{name}", value) for name, value in url_inputs(entry.input_schema, body.input)]
+    for field_name, url in urls:
+        try:
+            await resolve_public_addresses(url, allow_loopback=state.settings.allow_loopback_urls)
+        except UnsafeUrl as exc:
+            details.append({"field": field_name, "message": str(exc)})
+    if details:
+        raise ValidationFailed("The request has invalid fields.", details)
+    enforce_content_policy(state.settings.content_policy_file, entry.kind, body.input)
+    return entry
+
+
+async def _wait_for(state: GatewayState, key: str, timeout_s: float) -> None:
+    waiter = state.waiters.register(key)
+    try:
+        await asyncio.wait_for(waiter.wait(), timeout=timeout_s)
+    except TimeoutError:
+        pass
+    finally:
+        state.waiters.release(key, waiter)
+
+
+async def _load(state: GatewayState, job_id: str, caller: Caller) -> Job:
+    async with state.runtime.sessions() as session:
+        job = await repository.account_job(session, caller.account_id, job_id)
+    if job is None:
+        raise NotFound("No such job.")
+    return job
+
+
+async def _create(body: JobCreate, caller: Caller, state: GatewayState) -> JSONResponse:
+    entry = await validated_model(body, caller, state)
+    now = datetime.now(UTC)
+    job = new_job(body, entry, caller.key, now)
+    pool = state.catalog.pool_for(entry.id, caller.key.sandbox)
+    spec = job_spec(body, entry, caller.key, pool, now)
+    waiter = state.waiters.register(job.id)
+    try:
+        async with transaction(state.runtime.sessions) as session:
+            await repository.add_submitted_job(session, job, spec, now)
+        state.runtime.relay.wake()
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout=state.settings.decision_wait_s)
+        except TimeoutError:
+            pass  # answered as `pending`; the decision follows by the same paths
+    finally:
+        state.waiters.release(job.id, waiter)
+    async with state.runtime.sessions() as session:
+        current = await repository.job_by_id(session, job.id)
+    assert current is not None
+    if current.status == "failed" and current.error_code == "INSUFFICIENT_CREDITS":
+        raise InsufficientCredits(
+            "Not enough credits for this job.", [{"field": "model", "message": entry.id}]
+        )
+    return JSONResponse({"data": job_json(current, state.links)}, status_code=202)
+
+
+@router.post("", status_code=202, responses=error_responses(402))
+async def create_job(
+    body: JobCreate,
+    request: Request,
+    caller: CallerDep,
+    state: StateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Create a job. Answers after billing's decision (up to a bound): 202 `queued`, 402, or
+    202 `pending` when the decision is still on its way."""
+    return await run_idempotently(
+        request,
+        state,
+        scope=f"{caller.account_id}:POST /jobs",
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        produce=lambda: _create(body, caller, state),
+    )
+
+
+@router.post("/quote")
+async def quote_job(body: JobCreate, caller: CallerDep, state: StateDep) -> dict[str, Any]:
+    """The price the job would cost now, after the same checks as creating it."""
+    entry = await validated_model(body, caller, state)
+    price = state.catalog.price_millicredits(entry.id, body.input, caller.key.sandbox)
+    return {
+        "data": {
+            "model": entry.id,
+            "sandbox": caller.key.sandbox,
+            "price": format_credits(price),
+        }
+    }
+
+
+@router.get("/count")
+async def count_jobs(
+    caller: CallerDep,
+    state: StateDep,
+    status: str | None = Query(default=None, max_length=200),
+    model: str | None = Query(default=None, max_length=100),
+    created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
+) -> dict[str, Any]:
+    filters = JobFilters.parse(status, model, created_after, created_before)
+    async with state.runtime.sessions() as session:
+        count = await repository.count_jobs(session, caller.account_id, filters)
+    return {"data": {"count": count}}
+
+
+@router.get("")
+async def list_jobs(
+    caller: CallerDep,
+    state: StateDep,
+    page: PageDep,
+    status: str | None = Query(default=None, max_length=200),
+    model: str | None = Query(default=None, max_length=100),
+    created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
+    sort: str = Query(default="-created_at", max_length=40),
+) -> dict[str, Any]:
+    filters = JobFilters.parse(status, model, created_after, created_before)
+    ordering = JobSort.parse(sort)
+    async with state.runtime.sessions() as session:
+        jobs, total = await repository.list_jobs(
+            session, caller.account_id, filters, ordering, page
+        )
+    return paged([job_json(j, state.links) for j in jobs], page, total)
+
+
+@router.get("/{job_id}")
+async def get_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> dict[str, Any]:
+    return {"data": job_json(await _load(state, job_id, caller), state.links)}
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> JSONResponse:
+    """Cancel and refund. A queued job is canceled at once; a running one is `canceling` until
+    the worker confirms it stopped. A finished job cannot be canceled (409)."""
+    now = datetime.now(UTC)
+    async with transaction(state.runtime.sessions) as session:
+        job = await repository.account_job(session, caller.account_id, job_id)
+        if job is None:
+            raise NotFound("No such job.")
+        if job.status in TERMINAL:
+            raise Conflict(f"The job is already {job.status}.")
+        if job.status != "canceling":
+            await repository.request_cancel(session, job, caller.key.id, now)
+    state.runtime.relay.wake()
+    await _wait_for(state, job_id, state.settings.decision_wait_s)
+    current = await _load(state, job_id, caller)
+    status_code = 200 if current.status == "canceled" else 202
+    return JSONResponse({"data": job_json(current, state.links)}, status_code=status_code)
+
+
+def _sse(event: str, data: dict[str, Any], event_id: int) -> bytes:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `event: job` with the job object as `data`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def job_events(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> StreamingResponse:
+    """Server-Sent Events: one `job` event per change of status, progress or queue position,
+    closing after the job ends. Keep-alive comments every 15 s."""
+    await _load(state, job_id, caller)
+
+    async def stream() -> AsyncIterator[bytes]:
+        last: tuple[Any, ...] | None = None
+        sent = 0
+        quiet_since = asyncio.get_running_loop().time()
+        while True:
+            job = await _load(state, job_id, caller)
+            seen = (job.status, round(job.progress, 3), job.queue_position, job.queue_reason)
+            if seen != last:
+                last = seen
+                sent += 1
+                quiet_since = asyncio.get_running_loop().time()
+                yield _sse("job", job_json(job, state.links), sent)
+                if job.status in TERMINAL:
+                    return
+            elif asyncio.get_running_loop().time() - quiet_since > 15:
+                quiet_since = asyncio.get_running_loop().time()
+                yield b": keep-alive\n\n"
+            # Woken by this process's consumer; the timeout covers events another replica took.
+            await _wait_for(state, job_id, 0.5)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,155 @@
+"""All SQL of jobs: the read model's rows, the account's event feed entries they make, the
+events a job emits (outbox rows, in the same transaction), and Idempotency-Key records."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiln_contracts.v1 import common_pb2, jobs_pb2
+from kiln_gateway.jobs.service import JobFilters, JobSort, job_summary
+from kiln_gateway.pagination import PageRequest, count_rows, fetch_page
+from kiln_gateway.tables import MESSAGING, AccountEvent, IdempotencyRecord, Job
+from kiln_runtime.outbox import Outbox
+
+SORT_COLUMNS = {
+    "created_at": Job.created_at,
+    "started_at": Job.started_at,
+    "completed_at": Job.completed_at,
+    "status": Job.status,
+    "model": Job.model,
+}
+
+
+# ------------------------------------------------------------------------- the read model
+
+
+async def job_by_id(session: AsyncSession, job_id: str) -> Job | None:
+    return await session.get(Job, job_id)
+
+
+async def account_job(session: AsyncSession, account_id: str, job_id: str) -> Job | None:
+    """The account's job; another account's job is indistinguishable from a missing one."""
+    job = await session.get(Job, job_id)
+    if job is None or job.account_id != account_id:
+        return None
+    return job
+
+
+def filtered(query: Select[Any], filters: JobFilters, account_id: str) -> Select[Any]:
+    query = query.where(Job.account_id == account_id)
+    if filters.status:
+        query = query.where(Job.status.in_(filters.status))
+    if filters.model:
+        query = query.where(Job.model == filters.model)
+    if filters.created_after:
+        query = query.where(Job.created_at > filters.created_after)
+    if filters.created_before:
+        query = query.where(Job.created_at < filters.created_before)
+    return query
+
+
+def ordering(sort: JobSort) -> list[Any]:
+    column = SORT_COLUMNS[sort.field]
+    primary = column.desc().nulls_last() if sort.descending else column.asc().nulls_last()
+    return [primary, Job.id.desc() if sort.descending else Job.id.asc()]
+
+
+async def count_jobs(session: AsyncSession, account_id: str, filters: JobFilters) -> int:
+    return await count_rows(session, filtered(select(Job), filters, account_id))
+
+
+async def list_jobs(
+    session: AsyncSession,
+    account_id: str,
+    filters: JobFilters,
+    sort: JobSort,
+    page: PageRequest,
+) -> tuple[Sequence[Job], int]:
+    query = filtered(select(Job), filters, account_id).order_by(*ordering(sort))
+    return await fetch_page(session, query, page)
+
+
+# ------------------------------------------------------------------------- changes
+
+
+def record_account_event(
+    session: AsyncSession,
+    job: Job,
+    event_type: str,
+    occurred_at: datetime,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """An entry of the account's event feed (`GET /events`) about `job`."""
+    session.add(
+        AccountEvent(
+            account_id=job.account_id,
+            job_id=job.id,
+            type=event_type,
+            sandbox=job.sandbox,
+            occurred_at=occurred_at,
+            data={**job_summary(job), **(extra or {})},
+        )
+    )
+
+
+async def add_submitted_job(
+    session: AsyncSession, job: Job, spec: common_pb2.JobSpec, now: datetime
+) -> None:
+    """The new job, its feed entry and its `job.submitted`, in `session`'s transaction."""
+    session.add(job)
+    record_account_event(session, job, "job.created", now)
+    outbox = Outbox()
+    outbox.emit(
+        "job.submitted",
+        jobs_pb2.JobSubmitted(spec=spec),
+        account_id=job.account_id,
+        job_id=job.id,
+    )
+    await outbox.write(session, MESSAGING)
+
+
+async def request_cancel(session: AsyncSession, job: Job, key_id: str, now: datetime) -> None:
+    """Mark `job` canceling and ask the pipeline to cancel it (`job.cancel_requested`)."""
+    job.status = "canceling"
+    record_account_event(session, job, "job.canceling", now)
+    outbox = Outbox()
+    outbox.emit(
+        "job.cancel_requested",
+        jobs_pb2.JobCancelRequested(requested_by_key_id=key_id),
+        account_id=job.account_id,
+        job_id=job.id,
+    )
+    await outbox.write(session, MESSAGING)
+
+
+# ------------------------------------------------------------------------- Idempotency-Key
+
+
+async def idempotency_record(
+    session: AsyncSession, scope: str, key: str
+) -> IdempotencyRecord | None:
+    return await session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
+        )
+    )
+
+
+async def idempotency_record_by_id(
+    session: AsyncSession, record_id: int
+) -> IdempotencyRecord | None:
+    return await session.get(IdempotencyRecord, record_id)
+
+
+async def delete_idempotency_record(session: AsyncSession, record_id: int) -> None:
+    await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record_id))
+
+
+def add_idempotency_claim(
+    session: AsyncSession, scope: str, key: str, fingerprint: str, now: datetime
+) -> None:
+    """The in-progress record of a key (no answer yet); unique per (scope, key)."""
+    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=fingerprint, created_at=now))

@@ -1,0 +1,1 @@
+"""Webhooks: account endpoints, the default secret, the `v1a` public key, the delivery log."""

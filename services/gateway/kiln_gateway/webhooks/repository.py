@@ -1,0 +1,136 @@
+"""All SQL of webhooks: account endpoints, the delivery log (the gateway's read model of the
+notifier's `webhook.attempted` events), and the requests to the notifier (outbox rows)."""
+
+from collections.abc import Sequence
+
+from google.protobuf.message import Message
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiln_contracts.v1 import webhooks_pb2
+from kiln_gateway.pagination import PageRequest, fetch_page
+from kiln_gateway.tables import (
+    MESSAGING,
+    WebhookAttemptRecord,
+    WebhookDeliveryRecord,
+    WebhookEndpoint,
+)
+from kiln_gateway.webhooks.service import endpoint_changed
+from kiln_runtime.outbox import Outbox
+
+
+async def emit(
+    session: AsyncSession, topic: str, message: Message, account_id: str, job_id: str = ""
+) -> None:
+    """One event for the notifier, in `session`'s transaction."""
+    outbox = Outbox()
+    outbox.emit(topic, message, account_id=account_id, job_id=job_id)
+    await outbox.write(session, MESSAGING)
+
+
+# ------------------------------------------------------------------------- endpoints
+
+
+async def account_endpoint(
+    session: AsyncSession, account_id: str, endpoint_id: str
+) -> WebhookEndpoint | None:
+    """The account's endpoint, unless deleted; another account's is None like a missing one."""
+    endpoint = await session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or endpoint.account_id != account_id or endpoint.deleted_at is not None:
+        return None
+    return endpoint
+
+
+async def list_endpoints(
+    session: AsyncSession, account_id: str, page: PageRequest
+) -> tuple[Sequence[WebhookEndpoint], int]:
+    query = (
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.account_id == account_id, WebhookEndpoint.deleted_at.is_(None))
+        .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id)
+    )
+    return await fetch_page(session, query, page)
+
+
+async def save_endpoint(
+    session: AsyncSession, endpoint: WebhookEndpoint, *, deleted: bool = False
+) -> None:
+    """Add or update `endpoint` and tell the notifier, in `session`'s transaction."""
+    session.add(endpoint)
+    await emit(
+        session,
+        "webhooks.endpoint_changed",
+        endpoint_changed(endpoint, deleted=deleted),
+        endpoint.account_id,
+    )
+
+
+# ------------------------------------------------------------------------- deliveries
+
+
+async def account_delivery(
+    session: AsyncSession, account_id: str, delivery_id: str
+) -> WebhookDeliveryRecord | None:
+    delivery = await session.get(WebhookDeliveryRecord, delivery_id)
+    if delivery is None or delivery.account_id != account_id:
+        return None
+    return delivery
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    account_id: str,
+    page: PageRequest,
+    *,
+    job_id: str | None,
+    endpoint_id: str | None,
+    status: str | None,
+) -> tuple[Sequence[WebhookDeliveryRecord], int]:
+    """A page of the delivery log, newest first. `endpoint_id` "" names jobs' own URLs."""
+    query = select(WebhookDeliveryRecord).where(WebhookDeliveryRecord.account_id == account_id)
+    if job_id is not None:
+        query = query.where(WebhookDeliveryRecord.job_id == job_id)
+    if endpoint_id is not None:
+        query = query.where(WebhookDeliveryRecord.endpoint_id == endpoint_id)
+    if status is not None:
+        query = query.where(WebhookDeliveryRecord.status == status)
+    query = query.order_by(WebhookDeliveryRecord.created_at.desc(), WebhookDeliveryRecord.id)
+    return await fetch_page(session, query, page)
+
+
+async def attempts_of(
+    session: AsyncSession, delivery_ids: list[str]
+) -> dict[str, list[WebhookAttemptRecord]]:
+    """Every attempt of each delivery, by delivery id (an empty list for none)."""
+    attempts: dict[str, list[WebhookAttemptRecord]] = {d: [] for d in delivery_ids}
+    if delivery_ids:
+        for attempt in (
+            await session.scalars(
+                select(WebhookAttemptRecord).where(
+                    WebhookAttemptRecord.delivery_id.in_(delivery_ids)
+                )
+            )
+        ).all():
+            attempts[attempt.delivery_id].append(attempt)
+    return attempts
+
+
+async def request_redelivery(session: AsyncSession, delivery: WebhookDeliveryRecord) -> None:
+    await emit(
+        session,
+        "webhook.redelivery_requested",
+        webhooks_pb2.WebhookRedeliveryRequested(delivery_id=delivery.id),
+        delivery.account_id,
+        delivery.job_id,
+    )
+
+
+async def request_test_event(
+    session: AsyncSession, endpoint: WebhookEndpoint, test_id: str
+) -> None:
+    await emit(
+        session,
+        "webhook.test_requested",
+        webhooks_pb2.WebhookTestRequested(endpoint_id=endpoint.id, test_id=test_id),
+        endpoint.account_id,
+    )

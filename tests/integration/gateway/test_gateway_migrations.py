@@ -1,0 +1,143 @@
+"""The gateway's schema comes from its Alembic migrations, on SQLite and PostgreSQL: they build
+exactly the tables of `tables.py` (inbox and outbox included), a second start finds nothing to
+do, a database the gateway made with `create_all` before it had migrations is adopted with its
+rows, and the migrations go down and up again."""
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from kiln_gateway.migrate import (
+    UnknownSchema,
+    current_revision,
+    downgrade_connection,
+    head_revision,
+    upgrade_database,
+)
+from kiln_gateway.tables import Base
+from kiln_runtime.db import make_engine
+from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (make install installs Debian's postgresql)")
+    cluster = PostgresCluster.start(bin_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/gateway.db"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = f"gateway_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return cluster.url(name)
+
+
+def schema_differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+def table_names(connection: Connection) -> set[str]:
+    return set(sa.inspect(connection).get_table_names())
+
+
+async def test_the_migrations_build_exactly_the_tables(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        await upgrade_database(engine)
+        await upgrade_database(engine)  # a second start finds nothing to do
+        async with engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == head_revision()
+            assert await connection.run_sync(schema_differences) == []
+            tables = await connection.run_sync(table_names)
+        assert set(Base.metadata.tables) | {"alembic_version"} == tables
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_made_before_migrations_is_adopted_with_its_rows(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url)
+    accounts = Base.metadata.tables["accounts"]
+    try:
+        async with engine.begin() as connection:  # what the gateway's start did until now
+            await connection.run_sync(Base.metadata.create_all)
+            await connection.execute(
+                accounts.insert().values(
+                    id="acct_1",
+                    email="ada@example.com",
+                    name="Ada",
+                    password_hash="x",
+                    default_webhook_secret="whsec_x",
+                    suspended=False,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        await upgrade_database(engine)
+        async with engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == head_revision()
+            assert await connection.run_sync(schema_differences) == []
+            emails = (await connection.execute(sa.select(accounts.c.email))).scalars().all()
+        assert emails == ["ada@example.com"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_older_than_the_baseline_is_refused_not_guessed_at(
+    database_url: str,
+) -> None:
+    """Without the `jobs` columns every start since issue 5 added, the tables are not the
+    baseline's: stamping them would hide the gap until a query failed."""
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+            for column in ("estimated_start_at", "queue_reason"):
+                # SQLite (3.35+) and PostgreSQL both drop a column in place.
+                await connection.execute(sa.text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        with pytest.raises(UnknownSchema, match="estimated_start_at, queue_reason"):
+            await upgrade_database(engine)
+        async with engine.connect() as connection:
+            assert "alembic_version" not in await connection.run_sync(table_names)
+    finally:
+        await engine.dispose()
+
+
+async def test_down_to_nothing_and_up_again(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        await upgrade_database(engine)
+        async with engine.begin() as connection:
+            await connection.run_sync(downgrade_connection, "base")
+        async with engine.connect() as connection:
+            assert await connection.run_sync(table_names) == {"alembic_version"}
+        await upgrade_database(engine)
+        async with engine.connect() as connection:
+            assert await connection.run_sync(schema_differences) == []
+    finally:
+        await engine.dispose()
