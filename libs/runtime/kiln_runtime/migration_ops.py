@@ -1,6 +1,9 @@
 """Alembic operations on the runtime's own tables, for each service's migrations to call (the
 tables live in every service's database; messaging.py defines them).
 
+Like the migrations that call them, these functions are frozen once released: a later change
+of the runtime's tables gets a function of its own, never an edit of these.
+
 `to_batch_runtime` goes from the first runtime's tables (an outbox marked `published_at`, an
 inbox without an index on time) to the batch-first runtime's (leased outbox rows, deleted once
 sent; the inbox pruned by time; per-partition consumer positions).

@@ -82,7 +82,7 @@ class OutboxPublisher:
         self,
         database: Database,
         tables: MessagingTables,
-        producer: AIOKafkaProducer,
+        producer: AIOKafkaProducer | None,
         *,
         service: str,
         owner: str,
@@ -117,6 +117,7 @@ class OutboxPublisher:
     @property
     def producer(self) -> AIOKafkaProducer:
         """The producer in use (a new one after the old one could not go on)."""
+        assert self._producer is not None, "started without Kafka"
         return self._producer
 
     # --- publish on commit --------------------------------------------------------------------
@@ -140,6 +141,7 @@ class OutboxPublisher:
             self._in_flight.update(ids)
             futures: list[asyncio.Future[Any]] = []
             try:
+                assert self._producer is not None, "started without Kafka"
                 for row in rows:
                     futures.append(
                         await self._producer.send(
@@ -198,6 +200,7 @@ class OutboxPublisher:
             return
         async with self._renewing:
             old = self._producer
+            assert old is not None
             try:
                 self._producer = await self._producer_factory()
             except Exception:
@@ -343,6 +346,8 @@ class OutboxPublisher:
                 )
 
     async def stop(self) -> None:
+        if self._producer is None:
+            return
         await self.flush()
         with contextlib.suppress(Exception):
             await self._producer.stop()

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, MetaData, delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kiln_runtime.batches import BatchTransaction, EventHandlers
 from kiln_runtime.consumer import ConsumerSettings, EventConsumer
@@ -97,6 +98,11 @@ class ServiceRuntime:
     relay = publisher
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The async engine (rare paths that need one; the runtime itself works on `db`)."""
+        return self.db.async_engine
+
+    @property
     def consumer(self) -> EventConsumer | None:
         return self._consumer
 
@@ -110,7 +116,10 @@ class ServiceRuntime:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, connect_kafka: bool = True) -> None:
+        """Open the database (migrated), the producer and publisher, the consumer. Without
+        `connect_kafka` (tests of HTTP routes alone): the database and the group commit only;
+        the events written stay in the outbox table."""
         s = self.settings
         self._db = Database(
             s.database_url, service=s.service_name, busy_timeout_s=s.database_busy_timeout_s
@@ -121,7 +130,7 @@ class ServiceRuntime:
         else:
             await self._db.on_writer(lambda: self.metadata.create_all(self.db.engine))
         bootstrap = s.kafka_bootstrap
-        producer = await start_producer(bootstrap)
+        producer = await start_producer(bootstrap) if connect_kafka else None
         lease = timedelta(seconds=s.outbox_lease_s)
         self._publisher = OutboxPublisher(
             self._db,
@@ -138,6 +147,10 @@ class ServiceRuntime:
         self._group_commit = GroupCommit(
             self._db, self.tables, self._publisher, service=s.service_name, clock=self.clock
         )
+        if not connect_kafka:
+            self.readiness = Readiness({})
+            self.started.set()
+            return
         self._tasks = [
             asyncio.create_task(self._publisher.run_sender(), name="outbox-sender"),
             asyncio.create_task(self._publisher.run(), name="outbox-recovery"),

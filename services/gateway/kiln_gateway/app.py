@@ -1,23 +1,24 @@
 """The gateway: `python -m kiln_gateway` serves the public API v1 and keeps the read model."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
-from kiln_contracts import Event
 from kiln_gateway.admin.endpoints import router as admin_router
 from kiln_gateway.catalog.endpoints import router as catalog_router
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.errors import install_error_handlers
 from kiln_gateway.files.endpoints import router as files_router
-from kiln_gateway.handlers import HANDLERS
+from kiln_gateway.handlers import ReadModel
 from kiln_gateway.hostile_input import install_input_guards
 from kiln_gateway.jobs.endpoints import router as jobs_router
 from kiln_gateway.keys.endpoints import auth_router
 from kiln_gateway.keys.endpoints import router as keys_router
-from kiln_gateway.migrate import upgrade_database
+from kiln_gateway.migrate import upgrade_connection
 from kiln_gateway.openapi import install_openapi_document
+from kiln_gateway.ratelimit_stores import SharedCounterStore
 from kiln_gateway.ratelimits import RateLimitHeaders
 from kiln_gateway.request_ids import RequestIds
 from kiln_gateway.state import GatewayState
@@ -44,27 +45,36 @@ ROUTERS = (
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    runtime = ServiceRuntime(settings, Base.metadata, MESSAGING, migrate=upgrade_database)
+    read_model = ReadModel()
+    runtime = ServiceRuntime(
+        settings,
+        Base.metadata,
+        MESSAGING,
+        migrate=upgrade_connection,
+        handlers=read_model.handlers(),
+    )
     state = GatewayState(
         settings=settings,
         runtime=runtime,
         catalog=load_catalog(settings.catalog_file),
         blobs=blob_store_for(settings),
     )
-
-    def wake_waiters(event: Event) -> None:
-        state.waiters.notify(event.job_id)
-        grant_id = getattr(event.message, "grant_id", "")
-        if grant_id:
-            state.waiters.notify(grant_id)
+    read_model.notify = state.waiters.notify
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        loops = [asyncio.create_task(state.last_used.run(), name="last-used")]
+        store = state.rate_limiter.store
+        if isinstance(store, SharedCounterStore):
+            loops.append(asyncio.create_task(store.run(), name="rate-limit-sync"))
         try:
-            async with runtime.consuming(HANDLERS, on_commit=wake_waiters):
-                yield
+            yield
         finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await state.last_used.close()
             await runtime.stop()
 
     app = FastAPI(

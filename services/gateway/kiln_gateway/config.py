@@ -9,10 +9,13 @@ from kiln_runtime.settings import ServiceSettings
 class GatewaySettings(ServiceSettings):
     service_name: str = "gateway"
     http_port: int = 8000
-    database_url: str = "sqlite+aiosqlite:///.kiln/data/gateway.db"
+    database_url: str = "sqlite:///.kiln/data/gateway.db"
     admin_token: str = ""
     # How long POST /jobs waits for billing's decision before answering `pending`.
     decision_wait_s: float = Field(default=2.0, ge=0)
+    # While it waits, a request whose job's events another replica consumes reads the row
+    # this often (this replica's consumer wakes it at once otherwise).
+    decision_poll_s: float = Field(default=0.05, gt=0)
     max_body_bytes: int = 1024 * 1024
     # A body refused before its end (over max_body_bytes, a bad path) is still read, up to
     # these bounds, and thrown away before the answer: clients that send the whole body before
@@ -40,8 +43,16 @@ class GatewaySettings(ServiceSettings):
     rate_limit_live_read: int = Field(default=600, gt=0)
     rate_limit_sandbox_create: int = Field(default=300, gt=0)
     rate_limit_sandbox_read: int = Field(default=1000, gt=0)
-    # Where the counters live: "database" (shared by every replica) or "memory" (per process).
-    rate_limit_store: Literal["database", "memory"] = "database"
+    # Where the counters live: "database" (counted in the process, added to rows shared by
+    # every replica every rate_limit_sync_s), "database-per-request" (a write per request,
+    # exact across replicas) or "memory" (per process).
+    rate_limit_store: Literal["database", "database-per-request", "memory"] = "database"
+    rate_limit_sync_s: float = Field(default=0.25, gt=0)
+    # An API key revoked (or its account suspended) on another replica stops working within
+    # this; each replica reads a key at most once per this long (keys/callers.py).
+    api_key_cache_s: float = Field(default=1.0, gt=0, le=60)
+    # `last_used_at` of the keys used meanwhile is written this often.
+    last_used_flush_s: float = Field(default=5.0, gt=0)
     # The platform's Ed25519 private key for `v1a` webhook signatures (base64 of the raw 32
     # bytes), the same as the notifier's; GET /api/v1/webhooks/public-key serves its public
     # half. Empty: no `v1a` signatures, and that route answers 404.

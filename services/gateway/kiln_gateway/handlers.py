@@ -1,17 +1,30 @@
-"""The gateway's read model: jobs and balances as the pipeline's events report them."""
+"""The gateway's read model: jobs, balances and the webhook delivery log as the pipeline's events
+report them (docs/architecture.md, "Gateway").
+
+A batch's events are projected in memory: `before_batch` loads the jobs and balances they name
+(one query each), each handler changes those rows, and `after_batch` writes only the rows that
+changed (one statement per table) with the account feed entries they make. After the commit,
+requests waiting in this process for one of those jobs (`POST /jobs` for billing's decision, a
+job's event stream) are woken with the job as it now is.
+"""
+
+from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from kiln_contracts import Event
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2, webhooks_pb2
-from kiln_gateway.jobs.repository import record_account_event
-from kiln_gateway.jobs.service import next_status
+from kiln_gateway.jobs.repository import job_from_row
+from kiln_gateway.jobs.service import job_summary, next_status
 from kiln_gateway.tables import (
+    AccountEvent,
     Balance,
     Grant,
     Job,
@@ -19,8 +32,57 @@ from kiln_gateway.tables import (
     WebhookDeliveryRecord,
     WebhookEndpoint,
 )
-from kiln_runtime.consuming import Handler
-from kiln_runtime.outbox import Outbox
+from kiln_runtime.batches import EventHandlers
+from kiln_runtime.unit import Unit
+
+jobs_table = cast(Table, Job.__table__)
+balances_table = cast(Table, Balance.__table__)
+events_table = cast(Table, AccountEvent.__table__)
+deliveries_table = cast(Table, WebhookDeliveryRecord.__table__)
+attempts_table = cast(Table, WebhookAttemptRecord.__table__)
+
+# The job columns the pipeline's events change (the rest are the request's own).
+JOB_CHANGES = (
+    "status",
+    "started_at",
+    "completed_at",
+    "queue_position",
+    "progress",
+    "cost_millicredits",
+    "result",
+    "error_code",
+    "error_message",
+    "estimated_start_at",
+    "queue_reason",
+)
+_UPDATE_JOB = (
+    update(jobs_table)
+    .where(jobs_table.c.id == bindparam("key_id"))
+    .values({name: bindparam(f"v_{name}") for name in JOB_CHANGES})
+)
+_INSERT_EVENTS = insert(events_table)
+
+# Events that change what a client sees of its job or its balance. `job.dispatched` changes
+# neither (a dispatched job is still `queued` to its client): the gateway does not consume it.
+READ_MODEL_TOPICS = (
+    "credits.applied",
+    "credits.reserved",
+    "credits.rejected",
+    "credits.captured",
+    "credits.released",
+    "job.queued",
+    "job.started",
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.canceled",
+)
+LEDGER_EVENTS = frozenset({"credits.captured", "credits.released"})
+WEBHOOK_TOPICS = ("webhook.attempted", "webhook.delivered", "webhook.failed")
+
+# Told, after the commit, of each job a batch changed (its id and the job) and of each grant
+# billing booked (its id): requests of this process waiting for them wake up.
+Notify = Callable[[str, Any], None]
 
 
 def _when(ts: Timestamp, fallback: datetime) -> datetime:
@@ -29,44 +91,275 @@ def _when(ts: Timestamp, fallback: datetime) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def _record_balance(
-    session: AsyncSession, account_id: str, balance: common_pb2.Balance, as_of: datetime
-) -> None:
-    row = await session.get(Balance, account_id)
-    if row is None:
-        row = Balance(account_id=account_id, as_of=as_of)
-        session.add(row)
-    elif row.as_of.replace(tzinfo=row.as_of.tzinfo or UTC) > as_of:
-        return  # an older announcement arriving late
-    row.available_millicredits = balance.available_millicredits
-    row.reserved_millicredits = balance.reserved_millicredits
-    row.as_of = as_of
+def _changes(job: Job) -> tuple[Any, ...]:
+    return tuple(getattr(job, name) for name in JOB_CHANGES)
 
 
-async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
-    occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
-    message = event.message
-    balance = getattr(message, "balance", None)
-    if isinstance(balance, common_pb2.Balance) and event.type.startswith("credits."):
-        await _record_balance(session, event.account_id, balance, occurred)
-    if isinstance(message, credits_pb2.CreditsApplied):
-        grant = await session.get(Grant, message.grant_id)
-        if grant is not None:
-            grant.booked_millicredits = message.amount_millicredits
-        return
-    if not event.job_id:
-        return
-    job = await session.get(Job, event.job_id)
-    if job is None or job.account_id != event.account_id:
-        return
-    before = (job.status, job.progress, job.queue_position, job.queue_reason)
-    target = next_status(job.status, event.type)
-    if target is not None:
-        job.status = target
+@dataclass
+class _Batch:
+    """What one transaction of the read model has loaded and changed."""
+
+    unit: Unit
+    jobs: dict[str, Job | None] = field(default_factory=dict)
+    seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # as loaded
+    balances: dict[str, tuple[int, int, datetime] | None] = field(default_factory=dict)
+    balance_changes: dict[str, tuple[int, int, datetime]] = field(default_factory=dict)
+    feed: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ReadModel:
+    def __init__(self, notify: Notify | None = None) -> None:
+        self.notify = notify
+        self._batch: _Batch | None = None
+
+    def handlers(self) -> EventHandlers:
+        handlers: dict[str, Callable[[Unit, Event], None]] = dict.fromkeys(
+            READ_MODEL_TOPICS, self.handle_job_event
+        )
+        handlers["webhook.attempted"] = self.handle_webhook_attempted
+        handlers["webhook.delivered"] = self.handle_webhook_finished
+        handlers["webhook.failed"] = self.handle_webhook_finished
+        return EventHandlers(handlers, before_batch=self.before_batch, after_batch=self.after_batch)
+
+    # --- loading and writing ------------------------------------------------------------------
+
+    def _for(self, unit: Unit) -> _Batch:
+        if self._batch is None or self._batch.unit is not unit:
+            self._batch = _Batch(unit)
+        return self._batch
+
+    def before_batch(self, unit: Unit, events: Sequence[Event]) -> None:
+        batch = self._for(unit)
+        self._load_jobs(batch, {e.job_id for e in events if e.job_id})
+        self._load_balances(batch, {e.account_id for e in events if e.type.startswith("credits.")})
+
+    def _load_jobs(self, batch: _Batch, job_ids: set[str]) -> None:
+        wanted = sorted(job_ids - batch.jobs.keys())
+        if not wanted:
+            return
+        found = {
+            row.id: job_from_row(row)
+            for row in batch.unit.connection.execute(
+                select(jobs_table).where(jobs_table.c.id.in_(wanted))
+            )
+        }
+        for job_id in wanted:
+            job = found.get(job_id)
+            batch.jobs[job_id] = job
+            if job is not None:
+                batch.seen[job_id] = _changes(job)
+
+    def _load_balances(self, batch: _Batch, accounts: set[str]) -> None:
+        wanted = sorted(accounts - batch.balances.keys())
+        if not wanted:
+            return
+        rows = batch.unit.connection.execute(
+            select(balances_table).where(balances_table.c.account_id.in_(wanted))
+        )
+        found = {
+            r.account_id: (r.available_millicredits, r.reserved_millicredits, _aware(r.as_of))
+            for r in rows
+        }
+        for account in wanted:
+            batch.balances[account] = cast(tuple[int, int, datetime] | None, found.get(account))
+
+    def after_batch(self, unit: Unit) -> None:
+        batch = self._for(unit)
+        changed = [
+            job
+            for job_id, job in batch.jobs.items()
+            if job is not None and _changes(job) != batch.seen.get(job_id)
+        ]
+        if changed:
+            unit.connection.execute(
+                _UPDATE_JOB,
+                [
+                    {"key_id": job.id, **{f"v_{n}": getattr(job, n) for n in JOB_CHANGES}}
+                    for job in changed
+                ],
+            )
+        if batch.feed:
+            unit.connection.execute(_INSERT_EVENTS, batch.feed)
+        self._write_balances(unit.connection, batch)
+        notify = self.notify
+        if notify is not None and changed:
+
+            def wake() -> None:
+                for job in changed:
+                    notify(job.id, job)
+
+            unit.after_commit(wake)
+        self._batch = None
+
+    def _write_balances(self, connection: Connection, batch: _Batch) -> None:
+        for account, (available, reserved, as_of) in batch.balance_changes.items():
+            values = {
+                "available_millicredits": available,
+                "reserved_millicredits": reserved,
+                "as_of": as_of,
+            }
+            if batch.balances.get(account) is None:
+                connection.execute(insert(balances_table).values(account_id=account, **values))
+            else:
+                connection.execute(
+                    update(balances_table)
+                    .where(balances_table.c.account_id == account)
+                    .values(**values)
+                )
+
+    def _feed_entry(self, batch: _Batch, job: Job, event_type: str, occurred: datetime) -> None:
+        batch.feed.append(
+            {
+                "account_id": job.account_id,
+                "job_id": job.id,
+                "type": event_type,
+                "sandbox": job.sandbox,
+                "occurred_at": occurred,
+                "data": job_summary(job),
+            }
+        )
+
+    # --- jobs and balances --------------------------------------------------------------------
+
+    def _record_balance(
+        self, batch: _Batch, account_id: str, balance: common_pb2.Balance, as_of: datetime
+    ) -> None:
+        if account_id not in batch.balances:
+            self._load_balances(batch, {account_id})
+        current = batch.balance_changes.get(account_id) or batch.balances.get(account_id)
+        if current is not None and current[2] is not None and current[2] > as_of:
+            return  # an older announcement arriving late
+        batch.balance_changes[account_id] = (
+            balance.available_millicredits,
+            balance.reserved_millicredits,
+            as_of,
+        )
+
+    def handle_job_event(self, unit: Unit, event: Event) -> None:
+        batch = self._for(unit)
+        occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
+        message = event.message
+        balance = getattr(message, "balance", None)
+        if isinstance(balance, common_pb2.Balance) and event.type.startswith("credits."):
+            self._record_balance(batch, event.account_id, balance, occurred)
+        if isinstance(message, credits_pb2.CreditsApplied):
+            grants = cast(Table, Grant.__table__)
+            unit.connection.execute(
+                update(grants)
+                .where(grants.c.id == message.grant_id)
+                .values(booked_millicredits=message.amount_millicredits)
+            )
+            notify = self.notify
+            if notify is not None:
+                grant_id = message.grant_id
+                unit.after_commit(lambda: notify(grant_id, None))
+            return
+        if not event.job_id:
+            return
+        if event.job_id not in batch.jobs:
+            self._load_jobs(batch, {event.job_id})
+        job = batch.jobs.get(event.job_id)
+        if job is None or job.account_id != event.account_id:
+            return
+        before = (job.status, job.progress, job.queue_position, job.queue_reason)
+        target = next_status(job.status, event.type)
+        if target is not None:
+            job.status = target
+        apply_job_event(job, message, target, occurred)
+        after = (job.status, job.progress, job.queue_position, job.queue_reason)
+        if after != before or event.type in LEDGER_EVENTS:
+            self._feed_entry(batch, job, event.type, occurred)
+
+    # --- the webhook delivery log (issue 6): built from the notifier's events -----------------
+
+    def handle_webhook_attempted(self, unit: Unit, event: Event) -> None:
+        """One attempt that a retry follows: its row in the log, and the delivery's state."""
+        message = event.message
+        if not isinstance(message, webhooks_pb2.WebhookAttempted):
+            return
+        occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
+        record_attempt(
+            unit.connection,
+            account_id=event.account_id,
+            attempt=Attempt(
+                delivery_id=message.delivery_id,
+                webhook_id=message.webhook_id,
+                endpoint_id=message.endpoint_id,
+                url=message.url,
+                event_type=message.event_type,
+                job_id=message.job_id,
+                number=message.attempt,
+                attempted_at=_when(message.attempted_at, occurred),
+                status_code=message.status_code or None,
+                latency_ms=message.latency_ms,
+                error=message.error or None,
+                outcome=message.outcome,
+                next_attempt_at=(
+                    message.next_attempt_at.ToDatetime(tzinfo=UTC)
+                    if message.HasField("next_attempt_at")
+                    else None
+                ),
+            ),
+        )
+
+    def handle_webhook_finished(self, unit: Unit, event: Event) -> None:
+        """webhook.delivered / webhook.failed: the final attempt (carried in the event) and the
+        delivery's final status."""
+        message = event.message
+        if not isinstance(message, webhooks_pb2.WebhookDelivered | webhooks_pb2.WebhookFailed):
+            return
+        occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
+        delivered = isinstance(message, webhooks_pb2.WebhookDelivered)
+        number = message.attempt if delivered else message.attempts  # type: ignore[union-attr]
+        if message.HasField("final_attempt"):
+            final = message.final_attempt
+            record_attempt(
+                unit.connection,
+                account_id=event.account_id,
+                attempt=Attempt(
+                    delivery_id=message.delivery_id,
+                    webhook_id=message.webhook_id,
+                    endpoint_id=message.endpoint_id,
+                    url=message.url,
+                    event_type=message.event_type,
+                    job_id=final.job_id or event.job_id,
+                    number=number,
+                    attempted_at=_when(final.attempted_at, occurred),
+                    status_code=final.status_code or None,
+                    latency_ms=final.latency_ms,
+                    error=final.error or None,
+                    outcome="delivered" if delivered else "failed",
+                    next_attempt_at=None,
+                ),
+            )
+            return
+        # An event of an older notifier, which told the attempt in webhook.attempted.
+        row = unit.connection.execute(
+            select(deliveries_table.c.account_id, deliveries_table.c.attempts).where(
+                deliveries_table.c.id == message.delivery_id
+            )
+        ).first()
+        if row is None or row.account_id != event.account_id or number < row.attempts:
+            return
+        unit.connection.execute(
+            update(deliveries_table)
+            .where(deliveries_table.c.id == message.delivery_id)
+            .values(status="delivered" if delivered else "failed", next_attempt_at=None)
+        )
+
+
+def apply_job_event(job: Job, message: Any, target: str | None, occurred: datetime) -> None:
+    """What one pipeline event changes of a job beyond its status (`target`, when it moved)."""
     if isinstance(message, credits_pb2.CreditsReserved):
         job.cost_millicredits = message.amount_millicredits
     elif isinstance(message, credits_pb2.CreditsRejected):
@@ -122,129 +415,107 @@ async def on_event(session: AsyncSession, event: Event, outbox: Outbox) -> None:
         job.completed_at = _when(message.canceled_at, occurred)
         job.cost_millicredits = 0
         job.queue_position = None
-    after = (job.status, job.progress, job.queue_position, job.queue_reason)
-    if after != before or event.type in LEDGER_EVENTS:
-        record_account_event(session, job, event.type, occurred)
 
 
-LEDGER_EVENTS = frozenset({"credits.captured", "credits.released"})
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a webhook delivery, as the delivery log records it."""
+
+    delivery_id: str
+    webhook_id: str
+    endpoint_id: str
+    url: str
+    event_type: str
+    job_id: str
+    number: int
+    attempted_at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    outcome: str  # retrying | delivered | failed
+    next_attempt_at: datetime | None
 
 
-READ_MODEL_TOPICS = (
-    "credits.applied",
-    "credits.reserved",
-    "credits.rejected",
-    "credits.captured",
-    "credits.released",
-    "job.queued",
-    "job.dispatched",
-    "job.started",
-    "job.progress",
-    "job.completed",
-    "job.failed",
-    "job.canceled",
-)
-
-HANDLERS: dict[str, Handler] = {topic: on_event for topic in READ_MODEL_TOPICS}
-
-
-# ---------------------------------------------------------------------------------------------
-# The webhook delivery log (issue 6): built from the notifier's events, never its tables.
-
-
-async def on_webhook_attempted(session: AsyncSession, event: Event, outbox: Outbox) -> None:
-    """One attempt: its row in the log, and the delivery's current state. A 410 that ended a
+def record_attempt(connection: Connection, *, account_id: str, attempt: Attempt) -> None:
+    """The attempt's row in the log and the delivery's current state. A 410 that ended a
     delivery to an account endpoint marks the endpoint disabled (an update re-enables it)."""
-    message = event.message
-    if not isinstance(message, webhooks_pb2.WebhookAttempted):
-        return
-    occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
-    attempted_at = _when(message.attempted_at, occurred)
-    next_at = (
-        message.next_attempt_at.ToDatetime(tzinfo=UTC)
-        if message.HasField("next_attempt_at")
-        else None
-    )
-    delivery = await session.get(WebhookDeliveryRecord, message.delivery_id)
+    delivery = connection.execute(
+        select(deliveries_table).where(deliveries_table.c.id == attempt.delivery_id)
+    ).first()
     if delivery is None:
-        delivery = WebhookDeliveryRecord(
-            id=message.delivery_id,
-            account_id=event.account_id,
-            webhook_id=message.webhook_id,
-            endpoint_id=message.endpoint_id,
-            url=message.url,
-            event_type=message.event_type,
-            job_id=message.job_id,
-            status=message.outcome,
-            attempts=0,
-            created_at=attempted_at,
-            updated_at=attempted_at,
+        connection.execute(
+            insert(deliveries_table).values(
+                id=attempt.delivery_id,
+                account_id=account_id,
+                webhook_id=attempt.webhook_id,
+                endpoint_id=attempt.endpoint_id,
+                url=attempt.url,
+                event_type=attempt.event_type,
+                job_id=attempt.job_id,
+                status=attempt.outcome,
+                attempts=0,
+                created_at=attempt.attempted_at,
+                updated_at=attempt.attempted_at,
+            )
         )
-        session.add(delivery)
-    elif delivery.account_id != event.account_id:
+        known_attempts = 0
+    elif delivery.account_id != account_id:
         return
-    known = await session.scalar(
-        select(WebhookAttemptRecord.id).where(
-            WebhookAttemptRecord.delivery_id == message.delivery_id,
-            WebhookAttemptRecord.attempt == message.attempt,
+    else:
+        known_attempts = delivery.attempts
+    exists = connection.execute(
+        select(attempts_table.c.id).where(
+            attempts_table.c.delivery_id == attempt.delivery_id,
+            attempts_table.c.attempt == attempt.number,
+        )
+    ).first()
+    if exists is not None:
+        return
+    connection.execute(
+        insert(attempts_table).values(
+            delivery_id=attempt.delivery_id,
+            account_id=account_id,
+            attempt=attempt.number,
+            attempted_at=attempt.attempted_at,
+            status_code=attempt.status_code,
+            latency_ms=attempt.latency_ms,
+            error=attempt.error,
+            outcome=attempt.outcome,
+            next_attempt_at=attempt.next_attempt_at,
         )
     )
-    if known is not None:
-        return
-    session.add(
-        WebhookAttemptRecord(
-            delivery_id=message.delivery_id,
-            account_id=event.account_id,
-            attempt=message.attempt,
-            attempted_at=attempted_at,
-            status_code=message.status_code or None,
-            latency_ms=message.latency_ms,
-            error=message.error or None,
-            outcome=message.outcome,
-            next_attempt_at=next_at,
+    if attempt.number >= known_attempts:
+        connection.execute(
+            update(deliveries_table)
+            .where(deliveries_table.c.id == attempt.delivery_id)
+            .values(
+                attempts=attempt.number,
+                status=attempt.outcome,
+                last_status_code=attempt.status_code,
+                last_error=attempt.error,
+                next_attempt_at=attempt.next_attempt_at,
+                updated_at=attempt.attempted_at,
+            )
         )
-    )
-    if message.attempt >= delivery.attempts:
-        delivery.attempts = message.attempt
-        delivery.status = message.outcome
-        delivery.last_status_code = message.status_code or None
-        delivery.last_error = message.error or None
-        delivery.next_attempt_at = next_at
-        delivery.updated_at = attempted_at
-    if message.status_code == 410 and message.outcome == "failed" and message.endpoint_id:
-        endpoint = await session.get(WebhookEndpoint, message.endpoint_id)
-        if endpoint is not None and endpoint.account_id == event.account_id:
-            if (
-                endpoint.disabled_at is None
-                and endpoint.updated_at.replace(tzinfo=endpoint.updated_at.tzinfo or UTC)
-                <= attempted_at
-            ):
-                endpoint.disabled_at = attempted_at
+    if attempt.status_code == 410 and attempt.outcome == "failed" and attempt.endpoint_id:
+        endpoints = cast(Table, WebhookEndpoint.__table__)
+        endpoint = connection.execute(
+            select(endpoints.c.account_id, endpoints.c.disabled_at, endpoints.c.updated_at).where(
+                endpoints.c.id == attempt.endpoint_id
+            )
+        ).first()
+        if (
+            endpoint is not None
+            and endpoint.account_id == account_id
+            and endpoint.disabled_at is None
+            and (_aware(endpoint.updated_at) or attempt.attempted_at) <= attempt.attempted_at
+        ):
+            connection.execute(
+                update(endpoints)
+                .where(endpoints.c.id == attempt.endpoint_id)
+                .values(disabled_at=attempt.attempted_at)
+            )
 
 
-async def on_webhook_finished(session: AsyncSession, event: Event, outbox: Outbox) -> None:
-    """webhook.delivered / webhook.failed: the delivery's final status (webhook.attempted of
-    the same attempt says the same; this covers a log row made before it)."""
-    message = event.message
-    if not isinstance(message, webhooks_pb2.WebhookDelivered | webhooks_pb2.WebhookFailed):
-        return
-    delivery = await session.get(WebhookDeliveryRecord, message.delivery_id)
-    if delivery is None or delivery.account_id != event.account_id:
-        return
-    attempt = (
-        message.attempt if isinstance(message, webhooks_pb2.WebhookDelivered) else message.attempts
-    )
-    if attempt >= delivery.attempts:
-        delivery.status = (
-            "delivered" if isinstance(message, webhooks_pb2.WebhookDelivered) else "failed"
-        )
-        delivery.next_attempt_at = None
-
-
-HANDLERS.update(
-    {
-        "webhook.attempted": on_webhook_attempted,
-        "webhook.delivered": on_webhook_finished,
-        "webhook.failed": on_webhook_finished,
-    }
-)
+def make_handlers(notify: Notify | None = None) -> EventHandlers:
+    return ReadModel(notify).handlers()

@@ -25,8 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.errors import ApiError
-from kiln_gateway.ratelimit_stores import CounterStore, DatabaseCounterStore, MemoryCounterStore
+from kiln_gateway.ratelimit_stores import (
+    CounterStore,
+    DatabaseCounterStore,
+    MemoryCounterStore,
+    SharedCounterStore,
+)
 from kiln_gateway.tables import ApiKey
+from kiln_runtime.db import Database
 
 RouteClass = Literal["create", "read"]
 StoreKind = Literal["database", "memory"]
@@ -113,12 +119,16 @@ class RateLimiter:
         await self.store.clear(f"{bucket}:{quota.window_s}", start)
 
 
-def make_rate_limiter(settings: GatewaySettings, engine: Callable[[], AsyncEngine]) -> RateLimiter:
+def make_rate_limiter(
+    settings: GatewaySettings, engine: Callable[[], AsyncEngine], database: Callable[[], Database]
+) -> RateLimiter:
     store: CounterStore
     if settings.rate_limit_store == "memory":
         store = MemoryCounterStore()
-    else:
+    elif settings.rate_limit_store == "database-per-request":
         store = DatabaseCounterStore(engine)
+    else:
+        store = SharedCounterStore(database, sync_s=settings.rate_limit_sync_s)
     return RateLimiter(store)
 
 

@@ -139,7 +139,10 @@ class IdempotencyRecord(Base):
     scope: Mapped[str] = mapped_column(String(200))  # who + which route
     key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the canonical body
-    status_code: Mapped[int | None] = mapped_column(Integer)  # None while in progress
+    # The job the request made, written with it (jobs/idempotency.py).
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    # The answer, in records of the earlier scheme (claim, job, answer apart); unused since.
+    status_code: Mapped[int | None] = mapped_column(Integer)
     body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

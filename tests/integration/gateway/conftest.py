@@ -1,9 +1,10 @@
 """The gateway app on a real SQLite database, without Kafka.
 
 `gateway_without_kafka(settings)` builds the real app (`create_app`) and replaces only its
-lifespan: the database is opened and migrated as `ServiceRuntime.start` does, but no
-producer, relay or consumer starts. Events that routes emit stay in the outbox table, which is
-all that routes about accounts, sessions, keys and limits need. For the pipeline (jobs that
+lifespan: the runtime starts without Kafka (`start(connect_kafka=False)`: the database,
+migrated, and the group commit), so no producer, publisher or consumer runs. Events that
+routes emit stay in the outbox table, which is all that routes about accounts, sessions, keys
+and limits need. For the pipeline (jobs that
 move), use the e2e stack.
 
     def test_something(gateway: Gateway) -> None:
@@ -25,11 +26,7 @@ from fastapi.testclient import TestClient
 
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.state import GatewayState
-from kiln_runtime.db import make_engine, make_session_factory
-from kiln_runtime.outbox import OutboxRelay
-from kiln_runtime.service import ServiceRuntime
 
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 PASSWORD = "a long passphrase"
@@ -53,27 +50,15 @@ def make_settings(tmp_path: Path, **overrides: Any) -> GatewaySettings:
     return GatewaySettings(**values)
 
 
-def database_only_lifespan(runtime: ServiceRuntime) -> Any:
+def database_only_lifespan(state: GatewayState) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # ServiceRuntime.start without the producer: the same engine, migrations and sessions.
-        engine = make_engine(runtime.settings.database_url)
-        sessions = make_session_factory(engine)
-        await upgrade_database(engine)
-        runtime._engine = engine
-        runtime._sessions = sessions
-        # A relay that is never run: `wake()` is a no-op and the outbox keeps the events.
-        runtime._relay = OutboxRelay(
-            sessions,
-            runtime.tables,
-            None,  # type: ignore[arg-type,unused-ignore]
-            service=runtime.settings.service_name,
-        )
+        await state.runtime.start(connect_kafka=False)
         try:
             yield
         finally:
-            await engine.dispose()
-            runtime._engine = None
+            await state.last_used.close()
+            await state.runtime.stop()
 
     return lifespan
 
@@ -119,7 +104,7 @@ class Gateway:
 def gateway_without_kafka(settings: GatewaySettings) -> Iterator[Gateway]:
     app = create_app(settings)
     state: GatewayState = app.state.gateway
-    app.router.lifespan_context = database_only_lifespan(state.runtime)
+    app.router.lifespan_context = database_only_lifespan(state)
     with TestClient(app, base_url="http://testserver/api/v1") as client:
         yield Gateway(app, client, settings)
 

@@ -85,8 +85,11 @@ async def test_a_database_made_before_migrations_is_adopted_with_its_rows(
     engine = make_engine(database_url)
     accounts = Base.metadata.tables["accounts"]
     try:
-        async with engine.begin() as connection:  # what the gateway's start did until now
-            await connection.run_sync(Base.metadata.create_all)
+        # What the gateway's start made with create_all until it had migrations: revision
+        # 0001's schema without a migration history.
+        await upgrade_database(engine, "0001")
+        async with engine.begin() as connection:
+            await connection.execute(sa.text("DROP TABLE alembic_version"))
             await connection.execute(
                 accounts.insert().values(
                     id="acct_1",
@@ -115,8 +118,9 @@ async def test_a_database_older_than_the_baseline_is_refused_not_guessed_at(
     baseline's: stamping them would hide the gap until a query failed."""
     engine = make_engine(database_url)
     try:
+        await upgrade_database(engine, "0001")
         async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+            await connection.execute(sa.text("DROP TABLE alembic_version"))
             for column in ("estimated_start_at", "queue_reason"):
                 # SQLite (3.35+) and PostgreSQL both drop a column in place.
                 await connection.execute(sa.text(f"ALTER TABLE jobs DROP COLUMN {column}"))

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln_gateway.ratelimit_stores import DatabaseCounterStore
+from kiln_gateway.ratelimit_stores import DatabaseCounterStore, SharedCounterStore
 from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
 from tests.integration.gateway.conftest import (
     Gateway,
@@ -63,8 +63,8 @@ def create_request(gw: Gateway, key: dict[str, str]) -> httpx.Response:
     return gw.client.post("/jobs", json={"model": 1}, headers=key)
 
 
-def test_the_default_store_is_the_database(gateway: Gateway) -> None:
-    assert isinstance(gateway.state.rate_limiter.store, DatabaseCounterStore)
+def test_the_default_store_is_shared_through_the_database(gateway: Gateway) -> None:
+    assert isinstance(gateway.state.rate_limiter.store, SharedCounterStore)
 
 
 def test_reads_count_down_exactly_and_the_n_plus_first_is_429(limited: Gateway) -> None:
@@ -164,11 +164,42 @@ def test_a_streaming_or_explicit_response_gets_the_headers(limited: Gateway) -> 
     assert response.headers["X-RateLimit-Remaining"] == "2"
 
 
-def test_replicas_on_one_database_share_the_count(tmp_path: Path) -> None:
+def sync(replica: Gateway) -> None:
+    store = replica.state.rate_limiter.store
+    assert isinstance(store, SharedCounterStore)
+    replica.client.portal.call(store.sync)  # type: ignore[union-attr]
+
+
+def test_replicas_share_the_count_at_each_sync(tmp_path: Path) -> None:
+    """The default store writes no row per request: each replica counts at once and adds its
+    hits to the shared row every `rate_limit_sync_s`, learning the others' as it does."""
     at = window_middle()
     with (
         limited_gateway(tmp_path, "database") as one,
         limited_gateway(tmp_path, "database") as two,
+    ):
+        frozen_clock(one, at)
+        frozen_clock(two, at)
+        key = new_key(one)
+        first = [one.client.get("/models", headers=key) for _ in range(3)]
+        assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["4", "3", "2"]
+        sync(one)
+        sync(two)
+        assert two.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "1"
+        sync(two)
+        sync(one)
+        assert one.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "0"
+        assert one.client.get("/models", headers=key).status_code == 429
+        sync(one)
+        sync(two)
+        assert two.client.get("/models", headers=key).status_code == 429
+
+
+def test_replicas_counting_per_request_share_one_exact_count(tmp_path: Path) -> None:
+    at = window_middle()
+    with (
+        limited_gateway(tmp_path, "database-per-request") as one,
+        limited_gateway(tmp_path, "database-per-request") as two,
     ):
         frozen_clock(one, at)
         frozen_clock(two, at)

@@ -17,10 +17,9 @@ from sqlalchemy import select
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
-from kiln_gateway.handlers import HANDLERS
+from kiln_gateway.handlers import ReadModel
 from kiln_gateway.tables import MESSAGING
-from kiln_runtime.db import transaction
-from kiln_runtime.outbox import Outbox
+from kiln_runtime.testing import EventDriver
 from tests.integration.gateway.conftest import Gateway, bearer, gateway_without_kafka, make_settings
 
 SIGNING_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -52,8 +51,10 @@ def feed(gw: Gateway, event_type: str, message: Any, account_id: str, job_id: st
     event = decode(encode(new_event(event_type, message, account_id=account_id, job_id=job_id)))
 
     async def handle() -> None:
-        async with transaction(gw.state.runtime.sessions) as session:
-            await HANDLERS[event_type](session, event, Outbox())
+        driver = EventDriver(
+            gw.state.runtime.db, MESSAGING, ReadModel().handlers(), group="gateway"
+        )
+        await driver.process(event)
 
     gw.client.portal.call(handle)  # type: ignore[union-attr]
 

@@ -1,8 +1,8 @@
 """The real gateway app (`create_app`) on a fresh SQLite file, for hostile-input tests.
 
-The lifespan is not entered, so nothing talks to Kafka: the runtime's database is opened and
-migrated the way `ServiceRuntime.start` does it, and a relay that never runs takes the `wake()`
-calls (events a route emits stay in the outbox table). Requests go through httpx's ASGI transport,
+The lifespan is not entered, so nothing talks to Kafka: the runtime starts without it
+(`start(connect_kafka=False)`: the database, migrated, and the group commit; events a route emits
+stay in the outbox table). Requests go through httpx's ASGI transport,
 so they pass every middleware, dependency and exception handler of the real app; or, with
 `ServedGateway`, through a real uvicorn server on a free local port.
 """
@@ -26,11 +26,9 @@ from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.ids import new_id
 from kiln_gateway.keys.service import new_api_secret, secret_sha256
-from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.tables import Account, ApiKey
 from kiln_gateway.webhooks.service import new_webhook_secret
-from kiln_runtime.db import make_engine, make_session_factory, transaction
-from kiln_runtime.outbox import OutboxRelay
+from kiln_runtime.db import transaction
 
 ADMIN_TOKEN = "hostile-admin-token-" + "a" * 20
 
@@ -61,11 +59,8 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
     settings = GatewaySettings(**values)
     app = create_app(settings)
     runtime = app.state.gateway.runtime
-    engine = make_engine(settings.database_url)
-    sessions = make_session_factory(engine)
-    await upgrade_database(engine)
-    runtime._engine, runtime._sessions = engine, sessions
-    runtime._relay = OutboxRelay(sessions, runtime.tables, None, service="gateway")
+    await runtime.start(connect_kafka=False)
+    sessions = runtime.sessions
 
     account = Account(
         id=new_id("acct"),
@@ -98,7 +93,7 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
         ) as client:
             yield GatewayUnderTest(client, settings, account.id, live, sandbox)
     finally:
-        await engine.dispose()
+        await runtime.stop()
 
 
 class ServedGateway(threading.Thread):

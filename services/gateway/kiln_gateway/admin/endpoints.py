@@ -1,6 +1,5 @@
 """Operator endpoints (`/api/v1/admin/...`), behind the admin token."""
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -29,7 +28,7 @@ async def create_account(body: AccountCreate, state: StateDep, _: AdminDep) -> d
         if await repository.email_taken(session, account.email):
             raise Conflict("An account with this email exists.")
         await repository.add_account(session, account)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     return {"data": account_json(account)}
 
 
@@ -62,11 +61,8 @@ async def grant_credits(
     try:
         async with transaction(state.runtime.sessions) as session:
             await repository.add_grant(session, grant_id, account_id, amount, body.reason)
-        state.runtime.relay.wake()
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout=max(state.settings.decision_wait_s, 0))
-        except TimeoutError:
-            pass
+        state.runtime.publisher.wake()
+        await waiter.wait(max(state.settings.decision_wait_s, 0))
     finally:
         state.waiters.release(grant_id, waiter)
     async with state.runtime.sessions() as session:
@@ -101,6 +97,7 @@ async def _set_suspended(state: GatewayState, account_id: str, suspended: bool) 
         if account is None:
             raise NotFound("No such account.")
         account.suspended = suspended
+    state.callers.forget_account(account_id)  # at once here; within api_key_cache_s elsewhere
     return {"data": account_json(account)}
 
 

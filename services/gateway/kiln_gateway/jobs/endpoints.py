@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import IntegrityError
 
 from kiln_gateway.content_policy import enforce_content_policy
 from kiln_gateway.deps import Caller, CallerDep, StateDep
@@ -19,7 +20,7 @@ from kiln_gateway.errors import (
     error_responses,
 )
 from kiln_gateway.jobs import repository
-from kiln_gateway.jobs.idempotency import run_idempotently
+from kiln_gateway.jobs.idempotency import REPLAY_HEADER, checked_key, earlier_job, fingerprint
 from kiln_gateway.jobs.schemas import JobCreate, job_json
 from kiln_gateway.jobs.service import (
     TERMINAL,
@@ -32,11 +33,12 @@ from kiln_gateway.jobs.service import (
 )
 from kiln_gateway.pagination import PageDep, paged
 from kiln_gateway.query_dates import IsoDatetime
-from kiln_gateway.state import GatewayState
+from kiln_gateway.state import GatewayState, Waiter
 from kiln_gateway.tables import Job
 from kiln_runtime.catalog import ModelEntry
 from kiln_runtime.db import transaction
 from kiln_runtime.money import format_credits
+from kiln_runtime.unit import Unit
 from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -63,7 +65,9 @@ async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) 
     urls += [(f"input.{name}", value) for name, value in url_inputs(entry.input_schema, body.input)]
     for field_name, url in urls:
         try:
-            await resolve_public_addresses(url, allow_loopback=state.settings.allow_loopback_urls)
+            await resolve_public_addresses(
+                url, allow_loopback=state.settings.allow_loopback_urls, resolver=state.resolver
+            )
         except UnsafeUrl as exc:
             details.append({"field": field_name, "message": str(exc)})
     if details:
@@ -75,9 +79,7 @@ async def validated_model(body: JobCreate, caller: Caller, state: GatewayState) 
 async def _wait_for(state: GatewayState, key: str, timeout_s: float) -> None:
     waiter = state.waiters.register(key)
     try:
-        await asyncio.wait_for(waiter.wait(), timeout=timeout_s)
-    except TimeoutError:
-        pass
+        await waiter.wait(timeout_s)
     finally:
         state.waiters.release(key, waiter)
 
@@ -90,51 +92,107 @@ async def _load(state: GatewayState, job_id: str, caller: Caller) -> Job:
     return job
 
 
-async def _create(body: JobCreate, caller: Caller, state: GatewayState) -> JSONResponse:
+async def _decided(state: GatewayState, waiter: Waiter, job: Job) -> Job:
+    """The job once billing decided (`queued`, or `failed` for want of credits), or as it is
+    when `decision_wait_s` ran out (`pending`). This process's consumer wakes the waiter with
+    the job; when another replica's consumer has the job's partition, the row is read again
+    every `decision_poll_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.decision_wait_s
+    current = job
+    while current.status == "pending":
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        if await waiter.wait(min(left, state.settings.decision_poll_s)):
+            current = waiter.latest if isinstance(waiter.latest, Job) else current
+            waiter.event.clear()
+            continue
+        found = await state.runtime.read(lambda c: repository.read_job(c, job.id))
+        current = found or current
+    return current
+
+
+def _answer(current: Job, entry_id: str, state: GatewayState, replayed: bool) -> JSONResponse:
+    if current.status == "failed" and current.error_code == "INSUFFICIENT_CREDITS":
+        raise InsufficientCredits(
+            "Not enough credits for this job.",
+            [{"field": "model", "message": entry_id}],
+            headers={REPLAY_HEADER: "true"} if replayed else None,
+        )
+    return JSONResponse(
+        {"data": job_json(current, state.links)},
+        status_code=202,
+        headers={REPLAY_HEADER: "true"} if replayed else None,
+    )
+
+
+@router.post("", status_code=202, responses=error_responses(402, 409))
+async def create_job(
+    body: JobCreate,
+    caller: CallerDep,
+    state: StateDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="`respond-async`: answer 202 `pending` at once, without waiting for "
+            "billing's decision.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """Create a job. Answers after billing's decision (up to a bound): 202 `queued`, 402, or
+    202 `pending` when the decision is still on its way (or at once, with
+    `Prefer: respond-async`). With an `Idempotency-Key`, a retry gets the job the first request
+    made (docs/api.md)."""
+    key = checked_key(idempotency_key)
     entry = await validated_model(body, caller, state)
     now = datetime.now(UTC)
     job = new_job(body, entry, caller.key, now)
     pool = state.catalog.pool_for(entry.id, caller.key.sandbox)
     spec = job_spec(body, entry, caller.key, pool, now)
-    waiter = state.waiters.register(job.id)
+    scope = f"{caller.account_id}:POST /jobs"
+    print_ = fingerprint(body.model_dump(mode="json")) if key is not None else ""
+
+    def submit(unit: Unit) -> str | None:
+        """The job, its feed entry, `job.submitted` and the key's record; or the job an
+        earlier request with the key made (nothing written)."""
+        if key is not None:
+            earlier = earlier_job(unit.connection, scope, key, print_, unit.now)
+            if earlier is not None:
+                return earlier
+        repository.insert_submitted_job(unit, job, spec)
+        if key is not None:
+            repository.add_idempotency_record(unit.connection, scope, key, print_, job.id, unit.now)
+        return None
+
+    waiter = state.waiters.register(job.id)  # before the commit: no wake-up can be missed
     try:
-        async with transaction(state.runtime.sessions) as session:
-            await repository.add_submitted_job(session, job, spec, now)
-        state.runtime.relay.wake()
         try:
-            await asyncio.wait_for(waiter.wait(), timeout=state.settings.decision_wait_s)
-        except TimeoutError:
-            pass  # answered as `pending`; the decision follows by the same paths
+            earlier = await state.runtime.write(submit)
+        except IntegrityError:
+            # A twin with the same key committed first on another replica: it made the job.
+            earlier = await state.runtime.read(
+                lambda c: earlier_job(c, scope, key or "", print_, now)
+            )
+            if earlier is None:
+                raise
+        if earlier is None:
+            if prefer is not None and "respond-async" in prefer.lower():
+                return JSONResponse({"data": job_json(job, state.links)}, status_code=202)
+            return _answer(await _decided(state, waiter, job), entry.id, state, replayed=False)
     finally:
         state.waiters.release(job.id, waiter)
-    async with state.runtime.sessions() as session:
-        current = await repository.job_by_id(session, job.id)
-    assert current is not None
-    if current.status == "failed" and current.error_code == "INSUFFICIENT_CREDITS":
-        raise InsufficientCredits(
-            "Not enough credits for this job.", [{"field": "model", "message": entry.id}]
-        )
-    return JSONResponse({"data": job_json(current, state.links)}, status_code=202)
-
-
-@router.post("", status_code=202, responses=error_responses(402))
-async def create_job(
-    body: JobCreate,
-    request: Request,
-    caller: CallerDep,
-    state: StateDep,
-    idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
-    """Create a job. Answers after billing's decision (up to a bound): 202 `queued`, 402, or
-    202 `pending` when the decision is still on its way."""
-    return await run_idempotently(
-        request,
-        state,
-        scope=f"{caller.account_id}:POST /jobs",
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        produce=lambda: _create(body, caller, state),
-    )
+    # A replay: the first request's job, as it is now (decided, or decided soon).
+    replay_waiter = state.waiters.register(earlier)
+    try:
+        found = await state.runtime.read(lambda c: repository.read_job(c, earlier))
+        if found is None or found.account_id != caller.account_id:
+            raise NotFound("No such job.")
+        return _answer(await _decided(state, replay_waiter, found), found.model, state, True)
+    finally:
+        state.waiters.release(earlier, replay_waiter)
 
 
 @router.post("/quote")
@@ -204,7 +262,7 @@ async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -
             raise Conflict(f"The job is already {job.status}.")
         if job.status != "canceling":
             await repository.request_cancel(session, job, caller.key.id, now)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     await _wait_for(state, job_id, state.settings.decision_wait_s)
     current = await _load(state, job_id, caller)
     status_code = 200 if current.status == "canceled" else 202

@@ -2,10 +2,10 @@
 events a job emits (outbox rows, in the same transaction), and Idempotency-Key records."""
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Connection, Select, Table, bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiln_contracts.v1 import common_pb2, jobs_pb2
@@ -13,6 +13,7 @@ from kiln_gateway.jobs.service import JobFilters, JobSort, job_summary
 from kiln_gateway.pagination import PageRequest, count_rows, fetch_page
 from kiln_gateway.tables import MESSAGING, AccountEvent, IdempotencyRecord, Job
 from kiln_runtime.outbox import Outbox
+from kiln_runtime.unit import Unit
 
 SORT_COLUMNS = {
     "created_at": Job.created_at,
@@ -125,31 +126,81 @@ async def request_cancel(session: AsyncSession, job: Job, key_id: str, now: date
     await outbox.write(session, MESSAGING)
 
 
-# ------------------------------------------------------------------------- Idempotency-Key
+# ------------------------------------------------------------------------- the hot path
+# (synchronous Core, on the runtime's group commit: docs/architecture.md, "Hot paths")
+
+jobs_table = cast(Table, Job.__table__)
+events_table = cast(Table, AccountEvent.__table__)
+idempotency_table = cast(Table, IdempotencyRecord.__table__)
+_COLUMNS = {attr.key: c.name for attr in Job.__mapper__.column_attrs for c in attr.columns}
+_INSERT_JOB = insert(jobs_table)
+_INSERT_EVENT = insert(events_table)
+_JOB_BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
+_IDEMPOTENCY = select(idempotency_table).where(
+    idempotency_table.c.scope == bindparam("scope"), idempotency_table.c.key == bindparam("key")
+)
 
 
-async def idempotency_record(
-    session: AsyncSession, scope: str, key: str
-) -> IdempotencyRecord | None:
-    return await session.scalar(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
-        )
+def insert_submitted_job(unit: Unit, job: Job, spec: common_pb2.JobSpec) -> None:
+    """The new job, its feed entry and its `job.submitted`, in the unit's transaction."""
+    unit.connection.execute(
+        _INSERT_JOB, {column: getattr(job, attr) for attr, column in _COLUMNS.items()}
+    )
+    unit.connection.execute(
+        _INSERT_EVENT,
+        {
+            "account_id": job.account_id,
+            "job_id": job.id,
+            "type": "job.created",
+            "sandbox": job.sandbox,
+            "occurred_at": unit.now,
+            "data": job_summary(job),
+        },
+    )
+    unit.emit(
+        "job.submitted",
+        jobs_pb2.JobSubmitted(spec=spec),
+        account_id=job.account_id,
+        job_id=job.id,
     )
 
 
-async def idempotency_record_by_id(
-    session: AsyncSession, record_id: int
-) -> IdempotencyRecord | None:
-    return await session.get(IdempotencyRecord, record_id)
+_ATTRIBUTES = {column: attr for attr, column in _COLUMNS.items()}
 
 
-async def delete_idempotency_record(session: AsyncSession, record_id: int) -> None:
-    await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record_id))
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
-def add_idempotency_claim(
-    session: AsyncSession, scope: str, key: str, fingerprint: str, now: datetime
+def job_from_row(row: Any) -> Job:
+    """A detached `Job` from a Core row (`metadata` is `job_metadata` on the class)."""
+    values = {_ATTRIBUTES[name]: value for name, value in row._mapping.items()}
+    for name in ("created_at", "started_at", "completed_at", "estimated_start_at"):
+        values[name] = _aware(values[name])
+    return Job(**values)
+
+
+def read_job(connection: Connection, job_id: str) -> Job | None:
+    row = connection.execute(_JOB_BY_ID, {"job_id": job_id}).first()
+    return job_from_row(row) if row is not None else None
+
+
+def idempotency_record(connection: Connection, scope: str, key: str) -> Any:
+    return connection.execute(_IDEMPOTENCY, {"scope": scope, "key": key}).first()
+
+
+def delete_idempotency_record(connection: Connection, record_id: int) -> None:
+    connection.execute(delete(idempotency_table).where(idempotency_table.c.id == record_id))
+
+
+def add_idempotency_record(
+    connection: Connection, scope: str, key: str, fingerprint: str, job_id: str, now: datetime
 ) -> None:
-    """The in-progress record of a key (no answer yet); unique per (scope, key)."""
-    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=fingerprint, created_at=now))
+    """The key and the job it made; unique per (scope, key)."""
+    connection.execute(
+        insert(idempotency_table).values(
+            scope=scope, key=key, fingerprint=fingerprint, job_id=job_id, created_at=now
+        )
+    )

@@ -56,9 +56,24 @@ def next_status(current: str, event_type: str) -> str | None:
     return target
 
 
+# The catalog's schemas live as long as the process: one compiled validator each, not one
+# per request (keyed by identity, the schema kept alongside so that the id stays its own).
+_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
+    found = _VALIDATORS.get(id(schema))
+    if found is None or found[0] is not schema:
+        found = (schema, Draft202012Validator(schema))
+        if len(_VALIDATORS) > 1024:
+            _VALIDATORS.clear()
+        _VALIDATORS[id(schema)] = found
+    return found[1]
+
+
 def input_errors(schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
     """Every way `value` breaks `schema`, each naming its field as `input.<path>`."""
-    validator = Draft202012Validator(schema)
+    validator = validator_for(schema)
     details = []
     for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(p) for p in error.absolute_path)

@@ -106,6 +106,7 @@ async def revoke_key(account: SessionDep, state: StateDep, key_id: str = KEY_ID)
         revoked = await repository.revoke_api_key(session, account.id, key_id)
         if revoked is None:
             raise NotFound("No such key.")
+    state.callers.forget_key(key_id)  # at once here; within api_key_cache_s elsewhere
     return {"data": key_json(revoked[0])}
 
 
@@ -126,4 +127,5 @@ async def rotate_key(account: SessionDep, state: StateDep, key_id: str = KEY_ID)
         if not revoked_now:
             raise Conflict("This key is revoked; make a new one instead.")
         key, secret = await repository.create_api_key(session, account.id, old.name, old.sandbox)
+    state.callers.forget_key(key_id)
     return {"data": {**key_json(key, secret), "rotated_from": old.id}}

@@ -18,8 +18,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Path, Query
 
 from kiln_gateway.deps import CallerDep, StateDep
-from kiln_gateway.errors import NotFound, ValidationFailed, error_responses
+from kiln_gateway.errors import NotFound, Unauthorized, ValidationFailed, error_responses
 from kiln_gateway.ids import new_id
+from kiln_gateway.keys.repository import account_by_id
 from kiln_gateway.pagination import PageDep, paged
 from kiln_gateway.state import GatewayState
 from kiln_gateway.tables import WebhookEndpoint
@@ -71,9 +72,13 @@ def _no_endpoint() -> NotFound:
 
 
 @router.get("/default-secret", response_model=SecretResponse)
-async def default_secret(caller: CallerDep) -> dict[str, Any]:
+async def default_secret(caller: CallerDep, state: StateDep) -> dict[str, Any]:
     """The secret that signs deliveries to a job's own `webhook_url`."""
-    return {"data": {"secret": caller.account.default_webhook_secret}}
+    async with state.runtime.sessions() as session:
+        account = await account_by_id(session, caller.account_id)
+    if account is None:
+        raise Unauthorized("Invalid API key.")
+    return {"data": {"secret": account.default_webhook_secret}}
 
 
 @router.get("/public-key", response_model=PublicKeyResponse, responses=error_responses(404))
@@ -144,7 +149,7 @@ async def redeliver(
         if delivery is None:
             raise NotFound("No such delivery.")
         await repository.request_redelivery(session, delivery)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     return {
         "data": {
             "delivery_id": delivery.id,
@@ -181,7 +186,7 @@ async def create_endpoint(
     )
     async with transaction(state.runtime.sessions) as session:
         await repository.save_endpoint(session, endpoint)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     return {"data": endpoint_json(endpoint, endpoint.secret)}
 
 
@@ -226,7 +231,7 @@ async def update_endpoint(
         endpoint.disabled_at = None
         endpoint.updated_at = datetime.now(UTC)
         await repository.save_endpoint(session, endpoint)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     return {"data": endpoint_json(endpoint)}
 
 
@@ -242,7 +247,7 @@ async def delete_endpoint(
         endpoint.deleted_at = datetime.now(UTC)
         endpoint.updated_at = endpoint.deleted_at
         await repository.save_endpoint(session, endpoint, deleted=True)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     return {"data": endpoint_json(endpoint)}
 
 
@@ -263,5 +268,5 @@ async def send_test_event(
         if endpoint is None:
             raise _no_endpoint()
         await repository.request_test_event(session, endpoint, test_id)
-    state.runtime.relay.wake()
+    state.runtime.publisher.wake()
     return {"data": {"endpoint_id": endpoint_id, "test_id": test_id, "status": "requested"}}
