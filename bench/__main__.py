@@ -27,9 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 # stack's instance counts, so it runs last.
 BENCHES: dict[str, str] = {
     "startup": "bench.footprint_startup",
+    "hops": "bench.hops",
     "submit": "bench.submit_latency",
     "overhead": "bench.pipeline_overhead",
     "triton": "bench.triton_efficiency",
+    "consumers": "bench.consumer_libraries",
     "throughput": "bench.throughput",
     "scaling": "bench.scaling",
 }

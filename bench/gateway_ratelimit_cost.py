@@ -24,12 +24,9 @@ import httpx
 
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
-from kiln_gateway.migrate import upgrade_database
 from kiln_gateway.ratelimit_stores import CounterStore, DatabaseCounterStore, MemoryCounterStore
 from kiln_gateway.ratelimits import Quota, RateLimiter
 from kiln_gateway.state import GatewayState
-from kiln_runtime.db import make_engine, make_session_factory
-from kiln_runtime.outbox import OutboxRelay
 
 ADMIN = "bench-admin-token"
 
@@ -59,18 +56,13 @@ async def running_gateway(database_url: str, folder: Path) -> AsyncIterator[Gate
     )
     app = create_app(settings)
     state: GatewayState = app.state.gateway
-    runtime = state.runtime
-    engine = make_engine(database_url)
-    sessions = make_session_factory(engine)
-    await upgrade_database(engine)
-    # ServiceRuntime.start without Kafka (as tests/integration/gateway/conftest.py does).
-    runtime._engine, runtime._sessions = engine, sessions
-    runtime._relay = OutboxRelay(sessions, runtime.tables, None, service="gateway")
+    # The runtime without Kafka (as tests/integration/gateway/conftest.py does).
+    await state.runtime.start(connect_kafka=False)
     state.app = app  # type: ignore[attr-defined, unused-ignore]
     try:
         yield state
     finally:
-        await engine.dispose()
+        await state.runtime.stop()
 
 
 async def per_request_ms(

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import random
@@ -34,12 +33,12 @@ import httpx
 import pytest
 
 from kiln_billing import repository
-from kiln_billing.models import MESSAGING
-from kiln_billing.verify import LedgerReport, check_ledger_session
-from kiln_contracts import decode
+from kiln_billing.tables import MESSAGING
+from kiln_billing.verify import LedgerReport, check_ledger
 from kiln_runtime.catalog import load_catalog
-from kiln_runtime.db import make_engine, make_session_factory
+from kiln_runtime.db import make_sync_engine
 from kiln_runtime.money import format_credits, parse_credits
+from tests.kafka_topics import distinct_events
 from tests.stack_support import RunningStack, started_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -172,42 +171,36 @@ class BillingState:
 
 
 def billing_database_url(running: RunningStack) -> str:
-    return f"sqlite+aiosqlite:///{running.local.data_dir}/billing.db"
-
-
-async def _read_billing(url: str) -> BillingState:
-    engine = make_engine(url)
-    try:
-        sessions = make_session_factory(engine)
-        async with sessions() as session:
-            await repository.begin_snapshot(session)
-            report = await check_ledger_session(session)
-            charges = {row.job_id: row for row in await repository.all_job_charges(session)}
-            bookings: dict[str, Counter[str]] = defaultdict(Counter)
-            booked: dict[str, set[int]] = defaultdict(set)
-            for b in await repository.job_bookings(session):
-                bookings[b.job_id][b.kind] += 1
-                booked[b.job_id].add(b.amount)
-            outbox = MESSAGING.outbox
-            rows = (await session.execute(outbox.select())).all()
-            credit_events: dict[str, Counter[str]] = defaultdict(Counter)
-            unpublished = 0
-            for row in rows:
-                unpublished += row.published_at is None
-                event = decode(row.payload)
-                if event.job_id:
-                    credit_events[event.job_id][event.type] += 1
-            books = await repository.cached_balances(session)
-            await session.rollback()
-        return BillingState(
-            report, charges, bookings, booked, credit_events, unpublished, dict(books)
-        )
-    finally:
-        await engine.dispose()
+    return f"sqlite:///{running.local.data_dir}/billing.db"
 
 
 def read_billing(running: RunningStack) -> BillingState:
-    return asyncio.run(_read_billing(billing_database_url(running)))
+    """Billing's ledger in one read snapshot, its outbox (rows not yet acknowledged by Kafka),
+    and the credits.* events it published, from the broker (distinct by event id: a copy sent
+    again after a crash carries the same id and is dropped by every consumer)."""
+    engine = make_sync_engine(billing_database_url(running))
+    try:
+        with engine.connect() as connection:
+            connection.begin()
+            report = check_ledger(connection)
+            connection.begin()
+            charges = {row.job_id: row for row in repository.all_job_charges(connection)}
+            bookings: dict[str, Counter[str]] = defaultdict(Counter)
+            booked: dict[str, set[int]] = defaultdict(set)
+            for b in repository.job_bookings(connection):
+                bookings[b.job_id][b.kind] += 1
+                booked[b.job_id].add(b.amount)
+            unpublished = len(connection.execute(MESSAGING.outbox.select()).all())
+            books = repository.cached_balances(connection)
+            connection.rollback()
+    finally:
+        engine.dispose()
+    credit_events: dict[str, Counter[str]] = defaultdict(Counter)
+    topics = ("credits.reserved", "credits.rejected", "credits.captured", "credits.released")
+    for event in distinct_events(running.local.kafka_bootstrap, topics):
+        if event.job_id:
+            credit_events[event.job_id][event.type] += 1
+    return BillingState(report, charges, bookings, booked, credit_events, unpublished, dict(books))
 
 
 # ------------------------------------------------------------------------- 50 at once → 10

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,6 +105,8 @@ class OutboxPublisher:
         self._clock = clock
         self._in_flight: set[int] = set()
         self._acked: list[int] = []
+        # Taken on the database writer thread (a batch deletes them), added on the event loop.
+        self._acked_lock = threading.Lock()
         self._failed: set[int] = set()
         self._pending: set[asyncio.Future[None]] = set()
         self._queue: asyncio.Queue[tuple[list[OutgoingEvent], asyncio.Future[None] | None]] = (
@@ -182,7 +185,8 @@ class OutboxPublisher:
                 continue
             EVENTS_PRODUCED.labels(self._service, row.topic).inc()
             if row.row_id is not None:
-                self._acked.append(row.row_id)
+                with self._acked_lock:
+                    self._acked.append(row.row_id)
         if done is not None and not done.done():
             done.set_result(None)
         if failed:
@@ -215,11 +219,13 @@ class OutboxPublisher:
     def take_acked(self) -> list[int]:
         """The ids Kafka acknowledged since the last call: delete them in your transaction, or
         give them back with `return_acked` when it rolls back."""
-        ids, self._acked = self._acked, []
+        with self._acked_lock:
+            ids, self._acked = self._acked, []
         return ids
 
     def return_acked(self, ids: Sequence[int]) -> None:
-        self._acked.extend(ids)
+        with self._acked_lock:
+            self._acked.extend(ids)
 
     def delete_rows(self, connection: Connection, ids: Sequence[int]) -> None:
         if ids:
@@ -252,12 +258,13 @@ class OutboxPublisher:
         """Delete acknowledged rows, then claim and send what no live writer will send."""
         acked = self.take_acked()
         failed = sorted(self._failed)
+        in_flight = sorted(self._in_flight)  # read here, on the loop that changes it
         first = self._first_round
         now = self._clock()
 
         def claim(connection: Connection) -> list[OutgoingEvent]:
             self.delete_rows(connection, acked)
-            return self._claim(connection, now, failed, first)
+            return self._claim(connection, now, failed, first, in_flight)
 
         try:
             rows = await self._db.write(claim)
@@ -276,7 +283,12 @@ class OutboxPublisher:
         return len(rows)
 
     def _claim(
-        self, connection: Connection, now: datetime, failed: list[int], first: bool
+        self,
+        connection: Connection,
+        now: datetime,
+        failed: list[int],
+        first: bool,
+        in_flight: list[int],
     ) -> list[OutgoingEvent]:
         outbox = self._tables.outbox
         claimable = [outbox.c.lease_until < now]
@@ -285,8 +297,8 @@ class OutboxPublisher:
         if first:  # rows this instance wrote in an earlier life
             claimable.append(outbox.c.owner == self.owner)
         condition = or_(*claimable)
-        if self._in_flight:
-            condition = condition & outbox.c.id.not_in(sorted(self._in_flight))
+        if in_flight:
+            condition = condition & outbox.c.id.not_in(in_flight)
         chosen = select(outbox.c.id).where(condition).order_by(outbox.c.id)
         chosen = chosen.limit(self._recover_batch)
         if connection.dialect.name == "postgresql":

@@ -7,11 +7,17 @@
     kiln-admin credits revoke ACCOUNT AMOUNT [--reason …]
     kiln-admin keys create ACCOUNT --name NAME [--sandbox]
     kiln-admin billing verify [ARGS…]       (billing's ledger check, when installed)
+    kiln-admin dlq list [--group G] [--topic T] [--json]
+    kiln-admin dlq replay REF… | --group G [--topic T]
 
 ACCOUNT is an account id (`acct_…`) or an email. The API address and the admin token come from
 `--api-url`/`--admin-token`, else `KILN_API_URL`/`KILN_ADMIN_TOKEN`, else the local stack's
 demo.env (`--env-file`, default `$KILN_STACK_DIR/demo.env` or `.kiln/demo.env`). Output is the
 response's `data` as JSON; an API error prints the error object on stderr and exits 1.
+
+`dlq` reads and replays the dead-letter topic (docs/architecture.md, "Dead letters") on the
+Kafka cluster of `--bootstrap`, else `KILN_KAFKA_BOOTSTRAP`, else the local stack's demo.env,
+else 127.0.0.1:9092. A REF is `<partition>:<offset>` of the dead-letter topic, as `list` shows.
 """
 
 import argparse
@@ -187,6 +193,46 @@ def billing_verify(argv: Sequence[str]) -> int:
     return int(result or 0)
 
 
+def _bootstrap(args: argparse.Namespace) -> str:
+    env_file = Path(args.env_file) if args.env_file else default_env_file()
+    return (
+        args.bootstrap
+        or os.environ.get("KILN_KAFKA_BOOTSTRAP")
+        or read_env_file(env_file).get("KILN_KAFKA_BOOTSTRAP")
+        or "127.0.0.1:9092"
+    )
+
+
+def dlq(args: argparse.Namespace) -> int:
+    """`dlq list` / `dlq replay`: the dead-letter topic, read or replayed (no admin API)."""
+    import asyncio
+
+    from kiln_runtime.dead_letters import format_entries, list_dead_letters, replay_dead_letters
+
+    bootstrap = _bootstrap(args)
+    try:
+        if args.command == "list":
+            entries = asyncio.run(
+                list_dead_letters(bootstrap, group=args.dlq_group, topic=args.topic)
+            )
+            print(format_entries(entries, as_json=args.json))
+            return EXIT_OK
+        if not args.refs and not args.dlq_group:
+            print("kiln-admin: name dead letters (REF…) or a --group to replay", file=sys.stderr)
+            return EXIT_USAGE
+        replayed = asyncio.run(
+            replay_dead_letters(bootstrap, refs=args.refs, group=args.dlq_group, topic=args.topic)
+        )
+    except KeyError as exc:
+        print(f"kiln-admin: {exc.args[0]}", file=sys.stderr)
+        return EXIT_API_ERROR
+    except Exception as exc:  # the broker away, mostly
+        print(f"kiln-admin: dead-letter topic on {bootstrap}: {exc!r}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(json.dumps({"replayed": [e.as_json() for e in replayed]}, indent=2))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------- parser
 
 
@@ -237,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     bill.add_parser(  # no -h of its own: `billing verify --help` is billing's help
         "verify", help="check the credit ledger (kiln_billing.verify) [ARGS…]", add_help=False
     )
+
+    dead = groups.add_parser("dlq", help="the dead-letter topic: list, replay")
+    dead.add_argument("--bootstrap", help="Kafka, host:port (KILN_KAFKA_BOOTSTRAP)")
+    dl = dead.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dlq_list = dl.add_parser("list", help="every dead letter: group, topic, offset, error")
+    dlq_list.add_argument("--group", dest="dlq_group", help="only this consumer group's")
+    dlq_list.add_argument("--topic", help="only dead letters of this topic")
+    dlq_list.add_argument("--json", action="store_true", help="JSON instead of a table")
+    dlq_replay = dl.add_parser(
+        "replay", help="send dead letters back to their topic, for the group they failed in"
+    )
+    dlq_replay.add_argument("refs", nargs="*", metavar="REF", help="<partition>:<offset>")
+    dlq_replay.add_argument("--group", dest="dlq_group", help="every dead letter of this group")
+    dlq_replay.add_argument("--topic", help="with --group: only this topic's")
     return parser
 
 
@@ -255,6 +315,8 @@ def main(argv: Sequence[str] | None = None, client: httpx.Client | None = None) 
     args = parse(argv)
     if args.group == "billing":
         return billing_verify(args.verify_args)
+    if args.group == "dlq":
+        return dlq(args)
     try:
         if client is not None:
             token = args.admin_token or os.environ.get("KILN_ADMIN_TOKEN", "")
