@@ -583,7 +583,7 @@ class LocalStack:
         if name == KAFKA:
             return str(self.kafka_properties)
         if name == TRITON:
-            return "kiln_inference.triton_server"
+            return "kiln_modelhost"
         return f"kiln_{split_instance(name)[0]}"
 
     def _alive(self, name: str, pid: int) -> bool:
@@ -925,7 +925,7 @@ class LocalStack:
                 },
             )
             argv = [
-                str(self.python), "-m", "kiln_inference.triton_server",
+                str(self.python), "-m", "kiln_modelhost",
                 "--http-port", str(self.ports.triton_http),
                 "--grpc-port", str(self.ports.triton_grpc),
                 "--metrics-port", str(self.ports.triton_metrics),

@@ -15,8 +15,8 @@ from PIL import Image
 from kiln_contracts.v1 import jobs_pb2
 from kiln_crypto import ResultEncryption, decrypt_bytes
 from kiln_inference.models import StoredResult, WorkItem
-from kiln_inference.reference_models.image import render_image
 from kiln_inference.triton_client import TritonInferenceError
+from kiln_modelhost.reference_models.image import render_image
 from kiln_runtime.db import transaction
 from tests.unit.inference.worker_support import (
     SECRET,

@@ -1,6 +1,6 @@
 """Kiln's local Triton Inference Server (PyTriton) with the reference models on the CPU.
 
-    python -m kiln_inference.triton_server --http-port 8000 --grpc-port 8001 --metrics-port 8002 \\
+    python -m kiln_modelhost --http-port 8000 --grpc-port 8001 --metrics-port 8002 \\
         [--address 127.0.0.1] [--sandbox-delay-ms 10000] [--sandbox-instances 8]
 
 Each flag falls back to an environment variable (KILN_TRITON_HTTP_PORT, KILN_TRITON_GRPC_PORT,
@@ -62,15 +62,15 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from kiln_inference.reference_models import edit, image, sandbox, speech, video
-from kiln_inference.reference_models.errors import (
+from kiln_modelhost.reference_models import edit, image, sandbox, speech, video
+from kiln_modelhost.reference_models.errors import (
     ModelError,
     ModelInputError,
     ModelRuntimeError,
     SandboxFailedError,
 )
 
-LOGGER = logging.getLogger("kiln_inference.triton_server")
+LOGGER = logging.getLogger("kiln_modelhost.server")
 
 REQUEST_INPUT = "request"
 OUTPUT = "output"
@@ -363,7 +363,7 @@ def _env_int(name: str, default: int) -> int:
 def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     """Options from the command line, else the KILN_* environment variables, else defaults."""
     parser = argparse.ArgumentParser(
-        prog="python -m kiln_inference.triton_server",
+        prog="python -m kiln_modelhost",
         description="Kiln's Triton server (PyTriton) with the reference models on the CPU.",
     )
     parser.add_argument("--http-port", type=int, help="env KILN_TRITON_HTTP_PORT (8000)")
