@@ -8,7 +8,7 @@ from tritonclient.utils import InferenceServerException
 
 from kiln_inference import triton_client
 from kiln_inference.triton_client import TritonInferenceError
-from kiln_modelhost import server as triton_server
+from kiln_modelhost import contract
 from kiln_modelhost.reference_models.errors import (
     ModelError,
     ModelInputError,
@@ -86,10 +86,10 @@ def test_error_codes_agree_between_client_and_models() -> None:
     errors: list[type[ModelError]] = [ModelInputError, ModelRuntimeError, SandboxFailedError]
     for error in errors:
         assert triton_client.RETRYABLE[error.code] == error.retryable
-    assert triton_client.REQUEST_INPUT == triton_server.REQUEST_INPUT
-    assert triton_client.OUTPUT == triton_server.OUTPUT
-    assert triton_client.CONTENT_TYPE_OUTPUT == triton_server.CONTENT_TYPE_OUTPUT
-    assert triton_client.ERROR_OUTPUT == triton_server.ERROR_OUTPUT
+    assert triton_client.REQUEST_INPUT == contract.REQUEST_INPUT
+    assert triton_client.OUTPUT == contract.OUTPUT
+    assert triton_client.CONTENT_TYPE_OUTPUT == contract.CONTENT_TYPE_OUTPUT
+    assert triton_client.ERROR_OUTPUT == contract.ERROR_OUTPUT
 
 
 def test_error_repr_and_defaults() -> None:

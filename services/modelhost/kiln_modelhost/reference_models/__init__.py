@@ -1,7 +1,7 @@
 """The reference models that Kiln's local Triton server runs on the CPU.
 
 Pure functions doing real work (espeak-ng speech, a procedural image renderer, sandbox examples);
-triton_server.py binds them to Triton models.
+server.py binds them to Triton models (handlers.py parses their requests).
 """
 
 from kiln_modelhost.reference_models.errors import (
