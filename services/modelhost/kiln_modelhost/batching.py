@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -95,8 +95,14 @@ def run_batch(model: str, requests: ObjectArray, handler: Handler) -> dict[str, 
     return pack_results(outcomes)
 
 
-def run_sandbox_batch(requests: ObjectArray, default_delay_ms: int) -> dict[str, ObjectArray]:
-    """Wait out the delays of a sandbox batch together (the longest one), then answer each."""
+def run_sandbox_batch(
+    requests: ObjectArray,
+    default_delay_ms: int,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, ObjectArray]:
+    """Wait out the delays of a sandbox batch together (the longest one), then answer each.
+
+    ``sleep`` is ``time.sleep`` but in tests, which record the waits instead of timing them."""
     started = time.perf_counter()
     parsed: list[SandboxRequest | ModelError] = []
     for raw in requests.reshape(-1):
@@ -106,7 +112,7 @@ def run_sandbox_batch(requests: ObjectArray, default_delay_ms: int) -> dict[str,
             parsed.append(_as_model_error(exc, SANDBOX_MODEL))
     delays = [item.delay_ms for item in parsed if isinstance(item, SandboxRequest)]
     if delays:
-        time.sleep(max(delays) / 1000.0)
+        sleep(max(delays) / 1000.0)
     outcomes: list[Result | ModelError] = []
     for item in parsed:
         if isinstance(item, ModelError):
