@@ -122,7 +122,7 @@ class Startup:
     accepted_status: str = ""
     down_s: float = float("nan")
     # Times Triton's server restarted because loading its models failed (PyTriton's start-up
-    # race under load; see kiln_inference.triton_server.serve): slow starts come from these.
+    # race under load; see kiln_modelhost.server.serve): slow starts come from these.
     triton_load_failures: int = 0
 
 

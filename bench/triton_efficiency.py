@@ -41,7 +41,7 @@ from bench.stats import percentile
 from bench.submit_latency import wait_drained
 from bench.sustained import sustained
 from kiln_inference.triton_client import TritonInferenceError, close_clients, infer_file
-from kiln_inference.triton_server import DEFAULT_SANDBOX_INSTANCES, ServerOptions
+from kiln_modelhost.config import DEFAULT_SANDBOX_INSTANCES, ServerOptions
 from kiln_runtime.catalog import load_catalog
 
 BENCH = "triton"

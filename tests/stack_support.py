@@ -1,4 +1,4 @@
-"""The local stack for tests: the code of `deploy/local/stack.py`, loaded by path.
+"""The local stack for tests: the code of `deploy/local/stack.py` (its package `kiln_stack`).
 
 An end-to-end fixture starts a whole stack of its own (Kafka, Triton, the five services) in a
 temporary folder on free ports, next to any stack a developer already runs:
@@ -18,46 +18,33 @@ temporary folder on free ports, next to any stack a developer already runs:
     local.stop_service("billing", signal.SIGKILL)        # chaos: kill one service...
     local.start_service("billing"); local.wait_ready(["billing"])   # ...and bring it back
 
-`LocalStack` here is deploy/local/stack.py's, except that it uses the developer's folder of Kafka
-jars (`<repo>/.kiln/kafka/libs`, or `KILN_KAFKA_LIBS_DIR`) when that one is installed, so that a
-test stack does not copy them again; `make test` installs them first with `stack.py install`.
+`LocalStack` here is the one of `deploy/local/kiln_stack` (the package behind stack.py), except
+that it uses the developer's folder of Kafka jars (`<repo>/.kiln/kafka/libs`, or
+`KILN_KAFKA_LIBS_DIR`) when that one is installed, so that a test stack does not copy them
+again; `make test` installs them first with `stack.py install`. `stack` is that package.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-STACK_PY = REPO / "deploy" / "local" / "stack.py"
-_MODULE_NAME = "kiln_local_stack"
+LOCAL_DIR = REPO / "deploy" / "local"
+STACK_PY = LOCAL_DIR / "stack.py"
 
+# kiln_stack is not an installed package: deploy/local holds it next to stack.py.
+if str(LOCAL_DIR) not in sys.path:
+    sys.path.insert(0, str(LOCAL_DIR))
 
-def _load() -> ModuleType:
-    loaded = sys.modules.get(_MODULE_NAME)
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location(_MODULE_NAME, STACK_PY)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {STACK_PY}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_MODULE_NAME] = module  # dataclasses look their module up while it executes
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[_MODULE_NAME]
-        raise
-    return module
+import kiln_stack  # noqa: E402
 
-
-stack: Any = _load()
+stack: Any = kiln_stack
 
 StackPorts: Any = stack.StackPorts
 StackError: Any = stack.StackError
@@ -79,7 +66,7 @@ def shared_kafka_libs() -> Path | None:
 
 
 class LocalStack(stack.LocalStack):  # type: ignore[misc]
-    """deploy/local/stack.py's LocalStack, sharing the installed Kafka jars by default."""
+    """kiln_stack's LocalStack, sharing the installed Kafka jars by default."""
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from kiln_crypto import ResultEncryption, decrypt_bytes
-from kiln_inference.reference_models.image import render_image
+from kiln_modelhost.reference_models.image import render_image
 from tests.e2e.conftest import WebhookReceiver
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,7 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from kiln_inference.reference_models.image import render_image
+from kiln_modelhost.reference_models.image import render_image
 from tests.e2e.test_happy_path import client, download_and_decrypt, wait_for_final
 
 pytestmark = pytest.mark.e2e

@@ -2,7 +2,7 @@
 the synchronous ``tritonclient.grpc`` client (what a Celery task would use).
 
 The tensor names come from kiln_inference.triton_client so that both pipelines speak the one
-contract of kiln_inference.triton_server: a BYTES ``request`` (the JSON
+contract of kiln_modelhost.contract: a BYTES ``request`` (the JSON
 ``{"kind", "delay_ms", "outcome"}``) in, ``output``, ``content_type`` and ``error`` out.
 """
 

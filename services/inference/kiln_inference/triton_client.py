@@ -1,7 +1,7 @@
 """Calls to Kiln's Triton models over gRPC (``tritonclient.grpc.aio``).
 
 Every model takes one BYTES input ``request`` (the job input as UTF-8 JSON) and answers with
-``output`` (the file), ``content_type`` and ``error`` (see kiln_inference.triton_server).
+``output`` (the file), ``content_type`` and ``error`` (see kiln_modelhost.contract).
 Failures become TritonInferenceError with a machine-readable ``code`` and ``retryable``:
 
 | code               | retryable | when                                                        |

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kiln_inference.inputs import FetchLimits, InputImageError, fetch_input_image
-from kiln_inference.reference_models.image import render_image
+from kiln_modelhost.reference_models.image import render_image
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from skimage import data as samples
 
 from kiln_inference import person_check
 from kiln_inference.person_check import person_findings, person_findings_in, shows_a_person
-from kiln_inference.reference_models.image import render_image
+from kiln_modelhost.reference_models.image import render_image
 
 
 def _sample(name: str) -> Image.Image:

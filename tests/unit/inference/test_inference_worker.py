@@ -16,9 +16,9 @@ from sqlalchemy import update
 from kiln_contracts.v1 import jobs_pb2
 from kiln_crypto import ResultEncryption, decrypt_bytes
 from kiln_inference import repository
-from kiln_inference.reference_models.image import render_image
 from kiln_inference.tables import StoredResult
 from kiln_inference.triton_client import TritonInferenceError
+from kiln_modelhost.reference_models.image import render_image
 from tests.unit.inference.worker_support import (
     SECRET,
     cancel_requested,

@@ -17,8 +17,8 @@ from pathlib import Path
 import imageio_ffmpeg
 from PIL import Image
 
-from kiln_inference.reference_models.edit import decode_input_image
-from kiln_inference.reference_models.errors import ModelInputError, ModelRuntimeError
+from kiln_modelhost.reference_models.edit import decode_input_image
+from kiln_modelhost.reference_models.errors import ModelInputError, ModelRuntimeError
 
 CONTENT_TYPE = "video/mp4"
 MOTIONS = ("zoom_in", "zoom_out", "pan_left", "pan_right")

@@ -1,4 +1,4 @@
-"""Sandbox example outputs (kiln_inference.reference_models.sandbox)."""
+"""Sandbox example outputs (kiln_modelhost.reference_models.sandbox)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import wave
 import pytest
 from PIL import Image
 
-from kiln_inference.reference_models import sandbox, speech
-from kiln_inference.reference_models.errors import ModelInputError
-from kiln_inference.reference_models.sandbox import sandbox_example, sine_tone_wav
+from kiln_modelhost.reference_models import sandbox, speech
+from kiln_modelhost.reference_models.errors import ModelInputError
+from kiln_modelhost.reference_models.sandbox import sandbox_example, sine_tone_wav
 
 
 def test_image_example_is_a_png() -> None:

@@ -15,7 +15,7 @@ import subprocess
 import unicodedata
 import wave
 
-from kiln_inference.reference_models.errors import ModelInputError, ModelRuntimeError
+from kiln_modelhost.reference_models.errors import ModelInputError, ModelRuntimeError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import wave
 
 import numpy as np
 
-from kiln_inference.reference_models import image, speech, video
-from kiln_inference.reference_models.errors import ModelInputError, ModelRuntimeError
+from kiln_modelhost.reference_models import image, speech, video
+from kiln_modelhost.reference_models.errors import ModelInputError, ModelRuntimeError
 
 LOGGER = logging.getLogger(__name__)
 

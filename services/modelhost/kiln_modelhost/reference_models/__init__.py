@@ -1,18 +1,18 @@
 """The reference models that Kiln's local Triton server runs on the CPU.
 
 Pure functions doing real work (espeak-ng speech, a procedural image renderer, sandbox examples);
-triton_server.py binds them to Triton models.
+server.py binds them to Triton models (handlers.py parses their requests).
 """
 
-from kiln_inference.reference_models.errors import (
+from kiln_modelhost.reference_models.errors import (
     ModelError,
     ModelInputError,
     ModelRuntimeError,
     SandboxFailedError,
 )
-from kiln_inference.reference_models.image import render_image
-from kiln_inference.reference_models.sandbox import sandbox_example
-from kiln_inference.reference_models.speech import synthesize_speech
+from kiln_modelhost.reference_models.image import render_image
+from kiln_modelhost.reference_models.sandbox import sandbox_example
+from kiln_modelhost.reference_models.speech import synthesize_speech
 
 __all__ = [
     "ModelError",

@@ -1,4 +1,4 @@
-"""Text to speech with espeak-ng (kiln_inference.reference_models.speech)."""
+"""Text to speech with espeak-ng (kiln_modelhost.reference_models.speech)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from kiln_inference.reference_models import speech
-from kiln_inference.reference_models.errors import ModelInputError, ModelRuntimeError
-from kiln_inference.reference_models.speech import (
+from kiln_modelhost.reference_models import speech
+from kiln_modelhost.reference_models.errors import ModelInputError, ModelRuntimeError
+from kiln_modelhost.reference_models.speech import (
     fix_wav_header,
     synthesize_speech,
     wav_duration_s,

@@ -1,4 +1,4 @@
-"""The procedural prompt-to-image renderer (kiln_inference.reference_models.image)."""
+"""The procedural prompt-to-image renderer (kiln_modelhost.reference_models.image)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kiln_inference.reference_models import image
-from kiln_inference.reference_models.errors import ModelInputError
-from kiln_inference.reference_models.image import render_image, render_pixels
+from kiln_modelhost.reference_models import image
+from kiln_modelhost.reference_models.errors import ModelInputError
+from kiln_modelhost.reference_models.image import render_image, render_pixels
 
 CATALOG = Path(__file__).resolve().parents[3] / "libs/runtime/kiln_runtime/data/catalog.json"
 

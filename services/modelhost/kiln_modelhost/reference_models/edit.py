@@ -1,6 +1,6 @@
 """Image + prompt to image: a restyle of the given picture (the model of ``kiln/image-edit``).
 
-The prompt's procedural style (kiln_inference.reference_models.image) is rendered at the size of
+The prompt's procedural style (kiln_modelhost.reference_models.image) is rendered at the size of
 the input, then laid over the input's structure: the output keeps the input's light and dark
 (its luminance, locally contrast-stretched) and its edges, and takes its colours from the style,
 mixed in by ``strength`` (0: the input unchanged, 1: fully restyled). Deterministic for the same
@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from kiln_inference.reference_models import image
-from kiln_inference.reference_models.errors import ModelInputError
+from kiln_modelhost.reference_models import image
+from kiln_modelhost.reference_models.errors import ModelInputError
 
 CONTENT_TYPE = "image/png"
 MAX_INPUT_PIXELS = 4096 * 4096

@@ -1,6 +1,6 @@
 """The reference models on a real Triton server (PyTriton), called through triton_client.
 
-A session fixture starts ``python -m kiln_inference.triton_server`` on free ports with a 200 ms
+A session fixture starts ``python -m kiln_modelhost`` on free ports with a 200 ms
 sandbox delay, waits until it is ready, and stops it at the end.
 """
 
@@ -26,20 +26,20 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from kiln_inference.reference_models import speech
-from kiln_inference.reference_models.edit import edit_image
-from kiln_inference.reference_models.image import render_image
 from kiln_inference.triton_client import (
     TritonInferenceError,
     close_clients,
     infer_file,
     triton_ready,
 )
+from kiln_modelhost.reference_models import speech
+from kiln_modelhost.reference_models.edit import edit_image
+from kiln_modelhost.reference_models.image import render_image
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-INFERENCE_SRC = REPO / "services" / "inference"
+REPO = Path(__file__).resolve().parents[3]
+MODELHOST_SRC = REPO / "services" / "modelhost"
 SANDBOX_DELAY_MS = 200
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -75,7 +75,7 @@ def _free_ports(count: int) -> list[int]:
 
 def _server_env() -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(INFERENCE_SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [str(MODELHOST_SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     # PyTriton's Python backend stub must load this interpreter's libpython, not the system one.
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -124,7 +124,7 @@ async def triton_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     command = [
         sys.executable,
         "-m",
-        "kiln_inference.triton_server",
+        "kiln_modelhost",
         "--http-port",
         str(http_port),
         "--grpc-port",

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from kiln_inference.reference_models.errors import ModelInputError
+from kiln_modelhost.reference_models.errors import ModelInputError
 
 FloatArray = NDArray[np.float32]
 CONTENT_TYPE = "image/png"

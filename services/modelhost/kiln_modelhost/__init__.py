@@ -1,0 +1,1 @@
+"""Kiln model host: a Triton Inference Server (PyTriton) with Kiln's reference models."""

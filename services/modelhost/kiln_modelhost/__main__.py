@@ -1,0 +1,3 @@
+from kiln_modelhost.server import main
+
+main()

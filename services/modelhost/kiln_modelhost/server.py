@@ -1,0 +1,233 @@
+"""Kiln's local Triton Inference Server (PyTriton) with the reference models on the CPU.
+
+    python -m kiln_modelhost --http-port 8000 --grpc-port 8001 --metrics-port 8002 \\
+        [--address 127.0.0.1] [--sandbox-delay-ms 10000] [--sandbox-instances 8]
+
+Each flag falls back to an environment variable (KILN_TRITON_HTTP_PORT, KILN_TRITON_GRPC_PORT,
+KILN_TRITON_METRICS_PORT, KILN_TRITON_ADDRESS, KILN_SANDBOX_DELAY_MS, KILN_SANDBOX_INSTANCES),
+then to the default shown above.
+
+Models (the catalog's ``triton_model`` names), all with one tensor contract:
+
+* input ``request``: BYTES, shape (1,) per request: the job input as UTF-8 JSON
+  (``tts_espeak``: {text, voice?, words_per_minute?};
+  ``image_procedural``: {prompt, seed?, width?, height?};
+  ``image_edit``: {image_b64, prompt, seed?, strength?};
+  ``video_camera``: {image_b64, motion?, duration_s?, fps?, width?, height?};
+  (``image_b64``: the input image the worker fetched, standard base64; the worker drops the
+  job input's ``image_url``);
+  ``sandbox``: {kind, delay_ms?: int | null, outcome?: "completed" | "failed"}; a null or
+  absent delay_ms means the server's ``--sandbox-delay-ms``).
+* outputs ``output`` (BYTES: the file), ``content_type`` (BYTES, e.g. ``image/png``) and
+  ``error`` (BYTES: empty, or JSON ``{"code", "message"}``; see below).
+
+Errors. When a request fails, Triton answers it with an error whose text contains
+``CODE: message`` (codes: INVALID_INPUT, SANDBOX_FAILED, MODEL_ERROR; a sandbox asked to fail
+gives ``SANDBOX_FAILED: …``). PyTriton can only fail a whole dynamic batch at once, and then
+prefixes the text with a traceback; kiln_inference.triton_client extracts the code and message.
+So that one bad request never fails the good requests batched with it, a batch whose requests
+did not all fail with the same error is answered normally, and each failed request carries its
+error in the ``error`` output instead (with an empty ``output``). Clients must check both.
+
+Concurrency. Each model has several instances (tts_espeak 2, image_procedural 2, image_edit 2,
+video_camera 1, sandbox 8: the
+catalog's pool capacities), each running one dynamic batch (up to 8 requests, no added queue
+delay) at a time, request after request. A sandbox batch waits out its longest delay once, so
+requests waiting together take about one delay, not the sum; 8 instances mean that up to 8
+sandbox requests (the pool's capacity) never share a batch and each keeps its own delay.
+
+Readiness. PyTriton starts Triton with no model and then loads them one by one, so
+``/v2/health/ready`` turns true before the models are ready: check each model's readiness
+(``/v2/models/NAME/ready``, or ``triton_client.triton_ready(url, models)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from kiln_modelhost.batching import ObjectArray, run_batch, run_sandbox_batch
+from kiln_modelhost.config import ServerOptions, parse_args
+from kiln_modelhost.contract import (
+    ALL_MODELS,
+    CONTENT_TYPE_OUTPUT,
+    EDIT_MODEL,
+    ERROR_OUTPUT,
+    IMAGE_MODEL,
+    OUTPUT,
+    REQUEST_INPUT,
+    SANDBOX_MODEL,
+    TTS_MODEL,
+    VIDEO_MODEL,
+)
+from kiln_modelhost.handlers import handle_edit, handle_image, handle_speech, handle_video
+from kiln_modelhost.reference_models import speech
+
+LOGGER = logging.getLogger(__name__)
+
+
+def use_own_libpython() -> None:
+    """Make Triton's Python backend stub load this interpreter's libpython, not the system's.
+
+    The stub is linked against ``libpython3.X.so``; when the interpreter running PyTriton is not
+    the system one (pyenv, uv-managed Pythons), the system library gets loaded instead and the stub
+    crashes (``'_thread.RLock' object has no attribute '_recursion_count'``). Putting this
+    interpreter's LIBDIR first on LD_LIBRARY_PATH, which tritonserver and the stubs inherit,
+    avoids that.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not libdir or not any(Path(libdir).glob(f"libpython{version}*.so*")):
+        return
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    parts = [part for part in current.split(":") if part]
+    if parts[:1] != [libdir]:
+        os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *[p for p in parts if p != libdir]])
+
+
+def bind_models(triton: Any, options: ServerOptions) -> None:
+    """Bind the reference models to a ``pytriton.triton.Triton``."""
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    inputs = [Tensor(name=REQUEST_INPUT, dtype=bytes, shape=(1,))]
+    outputs = [
+        Tensor(name=OUTPUT, dtype=bytes, shape=(1,)),
+        Tensor(name=CONTENT_TYPE_OUTPUT, dtype=bytes, shape=(1,)),
+        Tensor(name=ERROR_OUTPUT, dtype=bytes, shape=(1,)),
+    ]
+
+    def config() -> ModelConfig:
+        return ModelConfig(
+            batching=True,
+            max_batch_size=options.max_batch_size,
+            batcher=DynamicBatcher(max_queue_delay_microseconds=0),
+        )
+
+    def batched(infer: Callable[[ObjectArray], dict[str, ObjectArray]]) -> Callable[..., Any]:
+        # @batch turns Triton's list of requests into one stacked array per input, and back
+        return cast("Callable[..., Any]", batch(infer))
+
+    @batched
+    def infer_speech(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_batch(TTS_MODEL, request, handle_speech)
+
+    @batched
+    def infer_image(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_batch(IMAGE_MODEL, request, handle_image)
+
+    @batched
+    def infer_edit(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_batch(EDIT_MODEL, request, handle_edit)
+
+    @batched
+    def infer_video(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_batch(VIDEO_MODEL, request, handle_video)
+
+    @batched
+    def infer_sandbox(request: ObjectArray) -> dict[str, ObjectArray]:
+        return run_sandbox_batch(request, options.sandbox_delay_ms)
+
+    # One callable per instance: each instance runs one batch at a time in its own thread.
+    for model_name, infer_func, instances in (
+        (TTS_MODEL, infer_speech, options.tts_instances),
+        (IMAGE_MODEL, infer_image, options.image_instances),
+        (EDIT_MODEL, infer_edit, options.edit_instances),
+        (VIDEO_MODEL, infer_video, options.video_instances),
+        (SANDBOX_MODEL, infer_sandbox, options.sandbox_instances),
+    ):
+        triton.bind(
+            model_name=model_name,
+            infer_func=[infer_func] * instances,
+            inputs=inputs,
+            outputs=outputs,
+            config=config(),
+            strict=True,
+        )
+
+
+LOAD_ATTEMPTS = 5
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Triton.serve() stops the server cleanly on KeyboardInterrupt.
+    raise KeyboardInterrupt
+
+
+def serve(options: ServerOptions) -> None:
+    """Start Triton with the reference models and serve until SIGINT or SIGTERM."""
+    use_own_libpython()
+    from pytriton.triton import Triton, TritonConfig
+
+    if not speech.espeak_available():
+        LOGGER.warning("espeak-ng is not installed: %s requests will fail", TTS_MODEL)
+    config = TritonConfig(
+        http_address=options.address,
+        http_port=options.http_port,
+        grpc_address=options.address,
+        grpc_port=options.grpc_port,
+        metrics_address=options.address,
+        metrics_port=options.metrics_port,
+    )
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # PyTriton's multi-instance models have a start-up race (instances 1..N connect to
+    # instance 0's handshake socket between its bind and listen; under load the connect is
+    # refused and the model fails to load). A fresh server with a fresh workspace fixes it.
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        started = time.perf_counter()
+        ready = False
+        try:
+            with Triton(config=config) as triton:
+                bind_models(triton, options)
+                ready = True
+                LOGGER.info(
+                    "Triton ready in %.1f s (attempt %d): http=%s:%d grpc=%s:%d metrics=%s:%d "
+                    "models=%s sandbox_delay_ms=%d sandbox_instances=%d",
+                    time.perf_counter() - started,
+                    attempt,
+                    options.address,
+                    options.http_port,
+                    options.address,
+                    options.grpc_port,
+                    options.address,
+                    options.metrics_port,
+                    ",".join(ALL_MODELS),
+                    options.sandbox_delay_ms,
+                    options.sandbox_instances,
+                )
+                triton.serve()
+            break
+        except Exception:
+            if ready or attempt == LOAD_ATTEMPTS:
+                raise
+            LOGGER.warning(
+                "loading the models failed (attempt %d of %d); restarting Triton",
+                attempt,
+                LOAD_ATTEMPTS,
+                exc_info=True,
+            )
+            time.sleep(1.0)
+    LOGGER.info("Triton stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    logging.basicConfig(
+        level=os.environ.get("KILN_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stdout,
+        format="%(asctime)s triton %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    serve(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

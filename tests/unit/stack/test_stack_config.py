@@ -1,0 +1,64 @@
+"""The local stack's pure parts (deploy/local/kiln_stack): ports from the environment, service
+instances, KEY=value files, templates. The processes themselves are exercised by
+tests/integration/test_stack_instances.py and every e2e test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.stack_support import stack
+
+
+def test_ports_come_from_kiln_port_variables() -> None:
+    env = {"KILN_KAFKA_PORT": "19092", "KILN_TRITON_GRPC_PORT": " 18011 "}
+    ports = stack.StackPorts.from_env(env)
+    assert (ports.kafka, ports.triton_grpc) == (19092, 18011)
+    assert ports.gateway == stack.StackPorts().gateway  # unset: the default
+    with pytest.raises(stack.StackError, match="KILN_GATEWAY_PORT"):
+        stack.StackPorts.from_env({"KILN_GATEWAY_PORT": "http"})
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = stack.StackPorts.free()
+    values = [getattr(ports, name) for name in ports.__dataclass_fields__]
+    assert len(set(values)) == len(values)
+
+
+def test_instance_names() -> None:
+    assert stack.instance_name("billing") == "billing"
+    assert stack.instance_name("billing", 2) == "billing-2"
+    assert stack.split_instance("billing-2") == ("billing", 2)
+    assert stack.split_instance("triton") == ("triton", 1)
+    assert stack.split_instance("billing-1") == ("billing-1", 1)  # not an instance name
+    with pytest.raises(stack.StackError):
+        stack.instance_name("kafka")
+
+
+def test_parse_instances() -> None:
+    assert stack.parse_instances("inference=2, billing=3") == {"inference": 2, "billing": 3}
+    assert stack.instance_counts({"inference": 2})["gateway"] == 1
+    for bad in ("inference", "inference=0", "nobody=2", "inference=two"):
+        with pytest.raises(stack.StackError):
+            stack.parse_instances(bad)
+
+
+def test_env_files_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "demo.env"
+    values = {"KILN_A": "plain", "KILN_B": "with space and 'quote'", "KILN_C": ""}
+    assert stack.write_env_file(path, values, header=["made by a test"])
+    assert not stack.write_env_file(path, values, header=["made by a test"])  # unchanged
+    assert path.stat().st_mode & 0o077 == 0
+    assert stack.read_env_file(path) == values
+    assert stack.read_env_file(tmp_path / "missing.env") == {}
+
+
+def test_render_template_names_what_is_missing(tmp_path: Path) -> None:
+    template = tmp_path / "x.properties.in"
+    template.write_text("port=@KAFKA_PORT@\ndir=@KAFKA_DATA_DIR@\n")
+    assert stack.render_template(template, {"KAFKA_PORT": "1", "KAFKA_DATA_DIR": "/d"}) == (
+        "port=1\ndir=/d\n"
+    )
+    with pytest.raises(stack.StackError, match="KAFKA_DATA_DIR"):
+        stack.render_template(template, {"KAFKA_PORT": "1"})
