@@ -120,21 +120,19 @@ class ServicesMixin(ProcessesMixin):
         (data/inference-<i>.db; instance 1 keeps data/inference.db) and its own
         `KILN_WORKER_ID` (`inference-<i>`), as a worker pod with local state would. Its
         database is the worker's private queue, not shared state: the `work_items` it accepted
-        from its own partitions, claimed by a select-then-update that only an in-process lock
-        guards (two processes on one file could both claim an item and run the job twice), and
-        its start-up recovery puts every `running` item back to `pending` (on a shared file, a
-        starting worker would re-run the jobs another one is running). Its inbox dedupes the
-        events of the partitions it consumes, which Kafka gives to one worker at a time (an
-        event redelivered to another worker after a rebalance may run an attempt twice; the
-        scheduler and billing keep the first completion). The cost: the work a stopped
-        instance accepted waits in its file until that instance runs again or the scheduler's
-        lost-worker rule retries it.
+        from its own partitions, which it runs again when it starts (on a shared file, a
+        starting worker would run the items another one is running). The cost: the work a
+        stopped instance accepted waits in its file until that instance runs again or the
+        scheduler's lost-worker rule retries it.
 
-        The scheduler: all of its state is in its database and every handler and tick takes
-        its write lock (`repository.lock`) before reading, so several instances sharing the
-        database act like one that runs their transactions one after another: correct (no
-        double dispatch; a redelivered event hits the inbox's unique key), but they add no
-        throughput. services/scheduler/README.md (Concurrency) asks for one per database.
+        The scheduler: each instance holds the queue of the partitions (accounts) it was
+        assigned, in memory, and the instances share only each pool's slots in use (a row per
+        pool, moved in each batch's transaction): several instances split the accounts between
+        them (docs/architecture.md, "Scheduler").
+
+        Every instance has its own `KILN_INSTANCE_ID` (`<service>-<i>`): its outbox rows carry
+        it, and an instance restarted under the same id sends what its earlier life left at
+        once (docs/architecture.md, "Publish on commit").
 
         A second instance of a shared-database service starts once instance 1 is ready (its
         schema migration ran), see `_start_instances`.
@@ -157,8 +155,9 @@ class ServicesMixin(ProcessesMixin):
                 "KILN_PUBLIC_URL": self.gateway_url,
                 "KILN_LOG_LEVEL": "INFO",
                 "KILN_SERVICE_NAME": service,
+                "KILN_INSTANCE_ID": instance_name(service, number),
                 "KILN_HTTP_PORT": str(port),
-                "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{self.data_dir}/{database}.db",
+                "KILN_DATABASE_URL": f"sqlite:///{self.data_dir}/{database}.db",
             }
         )
         if service == "gateway":
