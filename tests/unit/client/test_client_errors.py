@@ -3,6 +3,7 @@ details; a failed, canceled or overdue job raises an error that carries the job.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -97,11 +98,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def failed_job(kiln: Kiln, api: respx.MockRouter, status: str, **extra: Any) -> None:
     api.post("/jobs").mock(return_value=httpx.Response(202, json={"data": job_json()}))
+    data = json.dumps(job_json(status, **extra))
     api.get(f"/jobs/{job_json()['id']}/events").mock(
         return_value=httpx.Response(
             200,
             headers={"content-type": "text/event-stream"},
-            content=f"id: 1\nevent: job\ndata: {httpx.Response(200, json=job_json(status, **extra)).text}\n\n",
+            content=f"id: 1\nevent: job\ndata: {data}\n\n",
         )
     )
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -139,7 +140,8 @@ async def test_async_save(akiln: AsyncKiln, api: respx.MockRouter, tmp_path: Pat
         secret=akiln.api_key,
     )
     assert job.result is not None
-    assert (await job.result.save(tmp_path / "out.png")).read_bytes() == PLAIN
+    saved = await job.result.save(tmp_path / "out.png")
+    assert await anyio.Path(saved).read_bytes() == PLAIN
     assert await job.result.read() == PLAIN
     api.reset()
     api.get(FILE_URL).mock(return_value=httpx.Response(200, content=BLOB[:-1]))
