@@ -147,5 +147,5 @@ async def test_async_save(akiln: AsyncKiln, api: respx.MockRouter, tmp_path: Pat
     api.get(FILE_URL).mock(return_value=httpx.Response(200, content=BLOB[:-1]))
     with pytest.raises(DecryptionError):
         await job.result.save(tmp_path / "bad.png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    assert sorted([p.name async for p in anyio.Path(tmp_path).iterdir()]) == ["out.png"]
     await akiln.close()
