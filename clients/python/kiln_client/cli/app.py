@@ -431,6 +431,7 @@ def events(
                 st.output.out.print(
                     f"{event.id:>6}  {event.occurred_at:%Y-%m-%d %H:%M:%S}  "
                     f"{event.type:<20} {event.job_id or ''} {event.data.get('status', '')}",
+                    markup=False,
                     highlight=False,
                 )
 
@@ -775,7 +776,8 @@ def listen(
                 out.json(item.as_dict(), lines=True)
                 return
             outcome = f"[{item.status_code}]" if item.status_code else f"[{item.error}]"
-            out.out.print(f"--> {item.type:<20} {item.job_id or ''} {outcome}", highlight=False)
+            line = f"--> {item.type:<20} {item.job_id or ''} {outcome}"
+            out.out.print(line, markup=False, highlight=False)
 
         try:
             forwarder.run(after=start, report=report, poll_interval=poll_interval)

@@ -88,4 +88,4 @@ class Output:
         self.out.print(table)
 
     def note(self, text: str) -> None:
-        self.err.print(text, highlight=False)
+        self.err.print(text, markup=False, highlight=False)

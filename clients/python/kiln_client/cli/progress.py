@@ -64,7 +64,8 @@ class JobProgress:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=text, completed=job.progress)
         elif text != self._last:
-            self.console.print(f"{job.id}: {text} {job.progress:.0%}", highlight=False)
+            line = f"{job.id}: {text} {job.progress:.0%}"
+            self.console.print(line, markup=False, highlight=False)
         self._last = text
 
     def __exit__(
