@@ -57,7 +57,7 @@ bench: install
 
 lint: sync
 	uv run ruff check .
-	uv run mypy libs services proto bench deploy
+	uv run mypy libs services proto bench deploy clients
 
 proto: sync
 	uv run python proto/generate.py
