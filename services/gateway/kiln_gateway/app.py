@@ -21,6 +21,7 @@ from kiln_gateway.config import GatewaySettings
 from kiln_gateway.consumers import HANDLERS
 from kiln_gateway.errors import error_response, install_error_handlers
 from kiln_gateway.hostile_input import install_input_guards
+from kiln_gateway.http_metrics import HttpMetrics
 from kiln_gateway.models import MESSAGING, Base
 from kiln_gateway.openapi import install_openapi_document
 from kiln_gateway.ratelimits import RateLimitHeaders
@@ -89,6 +90,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health_router(lambda: runtime.readiness))
+    app.add_middleware(HttpMetrics)  # outermost: RED metrics of every answer, per route template
     return app
 
 
