@@ -65,9 +65,12 @@ async def test_requests_are_counted_per_route_template_and_status() -> None:
     assert count("/things/{thing_id}", "GET", "404") == before_404 + 1
     assert observations("/things/{thing_id}", "GET") == before_seen + 4
     # never one series per id
-    assert REGISTRY.get_sample_value(
-        "kiln_http_requests_total", {"route": "/things/a", "method": "GET", "status": "200"}
-    ) is None
+    assert (
+        REGISTRY.get_sample_value(
+            "kiln_http_requests_total", {"route": "/things/a", "method": "GET", "status": "200"}
+        )
+        is None
+    )
 
 
 async def test_an_unhandled_error_counts_as_a_500() -> None:
