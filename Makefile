@@ -1,5 +1,6 @@
 # Kiln: the local stack, the tests and the linters. Every target runs in the uv workspace.
 #   make up       install what is missing, start Kafka, Triton and the five services, demo account
+#                 (PROMETHEUS=1: and a Prometheus on :9090 scraping them all)
 #   make down     stop them (the data under .kiln/ is kept)
 #   make status   what runs
 #   make logs     follow the logs of the local stack
@@ -46,8 +47,9 @@ deploy-tools:
 		echo "building kustomize $(KUSTOMIZE_VERSION) into $(TOOLS_BIN)"; \
 		GOBIN=$(TOOLS_BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
 
+# PROMETHEUS=1 also runs a Prometheus on :9090 scraping every component (deploy/local/prometheus.py).
 up: sync
-	$(STACK) up
+	$(STACK) up $(if $(PROMETHEUS),--prometheus)
 
 down: ensure-uv
 	$(STACK) down

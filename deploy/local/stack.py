@@ -1407,6 +1407,18 @@ def _create_key(client: httpx.Client, account_id: str, name: str, *, sandbox: bo
 # CLI
 
 
+def local_prometheus(stack: LocalStack) -> Any:
+    """deploy/local/prometheus.py's LocalPrometheus for this stack (loaded by path: this file
+    also runs as a script and is loaded by path by the tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kiln_local_prometheus", HERE / "prometheus.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LocalPrometheus(stack)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="stack.py", description="Kiln's local stack (Kafka, Triton, the five services)."
@@ -1417,6 +1429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="up: install, start and bootstrap; down: stop; status: what runs; "
         "install: only the Debian packages and the Kafka jars; "
         "scale: change the instance counts of a running stack (--instances)",
+    )
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="up: also run a Prometheus on :9090 that scrapes every component (prometheus.py)",
     )
     parser.add_argument(
         "--instances",
@@ -1434,12 +1451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StackError("--instances goes with up or scale")
         if args.command == "up":
             stack.up()
+            if args.prometheus:
+                local_prometheus(stack).start()
+                print(f"  Prometheus:    {local_prometheus(stack).url}")
         elif args.command == "scale":
             if not counts:
                 raise StackError("scale needs --instances SERVICE=N,...")
             for name, count in counts.items():
                 stack.scale(name, count)
         elif args.command == "down":
+            if local_prometheus(stack).stop():
+                print("prometheus: stopped")
             stack.down()
         elif args.command == "install":
             done = stack.install()
