@@ -206,7 +206,7 @@ def test_every_dashboard_query_returns_data(observed: tuple[Any, Any]) -> None:
         for dashboard, title, expr in queries:
             answer = prometheus.query(expr)
             assert answer["status"] == "success", f"{dashboard} / {title}: {answer}"
-            names = set(re.findall(r"[a-z_]+(?=[{\[])", expr))
+            names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
             if not answer["data"]["result"] and not names & set(NOT_LOCAL):
                 missing.append(f"{dashboard} / {title}: {expr}")
         if not missing or time.monotonic() >= deadline:
