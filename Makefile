@@ -1,5 +1,6 @@
 # Kiln: the local stack, the tests and the linters. Every target runs in the uv workspace.
 #   make up       install what is missing, start Kafka, Triton and the five services, demo account
+#                 (PROMETHEUS=1: and a Prometheus on :9090 scraping them all)
 #   make down     stop them (the data under .kiln/ is kept)
 #   make status   what runs
 #   make logs     follow the logs of the local stack
@@ -15,7 +16,7 @@ STACK := uv run python deploy/local/stack.py
 STACK_DIR := $(or $(KILN_STACK_DIR),.kiln)
 TEST_TIMEOUT_S ?= 2700
 
-.PHONY: help ensure-uv sync install up down status logs test bench lint proto
+.PHONY: help ensure-uv sync install deploy-tools up down status logs test bench lint proto
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -30,11 +31,25 @@ sync: ensure-uv
 	uv sync
 
 # The Debian packages of deploy/local/apt-packages.txt and the Kafka jars, when missing.
-install: sync
+install: sync deploy-tools
 	$(STACK) install
 
+# What tests/deploy runs besides kubectl and promtool (Debian's prometheus): kubeconform, and
+# kustomize where kubectl is missing, built from the Go module proxy into .tools/bin.
+TOOLS_BIN := $(CURDIR)/.tools/bin
+KUBECONFORM_VERSION := v0.7.0
+KUSTOMIZE_VERSION := v5.5.0
+deploy-tools:
+	@test -x $(TOOLS_BIN)/kubeconform || { command -v go >/dev/null 2>&1 || { echo "go is missing: cannot build kubeconform"; exit 1; }; \
+		echo "building kubeconform $(KUBECONFORM_VERSION) into $(TOOLS_BIN)"; \
+		GOBIN=$(TOOLS_BIN) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION); }
+	@command -v kubectl >/dev/null 2>&1 || test -x $(TOOLS_BIN)/kustomize || { \
+		echo "building kustomize $(KUSTOMIZE_VERSION) into $(TOOLS_BIN)"; \
+		GOBIN=$(TOOLS_BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+
+# PROMETHEUS=1 also runs a Prometheus on :9090 scraping every component (deploy/local/kiln_stack/prometheus.py).
 up: sync
-	$(STACK) up
+	$(STACK) up $(if $(PROMETHEUS),--prometheus)
 
 down: ensure-uv
 	$(STACK) down

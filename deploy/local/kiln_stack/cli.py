@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from kiln_stack.components import instance_counts, parse_instances
 from kiln_stack.errors import StackError
 from kiln_stack.local_stack import LocalStack
+from kiln_stack.prometheus import LocalPrometheus
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="up: install, start and bootstrap; down: stop; status: what runs; "
         "install: only the Debian packages and the Kafka jars; "
         "scale: change the instance counts of a running stack (--instances)",
+    )
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="up: also run a Prometheus on :9090 that scrapes every component (prometheus.py)",
     )
     parser.add_argument(
         "--instances",
@@ -38,12 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StackError("--instances goes with up or scale")
         if args.command == "up":
             stack.up()
+            if args.prometheus:
+                prometheus = LocalPrometheus(stack)
+                prometheus.start()
+                print(f"  Prometheus:    {prometheus.url}")
         elif args.command == "scale":
             if not counts:
                 raise StackError("scale needs --instances SERVICE=N,...")
             for name, count in counts.items():
                 stack.scale(name, count)
         elif args.command == "down":
+            if LocalPrometheus(stack).stop():
+                print("prometheus: stopped")
             stack.down()
         elif args.command == "install":
             done = stack.install()

@@ -13,6 +13,7 @@ from kiln_gateway.errors import install_error_handlers
 from kiln_gateway.files.endpoints import router as files_router
 from kiln_gateway.handlers import ReadModel
 from kiln_gateway.hostile_input import install_input_guards
+from kiln_gateway.http_metrics import HttpMetrics
 from kiln_gateway.jobs.endpoints import router as jobs_router
 from kiln_gateway.keys.endpoints import auth_router
 from kiln_gateway.keys.endpoints import router as keys_router
@@ -98,6 +99,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         api.include_router(router)
     app.include_router(api)
     app.include_router(health_router(lambda: runtime.readiness))
+    app.add_middleware(HttpMetrics)  # outermost: RED metrics of every answer, per route template
     return app
 
 
