@@ -110,57 +110,12 @@ def settings_env_names(service: str) -> set[str]:
     return {f"{prefix}{name}".upper() for name in cls.model_fields}
 
 
-def _catalog() -> Any:
-    from kiln_runtime.catalog import load_catalog
-
-    return load_catalog(None)
-
-
-def _billing() -> Any:
-    from kiln_billing.consumers import make_handlers
-
-    return make_handlers(_catalog())
-
-
-def _scheduler() -> Any:
-    from kiln_scheduler.config import SchedulerSettings
-    from kiln_scheduler.consumers import Scheduler
-
-    return Scheduler(_catalog(), SchedulerSettings()).handlers()
-
-
-def _notifier() -> Any:
-    from kiln_notifier.consumers import make_handlers
-    from kiln_notifier.models import make_tables
-    from kiln_runtime.job_object import FileLinks
-
-    return make_handlers(make_tables(), FileLinks(public_url="", signing_key="k" * 32, ttl_s=1))
-
-
-def _inference() -> Any:
-    from kiln_inference.worker import make_handlers
-
-    return make_handlers(asyncio.Event(), "inference-test")
-
-
-def _gateway() -> Any:
-    from kiln_gateway.consumers import HANDLERS
-
-    return HANDLERS
-
-
-# How each service builds the handlers its consumer subscribes to (their keys are the topics).
-HANDLER_FACTORIES: dict[str, Callable[[], Any]] = {
-    "gateway": _gateway,
-    "billing": _billing,
-    "scheduler": _scheduler,
-    "inference": _inference,
-    "notifier": _notifier,
-}
-
-
 def consumed_topics(service: str) -> set[str]:
-    return set(HANDLER_FACTORIES[service]())
+    """The topics a service's handlers take (the same source tests/unit/test_topic_consumers.py
+    holds the registry to)."""
+    from tests.unit.test_topic_consumers import consumed_by_service
+
+    return consumed_by_service()[service]
 
 
 def load_module(path: Path, name: str) -> ModuleType:

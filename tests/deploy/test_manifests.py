@@ -16,7 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from kiln_contracts import TOPICS
+from kiln_contracts import INTERNAL_TOPICS, TOPICS
 from kiln_runtime.health import health_router
 from tests.deploy.deploy_support import (
     K8S,
@@ -138,9 +138,9 @@ def test_the_topics_file_is_generated_from_the_registry() -> None:
 @overlays
 def test_kafka_topics_equal_the_registry(overlay: str) -> None:
     topics = {t["spec"]["topicName"]: t for t in of_kind(render(overlay), "KafkaTopic")}
-    assert set(topics) == set(TOPICS)
+    assert set(topics) == set(TOPICS) | set(INTERNAL_TOPICS)
     replicas = 3 if overlay == "production" else 1
-    for name, spec in TOPICS.items():
+    for name, spec in {**TOPICS, **INTERNAL_TOPICS}.items():
         topic = topics[name]
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "kiln"
         assert topic["spec"]["partitions"] == spec.partitions
@@ -401,15 +401,16 @@ def test_migration_jobs_cover_every_database_of_the_services(overlay: str) -> No
 
 @pytest.mark.parametrize("service", ["gateway", "billing", "scheduler", "notifier"])
 def test_each_migration_job_makes_its_services_schema(service: str, tmp_path: Path) -> None:
-    """Run the Job's script on an empty SQLite database, then once more (nothing to do); the
+    """Run the Job's command on an empty SQLite database, then once more (nothing to do); the
     schema it made is every table the service declares."""
     job = named(render("dev"), "Job", f"{service}-migrate")
-    script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", f"kiln_{service}.migrate"]
     database = tmp_path / f"{service}.db"
-    env = {**os.environ, "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
+    env = {**os.environ, "KILN_DATABASE_URL": f"sqlite:///{database}"}
     for _ in range(2):
         result = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, result.stderr
     made = asyncio.run(table_names(env["KILN_DATABASE_URL"]))
@@ -433,7 +434,7 @@ async def table_names(url: str) -> set[str]:
 def declared_tables(service: str) -> set[str]:
     import importlib
 
-    models = importlib.import_module(f"kiln_{service}.models")
+    models = importlib.import_module(f"kiln_{service}.tables")
     if hasattr(models, "make_tables"):
         return set(models.make_tables().metadata.tables)
     return set(models.Base.metadata.tables)

@@ -93,3 +93,23 @@ def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
                 run_migrations(connection)
         finally:
             engine.dispose()
+
+
+def command_line(upgrade: Migrate, database_url: str) -> int:
+    """`python -m kiln_<service>.migrate`: bring the service's database to its newest schema
+    (the Kubernetes migration Jobs run this before a release's services roll)."""
+    from kiln_runtime.db import make_sync_engine
+
+    engine = make_sync_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            from kiln_runtime.db import WRITE_INTENT
+
+            connection.info[WRITE_INTENT] = True
+            with connection.begin():
+                upgrade(connection)
+            revision = current_revision(connection)
+    finally:
+        engine.dispose()
+    print(f"schema at revision {revision}")
+    return 0

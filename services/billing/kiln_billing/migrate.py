@@ -46,3 +46,15 @@ async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
 async def database_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as connection:
         return await connection.run_sync(current_revision)
+
+
+def main() -> int:
+    """`python -m kiln_billing.migrate`: the newest schema on KILN_DATABASE_URL."""
+    from kiln_billing.config import BillingSettings
+    from kiln_runtime.migrations import command_line
+
+    return command_line(upgrade_connection, BillingSettings().database_url)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

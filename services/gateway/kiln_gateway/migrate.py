@@ -74,3 +74,15 @@ async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
     included)."""
     async with engine.begin() as connection:
         await connection.run_sync(upgrade_connection, revision)
+
+
+def main() -> int:
+    """`python -m kiln_gateway.migrate`: the newest schema on KILN_DATABASE_URL."""
+    from kiln_gateway.config import GatewaySettings
+    from kiln_runtime.migrations import command_line
+
+    return command_line(upgrade_connection, GatewaySettings().database_url)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

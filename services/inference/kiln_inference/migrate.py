@@ -25,3 +25,15 @@ def upgrade_connection(connection: Connection, revision: str = "head") -> None:
 
 def downgrade_connection(connection: Connection, revision: str) -> None:
     migrations.downgrade(connection, MIGRATIONS_DIR, revision)
+
+
+def main() -> int:
+    """`python -m kiln_inference.migrate`: the newest schema on KILN_DATABASE_URL."""
+    from kiln_inference.config import InferenceSettings
+    from kiln_runtime.migrations import command_line
+
+    return command_line(upgrade_connection, InferenceSettings().database_url)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,3 +43,15 @@ def downgrade_connection(connection: Connection, revision: str) -> None:
 
 def current_revision(connection: Connection) -> str | None:
     return migrations.current_revision(connection)
+
+
+def main() -> int:
+    """`python -m kiln_scheduler.migrate`: the newest schema on KILN_DATABASE_URL."""
+    from kiln_scheduler.config import SchedulerSettings
+    from kiln_runtime.migrations import command_line
+
+    return command_line(upgrade_connection, SchedulerSettings().database_url)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
