@@ -139,10 +139,10 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
     for service in CONSUMERS_OF_COMPLETED:
         wait_for(
             f"{service} counts its dead letter",
-            lambda s=service: metric(
-                local_stack, s, "kiln_events_dead_lettered_total", topic="job.completed"
-            )
-            > before[s],
+            lambda s=service: (
+                metric(local_stack, s, "kiln_events_dead_lettered_total", topic="job.completed")
+                > before[s]
+            ),
         )
 
     def listed() -> list[dict[str, Any]]:
@@ -175,15 +175,15 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
     assert [r["ref"] for r in replayed] == [billing_entry["ref"]]
     wait_for(
         "billing dead-letters the replay; the scheduler skips it",
-        lambda: metric(
-            local_stack, "billing", "kiln_events_dead_lettered_total", topic="job.completed"
-        )
-        >= before["billing"] + 2
-        and metric(
-            local_stack,
-            "scheduler",
-            "kiln_events_consumed_total",
-            outcome="replay_for_other_group",
-        )
-        > skipped_before,
+        lambda: (
+            metric(local_stack, "billing", "kiln_events_dead_lettered_total", topic="job.completed")
+            >= before["billing"] + 2
+            and metric(
+                local_stack,
+                "scheduler",
+                "kiln_events_consumed_total",
+                outcome="replay_for_other_group",
+            )
+            > skipped_before
+        ),
     )

@@ -1,8 +1,10 @@
-"""The outbox relay replaces an idempotent producer that cannot go on (OutOfOrderSequenceNumber
-after a broker restart, an unknown producer id, ...) instead of failing every round forever;
-the rows it could not send are published by the new producer."""
+"""The outbox publisher replaces an idempotent producer that cannot go on (OutOfOrderSequenceNumber
+after a broker restart, an unknown producer id, ...) instead of failing every send forever; the
+rows it could not send are published by the new producer, once, and then deleted. A stand-in
+producer (no broker: this is the publisher's own logic) on a real SQLite database."""
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,10 +12,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import OutOfOrderSequenceNumber
 from sqlalchemy import MetaData, func, select
 
+from kiln_contracts import encode, new_event
 from kiln_contracts.v1 import credits_pb2
-from kiln_runtime.db import make_engine, make_session_factory, transaction
-from kiln_runtime.messaging import add_messaging_tables
-from kiln_runtime.outbox import Outbox, OutboxRelay
+from kiln_runtime.db import Database
+from kiln_runtime.messaging import add_messaging_tables, utcnow
+from kiln_runtime.outbox import OutboxPublisher
+from kiln_runtime.unit import OutgoingEvent, write_outbox
 
 
 class FakeProducer:
@@ -25,7 +29,9 @@ class FakeProducer:
         self.sent: list[tuple[str, bytes]] = []
         self.stopped = False
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> "asyncio.Future[None]":
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: Any = None
+    ) -> "asyncio.Future[None]":
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.broken:
             future.set_exception(OutOfOrderSequenceNumber())
@@ -38,21 +44,27 @@ class FakeProducer:
         self.stopped = True
 
 
+def _rows(n: int) -> list[OutgoingEvent]:
+    out = []
+    for i in range(n):
+        envelope = new_event(
+            "credits.applied", credits_pb2.CreditsApplied(grant_id=f"g{i}"), account_id="a"
+        )
+        out.append(OutgoingEvent("credits.applied", "a", envelope.event_id, encode(envelope)))
+    return out
+
+
 async def test_a_producer_that_cannot_go_on_is_replaced(tmp_path: Path) -> None:
     metadata = MetaData()
     tables = add_messaging_tables(metadata)
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/outbox.db")
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    sessions = make_session_factory(engine)
-    async with transaction(sessions) as session:
-        outbox = Outbox()
-        for n in range(3):
-            outbox.emit(
-                "credits.applied", credits_pb2.CreditsApplied(grant_id=f"g{n}"), account_id="a"
-            )
-        await outbox.write(session, tables)
-
+    db = Database(f"sqlite:///{tmp_path}/outbox.db", service="test")
+    await db.on_writer(lambda: metadata.create_all(db.engine))
+    rows = _rows(3)
+    await db.write(
+        lambda c: write_outbox(
+            c, tables, rows, owner="me", now=utcnow(), lease=timedelta(seconds=60)
+        )
+    )
     broken, fresh = FakeProducer(broken=True), FakeProducer(broken=False)
     made: list[FakeProducer] = []
 
@@ -60,31 +72,38 @@ async def test_a_producer_that_cannot_go_on_is_replaced(tmp_path: Path) -> None:
         made.append(fresh)
         return cast(AIOKafkaProducer, fresh)
 
-    relay = OutboxRelay(
-        sessions,
+    publisher = OutboxPublisher(
+        db,
         tables,
         cast(AIOKafkaProducer, broken),
         service="test",
-        poll_interval_s=0.05,
+        owner="me",
+        lease=timedelta(seconds=60),
+        recover_interval_s=0.05,
         producer_factory=new_producer,
     )
-    task = asyncio.create_task(relay.run())
+    sender = asyncio.create_task(publisher.run_sender())
+    recovery = asyncio.create_task(publisher.run())
     try:
-        for _ in range(100):
-            if len(fresh.sent) == 3:
-                break
-            await asyncio.sleep(0.05)
+        publisher.publish(rows)  # publish on commit: every send fails, the producer is dead
+
+        async def left() -> int:
+            outbox = tables.outbox
+            return int(
+                await db.read(
+                    lambda c: c.execute(select(func.count()).select_from(outbox)).scalar()
+                )
+                or 0
+            )
+
+        async with asyncio.timeout(10):
+            while await left() or not fresh.sent:  # noqa: ASYNC110 - a table says when
+                await asyncio.sleep(0.05)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert broken.stopped and made == [fresh]
-    assert cast(Any, relay.producer) is fresh
-    assert [topic for topic, _ in fresh.sent] == ["credits.applied"] * 3
-    async with sessions() as session:
-        left = await session.scalar(
-            select(func.count())
-            .select_from(tables.outbox)
-            .where(tables.outbox.c.published_at.is_(None))
-        )
-    assert left == 0
-    await engine.dispose()
+        sender.cancel()
+        recovery.cancel()
+        await asyncio.gather(sender, recovery, return_exceptions=True)
+        await db.dispose()
+    assert made == [fresh] and broken.stopped
+    assert sorted(key for _topic, key in fresh.sent) == [b"a", b"a", b"a"]
+    assert len(fresh.sent) == 3, "each row sent once by the new producer"

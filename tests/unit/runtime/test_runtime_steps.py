@@ -1,0 +1,132 @@
+"""The event runtime's pure steps: decoding and marking deliveries, telling transient failures
+from the event's own, dead-letter headers, stable ids of derived events."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+
+from sqlalchemy import exc as sa_exc
+
+from kiln_contracts import decode, encode, new_event
+from kiln_contracts.v1 import credits_pb2
+from kiln_runtime.batches import Delivery, decode_deliveries
+from kiln_runtime.dead_letters import (
+    H_REPLAY_FOR,
+    _entry,
+    dead_letter_headers,
+    dead_letter_id,
+    replay_target,
+)
+from kiln_runtime.failures import PoisonEvent, TransientError, describe, is_transient
+from kiln_runtime.unit import OutgoingEvent, Unit, headers_from_blob
+
+
+def _grant_bytes(account: str = "acct_a") -> bytes:
+    return encode(
+        new_event("credits.granted", credits_pb2.CreditsGranted(grant_id="g"), account_id=account)
+    )
+
+
+def test_deliveries_decode_or_say_why_not() -> None:
+    good = Delivery("credits.granted", 0, 5, b"acct_a", _grant_bytes())
+    bad = Delivery("credits.granted", 0, 6, b"acct_a", b"\x00junk")
+    empty = Delivery("credits.granted", 0, 7, b"acct_a", None)
+    other = Delivery(
+        "credits.applied",
+        0,
+        8,
+        b"acct_a",
+        encode(
+            new_event("credits.applied", credits_pb2.CreditsApplied(grant_id="g"), account_id="a")
+        ),
+    )
+    replay = Delivery(
+        "credits.granted", 0, 9, b"acct_a", _grant_bytes(), headers=((H_REPLAY_FOR, b"scheduler"),)
+    )
+    mine = Delivery(
+        "credits.granted", 0, 10, b"acct_a", _grant_bytes(), headers=((H_REPLAY_FOR, b"billing"),)
+    )
+    out = decode_deliveries(
+        [good, bad, empty, other, replay, mine], group="billing", topics=["credits.granted"]
+    )
+    assert out[0].event is not None and out[0].error is None and out[0].skip is None
+    assert out[1].event is None and out[1].error and out[1].error.startswith("EventDecodeError")
+    assert out[2].error == "EventDecodeError: empty message"
+    assert out[3].skip == "ignored"
+    assert out[4].skip == "replay_for_other_group" and out[4].event is None
+    assert out[5].skip is None and out[5].event is not None
+
+
+def test_transient_failures_are_the_database_or_the_broker_not_the_event() -> None:
+    locked = sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    assert is_transient(locked)
+    assert is_transient(TransientError("away"))
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(TimeoutError())
+    integrity = sa_exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE failed"))
+    assert not is_transient(integrity)
+    assert not is_transient(ValueError("bad input"))
+    assert not is_transient(KeyError("x"))
+    assert not is_transient(PoisonEvent("never"))
+    assert describe(ValueError("x" * 5000)).startswith("ValueError: x")
+    assert len(describe(ValueError("x" * 5000))) <= 1000
+
+
+def test_a_dead_letter_names_where_it_came_from() -> None:
+    at = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    value = _grant_bytes()
+    event = decode(value)
+    headers = dead_letter_headers(
+        group="billing",
+        topic="credits.granted",
+        partition=3,
+        offset=41,
+        error="ValueError: no",
+        at=at,
+        event_id=event.event_id,
+        event_type=event.type,
+    )
+    entry = _entry(2, 7, b"acct_a", value, list(headers.items()))
+    assert (entry.group, entry.topic, entry.partition, entry.offset) == (
+        "billing",
+        "credits.granted",
+        3,
+        41,
+    )
+    assert entry.error == "ValueError: no" and entry.at == at.isoformat()
+    assert entry.event_id == event.event_id and entry.event_type == "credits.granted"
+    assert entry.ref == "2:7" and entry.key == "acct_a"
+    assert dead_letter_id("billing", "credits.granted", 3, 41) == "dlq:billing:credits.granted:3:41"
+    assert replay_target([(H_REPLAY_FOR, b"billing")]) == "billing"
+    assert replay_target([]) is None
+    # Headers survive the outbox row.
+    row = OutgoingEvent("kiln.dead_letters", "acct_a", "x", value, tuple(headers.items()))
+    assert headers_from_blob(row.header_blob()) == list(headers.items())
+
+
+def test_events_derived_from_an_event_have_stable_ids() -> None:
+    cause = decode(_grant_bytes())
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+
+    def emitted() -> list[str]:
+        unit = Unit(connection=None, now=now, service="billing", cause=cause)  # type: ignore[arg-type]
+        first = unit.emit(
+            "credits.applied", credits_pb2.CreditsApplied(grant_id="g"), account_id="acct_a"
+        )
+        second = unit.emit(
+            "credits.applied", credits_pb2.CreditsApplied(grant_id="g"), account_id="acct_a"
+        )
+        return [first.event_id, second.event_id]
+
+    ids = emitted()
+    assert ids == emitted(), "the same cause handled again emits the same ids"
+    assert ids[0] != ids[1], "two events of one cause differ"
+    assert (
+        Unit(connection=None, now=now, service="b")
+        .emit(  # type: ignore[arg-type]
+            "credits.applied", credits_pb2.CreditsApplied(grant_id="g"), account_id="a"
+        )
+        .event_id
+        not in ids
+    )
