@@ -94,6 +94,9 @@ class _Attempt:
         self.estimate: Callable[[], float] | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped = False  # a cancel ended it: it must say nothing more
+        # Its outcome is known and on its way to the database: a start or heartbeat now would
+        # only add events (the end says what they would).
+        self.ending = False
 
 
 class Worker:
@@ -178,6 +181,7 @@ class Worker:
         item = attempt.item
         try:
             outcome = await self._attempt(attempt)
+            attempt.ending = True
             await self._end(attempt, outcome)
             self._crashes.pop(item.id, None)
         except asyncio.CancelledError:
@@ -348,6 +352,7 @@ class Worker:
                 a
                 for a in list(self._running.values())
                 if not a.stopped
+                and not a.ending
                 and now - a.started >= s.announce_start_after_s
                 and (not a.announced or progress_due)
             ]
@@ -362,6 +367,8 @@ class Worker:
 
     def _beat(self, unit: Unit, attempts: list[_Attempt]) -> None:
         for a in attempts:
+            if a.ending:
+                continue  # it ended while this round waited for its transaction
             item = a.item
             if not a.announced:
                 a.announced = True
