@@ -205,7 +205,14 @@ async def get_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> d
     return {"data": job_json(await _load(state, job_id, caller), state.links)}
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    responses={
+        200: {"description": "Canceled at once: the job object, `canceled`."},
+        **error_responses(409),
+    },
+)
 async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> JSONResponse:
     """Cancel and refund. A queued job is canceled at once; a running one is `canceling` until
     the worker confirms it stopped. A finished job cannot be canceled (409)."""
