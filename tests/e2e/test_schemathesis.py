@@ -24,6 +24,7 @@ from tests.schemathesis_support import (
     SHARED_STACK_EXCLUSIONS,
     own_account,
     run_schemathesis,
+    tally,
     write_config,
 )
 
@@ -52,5 +53,6 @@ def test_the_live_gateway_keeps_to_its_openapi_document(
     elapsed = time.monotonic() - started
     output = result.stdout + result.stderr
     print(output[-20_000:])  # shown by pytest on failure (and with -s)
+    print(f"schemathesis ({api_key} key):", tally(tmp_path / "report").summary())
     assert result.returncode == 0, f"schemathesis ({api_key} key) found problems:\n{output[-8000:]}"
     assert elapsed < MAX_TIME_S // 2 + 120

@@ -13,6 +13,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_crypto import make_result_key
 from kiln_gateway.app import create_app
@@ -96,6 +98,42 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
         await runtime.stop()
 
 
+class StatusCounter:
+    """Counts the statuses the app answers (pure ASGI, outside it): the server's own tally of
+    a fuzzing run, whatever the client reports."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.statuses: Counter[int] = Counter()
+        self.server_errors: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                self._count(scope, int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except BaseException:
+            if not answered:  # the server answers 500 itself
+                self._count(scope, 500)
+            raise
+
+    def _count(self, scope: Scope, status: int) -> None:
+        self.statuses[status] += 1
+        if status >= 500:
+            query = scope.get("query_string", b"").decode("latin-1")
+            self.server_errors.append(f"{scope['method']} {scope['path']}?{query} -> {status}")
+
+
 class ServedGateway(threading.Thread):
     """The harness app behind a real uvicorn server, in a thread with its own event loop."""
 
@@ -111,6 +149,7 @@ class ServedGateway(threading.Thread):
             self.port = probe.getsockname()[1]
         self.server: uvicorn.Server | None = None
         self.gateway: GatewayUnderTest | None = None
+        self.counter: StatusCounter | None = None
         self.error: BaseException | None = None
 
     @property
@@ -134,9 +173,9 @@ class ServedGateway(threading.Thread):
     async def _serve(self) -> None:
         async with gateway_under_test(self.tmp_path, **self.overrides) as gateway:
             self.gateway = gateway
-            app = gateway.client._transport.app  # type: ignore[attr-defined]
+            self.counter = StatusCounter(gateway.client._transport.app)  # type: ignore[attr-defined]
             config = uvicorn.Config(
-                app,
+                self.counter,
                 host="127.0.0.1",
                 port=self.port,
                 lifespan="off",

@@ -44,6 +44,20 @@ from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JOB_ID = Path(pattern=r"^job_[0-9a-f]{32}$", description="A job id, `job_` + 32 hex digits.")
+SSE_JOB_EVENT = {
+    "type": "object",
+    "description": "One event of the stream (keep-alive comments are not events).",
+    "properties": {
+        "event": {"type": "string", "enum": ["job"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "The job object, as JSON.",
+        },
+        "id": {"type": "string", "description": "The event's number in this stream, from 1."},
+    },
+    "required": ["event", "data", "id"],
+}
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="Replays the first answer for 24 h."),
@@ -253,7 +267,14 @@ async def get_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> d
     return {"data": job_json(await _load(state, job_id, caller), state.links)}
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    responses={
+        200: {"description": "Canceled at once: the job object, `canceled`."},
+        **error_responses(409),
+    },
+)
 async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -> JSONResponse:
     """Cancel and refund. A queued job is canceled at once; a running one is `canceling` until
     the worker confirms it stopped. A finished job cannot be canceled (409)."""
@@ -283,7 +304,8 @@ def _sse(event: str, data: dict[str, Any], event_id: int) -> bytes:
     responses={
         200: {
             "description": "Server-Sent Events: `event: job` with the job object as `data`.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # Before OpenAPI 3.2's `itemSchema`, an event stream's `schema` is one event's.
+            "content": {"text/event-stream": {"schema": SSE_JOB_EVENT}},
         }
     },
 )
