@@ -3,9 +3,11 @@
 - The gateway answering this page reports its own readiness checks (database, Kafka, consumer).
 - Every component named in `KILN_CONSOLE_HEALTH_URLS` (the other services' `/readyz`, Triton's
   `/v2/health/ready`; the local stack sets them) is asked, with a short timeout.
-- Kafka itself says which consumer group has members (a service with no member is not
-  running), how far behind each group is (lag: messages not yet consumed), and how many dead
-  letters the dead-letter topic holds (docs/architecture.md, "Dead letters").
+- Kafka itself says which services' consumer groups exist, how far behind each is (lag: the
+  messages of its partitions not yet consumed, from its committed offsets), and how many dead
+  letters the dead-letter topic holds (docs/architecture.md, "Dead letters"). Whether a
+  service's consumer runs is in its own readiness (`consumer`) above: aiokafka 0.14 cannot
+  decode this broker's DescribeGroups answers, so group members are not asked.
 """
 
 import asyncio
@@ -36,8 +38,8 @@ class ComponentHealth:
 @dataclass(frozen=True)
 class GroupHealth:
     group: str
-    state: str
-    members: list[str]
+    known: bool  # the broker has the group (its service consumed and committed once)
+    partitions: int  # partitions it has committed offsets for
     lag: int | None
 
 
@@ -79,17 +81,6 @@ async def component_health(state: GatewayState) -> list[ComponentHealth]:
     return [own, *others]
 
 
-def _groups(responses: list[Any]) -> dict[str, tuple[str, list[str]]]:
-    """(state, member descriptions) per group, from DescribeGroups responses (the first six
-    fields of a group are the same in every version)."""
-    found: dict[str, tuple[str, list[str]]] = {}
-    for response in responses:
-        for group in response.groups:
-            _error, name, state, _ptype, _protocol, members = group[:6]
-            found[name] = (state, [f"{m[1]} ({m[2].lstrip('/')})" for m in members])
-    return found
-
-
 async def kafka_health(state: GatewayState) -> KafkaHealth:
     bootstrap = state.settings.kafka_bootstrap
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -98,11 +89,10 @@ async def kafka_health(state: GatewayState) -> KafkaHealth:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await admin.start()
             await consumer.start()
-            described = _groups(await admin.describe_consumer_groups(list(SERVICE_GROUPS)))
+            known = {group for group, *_ in await admin.list_consumer_groups()}
             groups = []
             for name in SERVICE_GROUPS:
-                group_state, members = described.get(name, ("Dead", []))
-                committed = await admin.list_consumer_group_offsets(name)
+                committed = await admin.list_consumer_group_offsets(name) if name in known else {}
                 lag: int | None = None
                 if committed:
                     ends = await consumer.end_offsets(list(committed))
@@ -111,7 +101,7 @@ async def kafka_health(state: GatewayState) -> KafkaHealth:
                         for tp, meta in committed.items()
                         if meta.offset >= 0
                     )
-                groups.append(GroupHealth(name, group_state, members, lag))
+                groups.append(GroupHealth(name, name in known, len(committed), lag))
             dead = None
             partitions = None
             if DEAD_LETTER_TOPIC in await consumer.topics():  # also loads its metadata
