@@ -162,11 +162,18 @@ def test_account_holder_journey(
     # Redeliver it: a second attempt shows up.
     delivery.locator("form button").click()
     expect(page.locator("p.notice")).to_contain_text("sent again")
-    # Disable and enable the endpoint.
+    expect(delivery.locator("table.attempts tbody tr")).to_have_count(2, timeout=WAIT_MS)
+    # Disabled, the endpoint gets nothing: a test event to it fails without being sent.
     page.locator("li.endpoint", has_text="console e2e receiver").locator(
         "form[action$='/disable'] button"
     ).click()
     expect(page.locator("li.endpoint", has_text="console e2e receiver")).to_contain_text("disabled")
+    page.locator("li.endpoint", has_text="console e2e receiver").locator(
+        "form[action$='/test'] button"
+    ).click()
+    refused = page.locator("li.delivery", has=page.locator(".badge", has_text="failed"))
+    expect(refused).to_contain_text("the endpoint is disabled", timeout=WAIT_MS)
+    assert len(hook_receiver.hooks()) == 2  # the test and its redelivery, nothing since
     page.locator("li.endpoint", has_text="console e2e receiver").locator(
         "form[action$='/enable'] button"
     ).click()
