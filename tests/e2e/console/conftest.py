@@ -20,8 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    ViewportSize,
+    sync_playwright,
+)
 
 from tests.stack_support import load_env_file
 
@@ -41,8 +48,8 @@ AXE = REPO / "services/gateway/console-assets/node_modules/axe-core/axe.min.js"
 DOCS_SHOTS = REPO / "docs" / "console"
 # Generous: the machine is shared and slow; nothing here measures time.
 WAIT_MS = 90_000
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,9 @@ class ConsoleSite:
 
 
 @pytest.fixture(scope="session")
-def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ConsoleSite:
+def console(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> ConsoleSite:
     """The shared test stack's console; KILN_CONSOLE_STACK_DIR names a running stack's folder
     instead (for working on the console without starting a stack per run)."""
     running = os.environ.get("KILN_CONSOLE_STACK_DIR")
@@ -177,7 +186,7 @@ def browse(browser: Browser) -> Iterator[Any]:
     pages must not break the Content-Security-Policy."""
     opened: list[Watched] = []
 
-    def open_context(viewport: dict[str, int] | None = None, **options: Any) -> Watched:
+    def open_context(viewport: ViewportSize | None = None, **options: Any) -> Watched:
         context = browser.new_context(viewport=viewport or DESKTOP, **options)
         watched = Watched(context)
         opened.append(watched)

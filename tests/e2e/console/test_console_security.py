@@ -108,7 +108,8 @@ def test_csrf_forms_without_the_session_token_or_from_elsewhere_are_refused(
     sign_in(other_page, console, other)
     other_page.goto(console.url("/console/keys"))
     answer = page.request.post(
-        console.url("/console/keys"), form={"name": "other-token", "csrf_token": csrf_token(other_page)}
+        console.url("/console/keys"),
+        form={"name": "other-token", "csrf_token": csrf_token(other_page)},
     )
     assert answer.status == 403
     # The sign-in form has its own token (a cookie and a field).
@@ -185,7 +186,9 @@ def test_api_credentials_are_not_console_sessions_nor_the_reverse(
     host = console.base.removeprefix("http://").split(":")[0]
     for credential in (key["secret"], session_token):
         context = browse().context
-        context.add_cookies([{"name": "kiln_console", "value": credential, "domain": host, "path": "/console"}])
+        context.add_cookies(
+            [{"name": "kiln_console", "value": credential, "domain": host, "path": "/console"}]
+        )
         page = context.new_page()
         page.goto(console.url("/console/keys"))
         expect(page).to_have_url(re.compile(r"/console/login"))

@@ -48,9 +48,7 @@ async def read_form(request: Request) -> Form:
         raise ConsoleError(400, "This form must be sent as a web form.")
     try:
         text = body.decode("utf-8")
-        pairs = parse_qsl(
-            text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict"
-        )
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise ConsoleError(400, "The form could not be read.") from exc
     if any("\x00" in key or "\x00" in value for key, value in pairs):

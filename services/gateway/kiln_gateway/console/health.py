@@ -13,7 +13,6 @@
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -72,9 +71,7 @@ async def component_health(state: GatewayState) -> list[ComponentHealth]:
         own = ComponentHealth("gateway (this replica)", "unavailable", detail="starting")
     else:
         ready, checks = await readiness.report()
-        own = ComponentHealth(
-            "gateway (this replica)", "ready" if ready else "unavailable", checks
-        )
+        own = ComponentHealth("gateway (this replica)", "ready" if ready else "unavailable", checks)
     urls = state.settings.console_health_urls
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, follow_redirects=False) as client:
         others = await asyncio.gather(*(_probe(client, n, u) for n, u in urls.items()))

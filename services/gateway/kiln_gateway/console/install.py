@@ -1,6 +1,7 @@
 """`install_console(app)`: the console's routes and static files on the gateway's app, and its
 errors shown as pages. Outside `/console/` nothing changes: the API's errors stay JSON."""
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,7 @@ ROUTERS = (
     operator.router,
 )
 
-Handler = Callable[[Request, Any], Awaitable[Response]]
+Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
 def _is_console(request: Request) -> bool:
@@ -46,7 +47,8 @@ def _console_first(api_handler: Handler, page: Callable[[Request, Any], Response
     async def handle(request: Request, exc: Any) -> Response:
         if _is_console(request):
             return page(request, exc)
-        return await api_handler(request, exc)
+        answer = api_handler(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     return handle
 
@@ -78,7 +80,9 @@ def install_console(app: FastAPI) -> None:
     handlers[StarletteHTTPException] = _console_first(
         handlers[StarletteHTTPException],
         lambda request, exc: error_page(
-            request, exc.status_code, "There is no such page." if exc.status_code == 404 else str(exc.detail)
+            request,
+            exc.status_code,
+            "There is no such page." if exc.status_code == 404 else str(exc.detail),
         ),
     )
     handlers[RequestValidationError] = _console_first(

@@ -27,7 +27,7 @@ from kiln_gateway.errors import ApiError
 from kiln_gateway.jobs import repository
 from kiln_gateway.jobs.schemas import job_json
 from kiln_gateway.jobs.service import SORTABLE_FIELDS, STATUS_RANK, TERMINAL, JobFilters, JobSort
-from kiln_gateway.pagination import pagination
+from kiln_gateway.pagination import PageRequest, pagination
 from kiln_gateway.state import GatewayState
 from kiln_gateway.tables import AccountEvent, Job
 from kiln_gateway.webhooks import repository as webhooks
@@ -156,13 +156,20 @@ def job_state(job: Job, links_json: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/console/jobs/{job_id}")
-async def job_page(job_id: str, request: Request, user: CurrentAccount, state: StateDep) -> Response:
+async def job_page(
+    job_id: str, request: Request, user: CurrentAccount, state: StateDep
+) -> Response:
     checked_id(job_id, "job")
     async with state.runtime.sessions() as session:
         job = await _job(session, user.account_id, job_id)
         timeline = await _timeline(session, user.account_id, job_id)
         deliveries, _ = await webhooks.list_deliveries(
-            session, user.account_id, page_of(request, 20), job_id=job_id, endpoint_id=None, status=None
+            session,
+            user.account_id,
+            PageRequest(1, 20),
+            job_id=job_id,
+            endpoint_id=None,
+            status=None,
         )
     rendered = job_json(job, state.links)
     entries = [timeline_json(e) for e in timeline]

@@ -26,7 +26,9 @@ async def _keys_page(
     page = page_of(request)
     include_revoked = request.query_params.get("revoked") == "1"
     async with state.runtime.sessions() as session:
-        keys, total = await repository.list_api_keys(session, user.account_id, include_revoked, page)
+        keys, total = await repository.list_api_keys(
+            session, user.account_id, include_revoked, page
+        )
     return render(
         request,
         "keys.html",
@@ -48,7 +50,9 @@ async def keys_page(request: Request, user: CurrentAccount, state: StateDep) -> 
     return await _keys_page(request, user, state)
 
 
-def _secret_page(request: Request, user: CurrentAccount, key: ApiKey, secret: str, rotated_from: str | None) -> Response:
+def _secret_page(
+    request: Request, user: CurrentAccount, key: ApiKey, secret: str, rotated_from: str | None
+) -> Response:
     return render(
         request,
         "key_secret.html",
@@ -64,7 +68,11 @@ async def create_key(
     name = form.get("name").strip()
     if not name or len(name) > NAME_MAX:
         return await _keys_page(
-            request, user, state, error=f"Give the key a name of 1 to {NAME_MAX} characters.", status=422
+            request,
+            user,
+            state,
+            error=f"Give the key a name of 1 to {NAME_MAX} characters.",
+            status=422,
         )
     sandbox = form.get("sandbox") == "on"
     async with transaction(state.runtime.sessions) as session:
@@ -84,7 +92,9 @@ async def rotate_key(
         old, revoked_now = revoked
         if not revoked_now:
             raise ConsoleError(409, "This key is revoked already; make a new one instead.")
-        key, secret = await repository.create_api_key(session, user.account_id, old.name, old.sandbox)
+        key, secret = await repository.create_api_key(
+            session, user.account_id, old.name, old.sandbox
+        )
     state.callers.forget_key(key_id)
     return _secret_page(request, user, key, secret, old.id)
 

@@ -2,6 +2,7 @@
 suspend, resume), credit grants and revocations with a reason, and the stack's health. The same
 repository calls as the admin API (admin/endpoints.py)."""
 
+import asyncio
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
@@ -49,7 +50,9 @@ async def _accounts_page(
 ) -> Response:
     wanted = request.query_params.get("email", "")[:320].strip()
     async with state.runtime.sessions() as session:
-        accounts = await repository.list_accounts(session, normalize_email(wanted) if wanted else None)
+        accounts = await repository.list_accounts(
+            session, normalize_email(wanted) if wanted else None
+        )
     return render(
         request,
         "admin_accounts.html",
@@ -242,7 +245,7 @@ async def resume(
 
 @router.get("/console/admin/health")
 async def health_page(request: Request, user: CurrentOperator, state: StateDep) -> Response:
-    components, kafka = await _gather(state)
+    components, kafka = await asyncio.gather(component_health(state), kafka_health(state))
     return render(
         request,
         "admin_health.html",
@@ -254,10 +257,3 @@ async def health_page(request: Request, user: CurrentOperator, state: StateDep) 
             "checked_at": datetime.now(UTC),
         },
     )
-
-
-async def _gather(state: GatewayState) -> tuple[object, object]:
-    import asyncio
-
-    components, kafka = await asyncio.gather(component_health(state), kafka_health(state))
-    return components, kafka

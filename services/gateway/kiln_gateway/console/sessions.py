@@ -132,7 +132,9 @@ class ConsoleSessions:
 
     async def end(self, token: str) -> None:
         async with transaction(self._sessions) as session:
-            await session.execute(delete(ConsoleSession).where(ConsoleSession.id == token_sha256(token)))
+            await session.execute(
+                delete(ConsoleSession).where(ConsoleSession.id == token_sha256(token))
+            )
 
     async def end_account_sessions(self, account_id: str) -> None:
         """Sign every browser of an account out (its suspension)."""
@@ -143,8 +145,14 @@ class ConsoleSessions:
 
 
 def is_loopback_host(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]").lower()
+    """Whether a Host header names this machine (`localhost`, 127.0.0.0/8, `[::1]`)."""
+    if host.startswith("["):  # [IPv6]:port
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # name:port
+        name = host.split(":", 1)[0]
+    else:  # a name, or a bare IPv6 address
+        name = host
+    name = name.lower()
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:

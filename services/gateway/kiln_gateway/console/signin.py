@@ -23,7 +23,12 @@ from kiln_gateway.console.sessions import (
 from kiln_gateway.deps import StateDep
 from kiln_gateway.keys import repository as keys
 from kiln_gateway.keys.login_throttle import LoginThrottle, client_address
-from kiln_gateway.keys.passwords import hash_password, needs_rehash, normalize_email, password_matches
+from kiln_gateway.keys.passwords import (
+    hash_password,
+    needs_rehash,
+    normalize_email,
+    password_matches,
+)
 from kiln_gateway.ratelimits import RateLimited
 from kiln_runtime.db import transaction
 
@@ -100,7 +105,12 @@ async def signin(request: Request, state: StateDep) -> Response:
         )
     if not email or not password:
         return _signin_page(
-            request, "signin.html", next_path=next_path, email=email, error=INVALID_LOGIN, status=401
+            request,
+            "signin.html",
+            next_path=next_path,
+            email=email,
+            error=INVALID_LOGIN,
+            status=401,
         )
     settings = state.settings
     address = client_address(request, settings.trusted_proxy_hops)
@@ -116,7 +126,12 @@ async def signin(request: Request, state: StateDep) -> Response:
     password_hash = account.password_hash if account is not None else None
     if not await password_matches(password_hash, password) or account is None:
         return _signin_page(
-            request, "signin.html", next_path=next_path, email=email, error=INVALID_LOGIN, status=401
+            request,
+            "signin.html",
+            next_path=next_path,
+            email=email,
+            error=INVALID_LOGIN,
+            status=401,
         )
     await throttle.succeeded(email, address)
     if account.suspended:

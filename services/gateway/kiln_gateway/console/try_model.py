@@ -129,7 +129,9 @@ async def run_model(
     outcome = form.get("outcome", "completed")
     delay_text = form.get("delay_s").strip()
 
-    async def again(error: str, errors: dict[str, str] | None = None, status: int = 422) -> Response:
+    async def again(
+        error: str, errors: dict[str, str] | None = None, status: int = 422
+    ) -> Response:
         shown_values = {**parsed.value, **{k: v for k, v in posted.items() if k in (errors or {})}}
         return await _form_page(
             request,
@@ -165,7 +167,7 @@ async def run_model(
             body,
             caller,
             state,
-            idempotency_key=f"console:{form.get('submission')[:64]}",
+            idempotency_key=f"console:{form.get('submission')[:64] or uuid.uuid4().hex}",
             prefer="respond-async",
         )
     except ApiError as exc:

@@ -4,6 +4,7 @@ status, response code and latency, and redelivery. The same repository calls as 
 `/api/v1/webhooks` (webhooks/endpoints.py): every change is announced to the notifier in the
 transaction that makes it."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import get_args
 
@@ -16,16 +17,15 @@ from kiln_gateway.console.errors import ConsoleError
 from kiln_gateway.console.listing import checked_id, notice, page_of
 from kiln_gateway.console.pages import render
 from kiln_gateway.deps import StateDep
-from kiln_gateway.errors import ApiError
 from kiln_gateway.ids import new_id
 from kiln_gateway.pagination import pagination
 from kiln_gateway.state import GatewayState
 from kiln_gateway.tables import WebhookEndpoint
 from kiln_gateway.webhooks import repository
-from kiln_gateway.webhooks.endpoints import _checked_url
 from kiln_gateway.webhooks.schemas import EndpointCreate, EventType
 from kiln_gateway.webhooks.service import new_webhook_secret, unique_event_types
 from kiln_runtime.db import transaction
+from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
 router = APIRouter(include_in_schema=False)
 
@@ -65,11 +65,13 @@ async def _page(
     state: GatewayState,
     *,
     error: str = "",
-    form: dict[str, object] | None = None,
+    form: Mapping[str, object] | None = None,
     status: int = 200,
 ) -> Response:
     async with state.runtime.sessions() as session:
-        endpoints, _ = await repository.list_endpoints(session, user.account_id, page_of(request, 100))
+        endpoints, _ = await repository.list_endpoints(
+            session, user.account_id, page_of(request, 100)
+        )
     return render(
         request,
         "webhooks.html",
@@ -114,17 +116,27 @@ async def create_endpoint(
     }
     try:
         body = EndpointCreate.model_validate(entered)
-        url = await _checked_url(state, body.url)
+        # The API's URL guard (webhooks/endpoints.py): https, public addresses only.
+        await resolve_public_addresses(body.url, allow_loopback=state.settings.allow_loopback_urls)
+        url = body.url
     except ValidationError:
         return await _page(
-            request, user, state, error="Give an https URL (at most 2048 characters), a "
-            "description of at most 500, and event types from the list.", form=entered, status=422,
+            request,
+            user,
+            state,
+            error="Give an https URL (at most 2048 characters), a "
+            "description of at most 500, and event types from the list.",
+            form=entered,
+            status=422,
         )
-    except ApiError as exc:
-        reason = "; ".join(str(d.get("message")) for d in exc.details or []) or exc.message
+    except UnsafeUrl as exc:
         return await _page(
-            request, user, state, error=f"This URL cannot receive webhooks: {reason}",
-            form=entered, status=422,
+            request,
+            user,
+            state,
+            error=f"This URL cannot receive webhooks: {exc}",
+            form=entered,
+            status=422,
         )
     now = datetime.now(UTC)
     endpoint = WebhookEndpoint(
@@ -170,7 +182,9 @@ async def _change_endpoint(
 
 
 @router.post("/console/webhooks/{endpoint_id}/test")
-async def send_test(endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep) -> Response:
+async def send_test(
+    endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep
+) -> Response:
     await _change_endpoint(state, user.account_id, endpoint_id, "test")
     return RedirectResponse(
         f"/console/webhooks?notice=test-sent&endpoint={endpoint_id}#deliveries", status_code=303
@@ -178,19 +192,25 @@ async def send_test(endpoint_id: str, user: CurrentAccount, form: AccountForm, s
 
 
 @router.post("/console/webhooks/{endpoint_id}/disable")
-async def disable(endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep) -> Response:
+async def disable(
+    endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep
+) -> Response:
     await _change_endpoint(state, user.account_id, endpoint_id, "disable")
     return RedirectResponse("/console/webhooks?notice=endpoint-disabled", status_code=303)
 
 
 @router.post("/console/webhooks/{endpoint_id}/enable")
-async def enable(endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep) -> Response:
+async def enable(
+    endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep
+) -> Response:
     await _change_endpoint(state, user.account_id, endpoint_id, "enable")
     return RedirectResponse("/console/webhooks?notice=endpoint-enabled", status_code=303)
 
 
 @router.post("/console/webhooks/{endpoint_id}/delete")
-async def delete(endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep) -> Response:
+async def delete(
+    endpoint_id: str, user: CurrentAccount, form: AccountForm, state: StateDep
+) -> Response:
     await _change_endpoint(state, user.account_id, endpoint_id, "delete")
     return RedirectResponse("/console/webhooks?notice=endpoint-deleted", status_code=303)
 
