@@ -166,6 +166,8 @@
       if (save.href.startsWith("blob:")) URL.revokeObjectURL(save.href);
       const url = URL.createObjectURL(plain);
       save.href = url;
+      const extension = { "image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "audio/wav": ".wav", "audio/mpeg": ".mp3", "video/mp4": ".mp4" }[meta.content_type] || "";
+      save.download = meta.job_id + extension;
       show(url);
       output.hidden = false;
       secretInput.value = "";
