@@ -22,7 +22,7 @@ PASSWORD = "correct horse battery"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayUnderTest]:
     async with gateway_under_test(tmp_path_factory.mktemp("console")) as under_test:
         sessions = under_test.client._transport.app.state.gateway.runtime.sessions  # type: ignore[attr-defined]
@@ -233,6 +233,9 @@ async def test_an_operator_session_ends_when_the_admin_token_changes(
         # An operator session is not an account holder's.
         assert (await client.get("/console/keys")).status_code == 303
         gateway.settings.admin_token = "a-new-admin-token-" + "b" * 20
-        answer = await client.get("/console/admin/accounts")
+        try:
+            answer = await client.get("/console/admin/accounts")
+        finally:
+            gateway.settings.admin_token = ADMIN_TOKEN
         assert answer.status_code == 303
         assert answer.headers["location"].startswith("/console/admin/login")
