@@ -3,6 +3,7 @@ scroll in their own focusable region), the navigation and the forms usable, axe-
 
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -23,8 +24,6 @@ def test_every_page_fits_a_phone(console: ConsoleSite, browse: Any) -> None:
     key = console.new_key(account)
     page = browse(viewport=PHONE, is_mobile=True, has_touch=True).page()
     sign_in(page, console, account)
-    import httpx
-
     with httpx.Client(
         base_url=console.api_url, headers={"Authorization": f"Bearer {key['secret']}"}, timeout=60
     ) as api:

@@ -22,7 +22,11 @@
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
         legend: { show: true },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+        // Half a day of room on each side, so that the first and last days' bars show whole.
+        scales: {
+          x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] },
+          y: { range: (u, min, max) => [0, Math.max(max, 1)] },
+        },
         axes: [{}, { size: 50 }],
         series: [{}, ...series],
       },
