@@ -16,7 +16,7 @@ STACK := uv run python deploy/local/stack.py
 STACK_DIR := $(or $(KILN_STACK_DIR),.kiln)
 TEST_TIMEOUT_S ?= 2700
 
-.PHONY: help ensure-uv sync install deploy-tools up down status logs test bench lint proto
+.PHONY: help ensure-uv sync install console-assets deploy-tools up down status logs test bench lint proto
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -31,8 +31,16 @@ sync: ensure-uv
 	uv sync
 
 # The Debian packages of deploy/local/apt-packages.txt and the Kafka jars, when missing.
-install: sync deploy-tools
+install: sync deploy-tools console-assets
 	$(STACK) install
+
+# The web console's third-party assets (htmx, uPlot; axe-core for its browser tests) from the
+# npm registry, pinned by package-lock.json, copied into the gateway's static folder.
+CONSOLE_ASSETS := services/gateway/console-assets
+console-assets:
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: install Node.js and npm (Debian: apt-get install nodejs npm)"; exit 1; }
+	npm ci --prefix $(CONSOLE_ASSETS) --no-audit --no-fund --ignore-scripts
+	npm run --prefix $(CONSOLE_ASSETS) --silent build
 
 # What tests/deploy runs besides kubectl and promtool (Debian's prometheus): kubeconform, and
 # kustomize where kubectl is missing, built from the Go module proxy into .tools/bin.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import signal
@@ -162,6 +163,17 @@ class ServicesMixin(ProcessesMixin):
         )
         if service == "gateway":
             env["KILN_SESSION_SIGNING_KEY"] = keys["KILN_SESSION_SIGNING_KEY"]
+            # The console's health view asks each other component (instance 1) itself.
+            env["KILN_CONSOLE_HEALTH_URLS"] = json.dumps(
+                {
+                    **{
+                        other: f"http://127.0.0.1:{self.ports.service(other)}/readyz"
+                        for other in SERVICES
+                        if other != "gateway"
+                    },
+                    "triton": f"http://127.0.0.1:{self.ports.triton_http}/v2/health/ready",
+                }
+            )
         if service in ("gateway", "notifier"):
             env["KILN_WEBHOOK_SIGNING_KEY"] = keys["KILN_WEBHOOK_SIGNING_KEY"]
         if service == "inference":

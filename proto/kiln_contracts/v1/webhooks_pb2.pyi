@@ -33,12 +33,17 @@ class WebhookEndpointChanged(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
     endpoint_id: _builtins.str
     url: _builtins.str
     secret: _builtins.str
     """"whsec_..." """
     deleted: _builtins.bool
     is_default: _builtins.bool
+    disabled: _builtins.bool
+    """Disabled by the account (the console's "Disable"): nothing is sent to it, pending retries
+    included, until a change without this flag enables it again.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty = every type"""
@@ -52,10 +57,11 @@ class WebhookEndpointChanged(_message.Message):
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         deleted: _builtins.bool = ...,
         is_default: _builtins.bool = ...,
+        disabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "endpoint_id", b"endpoint_id", "event_types", b"event_types", "is_default", b"is_default", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "disabled", b"disabled", "endpoint_id", b"endpoint_id", "event_types", b"event_types", "is_default", b"is_default", "secret", b"secret", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

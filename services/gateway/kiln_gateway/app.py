@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from kiln_gateway.admin.endpoints import router as admin_router
 from kiln_gateway.catalog.endpoints import router as catalog_router
 from kiln_gateway.config import GatewaySettings
+from kiln_gateway.console.install import install_console
 from kiln_gateway.errors import install_error_handlers
 from kiln_gateway.files.endpoints import router as files_router
 from kiln_gateway.handlers import ReadModel
@@ -98,6 +99,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     for router in ROUTERS:
         api.include_router(router)
     app.include_router(api)
+    # The web console under /console/ (pages, its static files; its errors as pages).
+    install_console(app)
     app.include_router(health_router(lambda: runtime.readiness))
     app.add_middleware(HttpMetrics)  # outermost: RED metrics of every answer, per route template
     return app

@@ -57,3 +57,10 @@ class GatewaySettings(ServiceSettings):
     # bytes), the same as the notifier's; GET /api/v1/webhooks/public-key serves its public
     # half. Empty: no `v1a` signatures, and that route answers 404.
     webhook_signing_key: str = ""
+    # The web console (/console, console/): a signed-in browser's session ends this long after
+    # sign-in, or after this long without a request, whichever comes first.
+    console_session_ttl_s: int = Field(default=12 * 3600, gt=0, le=7 * 24 * 3600)
+    console_idle_timeout_s: int = Field(default=30 * 60, gt=0, le=7 * 24 * 3600)
+    # The operator's health view: component name -> its readiness URL (`/readyz` of each
+    # service, Triton's `/v2/health/ready`), as JSON. The Kafka consumer groups are always shown.
+    console_health_urls: dict[str, str] = Field(default_factory=dict)

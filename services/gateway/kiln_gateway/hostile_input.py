@@ -8,7 +8,8 @@ in, before any route sees it:
 - more than `max_body_bytes` → 413 PAYLOAD_TOO_LARGE, whether or not the client sent a
   Content-Length (a chunked upload stops being kept as soon as it passes the limit);
 - a body whose Content-Type is missing or not JSON (`application/json`, `application/*+json`)
-  → 400 BAD_REQUEST: every body of this API is JSON, and a 400 names the problem where FastAPI
+  → 400 BAD_REQUEST (except a web form posted to the console, `/console/…`): every body of
+  this API is JSON, and a 400 names the problem where FastAPI
   would answer with a confusing 422 about the body's type (`curl -d` sends a form type unless
   told `-H 'content-type: application/json'`);
 - not UTF-8, not JSON, NaN/Infinity, numbers too large to read, strings with lone surrogates
@@ -87,7 +88,7 @@ class RequestBodyGuard:
             body = await self._read_body(receive, progress)
             if progress.disconnected:
                 return  # the client is gone: nobody to answer
-            if body:
+            if body and not _console_form(scope, headers):
                 check_json_body(body, headers.get("content-type"))
         except BodyRefused as refused:
             await self._refuse(scope, receive, send, refused, headers, progress)
@@ -177,6 +178,15 @@ def _check_target(scope: Scope) -> None:
         ]
         if fields:
             raise BodyRefused(422, "VALIDATION_ERROR", "The request has invalid fields.", fields)
+
+
+def _console_form(scope: Scope, headers: Headers) -> bool:
+    """A web form posted to the console (`/console/…`, kiln_gateway/console/forms.py): the
+    one place a body may be something other than JSON. The size limit above still applies;
+    the console reads the form and refuses what is malformed or holds NUL characters."""
+    path: str = scope["path"]
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return path.startswith("/console/") and media_type == "application/x-www-form-urlencoded"
 
 
 def _too_large(limit: int) -> BodyRefused:

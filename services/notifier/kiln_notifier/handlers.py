@@ -103,6 +103,7 @@ class Notifier:
                 is_default=message.is_default,
                 deleted=message.deleted,
                 changed_at=event.envelope.occurred_at.ToDatetime(tzinfo=UTC),
+                disabled=message.disabled,
             ),
         )
 

@@ -32,6 +32,7 @@ class EndpointChange:
     is_default: bool
     deleted: bool
     changed_at: datetime
+    disabled: bool = False
 
 
 def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> None:
@@ -45,12 +46,22 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
         "changed_at": change.changed_at,
     }
     if not change.deleted:
-        # Any change the gateway announces (an update after a 410) re-enables the endpoint.
+        # Any change the gateway announces (an update after a 410) re-enables the endpoint,
+        # unless the change is its disabling by the account.
         connection.execute(
             delete(tables.disabled_endpoints).where(
                 tables.disabled_endpoints.c.endpoint_id == change.endpoint_id
             )
         )
+        if change.disabled and not change.is_default:
+            connection.execute(
+                insert(tables.disabled_endpoints).values(
+                    endpoint_id=change.endpoint_id,
+                    account_id=change.account_id,
+                    disabled_at=change.changed_at,
+                    reason="disabled by the account",
+                )
+            )
     existing = connection.scalar(
         select(endpoints.c.endpoint_id).where(endpoints.c.endpoint_id == change.endpoint_id)
     )

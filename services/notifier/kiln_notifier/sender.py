@@ -417,9 +417,8 @@ class WebhookSender:
         )
         attempted_at = self._clock()
         if lookup.disabled:
-            result = AttemptResult(
-                None, 0, "the endpoint is disabled (it answered 410 Gone)", permanent=True
-            )
+            # After a 410 Gone, or by the account (the console's "Disable").
+            result = AttemptResult(None, 0, "the endpoint is disabled", permanent=True)
         elif lookup.endpoint_gone:
             result = AttemptResult(None, 0, "the endpoint was deleted", permanent=True)
         elif lookup.secret is None:

@@ -44,6 +44,7 @@ def endpoint_changed(
         secret=endpoint.secret,
         event_types=list(endpoint.event_types or []),
         deleted=deleted,
+        disabled=endpoint.disabled_at is not None,
     )
 
 
