@@ -79,62 +79,59 @@ def main() -> None:
     parser.add_argument("--workdir", default="")
     args = parser.parse_args()
     folder = args.workdir or tempfile.mkdtemp(prefix="kiln-cpu-")
-    if True:
-        stack = KilnBenchStack(Path(folder) / "kiln")
-        receiver = WebhookReceiver().start()
-        try:
-            stack.up()
-            keys = [a.sandbox_key for a in stack.accounts]
-            groups = stack_processes(stack.local)
-            body = body_maker(receiver)
-            asyncio.run(
-                sustained(stack.jobs_url, keys, receiver, body, window=8, duration_s=3, warmup_s=1)
+    stack = KilnBenchStack(Path(folder) / "kiln")
+    receiver = WebhookReceiver().start()
+    try:
+        stack.up()
+        keys = [a.sandbox_key for a in stack.accounts]
+        groups = stack_processes(stack.local)
+        body = body_maker(receiver)
+        asyncio.run(
+            sustained(stack.jobs_url, keys, receiver, body, window=8, duration_s=3, warmup_s=1)
+        )
+        for round_ in range(args.rounds):
+            spy = None
+            if args.profile and round_ == args.rounds - 1:
+                pid = stack.local.pid(args.profile)
+                argv = [
+                    py_spy(), "record", "--pid", str(pid), "--duration",
+                    str(int(args.seconds)), "--rate", "200", "--format", "raw",
+                    "--output", args.stacks, "--nonblocking", "--full-filenames",
+                ]  # fmt: skip
+                spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            before = cpu_seconds(groups)
+            started = time.monotonic()
+            run = asyncio.run(
+                sustained(
+                    stack.jobs_url,
+                    keys,
+                    receiver,
+                    body,
+                    window=args.window,
+                    duration_s=args.seconds,
+                    warmup_s=0.0,
+                )
             )
-            for round_ in range(args.rounds):
-                spy = None
-                if args.profile and round_ == args.rounds - 1:
-                    pid = stack.local.pid(args.profile)
-                    spy = subprocess.Popen(
-                        [
-                            py_spy(), "record", "--pid", str(pid), "--duration",
-                            str(int(args.seconds)), "--rate", "200", "--format", "raw",
-                            "--output", args.stacks, "--nonblocking", "--full-filenames",
-                        ],  # fmt: skip
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                before = cpu_seconds(groups)
-                started = time.monotonic()
-                run = asyncio.run(
-                    sustained(
-                        stack.jobs_url,
-                        keys,
-                        receiver,
-                        body,
-                        window=args.window,
-                        duration_s=args.seconds,
-                        warmup_s=0.0,
-                    )
-                )
-                elapsed = time.monotonic() - started
-                after = cpu_seconds(groups)
-                jobs = max(run.completed, 1)
-                per = {n: 1000 * (after[n] - before[n]) / jobs for n in groups}
-                print(
-                    f"round {round_ + 1}: {run.jobs_per_s:.1f} jobs/s, p50 {1000 * run.p50_s:.0f} ms"
-                    f" ({run.completed} done in {elapsed:.0f} s); CPU ms/job: "
-                    + ", ".join(f"{n} {v:.2f}" for n, v in sorted(per.items(), key=lambda i: -i[1]))
-                    + f"; services {sum(v for n, v in per.items() if n not in ('kafka', 'triton')):.2f}",
-                    flush=True,
-                )
-                if spy is not None:
-                    spy.wait(timeout=120)
-                    text = Path(args.stacks).read_text()
-                    Path(args.stacks + ".summary").write_text(leaf_summary(text))
-                    print(f"stacks: {args.stacks}(.summary)", flush=True)
-        finally:
-            receiver.stop()
-            stack.down()
+            elapsed = time.monotonic() - started
+            after = cpu_seconds(groups)
+            jobs = max(run.completed, 1)
+            per = {n: 1000 * (after[n] - before[n]) / jobs for n in groups}
+            shares = ", ".join(f"{n} {v:.2f}" for n, v in sorted(per.items(), key=lambda i: -i[1]))
+            services = sum(v for n, v in per.items() if n not in ("kafka", "triton"))
+            print(
+                f"round {round_ + 1}: {run.jobs_per_s:.1f} jobs/s, "
+                f"p50 {1000 * run.p50_s:.0f} ms ({run.completed} done in {elapsed:.0f} s); "
+                f"CPU ms/job: {shares}; services {services:.2f}",
+                flush=True,
+            )
+            if spy is not None:
+                spy.wait(timeout=120)
+                text = Path(args.stacks).read_text()
+                Path(args.stacks + ".summary").write_text(leaf_summary(text))
+                print(f"stacks: {args.stacks}(.summary)", flush=True)
+    finally:
+        receiver.stop()
+        stack.down()
 
 
 if __name__ == "__main__":
