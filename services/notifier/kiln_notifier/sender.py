@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
@@ -39,6 +38,7 @@ from kiln_notifier.metrics import (
     WEBHOOK_LATENCY,
     WEBHOOK_PENDING_RETRIES,
 )
+from kiln_notifier.pinned_http import PinnedClients, Poster, SendError
 from kiln_notifier.repository import ClaimedDelivery
 from kiln_notifier.signing import load_signing_key, sign_v1a
 from kiln_notifier.tables import DELIVERED, FAILED, PENDING, NotifierTables
@@ -116,72 +116,8 @@ class AttemptResult:
     retry_after: str | None = None  # a 429's Retry-After header, as sent
 
 
-def pinned_request(
-    client: httpx.AsyncClient, url: str, address: str, body: bytes, headers: dict[str, str]
-) -> httpx.Request:
-    """A POST to `url` that connects to `address` (the one url_guard checked), with the URL's
-    host in the Host header and, for https, as the TLS server name (SNI and certificate)."""
-    original = httpx.URL(url)
-    host = original.raw_host.decode("ascii")
-    extensions = {"sni_hostname": host} if original.scheme == "https" else {}
-    return client.build_request(
-        "POST",
-        original.copy_with(host=address),
-        content=body,
-        headers={"Host": original.netloc.decode("ascii"), **headers},
-        extensions=extensions,
-    )
-
-
-def make_client(settings: NotifierSettings) -> httpx.AsyncClient:
-    """A client for ONE pinned endpoint (a host name at one checked address): its pool keys
-    connections by address, so a client shared by two host names on one address would reuse a
-    connection (and its TLS session) across them. No proxies from the environment: they would
-    undo the pin."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.delivery_timeout_s),
-        follow_redirects=False,
-        limits=httpx.Limits(
-            max_connections=settings.max_concurrent_per_endpoint,
-            max_keepalive_connections=settings.max_concurrent_per_endpoint,
-            keepalive_expiry=settings.keepalive_s,
-        ),
-        trust_env=False,
-    )
-
-
-class PinnedClients:
-    """One keep-alive client per (scheme, host, port, address), the least recently used closed
-    beyond `size`."""
-
-    def __init__(self, settings: NotifierSettings, size: int = 256) -> None:
-        self._settings = settings
-        self._size = size
-        self._clients: dict[tuple[str, str, int, str], httpx.AsyncClient] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def for_target(self, url: str, address: str) -> httpx.AsyncClient:
-        parsed = httpx.URL(url)
-        key = (parsed.scheme, parsed.host, parsed.port or 0, address)
-        client = self._clients.pop(key, None)
-        if client is None:
-            client = make_client(self._settings)
-            while len(self._clients) >= self._size:
-                _old_key, old = next(iter(self._clients.items()))
-                del self._clients[_old_key]
-                task = asyncio.ensure_future(old.aclose())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-        self._clients[key] = client  # most recently used last
-        return client
-
-    async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(c.aclose() for c in clients), *self._closing, return_exceptions=True)
-
-
 async def attempt_delivery(
-    clients: PinnedClients | httpx.AsyncClient,
+    clients: Poster,
     claim: ClaimedDelivery,
     secret: str,
     *,
@@ -221,31 +157,22 @@ async def attempt_delivery(
             _target, addresses = await resolve_public_addresses(
                 claim.url, allow_loopback=allow_loopback, resolver=resolver
             )
-            client = (
-                clients.for_target(claim.url, addresses[0])
-                if isinstance(clients, PinnedClients)
-                else clients
-            )
-            request = pinned_request(
-                client, claim.url, addresses[0], claim.payload.encode("utf-8"), headers
-            )
             sent = time.perf_counter()
-            response = await client.send(request, follow_redirects=False, stream=True)
-            await response.aclose()
+            answer = await clients.post(
+                claim.url, addresses[0], claim.payload.encode("utf-8"), headers, timeout_s
+            )
             WEBHOOK_LATENCY.observe(time.perf_counter() - sent)
     except UnsafeUrl as exc:
         return AttemptResult(None, elapsed_ms(), str(exc))
-    except (TimeoutError, httpx.TimeoutException):
+    except TimeoutError:
         return AttemptResult(None, elapsed_ms(), f"no response within {timeout_s:g} s")
-    except httpx.ConnectError:
-        return AttemptResult(None, elapsed_ms(), "could not connect")
-    except httpx.HTTPError as exc:
-        return AttemptResult(None, elapsed_ms(), f"request failed ({type(exc).__name__})")
-    status = response.status_code
+    except SendError as exc:
+        return AttemptResult(None, elapsed_ms(), exc.reason)
+    status = answer.status
     error = None if 200 <= status < 300 else f"HTTP {status}"
     if 300 <= status < 400:
         error = f"HTTP {status} (redirects are not followed)"
-    retry_after = response.headers.get("retry-after") if status == 429 else None
+    retry_after = answer.retry_after if status == 429 else None
     return AttemptResult(status, elapsed_ms(), error, retry_after=retry_after)
 
 
@@ -266,14 +193,16 @@ class WebhookSender:
         tables: NotifierTables,
         runtime: Transactions,
         *,
-        clients: PinnedClients | httpx.AsyncClient | None = None,
+        clients: Poster | None = None,
         clock: Clock | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         self._settings = settings
         self._tables = tables
         self._runtime = runtime
-        self._clients = clients or PinnedClients(settings)
+        self._clients = clients or PinnedClients(
+            per_endpoint=settings.max_concurrent_per_endpoint, keepalive_s=settings.keepalive_s
+        )
         self._clock = clock or runtime.clock
         self._resolver = resolver or CachingResolver()
         self._signing_key = (

@@ -171,8 +171,9 @@ class Notifier:
         self.handlers = handlers.Notifier(
             self.tables, LINKS, lease=timedelta(seconds=self.settings.delivery_lease_s)
         )
-        self.driver = EventDriver(self.db, self.tables.messaging, self.handlers.handlers(),
-                                  group="notifier")
+        self.driver = EventDriver(
+            self.db, self.tables.messaging, self.handlers.handlers(), group="notifier"
+        )
 
     def sender(self, settings: NotifierSettings | None = None) -> WebhookSender:
         return WebhookSender(settings or self.settings, self.tables, self.driver)

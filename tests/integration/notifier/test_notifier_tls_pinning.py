@@ -11,13 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kiln_notifier.pinned_http import PinnedClients
 from kiln_notifier.repository import ClaimedDelivery
 from kiln_notifier.sender import attempt_delivery
 from tests.integration.notifier.conftest import DEFAULT_SECRET
@@ -101,7 +101,8 @@ async def test_tls_is_verified_against_the_url_host_on_a_pinned_address(
 ) -> None:
     port, cert, seen = https_receiver
     trust = ssl.create_default_context(cafile=str(cert))
-    async with httpx.AsyncClient(verify=trust, trust_env=False) as client:
+    client = PinnedClients(per_endpoint=4, keepalive_s=30, ssl_context=trust)
+    try:
         good = await attempt_delivery(
             client,
             claim(f"https://{NAME}:{port}/hook"),
@@ -123,4 +124,18 @@ async def test_tls_is_verified_against_the_url_host_on_a_pinned_address(
             resolver=to_loopback,
         )
         assert wrong.status_code is None and wrong.error
-    assert len(seen) == 1  # the wrong name never got a request through
+        assert "TLS" in wrong.error
+        # The kept-alive connection to the right name is reused, never for the other name.
+        again = await attempt_delivery(
+            client,
+            claim(f"https://{NAME}:{port}/hook"),
+            DEFAULT_SECRET,
+            allow_loopback=True,
+            timeout_s=5,
+            now=dt.datetime.now(dt.UTC),
+            resolver=to_loopback,
+        )
+        assert again.status_code == 204, again.error
+    finally:
+        await client.aclose()
+    assert len(seen) == 2  # the wrong name never got a request through

@@ -4,14 +4,15 @@ changes between the check and the connection changes nothing. Also: `v1a` signat
 429 decisions, Retry-After parsing."""
 
 import base64
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from standardwebhooks import Webhook
 
 from kiln_notifier.deliveries import AttemptOutcome, decide_after_attempt, parse_retry_after
+from kiln_notifier.pinned_http import Answer
 from kiln_notifier.repository import ClaimedDelivery
 from kiln_notifier.sender import attempt_delivery, signature_headers
 from kiln_notifier.signing import load_signing_key
@@ -49,16 +50,36 @@ class Rebinding:
         return answer
 
 
+@dataclass
+class Sent:
+    url: str
+    address: str
+    headers: dict[str, str]
+
+
+@dataclass
+class RecordingPoster:
+    """Answers every POST with `status` and records what would have been sent where."""
+
+    status: int = 204
+    retry_after: str | None = None
+    seen: list[Sent] = field(default_factory=list)
+
+    async def post(
+        self, url: str, address: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> Answer:
+        self.seen.append(Sent(url, address, headers))
+        return Answer(self.status, self.retry_after)
+
+    async def aclose(self) -> None:
+        return None
+
+
 def recording_client(
     status: int = 204, headers: dict[str, str] | None = None
-) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(status, headers=headers or {})
-
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler)), seen
+) -> tuple[RecordingPoster, list[Sent]]:
+    poster = RecordingPoster(status, (headers or {}).get("retry-after"))
+    return poster, poster.seen
 
 
 async def test_the_checked_address_is_pinned_even_if_dns_changes() -> None:
@@ -76,9 +97,11 @@ async def test_the_checked_address_is_pinned_even_if_dns_changes() -> None:
     assert result.status_code == 204
     assert resolver.calls == 1  # resolved once; the connection does not look the name up again
     [request] = seen
-    assert request.url.host == PUBLIC  # connect to what was checked
-    assert request.headers["host"] == "hooks.example.com"
-    assert request.extensions["sni_hostname"] == "hooks.example.com"  # TLS name = original host
+    assert request.address == PUBLIC  # connect to what was checked
+    # The request itself names the host (Host header, TLS server name and certificate check:
+    # the real connection's part is tests/integration/notifier/test_notifier_tls_pinning.py).
+    assert request.url == "https://hooks.example.com/kiln"
+    assert request.headers["webhook-id"] == "evt_1"
 
 
 async def test_a_name_that_now_resolves_inside_is_refused_before_connecting() -> None:
