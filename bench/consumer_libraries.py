@@ -11,7 +11,7 @@ the issue names it (faust's batching); aiokafka with `getmany` in a loop, as the
 Both commit offsets as they would in a service (faust: its own commit interval; aiokafka: one
 commit per batch).
 
-    uv run python -m bench.consumer_libraries aiokafka BOOTSTRAP TOPIC N    # one side alone
+    uv run python -m bench.consumer_libraries aiokafka BOOTSTRAP TOPIC N RESULT.json  # one side
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench.context import BenchContext
@@ -41,9 +43,7 @@ def _envelope(i: int) -> bytes:
     spec = common_pb2.JobSpec(model="kiln/prompt-to-image", input_json='{"prompt":"x"}')
     message = jobs_pb2.JobCompleted(spec=spec, price_millicredits=5000, attempt=1)
     return encode(
-        new_event(
-            "job.completed", message, account_id=f"acct_{i % 12}", job_id=f"job_{i:032x}"
-        )
+        new_event("job.completed", message, account_id=f"acct_{i % 12}", job_id=f"job_{i:032x}")
     )
 
 
@@ -108,7 +108,7 @@ async def read_with_aiokafka(bootstrap: str, topic: str, count: int) -> dict[str
         await consumer.stop()
 
 
-def read_with_faust(bootstrap: str, topic: str, count: int) -> None:
+def read_with_faust(bootstrap: str, topic: str, count: int, result_file: str) -> None:
     import faust
 
     from kiln_contracts import decode
@@ -138,18 +138,15 @@ def read_with_faust(bootstrap: str, topic: str, count: int) -> None:
                 decode(event.value)
                 state["seen"] += 1
             if state["seen"] >= count:
-                # faust's worker redirects stdout into its logger: write the numbers to the
-                # original descriptor.
-                os.write(
-                    1,
+                # faust's worker takes stdout over: the numbers go to a file of the caller's.
+                Path(result_file).write_text(  # noqa: ASYNC240 (the last act before exiting)
                     json.dumps(
                         {
                             "seconds": time.perf_counter() - state["wall"],
                             "cpu_s": time.process_time() - state["cpu"],
                             "messages": state["seen"],
                         }
-                    ).encode()
-                    + b"\n",
+                    )
                 )
                 os._exit(0)  # faust's worker has no "stop after N"; the numbers are out
 
@@ -160,16 +157,24 @@ def read_with_faust(bootstrap: str, topic: str, count: int) -> None:
 
 def side(library: str, bootstrap: str, topic: str, count: int, timeout_s: float) -> dict[str, Any]:
     """Run one library's reader in a process of its own; what it reported."""
-    argv = [sys.executable, "-m", "bench.consumer_libraries", library, bootstrap, topic, str(count)]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout_s, check=False,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("{"):
-            result: dict[str, Any] = json.loads(line)
-            return result
-    raise RuntimeError(f"{library} reader reported nothing: {done.stderr[-2000:]}")
+    with tempfile.TemporaryDirectory(prefix="kiln-consumers-") as folder:
+        result_file = Path(folder) / "result.json"
+        argv = [
+            sys.executable, "-m", "bench.consumer_libraries", library, bootstrap, topic,
+            str(count), str(result_file),
+        ]  # fmt: skip
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        if not result_file.exists():
+            raise RuntimeError(f"{library} reader reported nothing: {done.stderr[-2000:]}")
+        result: dict[str, Any] = json.loads(result_file.read_text())
+        return result
 
 
 def run(ctx: BenchContext) -> None:
@@ -194,21 +199,32 @@ def run(ctx: BenchContext) -> None:
     ctx.report.add(
         [
             Measurement(
-                BENCH, "messages/s read and decoded (one process)", "msg/s", rates["aiokafka"],
-                COMPARISON, rates["faust"], better="higher",
+                BENCH,
+                "messages/s read and decoded (one process)",
+                "msg/s",
+                rates["aiokafka"],
+                COMPARISON,
+                rates["faust"],
+                better="higher",
                 note=f"{count} job.completed envelopes, 6 partitions, getmany({BATCH})",
             ),
             Measurement(
-                BENCH, "CPU per message read and decoded", "µs", cpu_us["aiokafka"],
-                COMPARISON, cpu_us["faust"], better="lower",
+                BENCH,
+                "CPU per message read and decoded",
+                "µs",
+                cpu_us["aiokafka"],
+                COMPARISON,
+                cpu_us["faust"],
+                better="lower",
             ),
         ]
     )
 
 
 if __name__ == "__main__":
-    library, bootstrap_arg, topic_arg, count_arg = sys.argv[1:5]
+    library, bootstrap_arg, topic_arg, count_arg, result_arg = sys.argv[1:6]
     if library == "aiokafka":
-        print(json.dumps(asyncio.run(read_with_aiokafka(bootstrap_arg, topic_arg, int(count_arg)))))
+        numbers = asyncio.run(read_with_aiokafka(bootstrap_arg, topic_arg, int(count_arg)))
+        Path(result_arg).write_text(json.dumps(numbers))
     else:
-        read_with_faust(bootstrap_arg, topic_arg, int(count_arg))
+        read_with_faust(bootstrap_arg, topic_arg, int(count_arg), result_arg)
