@@ -88,14 +88,20 @@ def _from_value(value: Any, spec: TensorInput) -> NDArray[Any]:
         except ValueError as exc:
             raise TensorInputError(f"{spec.field} is not a regular array") from exc
         return _shaped(_bytes_array(array), spec)
-    if isinstance(value, str) or (
-        isinstance(value, list) and any(isinstance(v, str | dict) for v in np.ravel(value))
-    ):
-        raise TensorInputError(f"{spec.field} must be numbers for tensor {spec.tensor}")
     try:
-        array = np.asarray(value, dtype=NUMPY_TYPES[spec.datatype])
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TensorInputError(f"{spec.field} does not fit a {spec.datatype} tensor") from exc
+        plain = np.asarray(value)
+    except ValueError as exc:
+        raise TensorInputError(f"{spec.field} is not a regular array") from exc
+    if plain.dtype.kind not in "biuf":
+        raise TensorInputError(f"{spec.field} must be numbers for tensor {spec.tensor}")
+    dtype = np.dtype(NUMPY_TYPES[spec.datatype])
+    if dtype.kind in "iu" and plain.size:
+        if plain.dtype.kind == "f" and not np.all(np.mod(plain, 1) == 0):
+            raise TensorInputError(f"{spec.field} must be whole numbers for {spec.datatype}")
+        bounds = np.iinfo(dtype)
+        if plain.min() < bounds.min or plain.max() > bounds.max:
+            raise TensorInputError(f"{spec.field} does not fit a {spec.datatype} tensor")
+    array = plain.astype(dtype)
     return _shaped(array, spec)
 
 

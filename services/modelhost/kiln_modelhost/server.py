@@ -110,6 +110,45 @@ def use_own_libpython() -> None:
         os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *[p for p in parts if p != libdir]])
 
 
+#: how long a model instance other than the first waits for the first one's handshake socket
+HANDSHAKE_TIMEOUT_S = 60.0
+_HANDSHAKE_DEFAULT = (
+    b"def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0)"
+)
+
+
+def patient_handshake(files: dict[str, bytes]) -> dict[str, bytes]:
+    """PyTriton's proxy files with a longer handshake wait.
+
+    Each instance of a multi-instance model runs PyTriton's proxy ``model.py`` in a Triton
+    Python stub; instances 1..N wait for instance 0's handshake socket for one second
+    (``communication.get_config_from_handshake_server``), and instance 0 takes longer than that
+    to start when the machine is busy, so the model fails to load. Raising that default in the
+    copy of ``communication.py`` that PyTriton hands to Triton removes the race; a PyTriton
+    whose file does not have the line is left as it is (start-up retries still cover it).
+    """
+    patched = dict(files)
+    for name, content in files.items():
+        if name.endswith("/communication.py") and _HANDSHAKE_DEFAULT in content:
+            longer = _HANDSHAKE_DEFAULT.replace(b"1.0)", f"{HANDSHAKE_TIMEOUT_S})".encode())
+            patched[name] = content.replace(_HANDSHAKE_DEFAULT, longer)
+    return patched
+
+
+def _wait_longer_for_handshakes() -> None:
+    from pytriton.models.model import Model
+
+    original = Model.get_proxy_model_files
+    if getattr(original, "kiln_patient", False):
+        return
+
+    def get_proxy_model_files(self: Any) -> dict[str, bytes]:
+        return patient_handshake(original(self))
+
+    get_proxy_model_files.kiln_patient = True  # type: ignore[attr-defined]
+    Model.get_proxy_model_files = get_proxy_model_files
+
+
 def bind_models(triton: Any, options: ServerOptions) -> None:
     """Bind the reference models to a ``pytriton.triton.Triton``."""
     from pytriton.decorators import batch
@@ -199,6 +238,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(options: ServerOptions) -> None:
     """Start Triton with the reference models and serve until SIGINT or SIGTERM."""
     use_own_libpython()
+    _wait_longer_for_handshakes()
     from pytriton.triton import Triton, TritonConfig
 
     if not speech.espeak_available():
