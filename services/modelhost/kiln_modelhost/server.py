@@ -14,10 +14,17 @@ Models (the catalog's ``triton_model`` names), all with one tensor contract:
   ``image_procedural``: {prompt, seed?, width?, height?};
   ``image_edit``: {image_b64, prompt, seed?, strength?};
   ``video_camera``: {image_b64, motion?, duration_s?, fps?, width?, height?};
-  (``image_b64``: the input image the worker fetched, standard base64; the worker drops the
-  job input's ``image_url``);
-  ``sandbox``: {kind, delay_ms?: int | null, outcome?: "completed" | "failed"}; a null or
-  absent delay_ms means the server's ``--sandbox-delay-ms``).
+  ``tts_hibari``: {text, voice?, speed?, seed?};
+  ``background_u2netp``: {image_b64, edges?, crop?};
+  ``product_shot_u2netp``: {image_b64, background?, color?, gradient_to?, background_b64?,
+  aspect_ratio?, size?, padding?, shadow?};
+  ``upscale_realesr_compact`` / ``upscale_realesrgan_x4plus``: {image_b64, scale?};
+  ``autoclip_scenedetect``: {video_b64, min_duration_s?, max_duration_s?, aspect_ratio?,
+  max_clips?, max_side?, threshold?};
+  (``<name>_b64``: a file the worker fetched for the job input's ``<name>_url``, standard
+  base64);
+  ``sandbox``: {kind, delay_ms?: int | null, outcome?: "completed" | "failed", content_type?};
+  a null or absent delay_ms means the server's ``--sandbox-delay-ms``).
 * outputs ``output`` (BYTES: the file), ``content_type`` (BYTES, e.g. ``image/png``) and
   ``error`` (BYTES: empty, or JSON ``{"code", "message"}``; see below).
 
@@ -29,10 +36,10 @@ So that one bad request never fails the good requests batched with it, a batch w
 did not all fail with the same error is answered normally, and each failed request carries its
 error in the ``error`` output instead (with an empty ``output``). Clients must check both.
 
-Concurrency. Each model has several instances (tts_espeak 2, image_procedural 2, image_edit 2,
-video_camera 1, sandbox 8: the
-catalog's pool capacities), each running one dynamic batch (up to 8 requests, no added queue
-delay) at a time, request after request. A sandbox batch waits out its longest delay once, so
+Concurrency. Each model has one or more instances (tts_espeak 2, tts_hibari 2,
+image_procedural 2, image_edit 2, video_camera 1, the U²-Net-p, Real-ESRGAN and auto-clip models
+1 each, sandbox 8), each running one dynamic batch (up to 8 requests, no added queue delay) at a
+time, request after request. A sandbox batch waits out its longest delay once, so
 requests waiting together take about one delay, not the sum; 8 instances mean that up to 8
 sandbox requests (the pool's capacity) never share a batch and each keeps its own delay.
 

@@ -193,3 +193,14 @@ def test_the_sandbox_request_takes_a_content_type() -> None:
     assert parsed.content_type == "application/zip"
     with pytest.raises(ModelInputError):
         handlers.parse_sandbox_request({"kind": "video", "content_type": "text/html"}, 0)
+
+
+def test_camera_move_boxes_stay_inside_the_picture() -> None:
+    """A 360x240 picture filmed at 256x176: the box's height came out a hair over 240 before
+    the clamp, and Pillow refused the negative offset."""
+    from kiln_modelhost.reference_models.video import MOTIONS, crop_box
+
+    for motion in MOTIONS:
+        for step in range(11):
+            left, top, right, bottom = crop_box(motion, step / 10, 360, 240, 256 / 176)
+            assert 0 <= left < right <= 360 and 0 <= top < bottom <= 240
