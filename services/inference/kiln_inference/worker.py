@@ -69,7 +69,7 @@ from kiln_runtime.unit import Unit
 log = logging.getLogger(__name__)
 
 TIMEOUT = "TIMEOUT"
-# Progress points of an attempt that fetches an input image.
+# Progress points of an attempt that fetches input files (images, videos).
 PROGRESS_INPUT_READY = 0.1
 PROGRESS_MODEL_DONE = 0.9
 
@@ -220,7 +220,9 @@ class Worker:
                 await self._hold_past_deadline(attempt)
                 raise AttemptFailure(TIMEOUT, retryable=False)
             files: dict[str, bytes] = {}
-            for file in call.files:
+            for index, file in enumerate(call.files):
+                # fetching and screening a file is the job's first work: show it moving
+                attempt.progress = PROGRESS_INPUT_READY * (index + 0.5) / len(call.files)
                 files[file.field] = await self._fetch_file(file)
             if call.files:
                 attempt.progress = PROGRESS_INPUT_READY
