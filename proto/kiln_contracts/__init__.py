@@ -26,9 +26,9 @@ from kiln_contracts.v1 import common_pb2, credits_pb2, envelope_pb2, jobs_pb2, w
 __all__ = [
     "INTERNAL_TOPICS",
     "TOPICS",
-    "InternalTopicSpec",
     "Event",
     "EventDecodeError",
+    "InternalTopicSpec",
     "TopicSpec",
     "common_pb2",
     "credits_pb2",

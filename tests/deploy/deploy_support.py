@@ -3,13 +3,12 @@ says each service consumes and accepts as settings."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib.util
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.partitioner import murmur2
 from sqlalchemy import Connection, select
 
 from kiln_runtime.batches import (
@@ -111,6 +112,7 @@ class EventConsumer:
         self._tasks: list[asyncio.Task[None]] = []
         self.assigned = asyncio.Event()
         self.holding = False  # retrying a transient failure
+        self.partition_count = 0  # of the topics it reads (co-partitioned), once assigned
 
     @property
     def topics(self) -> list[str]:
@@ -189,12 +191,23 @@ class EventConsumer:
 
     async def _tell_assignment(self) -> None:
         """Give the handlers' `on_assigned` the partitions held now (after every change)."""
-        if self._handlers.on_assigned is None or self._consumer is None:
+        if self._consumer is None:
+            return
+        counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self.topics]
+        self.partition_count = max(counts, default=0)
+        if self._handlers.on_assigned is None:
             return
         hook = self._handlers.on_assigned
         numbers = frozenset(tp.partition for tp in self._positions)
-        counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self.topics]
-        await self._db.write(lambda c: hook(c, numbers, max(counts, default=1)))
+        count = max(self.partition_count, 1)
+        await self._db.write(lambda c: hook(c, numbers, count))
+
+    def holds_key(self, key: str) -> bool:
+        """Whether this member handles the events keyed `key` now (Kafka's default partitioner
+        on the key; every topic is keyed by account and has the same partition count)."""
+        if not self.partition_count:
+            return False
+        return partition_of(key, self.partition_count) in self.partitions
 
     def _stored_positions(
         self, connection: Connection, tps: set[TopicPartition]
@@ -465,6 +478,11 @@ class EventConsumer:
             CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(
                 max(high - position, 0)
             )
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key` (murmur2, as the producer does)."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _names(tps: set[TopicPartition] | Mapping[TopicPartition, object]) -> str:

@@ -11,3 +11,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     )
     # aiokafka logs every coordinator hiccup at ERROR during a broker restart; keep WARNING+.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: a line per webhook costs more than sending it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -6,7 +6,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, select

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from aiokafka.partitioner import murmur2
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Connection
 
@@ -22,6 +21,7 @@ from kiln_contracts import Event, timestamp
 from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_runtime.batches import EventHandlers
 from kiln_runtime.catalog import Catalog
+from kiln_runtime.consumer import partition_of
 from kiln_runtime.unit import Unit
 from kiln_scheduler import repository
 from kiln_scheduler.config import SchedulerSettings
@@ -69,11 +69,6 @@ def _spec(job: QueuedJobState) -> common_pb2.JobSpec:
     spec = common_pb2.JobSpec()
     spec.ParseFromString(job.spec)
     return spec
-
-
-def partition_of(account_id: str, partitions: int) -> int:
-    """The partition of an account's events (Kafka's default partitioner on the key)."""
-    return int(murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 class Scheduler:

@@ -47,8 +47,8 @@ def current_revision(connection: Connection) -> str | None:
 
 def main() -> int:
     """`python -m kiln_scheduler.migrate`: the newest schema on KILN_DATABASE_URL."""
-    from kiln_scheduler.config import SchedulerSettings
     from kiln_runtime.migrations import command_line
+    from kiln_scheduler.config import SchedulerSettings
 
     return command_line(upgrade_connection, SchedulerSettings().database_url)
 

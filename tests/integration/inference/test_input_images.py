@@ -47,7 +47,7 @@ def image_server() -> Iterator[str]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif path == "/slow":
-                time.sleep(3)
+                time.sleep(30)
                 self._send(200, PNG, "image/png")
             elif path == "/broken":
                 self._send(503, b"later", "text/plain")
@@ -96,7 +96,8 @@ async def test_refusals(image_server: str, path: str, code: str, retryable: bool
     with pytest.raises(InputImageError) as caught:
         await fetch_input_image(f"{image_server}{path}", LIMITS, allow_loopback=True)
     assert (caught.value.code, caught.value.retryable) == (code, retryable)
-    assert time.perf_counter() - started < LIMITS.timeout_s + 0.5
+    # Gave up at the timeout, not when the slow server finished (a loaded machine gets room).
+    assert time.perf_counter() - started < LIMITS.timeout_s + 5
 
 
 async def test_loopback_needs_the_operator_setting(image_server: str) -> None:

@@ -134,7 +134,9 @@ async def test_sandbox_requests_wait_concurrently(triton_server: TritonServer) -
     )
     elapsed = time.perf_counter() - started
     assert all(content_type == "image/png" for _, content_type in results)
-    assert 1.0 <= elapsed < 2.5, f"8 concurrent 1 s sandbox requests took {elapsed:.2f} s"
+    # One after the other they would take 8 s; waiting together, about one delay. The upper
+    # bound leaves a loaded machine room and still tells the two apart.
+    assert 1.0 <= elapsed < 7.0, f"8 concurrent 1 s sandbox requests took {elapsed:.2f} s"
 
 
 async def test_sandbox_failures_stay_with_their_request(triton_server: TritonServer) -> None:
@@ -212,7 +214,8 @@ async def test_timeout_is_retryable(triton_server: TritonServer) -> None:
         await infer_file(triton_server.url, "sandbox", {"kind": "image", "delay_ms": 3000}, 0.5)
     assert caught.value.code == "TRITON_TIMEOUT"
     assert caught.value.retryable
-    assert time.perf_counter() - started < 2.0
+    # The client gave up at its timeout, not when the 3 s model answered (or later).
+    assert time.perf_counter() - started < 2.9
 
 
 async def test_wrong_port_is_unavailable_and_retryable(triton_server: TritonServer) -> None:

@@ -261,3 +261,51 @@ def decode_grant_applied(account: str, grant_id: str) -> bytes:
             account_id=account,
         )
     )
+
+
+async def test_the_inbox_is_pruned_after_its_retention(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Inbox rows older than `inbox_retention_s` go; younger ones stay (the runtime's clock is
+    the test's)."""
+    from datetime import UTC, datetime
+
+    from kiln_runtime.service import ServiceRuntime
+    from tests.integration.runtime.conftest import metadata
+
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("prune")
+    now = {"t": datetime(2026, 12, 5, 12, 0, tzinfo=UTC)}
+    toy = Toy()
+    runtime = ServiceRuntime(
+        settings_for(kafka, tmp_path / "toy.db", group, inbox_retention_s=3600.0),
+        metadata,
+        MESSAGING,
+        handlers=toy.handlers(),
+        clock=lambda: now["t"],
+    )
+    await runtime.start()
+    try:
+        await send_all(producer, [(account, grant(account, f"p{i}")) for i in range(5)])
+        await wait_until(lambda: sum(1 for g in toy.seen if g.startswith("p")) == 5)
+        inbox = MESSAGING.inbox
+
+        async def rows() -> int:
+            return int(
+                await runtime.read(
+                    lambda c: c.execute(
+                        select(func.count()).select_from(inbox).where(inbox.c.consumer == group)
+                    ).scalar()
+                )
+                or 0
+            )
+
+        handled = await rows()
+        assert handled >= 5
+        now["t"] = now["t"] + timedelta(minutes=59)
+        assert await runtime.prune_inbox() == 0
+        now["t"] = now["t"] + timedelta(minutes=2)
+        assert await runtime.prune_inbox() == handled
+        assert await rows() == 0
+    finally:
+        await runtime.stop()

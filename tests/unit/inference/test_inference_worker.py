@@ -122,7 +122,8 @@ async def test_cancel_stops_a_running_triton_call(tmp_path: Path, monkeypatch: A
         started = asyncio.get_running_loop().time()
         await h.deliver(cancel_requested("job_r"))
         (event,) = await h.wait_for("job.attempt_failed", timeout_s=5)
-        assert asyncio.get_running_loop().time() - started < 1.0
+        # The call stopped at the cancel (it would hang for an hour).
+        assert asyncio.get_running_loop().time() - started < 10.0
         assert (failure(event).error_code, failure(event).retryable) == ("CANCELED", False)
         assert await h.emitted("job.completed") == []
         progress = [e.message.progress for e in await h.emitted("job.progress")]  # type: ignore[attr-defined]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +126,3 @@ def test_bounds_match_the_catalog() -> None:
         assert props[side]["minimum"] == image.MIN_SIDE
         assert props[side]["maximum"] == image.MAX_SIDE
         assert props[side]["multipleOf"] == image.SIDE_MULTIPLE
-
-
-def test_512_square_renders_quickly() -> None:
-    render_image("warm up", 0, 128, 128)
-    started = time.perf_counter()
-    render_image("timing check: teal and gold", 5, 512, 512)
-    elapsed = time.perf_counter() - started
-    # about 0.2 s on one core of the dev machine; generous bound against slow CI neighbours
-    assert elapsed < 1.5, f"512x512 took {elapsed:.2f} s"

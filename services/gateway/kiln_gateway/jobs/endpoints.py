@@ -94,17 +94,21 @@ async def _load(state: GatewayState, job_id: str, caller: Caller) -> Job:
 
 async def _decided(state: GatewayState, waiter: Waiter, job: Job) -> Job:
     """The job once billing decided (`queued`, or `failed` for want of credits), or as it is
-    when `decision_wait_s` ran out (`pending`). This process's consumer wakes the waiter with
-    the job; when another replica's consumer has the job's partition, the row is read again
-    every `decision_poll_s`."""
+    when `decision_wait_s` ran out (`pending`). When this replica's consumer holds the account's
+    partition, it wakes the waiter with the job (the row is read again only every second, in
+    case the partition moves meanwhile); when another replica's does, the row is read every
+    `decision_poll_s`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.decision_wait_s
+    consumer = state.runtime.consumer
     current = job
     while current.status == "pending":
         left = deadline - loop.time()
         if left <= 0:
             break
-        if await waiter.wait(min(left, state.settings.decision_poll_s)):
+        ours = consumer is not None and consumer.holds_key(job.account_id)
+        poll = 1.0 if ours else state.settings.decision_poll_s
+        if await waiter.wait(min(left, poll)):
             current = waiter.latest if isinstance(waiter.latest, Job) else current
             waiter.event.clear()
             continue
