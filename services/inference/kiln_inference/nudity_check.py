@@ -47,7 +47,10 @@ REFUSED_CLASSES = frozenset(
 #: nudenet letterboxes to 320 px; a larger picture only costs decoding time
 MAX_SIDE = 1280
 
-_local = threading.local()
+# One detector for the process: an onnxruntime session may run from several threads at once,
+# and nudenet's detect() keeps no other state. Made on first use.
+_detector_lock = threading.Lock()
+_shared: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,13 @@ def sexual_findings(
 
 
 def _detector() -> Any:
-    detector = getattr(_local, "detector", None)
-    if detector is None:
-        from nudenet import NudeDetector
+    if not _shared:
+        with _detector_lock:
+            if not _shared:
+                from nudenet import NudeDetector
 
-        detector = NudeDetector()
-        _local.detector = detector
-    return detector
+                _shared.append(NudeDetector())
+    return _shared[0]
 
 
 def _view(image: Image.Image) -> Image.Image:
