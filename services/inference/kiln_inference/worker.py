@@ -363,7 +363,8 @@ class Worker:
     ) -> bytes:
         """An operator's model: the job's input as its tensors, its output tensor as the file."""
         assert call.tensors is not None
-        inputs = build_inputs(call.tensors, call.request, files)
+        # decoding an input picture to pixels takes a while: not on the event loop
+        inputs = await asyncio.to_thread(build_inputs, call.tensors, call.request, files)
         array = await infer_tensors(
             call.server or self._settings.triton_grpc_url,
             call.triton_model,
