@@ -138,15 +138,18 @@ def read_with_faust(bootstrap: str, topic: str, count: int) -> None:
                 decode(event.value)
                 state["seen"] += 1
             if state["seen"] >= count:
-                print(
+                # faust's worker redirects stdout into its logger: write the numbers to the
+                # original descriptor.
+                os.write(
+                    1,
                     json.dumps(
                         {
                             "seconds": time.perf_counter() - state["wall"],
                             "cpu_s": time.process_time() - state["cpu"],
                             "messages": state["seen"],
                         }
-                    ),
-                    flush=True,
+                    ).encode()
+                    + b"\n",
                 )
                 os._exit(0)  # faust's worker has no "stop after N"; the numbers are out
 

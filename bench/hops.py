@@ -46,11 +46,20 @@ def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 
 def counters(stack: KilnBenchStack) -> dict[str, dict[str, float]]:
-    """Per service: produced, consumed, write transactions, statements (totals so far)."""
+    """Per service: produced, consumed, write transactions, statements (totals so far), and
+    `produced:<type>` / `consumed:<type>` per event type."""
     found: dict[str, dict[str, float]] = {}
     for service in SERVICES:
         text = httpx.get(f"{stack.local.service_url(service)}/metrics", timeout=10).text
+        by_type: dict[str, float] = defaultdict(float)
+        for kind, name in (
+            ("produced", "kiln_events_produced_total"),
+            ("consumed", "kiln_events_consumed_total"),
+        ):
+            for labels, value in _samples(text, name):
+                by_type[f"{kind}:{labels.get('event_type', '?')}"] += value
         found[service] = {
+            **by_type,
             "produced": sum(v for _l, v in _samples(text, "kiln_events_produced_total")),
             "consumed": sum(v for _l, v in _samples(text, "kiln_events_consumed_total")),
             "writes": sum(
@@ -84,6 +93,21 @@ async def submit_at_rate(
     return ids
 
 
+def by_type(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], service: str, jobs: int
+) -> str:
+    """ "produced job.dispatched 1.00, ...; consumed credits.reserved 1.00, ..." per job."""
+    parts: dict[str, list[str]] = {"produced": [], "consumed": []}
+    for key in sorted(after[service]):
+        kind, _, event_type = key.partition(":")
+        if not event_type:
+            continue
+        delta = (after[service][key] - before[service].get(key, 0.0)) / max(jobs, 1)
+        if delta >= 0.005:
+            parts[kind].append(f"{event_type} {delta:.2f}")
+    return "; ".join(f"{kind} {', '.join(items) or 'nothing'}" for kind, items in parts.items())
+
+
 def run(ctx: BenchContext) -> None:
     stack = ctx.kiln()
     receiver = ctx.receiver()
@@ -107,6 +131,9 @@ def run(ctx: BenchContext) -> None:
                 per_job[service][key].append(delta / max(done, 1))
         for key in ("produced", "consumed", "writes", "statements"):
             per_job["all"][key].append(sum(per_job[s][key][-1] for s in SERVICES))
+        if repeat == 0:
+            for service in SERVICES:
+                ctx.report.note_limit(BENCH, f"{service}: {by_type(before, after, service, done)}")
     names = {
         "produced": ("events produced", "events"),
         "consumed": ("deliveries consumed", "deliveries"),

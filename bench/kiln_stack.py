@@ -29,6 +29,10 @@ BENCH_ENV: dict[str, str] = {
     "KILN_ACCOUNT_CONCURRENCY_LIMIT": "64",
     "KILN_POOL_CAPACITY": json.dumps({"sandbox": 64}),
     "KILN_WORKER_CONCURRENCY": "64",
+    # Every bench webhook goes to one receiver URL; an endpoint's default limit of 4 attempts in
+    # flight (which keeps a slow tenant from holding the sender) would be what the bench
+    # measured. The Celery baseline posts from its 8 worker threads with no such limit.
+    "KILN_MAX_CONCURRENT_PER_ENDPOINT": "64",
     "KILN_LOG_LEVEL": "INFO",
 }
 BENCH_ACCOUNTS = 12

@@ -103,17 +103,6 @@ def test_submit_while_the_gateway_is_down_makes_one_job(
     assert [j["id"] for j in jobs] == [submit.job.id]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "gateway (services/gateway/kiln_gateway/idempotency.py): the Idempotency-Key claim is "
-        "committed in a transaction of its own before the job, and its answer only after "
-        "the response; a gateway killed in between leaves a claim with no answer and no "
-        "lease, so the retry with the same key waits 10 s and gets 409 CONFLICT 'still in "
-        "progress' (for 24 h) instead of the job that was made. The lead is making the key, "
-        "the job and the answer one transaction."
-    ),
-)
 def test_submit_retried_after_the_gateway_died_mid_request_makes_one_job(
     stack: dict[str, str], gateway_restarts: LocalStack
 ) -> None:

@@ -115,6 +115,7 @@ class _Batch:
     balances: dict[str, tuple[int, int, datetime] | None] = field(default_factory=dict)
     balance_changes: dict[str, tuple[int, int, datetime]] = field(default_factory=dict)
     feed: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[tuple[str, Attempt]] = field(default_factory=list)  # (account, attempt)
 
 
 class ReadModel:
@@ -190,6 +191,7 @@ class ReadModel:
             )
         if batch.feed:
             unit.connection.execute(_INSERT_EVENTS, batch.feed)
+        record_attempts(unit.connection, batch.attempts)
         self._write_balances(unit.connection, batch)
         notify = self.notify
         if notify is not None and changed:
@@ -288,28 +290,29 @@ class ReadModel:
         if not isinstance(message, webhooks_pb2.WebhookAttempted):
             return
         occurred = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
-        record_attempt(
-            unit.connection,
-            account_id=event.account_id,
-            attempt=Attempt(
-                delivery_id=message.delivery_id,
-                webhook_id=message.webhook_id,
-                endpoint_id=message.endpoint_id,
-                url=message.url,
-                event_type=message.event_type,
-                job_id=message.job_id,
-                number=message.attempt,
-                attempted_at=_when(message.attempted_at, occurred),
-                status_code=message.status_code or None,
-                latency_ms=message.latency_ms,
-                error=message.error or None,
-                outcome=message.outcome,
-                next_attempt_at=(
-                    message.next_attempt_at.ToDatetime(tzinfo=UTC)
-                    if message.HasField("next_attempt_at")
-                    else None
+        self._for(unit).attempts.append(
+            (
+                event.account_id,
+                Attempt(
+                    delivery_id=message.delivery_id,
+                    webhook_id=message.webhook_id,
+                    endpoint_id=message.endpoint_id,
+                    url=message.url,
+                    event_type=message.event_type,
+                    job_id=message.job_id,
+                    number=message.attempt,
+                    attempted_at=_when(message.attempted_at, occurred),
+                    status_code=message.status_code or None,
+                    latency_ms=message.latency_ms,
+                    error=message.error or None,
+                    outcome=message.outcome,
+                    next_attempt_at=(
+                        message.next_attempt_at.ToDatetime(tzinfo=UTC)
+                        if message.HasField("next_attempt_at")
+                        else None
+                    ),
                 ),
-            ),
+            )
         )
 
     def handle_webhook_finished(self, unit: Unit, event: Event) -> None:
@@ -323,27 +326,32 @@ class ReadModel:
         number = message.attempt if delivered else message.attempts  # type: ignore[union-attr]
         if message.HasField("final_attempt"):
             final = message.final_attempt
-            record_attempt(
-                unit.connection,
-                account_id=event.account_id,
-                attempt=Attempt(
-                    delivery_id=message.delivery_id,
-                    webhook_id=message.webhook_id,
-                    endpoint_id=message.endpoint_id,
-                    url=message.url,
-                    event_type=message.event_type,
-                    job_id=final.job_id or event.job_id,
-                    number=number,
-                    attempted_at=_when(final.attempted_at, occurred),
-                    status_code=final.status_code or None,
-                    latency_ms=final.latency_ms,
-                    error=final.error or None,
-                    outcome="delivered" if delivered else "failed",
-                    next_attempt_at=None,
-                ),
+            self._for(unit).attempts.append(
+                (
+                    event.account_id,
+                    Attempt(
+                        delivery_id=message.delivery_id,
+                        webhook_id=message.webhook_id,
+                        endpoint_id=message.endpoint_id,
+                        url=message.url,
+                        event_type=message.event_type,
+                        job_id=final.job_id or event.job_id,
+                        number=number,
+                        attempted_at=_when(final.attempted_at, occurred),
+                        status_code=final.status_code or None,
+                        latency_ms=final.latency_ms,
+                        error=final.error or None,
+                        outcome="delivered" if delivered else "failed",
+                        next_attempt_at=None,
+                    ),
+                )
             )
             return
-        # An event of an older notifier, which told the attempt in webhook.attempted.
+        # An event of an older notifier, which told the attempt in webhook.attempted: the
+        # attempts this batch logged so far go first.
+        batch = self._for(unit)
+        record_attempts(unit.connection, batch.attempts)
+        batch.attempts.clear()
         row = unit.connection.execute(
             select(deliveries_table.c.account_id, deliveries_table.c.attempts).where(
                 deliveries_table.c.id == message.delivery_id
@@ -436,85 +444,146 @@ class Attempt:
     next_attempt_at: datetime | None
 
 
-def record_attempt(connection: Connection, *, account_id: str, attempt: Attempt) -> None:
-    """The attempt's row in the log and the delivery's current state. A 410 that ended a
-    delivery to an account endpoint marks the endpoint disabled (an update re-enables it)."""
-    delivery = connection.execute(
-        select(deliveries_table).where(deliveries_table.c.id == attempt.delivery_id)
-    ).first()
-    if delivery is None:
-        connection.execute(
-            insert(deliveries_table).values(
-                id=attempt.delivery_id,
-                account_id=account_id,
-                webhook_id=attempt.webhook_id,
-                endpoint_id=attempt.endpoint_id,
-                url=attempt.url,
-                event_type=attempt.event_type,
-                job_id=attempt.job_id,
-                status=attempt.outcome,
-                attempts=0,
-                created_at=attempt.attempted_at,
-                updated_at=attempt.attempted_at,
-            )
-        )
-        known_attempts = 0
-    elif delivery.account_id != account_id:
-        return
-    else:
-        known_attempts = delivery.attempts
-    exists = connection.execute(
-        select(attempts_table.c.id).where(
-            attempts_table.c.delivery_id == attempt.delivery_id,
-            attempts_table.c.attempt == attempt.number,
-        )
-    ).first()
-    if exists is not None:
-        return
-    connection.execute(
-        insert(attempts_table).values(
-            delivery_id=attempt.delivery_id,
-            account_id=account_id,
-            attempt=attempt.number,
-            attempted_at=attempt.attempted_at,
-            status_code=attempt.status_code,
-            latency_ms=attempt.latency_ms,
-            error=attempt.error,
-            outcome=attempt.outcome,
-            next_attempt_at=attempt.next_attempt_at,
-        )
+_INSERT_DELIVERY = insert(deliveries_table)
+_INSERT_ATTEMPT = insert(attempts_table)
+_UPDATE_DELIVERY = (
+    update(deliveries_table)
+    .where(deliveries_table.c.id == bindparam("key_id"))
+    .values(
+        attempts=bindparam("v_attempts"),
+        status=bindparam("v_status"),
+        last_status_code=bindparam("v_last_status_code"),
+        last_error=bindparam("v_last_error"),
+        next_attempt_at=bindparam("v_next_attempt_at"),
+        updated_at=bindparam("v_updated_at"),
     )
-    if attempt.number >= known_attempts:
-        connection.execute(
-            update(deliveries_table)
-            .where(deliveries_table.c.id == attempt.delivery_id)
-            .values(
-                attempts=attempt.number,
-                status=attempt.outcome,
-                last_status_code=attempt.status_code,
-                last_error=attempt.error,
-                next_attempt_at=attempt.next_attempt_at,
-                updated_at=attempt.attempted_at,
+)
+
+
+def record_attempt(connection: Connection, *, account_id: str, attempt: Attempt) -> None:
+    """One attempt's row in the log and its delivery's state (record_attempts of one)."""
+    record_attempts(connection, [(account_id, attempt)])
+
+
+def record_attempts(connection: Connection, attempts: Sequence[tuple[str, Attempt]]) -> None:
+    """The attempts' rows in the log and their deliveries' current state, in arrival order,
+    with a fixed number of statements however many there are: the deliveries and attempts
+    they name are read once, then new rows inserted and changed deliveries updated together.
+    An attempt already logged (a redelivered event) or of another account's delivery changes
+    nothing. A 410 that ended a delivery to an account endpoint marks the endpoint disabled
+    (an update re-enables it)."""
+    if not attempts:
+        return
+    ids = sorted({a.delivery_id for _account, a in attempts})
+    known: dict[str, dict[str, Any]] = {
+        row.id: {"account_id": row.account_id, "attempts": row.attempts}
+        for row in connection.execute(
+            select(
+                deliveries_table.c.id, deliveries_table.c.account_id, deliveries_table.c.attempts
+            ).where(deliveries_table.c.id.in_(ids))
+        )
+    }
+    logged = {
+        (row.delivery_id, row.attempt)
+        for row in connection.execute(
+            select(attempts_table.c.delivery_id, attempts_table.c.attempt).where(
+                attempts_table.c.delivery_id.in_(ids)
             )
         )
-    if attempt.status_code == 410 and attempt.outcome == "failed" and attempt.endpoint_id:
-        endpoints = cast(Table, WebhookEndpoint.__table__)
-        endpoint = connection.execute(
-            select(endpoints.c.account_id, endpoints.c.disabled_at, endpoints.c.updated_at).where(
-                endpoints.c.id == attempt.endpoint_id
-            )
-        ).first()
-        if (
-            endpoint is not None
-            and endpoint.account_id == account_id
-            and endpoint.disabled_at is None
-            and (_aware(endpoint.updated_at) or attempt.attempted_at) <= attempt.attempted_at
-        ):
-            connection.execute(
-                update(endpoints)
-                .where(endpoints.c.id == attempt.endpoint_id)
-                .values(disabled_at=attempt.attempted_at)
-            )
+    }
+    new_deliveries: dict[str, dict[str, Any]] = {}
+    changed: dict[str, dict[str, Any]] = {}
+    new_attempts: list[dict[str, Any]] = []
+    gone: list[tuple[str, Attempt]] = []
+    for account_id, attempt in attempts:
+        delivery = known.get(attempt.delivery_id)
+        if delivery is None:
+            delivery = {"account_id": account_id, "attempts": 0}
+            known[attempt.delivery_id] = delivery
+            new_deliveries[attempt.delivery_id] = {
+                "id": attempt.delivery_id,
+                "account_id": account_id,
+                "webhook_id": attempt.webhook_id,
+                "endpoint_id": attempt.endpoint_id,
+                "url": attempt.url,
+                "event_type": attempt.event_type,
+                "job_id": attempt.job_id,
+                "status": attempt.outcome,
+                "attempts": 0,
+                "last_status_code": None,
+                "last_error": None,
+                "next_attempt_at": None,
+                "created_at": attempt.attempted_at,
+                "updated_at": attempt.attempted_at,
+            }
+        elif delivery["account_id"] != account_id:
+            continue
+        if (attempt.delivery_id, attempt.number) in logged:
+            continue
+        logged.add((attempt.delivery_id, attempt.number))
+        new_attempts.append(
+            {
+                "delivery_id": attempt.delivery_id,
+                "account_id": account_id,
+                "attempt": attempt.number,
+                "attempted_at": attempt.attempted_at,
+                "status_code": attempt.status_code,
+                "latency_ms": attempt.latency_ms,
+                "error": attempt.error,
+                "outcome": attempt.outcome,
+                "next_attempt_at": attempt.next_attempt_at,
+            }
+        )
+        if attempt.number >= delivery["attempts"]:
+            delivery["attempts"] = attempt.number
+            state = {
+                "attempts": attempt.number,
+                "status": attempt.outcome,
+                "last_status_code": attempt.status_code,
+                "last_error": attempt.error,
+                "next_attempt_at": attempt.next_attempt_at,
+                "updated_at": attempt.attempted_at,
+            }
+            if attempt.delivery_id in new_deliveries:
+                new_deliveries[attempt.delivery_id].update(state)
+            else:
+                changed[attempt.delivery_id] = state
+        if attempt.status_code == 410 and attempt.outcome == "failed" and attempt.endpoint_id:
+            gone.append((account_id, attempt))
+    if new_deliveries:
+        connection.execute(_INSERT_DELIVERY, list(new_deliveries.values()))
+    if new_attempts:
+        connection.execute(_INSERT_ATTEMPT, new_attempts)
+    if changed:
+        connection.execute(
+            _UPDATE_DELIVERY,
+            [
+                {"key_id": key, **{f"v_{name}": value for name, value in state.items()}}
+                for key, state in changed.items()
+            ],
+        )
+    for account_id, attempt in gone:
+        _disable_gone_endpoint(connection, account_id, attempt)
+
+
+def _disable_gone_endpoint(connection: Connection, account_id: str, attempt: Attempt) -> None:
+    endpoints = cast(Table, WebhookEndpoint.__table__)
+    endpoint = connection.execute(
+        select(endpoints.c.account_id, endpoints.c.disabled_at, endpoints.c.updated_at).where(
+            endpoints.c.id == attempt.endpoint_id
+        )
+    ).first()
+    if (
+        endpoint is not None
+        and endpoint.account_id == account_id
+        and endpoint.disabled_at is None
+        and (_aware(endpoint.updated_at) or attempt.attempted_at) <= attempt.attempted_at
+    ):
+        connection.execute(
+            update(endpoints)
+            .where(endpoints.c.id == attempt.endpoint_id)
+            .values(disabled_at=attempt.attempted_at)
+        )
 
 
 def make_handlers(notify: Notify | None = None) -> EventHandlers:

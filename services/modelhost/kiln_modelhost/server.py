@@ -117,45 +117,6 @@ def use_own_libpython() -> None:
         os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *[p for p in parts if p != libdir]])
 
 
-#: how long a model instance other than the first waits for the first one's handshake socket
-HANDSHAKE_TIMEOUT_S = 60.0
-_HANDSHAKE_DEFAULT = (
-    b"def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0)"
-)
-
-
-def patient_handshake(files: dict[str, bytes]) -> dict[str, bytes]:
-    """PyTriton's proxy files with a longer handshake wait.
-
-    Each instance of a multi-instance model runs PyTriton's proxy ``model.py`` in a Triton
-    Python stub; instances 1..N wait for instance 0's handshake socket for one second
-    (``communication.get_config_from_handshake_server``), and instance 0 takes longer than that
-    to start when the machine is busy, so the model fails to load. Raising that default in the
-    copy of ``communication.py`` that PyTriton hands to Triton removes the race; a PyTriton
-    whose file does not have the line is left as it is (start-up retries still cover it).
-    """
-    patched = dict(files)
-    for name, content in files.items():
-        if name.endswith("/communication.py") and _HANDSHAKE_DEFAULT in content:
-            longer = _HANDSHAKE_DEFAULT.replace(b"1.0)", f"{HANDSHAKE_TIMEOUT_S})".encode())
-            patched[name] = content.replace(_HANDSHAKE_DEFAULT, longer)
-    return patched
-
-
-def _wait_longer_for_handshakes() -> None:
-    from pytriton.models.model import Model
-
-    original = Model.get_proxy_model_files
-    if getattr(original, "kiln_patient", False):
-        return
-
-    def get_proxy_model_files(self: Any) -> dict[str, bytes]:
-        return patient_handshake(original(self))
-
-    get_proxy_model_files.kiln_patient = True  # type: ignore[attr-defined]
-    Model.get_proxy_model_files = get_proxy_model_files
-
-
 def bind_models(triton: Any, options: ServerOptions) -> None:
     """Bind the reference models to a ``pytriton.triton.Triton``."""
     from pytriton.decorators import batch
@@ -235,6 +196,41 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
 
 
 LOAD_ATTEMPTS = 5
+# How long a model instance's stub waits for the first instance's handshake socket. PyTriton
+# waits 1 s, and Triton starts a model's instances in parallel: on a loaded machine the first
+# instance's stub is often more than a second behind, every other instance gives up and the
+# model fails to load.
+HANDSHAKE_WAIT_S = 60.0
+_PYTRITON_WAIT = (
+    b"def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0)"
+)
+
+
+def lengthen_handshake_wait() -> None:
+    """Make the stub code PyTriton sends to Triton wait HANDSHAKE_WAIT_S for the handshake
+    socket. The stub's files are sent as bytes with each model's load request
+    (`Model.get_proxy_model_files`), so the change is made there, in this process only; when a
+    PyTriton release changes that function's signature, nothing is changed and a warning says
+    so."""
+    from pytriton.models.model import Model
+
+    original = Model.get_proxy_model_files
+    if getattr(original, "_kiln_wait", False):
+        return
+    wanted = _PYTRITON_WAIT.replace(b"1.0)", f"{HANDSHAKE_WAIT_S})".encode())
+
+    def get_proxy_model_files(self: Any) -> dict[str, bytes]:
+        files: dict[str, bytes] = original(self)
+        for name, content in files.items():
+            if name.endswith("/communication.py"):
+                if _PYTRITON_WAIT in content:
+                    files[name] = content.replace(_PYTRITON_WAIT, wanted)
+                else:
+                    LOGGER.warning("PyTriton's handshake wait was not found; left at its default")
+        return files
+
+    get_proxy_model_files._kiln_wait = True  # type: ignore[attr-defined]
+    Model.get_proxy_model_files = get_proxy_model_files
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -245,7 +241,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(options: ServerOptions) -> None:
     """Start Triton with the reference models and serve until SIGINT or SIGTERM."""
     use_own_libpython()
-    _wait_longer_for_handshakes()
+    lengthen_handshake_wait()
     from pytriton.triton import Triton, TritonConfig
 
     if not speech.espeak_available():
@@ -259,9 +255,9 @@ def serve(options: ServerOptions) -> None:
         metrics_port=options.metrics_port,
     )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    # PyTriton's multi-instance models have a start-up race (instances 1..N connect to
-    # instance 0's handshake socket between its bind and listen; under load the connect is
-    # refused and the model fails to load). A fresh server with a fresh workspace fixes it.
+    # PyTriton's multi-instance models have a second start-up race (instances 1..N may connect
+    # to instance 0's handshake socket between its bind and listen; the connect is refused and
+    # the model fails to load). A fresh server with a fresh workspace fixes it.
     for attempt in range(1, LOAD_ATTEMPTS + 1):
         started = time.perf_counter()
         ready = False

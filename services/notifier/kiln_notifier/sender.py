@@ -281,8 +281,12 @@ class WebhookSender:
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_by_url: dict[str, int] = {}
-        # Set when a slot frees up or new deliveries were recorded (`wake`).
+        # Set by `wake` (deliveries wait in the database) and, while some may still wait there,
+        # when a slot frees up. Deliveries the handlers claimed are started directly and need no
+        # look at the database: a finished attempt alone does not make the loop query it.
         self._wakeup = asyncio.Event()
+        self._backlog = True  # due deliveries may wait in the database (true at start)
+        self._wakes = 0
         self._gauges_at = 0.0
 
     async def run(self) -> None:
@@ -292,6 +296,7 @@ class WebhookSender:
                 # Cleared before counting, so a slot freed (or a delivery recorded) from here on
                 # wakes the wait below.
                 self._wakeup.clear()
+                wakes = self._wakes
                 free = self._settings.max_concurrent_deliveries - len(self._in_flight)
                 claimed = 0
                 if free > 0:
@@ -299,12 +304,17 @@ class WebhookSender:
                         claims = await self.claim_due(free)
                         self.start(claims)
                         claimed = len(claims)
+                        if claimed < free and wakes == self._wakes:
+                            self._backlog = False  # everything due was taken
                     except asyncio.CancelledError:
                         raise
                     except Exception:
                         log.exception("claiming due deliveries failed; retrying")
+                else:
+                    self._backlog = True
                 await self._refresh_gauges()
                 if claimed and claimed == free:
+                    self._backlog = True
                     continue  # there may be more due right now
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
@@ -316,6 +326,8 @@ class WebhookSender:
     def wake(self) -> None:
         """Look for due deliveries now (a redelivery was asked for, or the handlers left
         deliveries for the poll because the sender was full)."""
+        self._wakes += 1
+        self._backlog = True
         self._wakeup.set()
 
     def has_room_for(self, url: str) -> bool:
@@ -366,7 +378,8 @@ class WebhookSender:
             self._in_flight_by_url[url] = left
         else:
             self._in_flight_by_url.pop(url, None)
-        self._wakeup.set()
+        if self._backlog:
+            self._wakeup.set()
 
     async def _deliver_logged(self, claim: ClaimedDelivery) -> None:
         try:

@@ -59,6 +59,22 @@ def feed(gw: Gateway, event_type: str, message: Any, account_id: str, job_id: st
     gw.client.portal.call(handle)  # type: ignore[union-attr]
 
 
+def feed_batch(gw: Gateway, events: list[tuple[str, Any, str, str]]) -> None:
+    """Events (type, message, account, job) handled as ONE batch, as one poll returns them."""
+    decoded = [
+        decode(encode(new_event(t, message, account_id=account, job_id=job)))
+        for t, message, account, job in events
+    ]
+
+    async def handle() -> None:
+        driver = EventDriver(
+            gw.state.runtime.db, MESSAGING, ReadModel().handlers(), group="gateway"
+        )
+        await driver.process_batch(decoded)
+
+    gw.client.portal.call(handle)  # type: ignore[union-attr]
+
+
 def test_endpoint_lifecycle(gw: Gateway) -> None:
     account_id, auth = account_with_key(gw, "ada@example.com")
     created = gw.client.post(
@@ -244,3 +260,35 @@ def test_410_marks_the_endpoint_disabled_and_an_update_enables_it(gw: Gateway) -
     assert [d["status"] for d in log] == ["failed"]
     enabled = gw.client.patch(f"/webhooks/{endpoint['id']}", headers=auth, json={}).json()["data"]
     assert enabled["status"] == "enabled"
+
+
+def test_a_batch_of_attempts_is_logged_as_one_by_one(gw: Gateway) -> None:
+    """Attempts of one delivery in one batch (out of order, one twice, one from another
+    account) leave the log the one-by-one path leaves."""
+    account_id, auth = account_with_key(gw, "ada@example.com")
+    other_id, _ = account_with_key(gw, "eve@example.com")
+    job_id = f"job_{uuid.uuid4().hex}"
+    delivery_id = f"dlv_{uuid.uuid4().hex}"
+    first = attempted(delivery_id, 1, 500, "retrying", job_id)
+    third = attempted(delivery_id, 3, 204, "delivered", job_id)
+    second = attempted(delivery_id, 2, 503, "retrying", job_id)
+    feed_batch(
+        gw,
+        [
+            ("webhook.attempted", first, account_id, job_id),
+            ("webhook.attempted", third, account_id, job_id),
+            ("webhook.attempted", first, account_id, job_id),
+            ("webhook.attempted", attempted(delivery_id, 4, 500, "failed", job_id), other_id, ""),
+            ("webhook.attempted", second, account_id, job_id),
+        ],
+    )
+    [delivery] = gw.client.get(
+        "/webhooks/deliveries", headers=auth, params={"job_id": job_id}
+    ).json()["data"]
+    # The latest attempt (3) decides the delivery's state though 2 arrived after it.
+    assert delivery["status"] == "delivered"
+    assert [(a["attempt"], a["status_code"]) for a in delivery["attempts"]] == [
+        (1, 500),
+        (2, 503),
+        (3, 204),
+    ]

@@ -1,0 +1,141 @@
+"""A working tool, not a bench of the table: CPU ms per job of each component under a steady
+window of zero-delay jobs, and optionally py-spy's collapsed stacks of one service, for finding
+where the pipeline's CPU goes between two code changes.
+
+    PYTHONPATH=. uv run python -m bench.cpu_per_job --window 64 --seconds 20 --rounds 2 \
+        --profile notifier --stacks /tmp/notifier.txt
+
+The stack is the bench stack (bench/kiln_stack.py); `--restart gateway,notifier` between rounds
+is not needed: run the tool again after a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from bench.footprint import stack_processes
+from bench.kiln_stack import KilnBenchStack
+from bench.profiling import py_spy
+from bench.receiver import WebhookReceiver
+from bench.sustained import sustained
+from bench.throughput import body_maker
+
+
+def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for name, pids in groups.items():
+        total = 0.0
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                for p in [proc, *proc.children(recursive=True)]:
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        found[name] = total
+    return found
+
+
+def leaf_summary(text: str, top: int = 40) -> str:
+    """Self time by function and inclusive time by Kiln function, from collapsed stacks."""
+    leaves: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if frames[-1].startswith("select (") or "selectors.py" in frames[-1]:
+            continue
+        total += count
+        leaves[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"samples {total}", "-- self --"]
+    lines += [f"{100 * c / total:5.1f}% {f}" for f, c in leaves.most_common(top)]
+    lines.append("-- inclusive --")
+    lines += [f"{100 * c / total:5.1f}% {f}" for f, c in inclusive.most_common(top * 2)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--stacks", default="/tmp/stacks.txt")
+    parser.add_argument("--workdir", default="")
+    args = parser.parse_args()
+    folder = args.workdir or tempfile.mkdtemp(prefix="kiln-cpu-")
+    if True:
+        stack = KilnBenchStack(Path(folder) / "kiln")
+        receiver = WebhookReceiver().start()
+        try:
+            stack.up()
+            keys = [a.sandbox_key for a in stack.accounts]
+            groups = stack_processes(stack.local)
+            body = body_maker(receiver)
+            asyncio.run(
+                sustained(stack.jobs_url, keys, receiver, body, window=8, duration_s=3, warmup_s=1)
+            )
+            for round_ in range(args.rounds):
+                spy = None
+                if args.profile and round_ == args.rounds - 1:
+                    pid = stack.local.pid(args.profile)
+                    spy = subprocess.Popen(
+                        [
+                            py_spy(), "record", "--pid", str(pid), "--duration",
+                            str(int(args.seconds)), "--rate", "200", "--format", "raw",
+                            "--output", args.stacks, "--nonblocking", "--full-filenames",
+                        ],  # fmt: skip
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                before = cpu_seconds(groups)
+                started = time.monotonic()
+                run = asyncio.run(
+                    sustained(
+                        stack.jobs_url,
+                        keys,
+                        receiver,
+                        body,
+                        window=args.window,
+                        duration_s=args.seconds,
+                        warmup_s=0.0,
+                    )
+                )
+                elapsed = time.monotonic() - started
+                after = cpu_seconds(groups)
+                jobs = max(run.completed, 1)
+                per = {n: 1000 * (after[n] - before[n]) / jobs for n in groups}
+                print(
+                    f"round {round_ + 1}: {run.jobs_per_s:.1f} jobs/s, p50 {1000 * run.p50_s:.0f} ms"
+                    f" ({run.completed} done in {elapsed:.0f} s); CPU ms/job: "
+                    + ", ".join(f"{n} {v:.2f}" for n, v in sorted(per.items(), key=lambda i: -i[1]))
+                    + f"; services {sum(v for n, v in per.items() if n not in ('kafka', 'triton')):.2f}",
+                    flush=True,
+                )
+                if spy is not None:
+                    spy.wait(timeout=120)
+                    text = Path(args.stacks).read_text()
+                    Path(args.stacks + ".summary").write_text(leaf_summary(text))
+                    print(f"stacks: {args.stacks}(.summary)", flush=True)
+        finally:
+            receiver.stop()
+            stack.down()
+
+
+if __name__ == "__main__":
+    main()

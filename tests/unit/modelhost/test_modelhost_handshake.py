@@ -1,0 +1,22 @@
+"""The stub code sent to Triton waits long enough for the first instance's handshake socket
+(kiln_modelhost.server.lengthen_handshake_wait)."""
+
+from types import SimpleNamespace
+
+from kiln_modelhost.server import HANDSHAKE_WAIT_S, lengthen_handshake_wait
+
+
+def test_the_stub_waits_for_the_handshake_socket() -> None:
+    from pytriton.models.model import Model
+
+    fake_model = SimpleNamespace(SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY, model_version=1)
+    before = Model.get_proxy_model_files(fake_model)
+    lengthen_handshake_wait()
+    lengthen_handshake_wait()  # twice changes nothing more
+    after = Model.get_proxy_model_files(fake_model)
+    source = after["file:1/communication.py"].decode()
+    assert f"timeout_s: float = {HANDSHAKE_WAIT_S})" in source
+    assert "timeout_s: float = 1.0)" not in source
+    # Only that default changed; the other files are PyTriton's own.
+    assert before.keys() == after.keys()
+    assert all(before[name] == after[name] for name in before if "communication" not in name)
