@@ -31,6 +31,7 @@ BENCHES: dict[str, str] = {
     "submit": "bench.submit_latency",
     "overhead": "bench.pipeline_overhead",
     "triton": "bench.triton_efficiency",
+    "models": "bench.model_costs",
     "consumers": "bench.consumer_libraries",
     "throughput": "bench.throughput",
     "scaling": "bench.scaling",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHES = ("startup", "submit", "overhead", "triton", "throughput", "scaling")
+BENCHES = ("startup", "submit", "overhead", "triton", "models", "throughput", "scaling")
 
 pytestmark = pytest.mark.e2e
 

@@ -2,6 +2,7 @@
 temporary folder with its own ports, started once for the e2e tests."""
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,9 @@ from typing import Any
 import pytest
 
 from tests.stack_support import LocalStack, StackPorts, load_env_file
+from tests.triton_support import free_ports, start, stop
+
+E2E = Path(__file__).parent
 
 
 @dataclass
@@ -47,13 +51,53 @@ STACK_ENV = {
 }
 
 
+@dataclass(frozen=True)
+class OperatorTriton:
+    """An operator's own Triton server (tests/e2e/operator_triton.py), known to the stack only
+    through the catalog file that every service reads (KILN_CATALOG_FILE)."""
+
+    url: str
+    catalog_file: Path
+    log: Path
+
+
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The shared stack itself, for tests that stop and start its services."""
-    root: Path = tmp_path_factory.mktemp("kiln-stack")
-    local = LocalStack(
-        root=root, ports=StackPorts.free(), sandbox_delay_ms=300, extra_env=STACK_ENV
+def operator_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorTriton]:
+    folder: Path = tmp_path_factory.mktemp("operator-triton")
+    http_port, grpc_port, metrics_port = free_ports(3)
+    template = (E2E / "data" / "operator_catalog.json").read_text()
+    catalog_file = folder / "catalog.json"
+    catalog_file.write_text(template.replace("{grpc_port}", str(grpc_port)))
+    log = folder / "triton.log"
+    process = start(
+        [
+            sys.executable,
+            str(E2E / "operator_triton.py"),
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        log,
     )
+    try:
+        # readiness is waited for by the tests that use it, while the stack starts
+        yield OperatorTriton(url=f"127.0.0.1:{grpc_port}", catalog_file=catalog_file, log=log)
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def local_stack(
+    tmp_path_factory: pytest.TempPathFactory, operator_triton: OperatorTriton
+) -> Iterator[LocalStack]:
+    """The shared stack itself, for tests that stop and start its services. Its catalog is
+    Kiln's plus an operator's model on a second Triton server (operator_triton)."""
+    root: Path = tmp_path_factory.mktemp("kiln-stack")
+    env = {**STACK_ENV, "KILN_CATALOG_FILE": str(operator_triton.catalog_file)}
+    local = LocalStack(root=root, ports=StackPorts.free(), sandbox_delay_ms=300, extra_env=env)
     try:
         local.up()
         yield local

@@ -22,7 +22,13 @@ from kiln_runtime.service import ServiceRuntime
 
 def create_app(settings: InferenceSettings) -> FastAPI:
     catalog = load_catalog(settings.catalog_file)
-    served = sorted({m.triton_model for m in catalog.models} | {catalog.sandbox_triton_model})
+    # Readiness covers the models of Kiln's own model host. A model on an operator's server
+    # does not hold the worker back: while that server is away its jobs fail as retryable
+    # TRITON_UNAVAILABLE and the scheduler tries them again.
+    served = sorted(
+        {m.triton_model for m in catalog.models if m.triton_server is None}
+        | {catalog.sandbox_triton_model}
+    )
 
     async def triton() -> bool:
         return await triton_ready(settings.triton_grpc_url, served)

@@ -6,7 +6,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln_contracts.v1 import jobs_pb2
-from kiln_runtime.catalog import Catalog
+from kiln_runtime.catalog import Catalog, FileKind, TensorContract
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file the job's input names by URL: fetched, checked and screened by the worker."""
+
+    field: str  # e.g. "image_url"
+    url: str
+    kind: FileKind
+
+    @property
+    def request_field(self) -> str:
+        """Where Kiln's JSON contract carries the file: ``image_url`` → ``image_b64``."""
+        return self.field.removesuffix("_url") + "_b64"
 
 
 @dataclass(frozen=True)
@@ -14,12 +28,22 @@ class TritonCall:
     triton_model: str
     request: dict[str, Any]
     content_type: str
-    # the model needs the picture at this URL, fetched by the worker into request["image_b64"]
-    image_url: str | None = None
+    # files to fetch first (their URL fields are taken out of ``request``)
+    files: tuple[InputFile, ...] = ()
+    # a Triton gRPC address other than the worker's own model host
+    server: str | None = None
+    model_version: str = ""
+    # an operator's model: its tensors instead of Kiln's JSON contract
+    tensors: TensorContract | None = None
     # a sandbox job that asked for outcome "timeout": no call, hold it past its deadline
     hold_past_deadline: bool = False
     # how long the call should take, for progress estimates
     expected_s: float = 5.0
+
+    @property
+    def image_url(self) -> str | None:
+        """The main picture's URL (models with needs_input_image)."""
+        return next((f.url for f in self.files if f.field == "image_url"), None)
 
 
 class UnknownModel(ValueError):
@@ -40,9 +64,12 @@ def triton_call(
     if spec.sandbox:
         delay = spec.sandbox_delay_ms if spec.HasField("sandbox_delay_ms") else sandbox_delay_ms
         outcome = spec.sandbox_outcome if spec.HasField("sandbox_outcome") else "completed"
+        request: dict[str, Any] = {"kind": entry.kind, "delay_ms": delay, "outcome": outcome}
+        if entry.content_type == "application/zip":
+            request["content_type"] = entry.content_type  # the kind alone would give an MP4
         return TritonCall(
             triton_model=catalog.sandbox_triton_model,
-            request={"kind": entry.kind, "delay_ms": delay, "outcome": outcome},
+            request=request,
             content_type=entry.content_type,
             hold_past_deadline=outcome == "timeout",
             expected_s=max(delay / 1000.0, 0.1),
@@ -53,18 +80,28 @@ def triton_call(
         raise InvalidJobInput("the job input is not JSON") from exc
     if not isinstance(request, dict):
         raise InvalidJobInput("the job input is not a JSON object")
-    image_url: str | None = None
-    if entry.needs_input_image:
-        url = request.pop("image_url", None)
+    files: list[InputFile] = []
+    for field, kind in entry.input_files.items():
+        url = request.pop(field, None)
+        if url is None and not _required(entry.input_schema, field):
+            continue
         if not isinstance(url, str) or not url:
-            raise InvalidJobInput("this model needs an image_url")
-        image_url = url
+            raise InvalidJobInput(f"this model needs an {field}")
+        files.append(InputFile(field=field, url=url, kind=kind))
     return TritonCall(
         triton_model=entry.triton_model,
         request=request,
         content_type=entry.content_type,
-        image_url=image_url,
+        files=tuple(files),
+        server=entry.triton_server,
+        model_version=entry.triton_model_version,
+        tensors=entry.tensors,
     )
+
+
+def _required(schema: dict[str, Any], field: str) -> bool:
+    required = schema.get("required", [])
+    return isinstance(required, list) and field in required
 
 
 def estimated_progress(elapsed_s: float, expected_s: float, start: float, end: float) -> float:
@@ -95,6 +132,10 @@ PUBLIC_MESSAGES = {
     "INPUT_IMAGE_TOO_LARGE": "The input image is too large.",
     "INPUT_IMAGE_INVALID": "The input image could not be read.",
     "INPUT_IMAGE_UNAVAILABLE": "The input image could not be fetched.",
+    "INPUT_VIDEO_REFUSED": "The input video URL is not allowed.",
+    "INPUT_VIDEO_TOO_LARGE": "The input video is too large or too long.",
+    "INPUT_VIDEO_INVALID": "The input video could not be read.",
+    "INPUT_VIDEO_UNAVAILABLE": "The input video could not be fetched.",
 }
 
 

@@ -27,6 +27,10 @@ class InferenceSettings(ServiceSettings):
     input_image_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     input_image_max_pixels: int = Field(default=4096 * 4096, gt=0)
     input_image_timeout_s: float = Field(default=15.0, gt=0)
+    # Input videos (auto-clip): fetched the same way, with their own caps.
+    input_video_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    input_video_max_duration_s: float = Field(default=300.0, gt=0)
+    input_video_timeout_s: float = Field(default=60.0, gt=0)
     # Results are deleted this long after they were stored (a sweep runs every interval).
     result_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     retention_sweep_interval_s: float = Field(default=300.0, gt=0)

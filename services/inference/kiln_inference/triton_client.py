@@ -232,3 +232,56 @@ async def triton_ready(url: str, models: Sequence[str] = (), timeout_s: float = 
     except (InferenceServerException, TimeoutError, OSError):
         return False
     return True
+
+
+async def infer_tensors(
+    url: str,
+    triton_model: str,
+    model_version: str,
+    inputs: Sequence[tuple[str, str, NDArray[Any]]],
+    output: str,
+    timeout_s: float,
+) -> NDArray[Any] | None:
+    """Run an operator's model: ``inputs`` are (tensor, Triton datatype, array); the answer is
+    the ``output`` tensor (None when the model did not return it). Raises TritonInferenceError
+    with the same codes as ``infer_file``; the model's own error text is never shown to the
+    job's owner (it may hold the operator's internals), only logged."""
+    if timeout_s <= 0:
+        raise ValueError("timeout_s must be positive")
+    infer_inputs = []
+    for name, datatype, array in inputs:
+        item = grpcclient.InferInput(name, list(array.shape), datatype)
+        item.set_data_from_numpy(array)
+        infer_inputs.append(item)
+    client = _client(url)
+    try:
+        async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
+            result = await client.infer(
+                model_name=triton_model,
+                model_version=model_version,
+                inputs=infer_inputs,
+                outputs=[grpcclient.InferRequestedOutput(output)],
+                client_timeout=timeout_s,
+            )
+    except InferenceServerException as exc:
+        raise _map_operator_error(exc, triton_model) from None
+    except TimeoutError:
+        raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None
+    except (OSError, ConnectionError) as exc:
+        raise TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable") from exc
+    answer: NDArray[Any] | None = result.as_numpy(output)
+    return answer
+
+
+def _map_operator_error(exc: InferenceServerException, triton_model: str) -> TritonInferenceError:
+    mapped = _map_server_error(exc, triton_model)
+    if mapped.code in (INVALID_INPUT, SANDBOX_FAILED, MODEL_ERROR):
+        # Kiln's "CODE: message" convention is not an operator model's: keep its text out
+        LOGGER.warning("model %s failed: %s", triton_model, str(exc.message() or "")[:2000])
+        message = (
+            "Triton rejected the request" if mapped.code == INVALID_INPUT else "the model failed"
+        )
+        return TritonInferenceError(
+            mapped.code if mapped.code != SANDBOX_FAILED else MODEL_ERROR, message
+        )
+    return mapped

@@ -32,6 +32,7 @@ from kiln_contracts.v1 import common_pb2, jobs_pb2
 from kiln_crypto import ResultEncryptor
 from kiln_inference import repository
 from kiln_inference.attempts import (
+    InputFile,
     InvalidJobInput,
     TritonCall,
     UnknownModel,
@@ -42,7 +43,7 @@ from kiln_inference.attempts import (
 )
 from kiln_inference.config import InferenceSettings
 from kiln_inference.handlers import emit_attempt_failed
-from kiln_inference.inputs import FetchLimits, InputImageError, fetch_input_image
+from kiln_inference.inputs import FetchLimits, InputFileError, fetch_input_file
 from kiln_inference.metrics import (
     ATTEMPTS,
     IN_FLIGHT,
@@ -53,7 +54,13 @@ from kiln_inference.metrics import (
     TRITON_ERRORS,
 )
 from kiln_inference.repository import WorkItemRow
-from kiln_inference.triton_client import TritonInferenceError, infer_file
+from kiln_inference.tensors import (
+    TensorInputError,
+    TensorOutputError,
+    build_inputs,
+    result_file,
+)
+from kiln_inference.triton_client import TritonInferenceError, infer_file, infer_tensors
 from kiln_runtime.blobs import BlobStore
 from kiln_runtime.catalog import Catalog
 from kiln_runtime.service import Transactions
@@ -62,7 +69,7 @@ from kiln_runtime.unit import Unit
 log = logging.getLogger(__name__)
 
 TIMEOUT = "TIMEOUT"
-# Progress points of an attempt that fetches an input image.
+# Progress points of an attempt that fetches input files (images, videos).
 PROGRESS_INPUT_READY = 0.1
 PROGRESS_MODEL_DONE = 0.9
 
@@ -122,6 +129,9 @@ class Worker:
             max_bytes=settings.input_image_max_bytes,
             max_pixels=settings.input_image_max_pixels,
             timeout_s=settings.input_image_timeout_s,
+            video_max_bytes=settings.input_video_max_bytes,
+            video_max_duration_s=settings.input_video_max_duration_s,
+            video_timeout_s=settings.input_video_timeout_s,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -213,12 +223,14 @@ class Worker:
             if call.hold_past_deadline:
                 await self._hold_past_deadline(attempt)
                 raise AttemptFailure(TIMEOUT, retryable=False)
-            request = call.request
-            if call.image_url is not None:
-                image = await self._fetch_image(call.image_url)
-                request = {**request, "image_b64": base64.b64encode(image).decode("ascii")}
+            files: dict[str, bytes] = {}
+            for index, file in enumerate(call.files):
+                # fetching and screening a file is the job's first work: show it moving
+                attempt.progress = PROGRESS_INPUT_READY * (index + 0.5) / len(call.files)
+                files[file.field] = await self._fetch_file(file)
+            if call.files:
                 attempt.progress = PROGRESS_INPUT_READY
-            output, content_type = await self._infer(attempt, call, request)
+            output, content_type = await self._infer(attempt, call, files)
             attempt.progress = PROGRESS_MODEL_DONE
             result = await asyncio.to_thread(
                 store_encrypted_result,
@@ -241,9 +253,15 @@ class Worker:
         except TritonInferenceError as exc:
             TRITON_ERRORS.labels(model, exc.code).inc()
             return AttemptFailure(exc.code, exc.retryable)
-        except InputImageError as exc:
+        except InputFileError as exc:
             INPUT_FETCH_ERRORS.labels(exc.code).inc()
             return AttemptFailure(exc.code, exc.retryable, exc.message)
+        except TensorInputError as exc:
+            return AttemptFailure("INVALID_INPUT", retryable=False, message=str(exc))
+        except TensorOutputError as exc:
+            log.warning("model %s: %s", model, exc)
+            TRITON_ERRORS.labels(model, "MODEL_ERROR").inc()
+            return AttemptFailure("MODEL_ERROR", retryable=False)
         except UnknownModel:
             return AttemptFailure("UNKNOWN_MODEL", retryable=False)
         except InvalidJobInput as exc:
@@ -306,14 +324,14 @@ class Worker:
             await asyncio.sleep(min(left, self._settings.progress_interval_s))
             attempt.progress = min(0.85, 0.85 * (time.monotonic() - started) / max(total, 1e-3))
 
-    async def _fetch_image(self, url: str) -> bytes:
+    async def _fetch_file(self, file: InputFile) -> bytes:
         with INPUT_FETCH_LATENCY.time():
-            return await fetch_input_image(
-                url, self._limits, allow_loopback=self._settings.allow_loopback_urls
+            return await fetch_input_file(
+                file.url, file.kind, self._limits, allow_loopback=self._settings.allow_loopback_urls
             )
 
     async def _infer(
-        self, attempt: _Attempt, call: TritonCall, request: dict[str, object]
+        self, attempt: _Attempt, call: TritonCall, files: dict[str, bytes]
     ) -> tuple[bytes, str]:
         deadline = attempt.dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
         timeout_s = (deadline - self._now()).total_seconds()
@@ -327,12 +345,41 @@ class Worker:
         try:
             with INFERENCE_LATENCY.labels(attempt.dispatch.spec.model).time():
                 # Cancelling the attempt's task cancels the gRPC call.
+                if call.tensors is not None:
+                    return await self._infer_tensors(call, files, timeout_s), call.content_type
+                request = dict(call.request)
+                for file in call.files:
+                    if file.field in files:
+                        encoded = base64.b64encode(files[file.field]).decode("ascii")
+                        request[file.request_field] = encoded
                 output, content_type = await infer_file(
-                    self._settings.triton_grpc_url, call.triton_model, request, timeout_s
+                    call.server or self._settings.triton_grpc_url,
+                    call.triton_model,
+                    request,
+                    timeout_s,
                 )
         finally:
             attempt.estimate = None
         return output, content_type or call.content_type
+
+    async def _infer_tensors(
+        self, call: TritonCall, files: dict[str, bytes], timeout_s: float
+    ) -> bytes:
+        """An operator's model: the job's input as its tensors, its output tensor as the file."""
+        assert call.tensors is not None
+        # decoding an input picture to pixels takes a while: not on the event loop
+        inputs = await asyncio.to_thread(build_inputs, call.tensors, call.request, files)
+        array = await infer_tensors(
+            call.server or self._settings.triton_grpc_url,
+            call.triton_model,
+            call.model_version,
+            [(t.name, t.datatype, t.array) for t in inputs],
+            call.tensors.output.tensor,
+            timeout_s,
+        )
+        return await asyncio.to_thread(
+            result_file, call.tensors.output, array, call.tensors.batching
+        )
 
     # --- heartbeats ---------------------------------------------------------------------------
 
@@ -405,9 +452,7 @@ class Worker:
                 return deleted
             for key in keys:
                 await asyncio.to_thread(self._blobs.delete, key)
-            await self._runtime.write(
-                functools.partial(_forget_results, keys=keys, cutoff=cutoff)
-            )
+            await self._runtime.write(functools.partial(_forget_results, keys=keys, cutoff=cutoff))
             deleted += len(keys)
             RESULTS_DELETED.inc(len(keys))
 

@@ -32,6 +32,12 @@ class ServerOptions:
     image_instances: int = 2
     edit_instances: int = 2
     video_instances: int = 1
+    neural_tts_instances: int = 2
+    background_instances: int = 1
+    product_shot_instances: int = 1
+    upscale_instances: int = 1
+    upscale_x4plus_instances: int = 1
+    autoclip_instances: int = 1
     max_batch_size: int = 8
 
 

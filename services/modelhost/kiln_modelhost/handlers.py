@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 
 from kiln_modelhost.contract import MAX_SANDBOX_DELAY_MS, SANDBOX_OUTCOMES
-from kiln_modelhost.reference_models import edit, image, sandbox, speech, video
+from kiln_modelhost.reference_models import (
+    autoclip,
+    background,
+    edit,
+    image,
+    neural_speech,
+    sandbox,
+    speech,
+    upscale,
+    video,
+)
 from kiln_modelhost.reference_models.errors import ModelInputError, SandboxFailedError
 
 Result = tuple[bytes, str]
@@ -74,14 +84,30 @@ def handle_image(request: dict[str, Any]) -> Result:
     return png, image.CONTENT_TYPE
 
 
-def _input_image(request: Mapping[str, Any]) -> bytes:
-    encoded = _required(request, "image_b64")
+def handle_neural_speech(request: dict[str, Any]) -> Result:
+    """``tts_hibari``: {text, voice = "heart", speed = 1.0, seed = 0} → WAV (24 kHz)."""
+    _only_fields(request, ("text", "voice", "speed", "seed"))
+    audio = neural_speech.speak(
+        _required(request, "text"),
+        request.get("voice", "heart"),
+        request.get("speed", 1.0),
+        request.get("seed", 0),
+    )
+    return audio, neural_speech.CONTENT_TYPE
+
+
+def _file(request: Mapping[str, Any], name: str) -> bytes:
+    encoded = _required(request, name)
     if not isinstance(encoded, str):
-        raise ModelInputError("image_b64 must be a base64 string")
+        raise ModelInputError(f"{name} must be a base64 string")
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ModelInputError("image_b64 is not valid base64") from exc
+        raise ModelInputError(f"{name} is not valid base64") from exc
+
+
+def _input_image(request: Mapping[str, Any]) -> bytes:
+    return _file(request, "image_b64")
 
 
 def handle_edit(request: dict[str, Any]) -> Result:
@@ -110,6 +136,62 @@ def handle_video(request: dict[str, Any]) -> Result:
     return mp4, video.CONTENT_TYPE
 
 
+def handle_remove_background(request: dict[str, Any]) -> Result:
+    """``background_u2netp``: {image_b64, edges = "soft", crop = false} → PNG with alpha."""
+    _only_fields(request, ("image_b64", "edges", "crop"))
+    png = background.remove_background(
+        _input_image(request), request.get("edges", "soft"), request.get("crop", False)
+    )
+    return png, background.CONTENT_TYPE
+
+
+def handle_product_shot(request: dict[str, Any]) -> Result:
+    """``product_shot_u2netp``: {image_b64, background, color, gradient_to, background_b64,
+    aspect_ratio, size, padding, shadow} → PNG."""
+    _only_fields(
+        request,
+        ("image_b64", "background", "color", "gradient_to", "background_b64", "aspect_ratio",
+         "size", "padding", "shadow"),
+    )  # fmt: skip
+    backdrop = _file(request, "background_b64") if "background_b64" in request else None
+    png = background.product_shot(
+        _input_image(request),
+        background=request.get("background", "white"),
+        color=request.get("color", "#f2f2f2"),
+        gradient_to=request.get("gradient_to", "#d9dde3"),
+        background_image=backdrop,
+        aspect_ratio=request.get("aspect_ratio", "1:1"),
+        size=request.get("size", 1024),
+        padding=request.get("padding", 0.1),
+        shadow=request.get("shadow", True),
+    )
+    return png, background.CONTENT_TYPE
+
+
+def upscale_handler(network: str) -> Handler:
+    """``upscale_realesr_compact`` / ``upscale_realesrgan_x4plus``: {image_b64, scale = 4}."""
+
+    def handle_upscale(request: dict[str, Any]) -> Result:
+        _only_fields(request, ("image_b64", "scale"))
+        png = upscale.upscale(_input_image(request), request.get("scale", 4), network)
+        return png, upscale.CONTENT_TYPE
+
+    return handle_upscale
+
+
+def handle_auto_clip(request: dict[str, Any]) -> Result:
+    """``autoclip_scenedetect``: {video_b64, min_duration_s, max_duration_s, aspect_ratio,
+    max_clips, max_side, threshold} → ZIP of clips and manifest.json."""
+    _only_fields(
+        request,
+        ("video_b64", "min_duration_s", "max_duration_s", "aspect_ratio", "max_clips",
+         "max_side", "threshold"),
+    )  # fmt: skip
+    video_bytes = _file(request, "video_b64")
+    options = {k: v for k, v in request.items() if k != "video_b64"}
+    return autoclip.auto_clip(video_bytes, options), autoclip.CONTENT_TYPE
+
+
 @dataclass(frozen=True)
 class SandboxRequest:
     """A parsed ``sandbox`` request."""
@@ -117,11 +199,13 @@ class SandboxRequest:
     kind: str
     delay_ms: int
     outcome: str
+    # the real model's content type, when the kind alone does not say it (auto-clip's ZIP)
+    content_type: str | None = None
 
 
 def parse_sandbox_request(request: dict[str, Any], default_delay_ms: int) -> SandboxRequest:
     """Check a ``sandbox`` request; a null or absent delay_ms means ``default_delay_ms``."""
-    _only_fields(request, ("kind", "delay_ms", "outcome"))
+    _only_fields(request, ("kind", "delay_ms", "outcome", "content_type"))
     kind = _required(request, "kind")
     if kind not in sandbox.SANDBOX_KINDS:
         raise ModelInputError(f"kind must be one of {', '.join(sandbox.SANDBOX_KINDS)}")
@@ -135,7 +219,12 @@ def parse_sandbox_request(request: dict[str, Any], default_delay_ms: int) -> San
     outcome = request.get("outcome", "completed")
     if outcome not in SANDBOX_OUTCOMES:
         raise ModelInputError(f"outcome must be one of {', '.join(SANDBOX_OUTCOMES)}")
-    return SandboxRequest(kind=kind, delay_ms=delay_ms, outcome=outcome)
+    content_type = request.get("content_type")
+    if content_type is not None and content_type not in sandbox.SANDBOX_CONTENT_TYPES:
+        raise ModelInputError(
+            f"content_type must be one of {', '.join(sandbox.SANDBOX_CONTENT_TYPES)}"
+        )
+    return SandboxRequest(kind=kind, delay_ms=delay_ms, outcome=outcome, content_type=content_type)
 
 
 def sandbox_result(parsed: SandboxRequest) -> Result:
@@ -143,6 +232,6 @@ def sandbox_result(parsed: SandboxRequest) -> Result:
     if parsed.outcome == "failed":
         raise SandboxFailedError("the sandbox job failed as requested (outcome: failed)")
     try:
-        return sandbox.sandbox_example(parsed.kind)
+        return sandbox.sandbox_example(parsed.kind, parsed.content_type)
     except NotImplementedError as exc:
         raise ModelInputError(f"the sandbox has no example for kind {parsed.kind!r} yet") from exc

@@ -14,10 +14,17 @@ Models (the catalog's ``triton_model`` names), all with one tensor contract:
   ``image_procedural``: {prompt, seed?, width?, height?};
   ``image_edit``: {image_b64, prompt, seed?, strength?};
   ``video_camera``: {image_b64, motion?, duration_s?, fps?, width?, height?};
-  (``image_b64``: the input image the worker fetched, standard base64; the worker drops the
-  job input's ``image_url``);
-  ``sandbox``: {kind, delay_ms?: int | null, outcome?: "completed" | "failed"}; a null or
-  absent delay_ms means the server's ``--sandbox-delay-ms``).
+  ``tts_hibari``: {text, voice?, speed?, seed?};
+  ``background_u2netp``: {image_b64, edges?, crop?};
+  ``product_shot_u2netp``: {image_b64, background?, color?, gradient_to?, background_b64?,
+  aspect_ratio?, size?, padding?, shadow?};
+  ``upscale_realesr_compact`` / ``upscale_realesrgan_x4plus``: {image_b64, scale?};
+  ``autoclip_scenedetect``: {video_b64, min_duration_s?, max_duration_s?, aspect_ratio?,
+  max_clips?, max_side?, threshold?};
+  (``<name>_b64``: a file the worker fetched for the job input's ``<name>_url``, standard
+  base64);
+  ``sandbox``: {kind, delay_ms?: int | null, outcome?: "completed" | "failed", content_type?};
+  a null or absent delay_ms means the server's ``--sandbox-delay-ms``).
 * outputs ``output`` (BYTES: the file), ``content_type`` (BYTES, e.g. ``image/png``) and
   ``error`` (BYTES: empty, or JSON ``{"code", "message"}``; see below).
 
@@ -29,10 +36,10 @@ So that one bad request never fails the good requests batched with it, a batch w
 did not all fail with the same error is answered normally, and each failed request carries its
 error in the ``error`` output instead (with an empty ``output``). Clients must check both.
 
-Concurrency. Each model has several instances (tts_espeak 2, image_procedural 2, image_edit 2,
-video_camera 1, sandbox 8: the
-catalog's pool capacities), each running one dynamic batch (up to 8 requests, no added queue
-delay) at a time, request after request. A sandbox batch waits out its longest delay once, so
+Concurrency. Each model has one or more instances (tts_espeak 2, tts_hibari 2,
+image_procedural 2, image_edit 2, video_camera 1, the U²-Net-p, Real-ESRGAN and auto-clip models
+1 each, sandbox 8), each running one dynamic batch (up to 8 requests, no added queue delay) at a
+time, request after request. A sandbox batch waits out its longest delay once, so
 requests waiting together take about one delay, not the sum; 8 instances mean that up to 8
 sandbox requests (the pool's capacity) never share a batch and each keeps its own delay.
 
@@ -58,17 +65,34 @@ from kiln_modelhost.batching import ObjectArray, run_batch, run_sandbox_batch
 from kiln_modelhost.config import ServerOptions, parse_args
 from kiln_modelhost.contract import (
     ALL_MODELS,
+    AUTOCLIP_MODEL,
     CONTENT_TYPE_OUTPUT,
     EDIT_MODEL,
     ERROR_OUTPUT,
     IMAGE_MODEL,
+    NEURAL_TTS_MODEL,
     OUTPUT,
+    PRODUCT_SHOT_MODEL,
+    REMOVE_BACKGROUND_MODEL,
     REQUEST_INPUT,
     SANDBOX_MODEL,
     TTS_MODEL,
+    UPSCALE_MODEL,
+    UPSCALE_X4PLUS_MODEL,
     VIDEO_MODEL,
 )
-from kiln_modelhost.handlers import handle_edit, handle_image, handle_speech, handle_video
+from kiln_modelhost.handlers import (
+    Handler,
+    handle_auto_clip,
+    handle_edit,
+    handle_image,
+    handle_neural_speech,
+    handle_product_shot,
+    handle_remove_background,
+    handle_speech,
+    handle_video,
+    upscale_handler,
+)
 from kiln_modelhost.reference_models import speech
 
 LOGGER = logging.getLogger(__name__)
@@ -116,21 +140,12 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
         # @batch turns Triton's list of requests into one stacked array per input, and back
         return cast("Callable[..., Any]", batch(infer))
 
-    @batched
-    def infer_speech(request: ObjectArray) -> dict[str, ObjectArray]:
-        return run_batch(TTS_MODEL, request, handle_speech)
+    def model(name: str, handler: Handler) -> Callable[..., Any]:
+        @batched
+        def infer(request: ObjectArray) -> dict[str, ObjectArray]:
+            return run_batch(name, request, handler)
 
-    @batched
-    def infer_image(request: ObjectArray) -> dict[str, ObjectArray]:
-        return run_batch(IMAGE_MODEL, request, handle_image)
-
-    @batched
-    def infer_edit(request: ObjectArray) -> dict[str, ObjectArray]:
-        return run_batch(EDIT_MODEL, request, handle_edit)
-
-    @batched
-    def infer_video(request: ObjectArray) -> dict[str, ObjectArray]:
-        return run_batch(VIDEO_MODEL, request, handle_video)
+        return infer
 
     @batched
     def infer_sandbox(request: ObjectArray) -> dict[str, ObjectArray]:
@@ -138,11 +153,37 @@ def bind_models(triton: Any, options: ServerOptions) -> None:
 
     # One callable per instance: each instance runs one batch at a time in its own thread.
     for model_name, infer_func, instances in (
-        (TTS_MODEL, infer_speech, options.tts_instances),
-        (IMAGE_MODEL, infer_image, options.image_instances),
-        (EDIT_MODEL, infer_edit, options.edit_instances),
-        (VIDEO_MODEL, infer_video, options.video_instances),
+        (TTS_MODEL, model(TTS_MODEL, handle_speech), options.tts_instances),
+        (IMAGE_MODEL, model(IMAGE_MODEL, handle_image), options.image_instances),
+        (EDIT_MODEL, model(EDIT_MODEL, handle_edit), options.edit_instances),
+        (VIDEO_MODEL, model(VIDEO_MODEL, handle_video), options.video_instances),
         (SANDBOX_MODEL, infer_sandbox, options.sandbox_instances),
+        (
+            NEURAL_TTS_MODEL,
+            model(NEURAL_TTS_MODEL, handle_neural_speech),
+            options.neural_tts_instances,
+        ),
+        (
+            REMOVE_BACKGROUND_MODEL,
+            model(REMOVE_BACKGROUND_MODEL, handle_remove_background),
+            options.background_instances,
+        ),
+        (
+            PRODUCT_SHOT_MODEL,
+            model(PRODUCT_SHOT_MODEL, handle_product_shot),
+            options.product_shot_instances,
+        ),
+        (
+            UPSCALE_MODEL,
+            model(UPSCALE_MODEL, upscale_handler("compact")),
+            options.upscale_instances,
+        ),
+        (
+            UPSCALE_X4PLUS_MODEL,
+            model(UPSCALE_X4PLUS_MODEL, upscale_handler("x4plus")),
+            options.upscale_x4plus_instances,
+        ),
+        (AUTOCLIP_MODEL, model(AUTOCLIP_MODEL, handle_auto_clip), options.autoclip_instances),
     ):
         triton.bind(
             model_name=model_name,

@@ -1,29 +1,17 @@
-"""The reference models on a real Triton server (PyTriton), called through triton_client.
-
-A session fixture starts ``python -m kiln_modelhost`` on free ports with a 200 ms
-sandbox delay, waits until it is ready, and stops it at the end.
-"""
+"""The procedural reference models and the sandbox on a real Triton server (PyTriton), called
+through triton_client (the server: conftest.py's session fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import sysconfig
 import time
 import wave
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
-import pytest_asyncio
 from PIL import Image
 
 from kiln_inference.triton_client import (
@@ -35,121 +23,21 @@ from kiln_inference.triton_client import (
 from kiln_modelhost.reference_models import speech
 from kiln_modelhost.reference_models.edit import edit_image
 from kiln_modelhost.reference_models.image import render_image
+from tests.integration.modelhost.conftest import (
+    MODELS,
+    SANDBOX_DELAY_MS,
+    TritonServer,
+    free_ports,
+)
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[3]
-MODELHOST_SRC = REPO / "services" / "modelhost"
-SANDBOX_DELAY_MS = 200
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 60.0
-MODELS = ("tts_espeak", "image_procedural", "image_edit", "video_camera", "sandbox")
 
 needs_espeak = pytest.mark.skipif(
     not speech.espeak_available(),
     reason="espeak-ng is not installed (apt-get install espeak-ng; deploy/local/apt-packages.txt)",
 )
 
-
 _PNG_B64 = base64.b64encode(render_image("tiny", 0, 64, 64)).decode()
-
-
-@dataclass(frozen=True)
-class TritonServer:
-    url: str
-    log: Path
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(MODELHOST_SRC), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    # PyTriton's Python backend stub must load this interpreter's libpython, not the system one.
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, env.get("LD_LIBRARY_PATH", "")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as log_file:
-        # a process group of its own, so that teardown can end tritonserver and the stubs too
-        return subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=_server_env(),
-            cwd=REPO,
-            start_new_session=True,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # its own process group (start_new_session): tritonserver and the stubs go with it
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def triton_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TritonServer]:
-    pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
-    http_port, grpc_port, metrics_port = _free_ports(3)
-    log = tmp_path_factory.mktemp("triton") / "triton.log"
-    command = [
-        sys.executable,
-        "-m",
-        "kiln_modelhost",
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-        "--sandbox-delay-ms",
-        str(SANDBOX_DELAY_MS),
-    ]
-    url = f"127.0.0.1:{grpc_port}"
-    process = _start(command, log)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not await triton_ready(url, MODELS):
-            if process.poll() is not None:
-                pytest.fail(f"the Triton server exited ({process.returncode}):\n{_tail(log)}")
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"the Triton server was not ready in {READY_TIMEOUT_S} s:\n{_tail(log)}"
-                )
-            await asyncio.sleep(0.5)
-        yield TritonServer(url=url, log=log)
-    finally:
-        await close_clients(url)
-        _stop(process)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -331,7 +219,7 @@ async def test_timeout_is_retryable(triton_server: TritonServer) -> None:
 
 
 async def test_wrong_port_is_unavailable_and_retryable(triton_server: TritonServer) -> None:
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     url = f"127.0.0.1:{port}"
     try:
         assert not await triton_ready(url)

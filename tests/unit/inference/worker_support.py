@@ -26,7 +26,7 @@ from kiln_inference.migrate import upgrade_connection
 from kiln_inference.tables import MESSAGING
 from kiln_inference.worker import Worker
 from kiln_runtime.blobs import LocalBlobStore
-from kiln_runtime.catalog import load_catalog
+from kiln_runtime.catalog import Catalog, load_catalog
 from kiln_runtime.db import Database
 from kiln_runtime.testing import EventDriver
 
@@ -129,6 +129,7 @@ async def running_worker(
     monkeypatch: Any,
     *,
     start: bool = True,
+    catalog: Catalog | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     """A worker on `tmp_path`'s database; `start=False` accepts events without running them
@@ -156,7 +157,7 @@ async def running_worker(
     blobs = LocalBlobStore(settings.blob_dir)
     inference = Inference(settings.worker_id)
     driver = EventDriver(db, MESSAGING, inference.handlers(), group="inference")
-    worker = Worker(settings, driver, load_catalog(), blobs)
+    worker = Worker(settings, driver, catalog or load_catalog(), blobs)
     task = None
     if start:
         inference.runner = worker

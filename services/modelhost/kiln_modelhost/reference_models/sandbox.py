@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import math
 import wave
+import zipfile
 
 import numpy as np
 
@@ -20,6 +22,9 @@ from kiln_modelhost.reference_models.errors import ModelInputError, ModelRuntime
 LOGGER = logging.getLogger(__name__)
 
 SANDBOX_KINDS: tuple[str, ...] = ("image", "audio", "video")
+#: what a sandbox example can be; a model's kind says which by default (image: PNG, audio: WAV,
+#: video: MP4), a content type overrides it (auto-clip's results are ZIP archives)
+SANDBOX_CONTENT_TYPES: tuple[str, ...] = ("image/png", "audio/wav", "video/mp4", "application/zip")
 EXAMPLE_PROMPT = "sandbox example: calm abstract waves in teal and gold"
 EXAMPLE_SEED = 0
 EXAMPLE_SIDE = 512
@@ -68,11 +73,41 @@ def _example_video() -> bytes:
     return video.animate_image(_example_image(), "zoom_in", 2, 12, 256, 256)
 
 
-def sandbox_example(kind: str) -> tuple[bytes, str]:
-    """An example output of ``kind`` ("image", "audio" or "video") and its content type.
+@functools.cache
+def _example_archive() -> bytes:
+    """An auto-clip result's shape: one clip (the example video) and its manifest."""
+    clip = _example_video()
+    manifest = {
+        "source": {"duration_s": 2.0, "width": 256, "height": 256, "fps": 12.0, "frames": 24},
+        "scenes": 1,
+        "aspect_ratio": "original",
+        "score": "0.7 * motion + 0.3 * duration_s / max_duration_s",
+        "clips": [
+            {"file": "clip-01.mp4", "rank": 1, "start_s": 0.0, "end_s": 2.0,
+             "duration_s": 2.0, "score": 1.0, "motion": 1.0},
+        ],
+        "sandbox": True,
+    }  # fmt: skip
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("clip-01.mp4", clip)
+        bundle.writestr("manifest.json", json.dumps(manifest, indent=2))
+    return buffer.getvalue()
 
-    Raises ModelInputError for an unknown kind.
+
+def sandbox_example(kind: str, content_type: str | None = None) -> tuple[bytes, str]:
+    """An example output of ``kind`` ("image", "audio" or "video") and its content type, or of
+    ``content_type`` when given (one of SANDBOX_CONTENT_TYPES).
+
+    Raises ModelInputError for an unknown kind or content type.
     """
+    if content_type == "application/zip":
+        return _example_archive(), "application/zip"
+    if content_type is not None:
+        by_type = {"image/png": "image", "audio/wav": "audio", "video/mp4": "video"}
+        if content_type not in by_type:
+            raise ModelInputError(f"content_type must be one of {', '.join(SANDBOX_CONTENT_TYPES)}")
+        kind = by_type[content_type]
     if kind == "image":
         return _example_image(), image.CONTENT_TYPE
     if kind == "audio":

@@ -58,7 +58,13 @@ def crop_box(
         travel = width - w
         x0 = travel * (1.0 - e) if motion == "pan_left" else travel * e
         cx, cy = x0 + w / 2.0, height / 2.0
-    return (cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0)
+    # clamped: float rounding may put an edge a hair outside the picture, which Pillow refuses
+    return (
+        max(0.0, cx - w / 2.0),
+        max(0.0, cy - h / 2.0),
+        min(float(width), cx + w / 2.0),
+        min(float(height), cy + h / 2.0),
+    )
 
 
 def animate_image(
