@@ -10,8 +10,10 @@ import io
 import json
 import threading
 import time
+import uuid
 import wave
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,6 +57,10 @@ def _person_video(path: Path) -> None:
     writer.close()
 
 
+# Requests per path (with its query): an attempt that was retried fetched its inputs again.
+FETCHES: Counter[str] = Counter()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Input files on loopback (the stack allows loopback URLs)."""
@@ -71,8 +77,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body, content_type = bodies.get(self.path, (b"not found", "text/plain"))
-            self.send_response(200 if self.path in bodies else 404)
+            FETCHES[self.path] += 1
+            name = self.path.split("?", 1)[0]
+            body, content_type = bodies.get(name, (b"not found", "text/plain"))
+            self.send_response(200 if name in bodies else 404)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -200,14 +208,17 @@ def test_the_sandbox_answers_auto_clip_with_an_archive(stack: dict[str, str], fi
 def test_people_are_refused_and_not_charged(
     stack: dict[str, str], files: str, model: str, input_: dict[str, Any], code: str
 ) -> None:
-    with_urls = {k: f"{files}{v}" if k.endswith("_url") else v for k, v in input_.items()}
-    started = time.monotonic()
+    case = uuid.uuid4().hex
+    paths = {k: f"{v}?case={case}" for k, v in input_.items() if k.endswith("_url")}
+    with_urls = {**input_, **{k: f"{files}{path}" for k, path in paths.items()}}
     done, _ = run_job(stack, model, with_urls)
     assert done["status"] == "failed", done
     assert done["error"]["code"] == code
     assert "person" in done["error"]["message"]
     assert done["cost"] in (None, "0") and done["result"] is None
-    assert time.monotonic() - started < 60  # refused once, not retried with backoff
+    # Refused once, not retried: no input was fetched twice.
+    fetched = [FETCHES[path] for path in paths.values()]
+    assert max(fetched) == 1, fetched
 
 
 # --- an operator's model -----------------------------------------------------------------------
