@@ -34,7 +34,6 @@ ALERTS = K8S / "base" / "monitoring" / "alerts.yaml"
 # only has to evaluate. Once the code declares one, it must return data like the others.
 NOT_LOCAL = {
     "kafka_consumergroup_lag": "Strimzi's Kafka Exporter; the local stack runs no exporter",
-    "kiln_consumer_lag": "the consumer runtime's lag gauge (announced, not in the code yet)",
 }
 STACK_ENV = {
     "KILN_RETRY_SCHEDULE_S": "[0.5]",  # one quick retry, then the delivery is given up

@@ -159,8 +159,8 @@ def test_keda_scales_each_consumer_on_its_own_groups_topics(overlay: str) -> Non
     partitions = {spec.partitions for spec in TOPICS.values()}
     assert len(partitions) == 1, "topics are co-partitioned"
     scaled = {m["spec"]["scaleTargetRef"]["name"]: m for m in of_kind(manifests, "ScaledObject")}
-    # gateway: CPU (HorizontalPodAutoscaler); scheduler: one replica by design.
-    assert set(scaled) == {"billing", "inference", "notifier"}
+    # The gateway scales on CPU (HorizontalPodAutoscaler).
+    assert set(scaled) == {"billing", "inference", "notifier", "scheduler"}
     for service, scaled_object in scaled.items():
         triggers = scaled_object["spec"]["triggers"]
         assert {t["type"] for t in triggers} == {"kafka"}
@@ -181,13 +181,10 @@ def test_keda_scales_each_consumer_on_its_own_groups_topics(overlay: str) -> Non
 
 
 @overlays
-def test_the_gateway_scales_on_cpu_and_the_scheduler_runs_alone(overlay: str) -> None:
+def test_the_gateway_scales_on_cpu(overlay: str) -> None:
     manifests = render(overlay)
     hpa = named(manifests, "HorizontalPodAutoscaler", "gateway")
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
-    scheduler = named(manifests, "Deployment", "scheduler")
-    assert scheduler["spec"]["replicas"] == 1
-    assert scheduler["spec"]["strategy"]["type"] == "Recreate"
 
 
 # --- settings -----------------------------------------------------------------------------------
