@@ -1,4 +1,5 @@
-"""Kiln result encryption (scheme ``kiln-hpke-v1``)."""
+"""Kiln result encryption (scheme ``kiln-hpke-v1``) and the operator's keyring for stored
+secrets (sealed_secrets.py)."""
 
 from kiln_crypto.keys import (
     RESULT_KEY_INFO,
@@ -27,6 +28,13 @@ from kiln_crypto.results import (
     open_file_key,
     result_info,
 )
+from kiln_crypto.sealed_secrets import (
+    SealedSecretError,
+    SecretsKeyError,
+    SecretsKeyring,
+    new_secrets_key,
+    parse_secrets_keys,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -43,6 +51,9 @@ __all__ = [
     "ResultEncryption",
     "ResultEncryptor",
     "ResultKeyMaterial",
+    "SealedSecretError",
+    "SecretsKeyError",
+    "SecretsKeyring",
     "chunk_aad",
     "decrypt_bytes",
     "decrypt_stream",
@@ -50,6 +61,8 @@ __all__ = [
     "derive_result_public_key",
     "encrypt_bytes",
     "make_result_key",
+    "new_secrets_key",
     "open_file_key",
+    "parse_secrets_keys",
     "result_info",
 ]
