@@ -17,12 +17,21 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class WebhookEndpointChanged(_message.Message):
     """webhooks.endpoint_changed — the gateway created, changed or deleted a webhook endpoint,
     or made an account's default secret (is_default, used for per-job webhook_url deliveries).
+
+    The signing secret travels sealed (sealed_secret) with the operator's keyring,
+    KILN_SECRETS_KEYS, which the gateway and the notifier share (kiln_crypto.sealed_secrets).
+    Neither secret field is set when a change leaves the secret as it was.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -34,16 +43,31 @@ class WebhookEndpointChanged(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    SEALED_SECRET_FIELD_NUMBER: _builtins.int
     endpoint_id: _builtins.str
     url: _builtins.str
-    secret: _builtins.str
-    """"whsec_..." """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def secret(self) -> _builtins.str:
+        """The secret in clear ("whsec_..."), as gateways before sealed secrets sent it: never set
+        any more; the notifier still reads it from such events (it seals it before storing).
+        """
+
+    @secret.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def secret(self, value: _builtins.str) -> None:
+        """The secret in clear ("whsec_..."), as gateways before sealed secrets sent it: never set
+        any more; the notifier still reads it from such events (it seals it before storing).
+        """
+
     deleted: _builtins.bool
     is_default: _builtins.bool
     disabled: _builtins.bool
     """Disabled by the account (the console's "Disable"): nothing is sent to it, pending retries
     included, until a change without this flag enables it again.
     """
+    sealed_secret: _builtins.str
+    """The "whsec_..." secret sealed with the first key of KILN_SECRETS_KEYS (a Fernet token)."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty = every type"""
@@ -58,10 +82,11 @@ class WebhookEndpointChanged(_message.Message):
         deleted: _builtins.bool = ...,
         is_default: _builtins.bool = ...,
         disabled: _builtins.bool = ...,
+        sealed_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "disabled", b"disabled", "endpoint_id", b"endpoint_id", "event_types", b"event_types", "is_default", b"is_default", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "disabled", b"disabled", "endpoint_id", b"endpoint_id", "event_types", b"event_types", "is_default", b"is_default", "sealed_secret", b"sealed_secret", "secret", b"secret", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
