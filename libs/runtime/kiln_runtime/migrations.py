@@ -3,8 +3,9 @@ runtime before anything else touches the database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -15,11 +16,18 @@ from sqlalchemy import Connection, MetaData, inspect, text
 Migrate = Callable[[Connection], None]
 
 
-def alembic_config(migrations_dir: Path, connection: Connection | None = None) -> Config:
+def alembic_config(
+    migrations_dir: Path,
+    connection: Connection | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Config:
+    """`attributes` reach the migrations as `context.config.attributes` (the notifier's hand
+    over the operator's keyring that way, to seal stored secrets)."""
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     if connection is not None:
         config.attributes["connection"] = connection
+    config.attributes.update(attributes or {})
     return config
 
 
@@ -38,6 +46,7 @@ def upgrade(
     lock_key: int,
     revision: str = "head",
     baseline: tuple[str, str] | None = None,
+    attributes: Mapping[str, Any] | None = None,
 ) -> None:
     """Bring the schema to `revision`. Two processes starting at once on PostgreSQL take
     turns (an advisory lock); SQLite serialises them itself. `baseline` = (revision, table):
@@ -45,7 +54,7 @@ def upgrade(
     is stamped at that revision first."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
-    config = alembic_config(migrations_dir, connection)
+    config = alembic_config(migrations_dir, connection, attributes)
     if baseline is not None:
         tables = set(inspect(connection).get_table_names())
         if "alembic_version" not in tables and baseline[1] in tables:
@@ -53,8 +62,13 @@ def upgrade(
     command.upgrade(config, revision)
 
 
-def downgrade(connection: Connection, migrations_dir: Path, revision: str) -> None:
-    command.downgrade(alembic_config(migrations_dir, connection), revision)
+def downgrade(
+    connection: Connection,
+    migrations_dir: Path,
+    revision: str,
+    attributes: Mapping[str, Any] | None = None,
+) -> None:
+    command.downgrade(alembic_config(migrations_dir, connection, attributes), revision)
 
 
 def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
