@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from kiln_crypto import new_secrets_key
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.ratelimit_stores import CounterStore, DatabaseCounterStore, MemoryCounterStore
@@ -51,6 +52,7 @@ async def running_gateway(database_url: str, folder: Path) -> AsyncIterator[Gate
         data_dir=folder,
         blob_dir=folder / "blobs",
         admin_token=ADMIN,
+        secrets_keys=new_secrets_key(),
         decision_wait_s=0,
         rate_limit_live_read=10**9,
     )

@@ -2,10 +2,12 @@
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
+from kiln_crypto import SecretsKeyring
 from kiln_gateway.admin.endpoints import router as admin_router
 from kiln_gateway.catalog.endpoints import router as catalog_router
 from kiln_gateway.config import GatewaySettings
@@ -47,12 +49,15 @@ ROUTERS = (
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    # Raises SecretsKeyError (the process does not start) without a usable KILN_SECRETS_KEYS.
+    keyring = SecretsKeyring.from_setting(settings.secrets_keys.get_secret_value())
     read_model = ReadModel()
     runtime = ServiceRuntime(
         settings,
         Base.metadata,
         MESSAGING,
-        migrate=upgrade_connection,
+        # The migration that sealed the clear webhook secrets of earlier releases needs it.
+        migrate=functools.partial(upgrade_connection, keyring=keyring),
         handlers=read_model.handlers(),
     )
     state = GatewayState(
@@ -60,6 +65,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         runtime=runtime,
         catalog=load_catalog(settings.catalog_file),
         blobs=blob_store_for(settings),
+        keyring=keyring,
     )
     read_model.notify = state.waiters.notify
 

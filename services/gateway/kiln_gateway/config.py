@@ -1,7 +1,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from kiln_runtime.settings import ServiceSettings
 
@@ -57,6 +57,11 @@ class GatewaySettings(ServiceSettings):
     # bytes), the same as the notifier's; GET /api/v1/webhooks/public-key serves its public
     # half. Empty: no `v1a` signatures, and that route answers 404.
     webhook_signing_key: str = ""
+    # The keyring that seals webhook signing secrets wherever they are stored or sent
+    # (kiln_crypto.sealed_secrets): comma-separated Fernet keys, the first one seals, every one
+    # opens; the same value as the notifier's. Required: the gateway does not start without it.
+    # Checked when the app is built, not here, so that no error message can quote a key.
+    secrets_keys: SecretStr = SecretStr("")
     # The web console (/console, console/): a signed-in browser's session ends this long after
     # sign-in, or after this long without a request, whichever comes first.
     console_session_ttl_s: int = Field(default=12 * 3600, gt=0, le=7 * 24 * 3600)

@@ -2,6 +2,7 @@
 `migrate` hook) instead of `create_all`."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -19,17 +20,27 @@ BASELINE_REVISION = "0001"
 _JOBS_COLUMNS_ADDED_LATER = ("estimated_start_at", "queue_reason")
 # Two gateway processes starting at once on PostgreSQL take turns (pg_advisory_xact_lock).
 _MIGRATION_LOCK_KEY = 0x6B696C6E_0011  # "kiln", issue 11
+# The alembic config attribute under which a migration finds the operator's keyring (0004
+# seals webhook secrets with it); without it, migrations read KILN_SECRETS_KEYS themselves.
+KEYRING_ATTRIBUTE = "secrets_keyring"
+
+if TYPE_CHECKING:
+    from kiln_crypto import SecretsKeyring
 
 
 class UnknownSchema(RuntimeError):
     """A database without migrations whose tables are not the baseline's."""
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(
+    connection: Connection | None = None, keyring: "SecretsKeyring | None" = None
+) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
         config.attributes["connection"] = connection
+    if keyring is not None:
+        config.attributes[KEYRING_ATTRIBUTE] = keyring
     return config
 
 
@@ -55,32 +66,40 @@ def _adopt_unmigrated(connection: Connection, config: Config) -> None:
     command.stamp(config, BASELINE_REVISION)
 
 
-def upgrade_connection(connection: Connection, revision: str = "head") -> None:
+def upgrade_connection(
+    connection: Connection, revision: str = "head", *, keyring: "SecretsKeyring | None" = None
+) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-    config = alembic_config(connection)
+    config = alembic_config(connection, keyring)
     tables = set(inspect(connection).get_table_names())
     if "alembic_version" not in tables and "jobs" in tables:
         _adopt_unmigrated(connection, config)
     command.upgrade(config, revision)
 
 
-def downgrade_connection(connection: Connection, revision: str) -> None:
-    command.downgrade(alembic_config(connection), revision)
+def downgrade_connection(
+    connection: Connection, revision: str, *, keyring: "SecretsKeyring | None" = None
+) -> None:
+    command.downgrade(alembic_config(connection, keyring), revision)
 
 
-async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
+async def upgrade_database(
+    engine: AsyncEngine, revision: str = "head", *, keyring: "SecretsKeyring | None" = None
+) -> None:
     """Bring the database to `revision` (all of the gateway's tables, inbox and outbox
     included)."""
     async with engine.begin() as connection:
-        await connection.run_sync(upgrade_connection, revision)
+        await connection.run_sync(lambda sync: upgrade_connection(sync, revision, keyring=keyring))
 
 
 def main() -> int:
-    """`python -m kiln_gateway.migrate`: the newest schema on KILN_DATABASE_URL."""
+    """`python -m kiln_gateway.migrate`: the newest schema on KILN_DATABASE_URL (with
+    KILN_SECRETS_KEYS to seal the clear webhook secrets of a database of an earlier release)."""
     from kiln_gateway.config import GatewaySettings
     from kiln_runtime.migrations import command_line
 
+    # Without a keyring attribute, a migration that needs one reads KILN_SECRETS_KEYS itself.
     return command_line(upgrade_connection, GatewaySettings().database_url)
 
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln_crypto import SecretsKeyring
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.keys.callers import CallerCache, LastUsed
 from kiln_gateway.ratelimits import RateLimiter, make_rate_limiter
@@ -66,6 +67,8 @@ class GatewayState:
     runtime: ServiceRuntime
     catalog: Catalog
     blobs: BlobStore
+    # Seals the webhook signing secrets this service stores and announces (KILN_SECRETS_KEYS).
+    keyring: SecretsKeyring
     waiters: Waiters = field(default_factory=Waiters)
     # URL checks at submit resolve each host at most every few seconds.
     resolver: CachingResolver = field(default_factory=CachingResolver)

@@ -1,6 +1,13 @@
 """The gateway's tables (SQLAlchemy declarative classes): accounts, API keys (hashes only), the job
 and balance read models, webhook endpoints and the delivery log, idempotency records and
-rate-limit windows. Their schema in a database comes from the Alembic migrations."""
+rate-limit windows. Their schema in a database comes from the Alembic migrations.
+
+No secret is stored in clear: passwords as argon2 hashes, API key secrets and console session
+tokens as SHA-256, webhook signing secrets sealed with the operator's keyring
+(kiln_crypto.sealed_secrets). The `legacy_*` columns held webhook secrets in clear before
+migration 0004 emptied them; they stay, empty, for one release, so that a replica of the
+previous release finds no secret there during a rolling upgrade rather than a sealed one it
+would take for a secret (docs/deploy.md, "Upgrading to sealed webhook secrets")."""
 
 from datetime import datetime
 from typing import Any
@@ -36,7 +43,12 @@ class Account(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str] = mapped_column(String(200))
-    default_webhook_secret: Mapped[str] = mapped_column(String(100))
+    # The secret that signs deliveries to jobs' own webhook_urls, sealed (see above).
+    sealed_webhook_secret: Mapped[str | None] = mapped_column(Text)
+    # Empty; a clear secret only if a replica of the previous release made the account.
+    legacy_default_webhook_secret: Mapped[str] = mapped_column(
+        "default_webhook_secret", String(100), default=""
+    )
     suspended: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -161,14 +173,17 @@ class RateLimitWindow(Base):
 
 class WebhookEndpoint(Base):
     """An account-level webhook endpoint (issue 6). The secret is shown once, at creation; the
-    notifier gets its own copy through `webhooks.endpoint_changed`."""
+    notifier gets its own copy, sealed, through `webhooks.endpoint_changed`."""
 
     __tablename__ = "webhook_endpoints"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64), index=True)
     url: Mapped[str] = mapped_column(Text)
-    secret: Mapped[str] = mapped_column(String(100))
+    # The `whsec_` signing secret, sealed (see above).
+    sealed_secret: Mapped[str | None] = mapped_column(Text)
+    # Empty; a clear secret only if a replica of the previous release made the endpoint.
+    legacy_secret: Mapped[str] = mapped_column("secret", String(100), default="")
     event_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty = every type
     description: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

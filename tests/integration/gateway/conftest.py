@@ -24,6 +24,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from kiln_crypto import new_secrets_key
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.state import GatewayState
@@ -43,6 +44,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> GatewaySettings:
         "blob_dir": tmp_path / "blobs",
         "admin_token": ADMIN_TOKEN,
         "session_signing_key": secrets.token_urlsafe(32),
+        "secrets_keys": new_secrets_key(),
         "decision_wait_s": 0.0,
         "kafka_bootstrap": "127.0.0.1:1",  # never contacted
     }

@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from kiln_crypto import SecretsKeyring, new_secrets_key
 from kiln_gateway.migrate import (
     UnknownSchema,
     current_revision,
@@ -101,12 +102,22 @@ async def test_a_database_made_before_migrations_is_adopted_with_its_rows(
                     created_at=datetime.now(UTC),
                 )
             )
-        await upgrade_database(engine)
+        keyring = SecretsKeyring([new_secrets_key()])
+        await upgrade_database(engine, keyring=keyring)
         async with engine.connect() as connection:
             assert await connection.run_sync(current_revision) == head_revision()
             assert await connection.run_sync(schema_differences) == []
-            emails = (await connection.execute(sa.select(accounts.c.email))).scalars().all()
-        assert emails == ["ada@example.com"]
+            rows = (
+                await connection.execute(
+                    sa.select(
+                        accounts.c.email,
+                        accounts.c.default_webhook_secret,
+                        accounts.c.sealed_webhook_secret,
+                    )
+                )
+            ).all()
+        assert [(email, clear) for email, clear, _ in rows] == [("ada@example.com", "")]
+        assert keyring.open(rows[0][2]) == "whsec_x"  # sealed by migration 0004
     finally:
         await engine.dispose()
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
+from kiln_crypto import SecretsKeyring, new_secrets_key
 from kiln_gateway.handlers import ReadModel
 from kiln_gateway.tables import MESSAGING
 from kiln_runtime.testing import EventDriver
@@ -45,6 +46,43 @@ def outbox_events(gw: Gateway, event_type: str) -> list[Any]:
         return [decode(row.payload) for row in rows]
 
     return [e for e in gw.client.portal.call(read) if e.type == event_type]  # type: ignore[union-attr]
+
+
+def raw_outbox_payloads(gw: Gateway) -> list[bytes]:
+    async def read() -> list[bytes]:
+        async with gw.state.runtime.sessions() as session:
+            rows = (await session.execute(select(MESSAGING.outbox.c.payload))).all()
+        return [bytes(row.payload) for row in rows]
+
+    payloads: list[bytes] = gw.client.portal.call(read)  # type: ignore[union-attr]
+    return payloads
+
+
+def stored_endpoint_secret(gw: Gateway, endpoint_id: str) -> tuple[str, str]:
+    """The endpoint's row: (the legacy clear column, the sealed one)."""
+
+    async def read() -> tuple[str, str]:
+        async with gw.state.runtime.sessions() as session:
+            row = (
+                await session.execute(
+                    text("SELECT secret, sealed_secret FROM webhook_endpoints WHERE id = :id"),
+                    {"id": endpoint_id},
+                )
+            ).one()
+        return row[0], row[1]
+
+    stored: tuple[str, str] = gw.client.portal.call(read)  # type: ignore[union-attr]
+    return stored
+
+
+def execute(gw: Gateway, sql: str, **params: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        async with gw.state.runtime.sessions() as session, session.begin():
+            result = await session.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+
+    rows: list[Any] = gw.client.portal.call(run)  # type: ignore[union-attr]
+    return rows
 
 
 def feed(gw: Gateway, event_type: str, message: Any, account_id: str, job_id: str = "") -> None:
@@ -94,7 +132,12 @@ def test_endpoint_lifecycle(gw: Gateway) -> None:
         for e in outbox_events(gw, "webhooks.endpoint_changed")
         if e.message.endpoint_id == endpoint_id
     ]
-    assert announced.url == "http://127.0.0.1:9999/hook" and announced.secret == secret
+    # The notifier is told the secret sealed with the operator's keyring, never in clear.
+    assert announced.url == "http://127.0.0.1:9999/hook" and not announced.secret
+    assert gw.state.keyring.open(announced.sealed_secret) == secret
+    assert secret.encode() not in b"".join(raw_outbox_payloads(gw))
+    legacy, sealed = stored_endpoint_secret(gw, endpoint_id)
+    assert legacy == "" and gw.state.keyring.open(sealed) == secret
 
     listed = gw.client.get("/webhooks", headers=auth).json()
     assert [e["id"] for e in listed["data"]] == [endpoint_id]
@@ -127,6 +170,57 @@ def test_endpoint_lifecycle(gw: Gateway) -> None:
     ]
     assert len(deleted) == 1
     assert account_id
+
+
+def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:
+    account_id, auth = account_with_key(gw, "cy@example.com")
+    shown = gw.client.get("/webhooks/default-secret", headers=auth)
+    assert shown.status_code == 200, shown.text
+    secret = shown.json()["data"]["secret"]
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    [announced] = [
+        e.message
+        for e in outbox_events(gw, "webhooks.endpoint_changed")
+        if e.message.endpoint_id == f"default_{account_id}"
+    ]
+    assert announced.is_default and not announced.secret
+    assert gw.state.keyring.open(announced.sealed_secret) == secret
+    [(legacy, sealed)] = execute(
+        gw,
+        "SELECT default_webhook_secret, sealed_webhook_secret FROM accounts WHERE id = :id",
+        id=account_id,
+    )
+    assert legacy == "" and gw.state.keyring.open(sealed) == secret
+    assert secret.encode() not in b"".join(raw_outbox_payloads(gw))
+
+
+def test_a_clear_default_secret_of_an_earlier_release_is_served_and_an_unopenable_one_is_a_503(
+    gw: Gateway,
+) -> None:
+    account_id, auth = account_with_key(gw, "dee@example.com")
+    # What a replica of the release before sealed secrets writes during a rolling upgrade.
+    clear = "whsec_" + base64.b64encode(b"\x05" * 32).decode()
+    execute(
+        gw,
+        "UPDATE accounts SET default_webhook_secret = :clear, sealed_webhook_secret = NULL "
+        "WHERE id = :id",
+        clear=clear,
+        id=account_id,
+    )
+    assert gw.client.get("/webhooks/default-secret", headers=auth).json()["data"]["secret"] == clear
+    # Sealed with a key the operator no longer lists.
+    lost = SecretsKeyring([new_secrets_key()]).seal(clear)
+    execute(
+        gw,
+        "UPDATE accounts SET default_webhook_secret = '', sealed_webhook_secret = :sealed "
+        "WHERE id = :id",
+        sealed=lost,
+        id=account_id,
+    )
+    answer = gw.client.get("/webhooks/default-secret", headers=auth)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "UNAVAILABLE"
+    assert clear not in answer.text and lost not in answer.text
 
 
 @pytest.mark.parametrize(

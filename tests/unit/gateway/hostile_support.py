@@ -23,13 +23,13 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln_crypto import make_result_key
+from kiln_crypto import make_result_key, new_secrets_key
+from kiln_gateway.admin.service import new_account
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
 from kiln_gateway.ids import new_id
 from kiln_gateway.keys.service import new_api_secret, secret_sha256
-from kiln_gateway.tables import Account, ApiKey
-from kiln_gateway.webhooks.service import new_webhook_secret
+from kiln_gateway.tables import ApiKey
 from kiln_runtime.db import transaction
 
 ADMIN_TOKEN = "hostile-admin-token-" + "a" * 20
@@ -54,6 +54,7 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
         "data_dir": tmp_path,
         "blob_dir": tmp_path / "blobs",
         "admin_token": ADMIN_TOKEN,
+        "secrets_keys": new_secrets_key(),
         "decision_wait_s": 0.0,
         "kafka_bootstrap": "127.0.0.1:1",  # never contacted
     }
@@ -64,12 +65,8 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
     await runtime.start(connect_kafka=False)
     sessions = runtime.sessions
 
-    account = Account(
-        id=new_id("acct"),
-        email=f"{secrets.token_hex(4)}@example.com",
-        name="hostile",
-        password_hash="x",
-        default_webhook_secret=new_webhook_secret(),
+    account = new_account(
+        f"{secrets.token_hex(4)}@example.com", "hostile", "x", app.state.gateway.keyring
     )
     live, sandbox = new_api_secret(False), new_api_secret(True)
     async with transaction(sessions) as session:

@@ -256,6 +256,7 @@ async def test_an_operator_file_is_used_by_the_gateway(tmp_path: Path) -> None:
 
 
 def test_a_broken_operator_file_stops_the_gateway_at_start(tmp_path: Path) -> None:
+    from kiln_crypto import new_secrets_key
     from kiln_gateway.app import create_app
     from kiln_gateway.config import GatewaySettings
 
@@ -263,6 +264,8 @@ def test_a_broken_operator_file_stops_the_gateway_at_start(tmp_path: Path) -> No
     with pytest.raises(InvalidPolicyFile):
         create_app(
             GatewaySettings(
-                database_url=f"sqlite+aiosqlite:///{tmp_path}/g.db", content_policy_file=broken
+                database_url=f"sqlite+aiosqlite:///{tmp_path}/g.db",
+                content_policy_file=broken,
+                secrets_keys=new_secrets_key(),
             )
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kiln_crypto import new_secrets_key
 from kiln_gateway.app import create_app
 from kiln_gateway.config import GatewaySettings
 from kiln_runtime.catalog import load_catalog
@@ -156,7 +157,11 @@ def test_every_catalog_input_schema_is_closed_and_bounded() -> None:
 
 
 def test_the_document_is_stable_across_calls(tmp_path: Path) -> None:
-    app = create_app(GatewaySettings(database_url=f"sqlite+aiosqlite:///{tmp_path}/g.db"))
+    app = create_app(
+        GatewaySettings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/g.db", secrets_keys=new_secrets_key()
+        )
+    )
     first = app.openapi()
     assert app.openapi() is first
     assert first["paths"]["/api/v1/jobs"]["post"]["security"] == [{"apiKey": []}]

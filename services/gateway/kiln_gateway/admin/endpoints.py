@@ -23,7 +23,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 @router.post("/accounts", status_code=201, responses=error_responses(409))
 async def create_account(body: AccountCreate, state: StateDep, _: AdminDep) -> dict[str, Any]:
-    account = new_account(body.email, body.name, await hash_password(body.password))
+    account = new_account(body.email, body.name, await hash_password(body.password), state.keyring)
     async with transaction(state.runtime.sessions) as session:
         if await repository.email_taken(session, account.email):
             raise Conflict("An account with this email exists.")

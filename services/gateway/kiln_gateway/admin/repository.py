@@ -18,12 +18,12 @@ async def email_taken(session: AsyncSession, email: str) -> bool:
 
 
 async def add_account(session: AsyncSession, account: Account) -> None:
-    """The account, and its default webhook secret announced to the notifier."""
+    """The account, and its default webhook secret (sealed) announced to the notifier."""
     session.add(account)
     outbox = Outbox()
     outbox.emit(
         "webhooks.endpoint_changed",
-        default_endpoint_changed(account.id, account.default_webhook_secret),
+        default_endpoint_changed(account.id, account.sealed_webhook_secret or ""),
         account_id=account.id,
     )
     await outbox.write(session, MESSAGING)

@@ -92,7 +92,7 @@ async def create_account(
             error="Give an email address, a password of 8 to 256 characters and a name of at "
             "most 200.", form={k: v for k, v in entered.items() if k != "password"}, status=422,
         )  # fmt: skip
-    account = new_account(body.email, body.name, await hash_password(body.password))
+    account = new_account(body.email, body.name, await hash_password(body.password), state.keyring)
     async with transaction(state.runtime.sessions) as session:
         if await repository.email_taken(session, account.email):
             raise ConsoleError(409, "An account with this email exists.")

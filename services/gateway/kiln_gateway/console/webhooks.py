@@ -23,7 +23,7 @@ from kiln_gateway.state import GatewayState
 from kiln_gateway.tables import WebhookEndpoint
 from kiln_gateway.webhooks import repository
 from kiln_gateway.webhooks.schemas import EndpointCreate, EventType
-from kiln_gateway.webhooks.service import new_webhook_secret, unique_event_types
+from kiln_gateway.webhooks.service import new_sealed_webhook_secret, unique_event_types
 from kiln_runtime.db import transaction
 from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
@@ -139,11 +139,13 @@ async def create_endpoint(
             status=422,
         )
     now = datetime.now(UTC)
+    secret, sealed = new_sealed_webhook_secret(state.keyring)
     endpoint = WebhookEndpoint(
         id=new_id("we"),
         account_id=user.account_id,
         url=url,
-        secret=new_webhook_secret(),
+        sealed_secret=sealed,
+        legacy_secret="",
         event_types=unique_event_types(list(body.event_types)),
         description=body.description,
         created_at=now,
@@ -155,7 +157,7 @@ async def create_endpoint(
     return render(
         request,
         "webhook_secret.html",
-        {"user": user, "nav": "webhooks", "endpoint": endpoint},
+        {"user": user, "nav": "webhooks", "endpoint": endpoint, "secret": secret},
         status=201,
     )
 

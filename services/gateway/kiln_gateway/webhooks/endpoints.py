@@ -3,9 +3,9 @@ default secret, the platform's `v1a` public key, the delivery log, redelivery an
 
 - An endpoint is a URL (checked by the URL guard), an optional event filter among
   `job.completed`, `job.failed`, `job.canceled` (empty: all of them) and a `whsec_` secret
-  shown once, at creation. Every change is announced to the notifier
-  (`webhooks.endpoint_changed`), which keeps its own copy; this service never reads the
-  notifier's tables, nor the notifier this one's.
+  shown once, at creation and otherwise kept sealed (webhooks/service.py). Every change is
+  announced to the notifier (`webhooks.endpoint_changed`, the secret sealed), which keeps its
+  own copy; this service never reads the notifier's tables, nor the notifier this one's.
 - The delivery log is the gateway's own read model of the notifier's `webhook.attempted`
   events (handlers.py): every attempt with its time, status code, latency and error.
 - Redelivery and test events are requests to the notifier (`webhook.redelivery_requested`,
@@ -40,7 +40,12 @@ from kiln_gateway.webhooks.schemas import (
     delivery_json,
     endpoint_json,
 )
-from kiln_gateway.webhooks.service import new_webhook_secret, public_key_b64, unique_event_types
+from kiln_gateway.webhooks.service import (
+    account_webhook_secret,
+    new_sealed_webhook_secret,
+    public_key_b64,
+    unique_event_types,
+)
 from kiln_runtime.db import transaction
 from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
@@ -71,14 +76,14 @@ def _no_endpoint() -> NotFound:
 # ------------------------------------------------------------------------- fixed routes
 
 
-@router.get("/default-secret", response_model=SecretResponse)
+@router.get("/default-secret", response_model=SecretResponse, responses=error_responses(503))
 async def default_secret(caller: CallerDep, state: StateDep) -> dict[str, Any]:
     """The secret that signs deliveries to a job's own `webhook_url`."""
     async with state.runtime.sessions() as session:
         account = await account_by_id(session, caller.account_id)
     if account is None:
         raise Unauthorized("Invalid API key.")
-    return {"data": {"secret": account.default_webhook_secret}}
+    return {"data": {"secret": account_webhook_secret(account, state.keyring)}}
 
 
 @router.get("/public-key", response_model=PublicKeyResponse, responses=error_responses(404))
@@ -174,11 +179,13 @@ async def create_endpoint(
     """Add an endpoint. Its `whsec_` secret (for the `v1` signature) is shown only here."""
     url = await _checked_url(state, body.url)
     now = datetime.now(UTC)
+    secret, sealed = new_sealed_webhook_secret(state.keyring)
     endpoint = WebhookEndpoint(
         id=new_id("we"),
         account_id=caller.account_id,
         url=url,
-        secret=new_webhook_secret(),
+        sealed_secret=sealed,
+        legacy_secret="",
         event_types=unique_event_types(list(body.event_types)),
         description=body.description,
         created_at=now,
@@ -187,7 +194,7 @@ async def create_endpoint(
     async with transaction(state.runtime.sessions) as session:
         await repository.save_endpoint(session, endpoint)
     state.runtime.publisher.wake()
-    return {"data": endpoint_json(endpoint, endpoint.secret)}
+    return {"data": endpoint_json(endpoint, secret)}
 
 
 @router.get("", response_model=EndpointListResponse)

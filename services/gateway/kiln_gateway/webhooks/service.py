@@ -1,16 +1,46 @@
-"""Webhook decisions: secrets, the platform's public key, an endpoint's event filter, and what
-the notifier is told when an endpoint changes."""
+"""Webhook decisions: secrets (made, sealed, opened), the platform's public key, an endpoint's
+event filter, and what the notifier is told when an endpoint changes.
+
+A signing secret is shown in clear once, when it is made (and the account's default one on
+request); everywhere else (the tables, the outbox, `webhooks.endpoint_changed`) it is sealed with
+the operator's keyring (kiln_crypto.sealed_secrets)."""
 
 import base64
+import logging
 import secrets
 
 from kiln_contracts.v1 import webhooks_pb2
-from kiln_gateway.tables import WebhookEndpoint
+from kiln_crypto import SealedSecretError, SecretsKeyring
+from kiln_gateway.errors import Unavailable
+from kiln_gateway.tables import Account, WebhookEndpoint
+
+log = logging.getLogger(__name__)
 
 
 def new_webhook_secret() -> str:
     # Standard Webhooks secrets are standard base64 after the prefix (not URL-safe base64).
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def new_sealed_webhook_secret(keyring: SecretsKeyring) -> tuple[str, str]:
+    """A new signing secret: (the secret, to show once; its sealed form, to store)."""
+    secret = new_webhook_secret()
+    return secret, keyring.seal(secret)
+
+
+def account_webhook_secret(account: Account, keyring: SecretsKeyring) -> str:
+    """The account's default secret in clear. Unavailable (503) when no key of the keyring
+    opens it: KILN_SECRETS_KEYS lost the key that sealed it (the operator's to fix)."""
+    if not account.sealed_webhook_secret:
+        # Made by a replica of the release before sealed secrets (a rolling upgrade).
+        return account.legacy_default_webhook_secret
+    try:
+        return keyring.open(account.sealed_webhook_secret)
+    except SealedSecretError:
+        log.error(
+            "account %s: no key of KILN_SECRETS_KEYS opens its default webhook secret", account.id
+        )
+        raise Unavailable("The webhook secret cannot be read right now.") from None
 
 
 def public_key_b64(private_key_text: str) -> str | None:
@@ -41,15 +71,19 @@ def endpoint_changed(
     return webhooks_pb2.WebhookEndpointChanged(
         endpoint_id=endpoint.id,
         url=endpoint.url,
-        secret=endpoint.secret,
+        # None only for an endpoint a replica of the previous release made: its own event
+        # carried the secret, and the notifier keeps what it has when none is sent.
+        sealed_secret=endpoint.sealed_secret or "",
         event_types=list(endpoint.event_types or []),
         deleted=deleted,
         disabled=endpoint.disabled_at is not None,
     )
 
 
-def default_endpoint_changed(account_id: str, secret: str) -> webhooks_pb2.WebhookEndpointChanged:
-    """The account's default secret, for deliveries to jobs' own `webhook_url`s."""
+def default_endpoint_changed(
+    account_id: str, sealed_secret: str
+) -> webhooks_pb2.WebhookEndpointChanged:
+    """The account's default secret (sealed), for deliveries to jobs' own `webhook_url`s."""
     return webhooks_pb2.WebhookEndpointChanged(
-        endpoint_id=f"default_{account_id}", secret=secret, is_default=True
+        endpoint_id=f"default_{account_id}", sealed_secret=sealed_secret, is_default=True
     )
