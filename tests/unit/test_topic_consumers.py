@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from kiln_billing.handlers import make_handlers as billing_handlers
 from kiln_contracts import TOPICS
+from kiln_crypto import SecretsKeyring, new_secrets_key
 from kiln_gateway.handlers import make_handlers as gateway_handlers
 from kiln_inference.handlers import Inference
 from kiln_notifier.handlers import Notifier
@@ -25,7 +26,14 @@ def consumed_by_service() -> dict[str, set[str]]:
         "scheduler": set(Scheduler(catalog, SchedulerSettings()).handlers().topics),
         "inference": set(Inference("w").handlers().topics),
         "notifier": set(
-            Notifier(make_tables(), links, lease=timedelta(seconds=60)).handlers().topics
+            Notifier(
+                make_tables(),
+                links,
+                lease=timedelta(seconds=60),
+                keyring=SecretsKeyring([new_secrets_key()]),
+            )
+            .handlers()
+            .topics
         ),
         "gateway": set(gateway_handlers().topics),
     }

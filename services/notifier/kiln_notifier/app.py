@@ -3,12 +3,14 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from fastapi import FastAPI
 
+from kiln_crypto import SecretsKeyring
 from kiln_notifier.config import NotifierSettings
 from kiln_notifier.handlers import Notifier
 from kiln_notifier.migrate import upgrade_connection
@@ -31,21 +33,27 @@ def file_links(settings: NotifierSettings) -> FileLinks:
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     settings = settings or NotifierSettings()
+    # Raises SecretsKeyError (the process does not start) without a usable KILN_SECRETS_KEYS.
+    keyring = SecretsKeyring.from_setting(settings.secrets_keys.get_secret_value())
     tables = make_tables()
     notifier = Notifier(
-        tables, file_links(settings), lease=timedelta(seconds=settings.delivery_lease_s)
+        tables,
+        file_links(settings),
+        lease=timedelta(seconds=settings.delivery_lease_s),
+        keyring=keyring,
     )
     runtime = ServiceRuntime(
         settings,
         tables.metadata,
         tables.messaging,
-        migrate=upgrade_connection,
+        # The migration that sealed the clear secrets of earlier releases needs it.
+        migrate=functools.partial(upgrade_connection, keyring=keyring),
         handlers=notifier.handlers(),
     )
 
     @contextlib.asynccontextmanager
     async def sending(rt: ServiceRuntime) -> AsyncIterator[None]:
-        sender = WebhookSender(settings, tables, rt)
+        sender = WebhookSender(settings, tables, rt, keyring=keyring)
         notifier.sender = sender
         task = asyncio.create_task(sender.run(), name="webhook-sender")
         log.info("webhook sender started")

@@ -1,6 +1,6 @@
 """The notifier's settings (KILN_ environment variables, see kiln_runtime.settings)."""
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kiln_runtime.settings import ServiceSettings
 
@@ -32,6 +32,11 @@ class NotifierSettings(ServiceSettings):
     # The platform's Ed25519 private key (base64 of the raw 32 bytes; standard or URL-safe
     # alphabet) for the `v1a` signature; the gateway serves its public key. Empty: `v1` only.
     webhook_signing_key: str = ""
+    # The keyring that seals the webhook signing secrets this service stores and receives
+    # (kiln_crypto.sealed_secrets): comma-separated Fernet keys, the first one seals, every one
+    # opens; the same value as the gateway's. Required: the notifier does not start without it.
+    # Checked when the app is built, not here, so that no error message can quote a key.
+    secrets_keys: SecretStr = SecretStr("")
     # How often the pending-retries and disabled-endpoints gauges are refreshed.
     metrics_refresh_s: float = Field(default=5.0, gt=0)
 

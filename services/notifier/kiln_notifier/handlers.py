@@ -16,6 +16,7 @@ from typing import Protocol
 
 from kiln_contracts import Event
 from kiln_contracts.v1 import webhooks_pb2
+from kiln_crypto import SealedSecretError, SecretsKeyring
 from kiln_notifier import repository
 from kiln_notifier.deliveries import (
     TEST_TYPE,
@@ -53,11 +54,13 @@ class Notifier:
         links: FileLinks,
         *,
         lease: timedelta,
+        keyring: SecretsKeyring,
         sender: Sender | None = None,
     ) -> None:
         self.tables = tables
         self.links = links
         self.lease = lease
+        self.keyring = keyring
         self.sender = sender
 
     def handlers(self) -> EventHandlers:
@@ -87,6 +90,30 @@ class Notifier:
         if waiting:
             unit.after_commit(sender.wake)
 
+    def sealed_secret(self, message: webhooks_pb2.WebhookEndpointChanged) -> str:
+        """The secret of a change as this service stores it: sealed with the first key ("" when
+        the change leaves it as it was).
+
+        A secret sealed with an older key is sealed again with the first one, so that nothing
+        consumed after `secrets_rotation` ran still needs the older key. One that no key opens
+        is stored as it came, and its deliveries wait (and say why) until a listed key opens
+        it: the event is not poison, the keyring is misconfigured (a rotation half-rolled)."""
+        if message.sealed_secret:
+            if self.keyring.sealed_with_first_key(message.sealed_secret):
+                return message.sealed_secret
+            try:
+                return self.keyring.reseal(message.sealed_secret)
+            except SealedSecretError:
+                log.error(
+                    "endpoint %s: no key of KILN_SECRETS_KEYS opens its secret; kept as it came",
+                    message.endpoint_id,
+                )
+                return message.sealed_secret
+        if message.secret:
+            # From a gateway of the release before sealed secrets, which sent it in clear.
+            return self.keyring.seal(message.secret)
+        return ""
+
     def handle_endpoint_changed(self, unit: Unit, event: Event) -> None:
         message = event.message
         if not isinstance(message, webhooks_pb2.WebhookEndpointChanged):
@@ -98,7 +125,7 @@ class Notifier:
                 endpoint_id=message.endpoint_id,
                 account_id=event.account_id,
                 url=message.url,
-                secret=message.secret,
+                sealed_secret=self.sealed_secret(message),
                 event_types=list(message.event_types),
                 is_default=message.is_default,
                 deleted=message.deleted,

@@ -27,7 +27,7 @@ class EndpointChange:
     endpoint_id: str
     account_id: str
     url: str
-    secret: str
+    sealed_secret: str  # "" when the change leaves the secret as it was
     event_types: list[str]
     is_default: bool
     deleted: bool
@@ -67,12 +67,18 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
     )
     if existing is None:
         connection.execute(
-            insert(endpoints).values(endpoint_id=change.endpoint_id, secret=change.secret, **values)
+            insert(endpoints).values(
+                endpoint_id=change.endpoint_id,
+                sealed_secret=change.sealed_secret or None,
+                secret="",
+                **values,
+            )
         )
         return
     # A deletion (or a change that does not rotate it) may come without the secret: keep ours.
-    if change.secret:
-        values["secret"] = change.secret
+    if change.sealed_secret:
+        values["sealed_secret"] = change.sealed_secret
+        values["secret"] = ""
     connection.execute(
         update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id).values(**values)
     )
@@ -111,9 +117,21 @@ def account_endpoints(
 
 @dataclass(frozen=True)
 class SecretLookup:
-    secret: str | None
+    sealed_secret: str | None = None
+    # In clear only when a notifier of the release before sealed secrets stored it (tables.py).
+    clear_secret: str | None = None
     endpoint_gone: bool = False  # the endpoint was deleted (or disabled): its deliveries stop
     disabled: bool = False
+
+    @property
+    def found(self) -> bool:
+        return bool(self.sealed_secret or self.clear_secret)
+
+
+def _lookup(sealed: str | None, clear: str | None) -> SecretLookup:
+    return SecretLookup(
+        sealed_secret=sealed or None, clear_secret=None if sealed else clear or None
+    )
 
 
 def signing_secret(
@@ -123,8 +141,8 @@ def signing_secret(
     webhook_url the account's newest default secret (None while the account has none)."""
     endpoints = tables.endpoints
     if endpoint_id == JOB_WEBHOOK_URL:
-        secret = connection.scalar(
-            select(endpoints.c.secret)
+        newest = connection.execute(
+            select(endpoints.c.sealed_secret, endpoints.c.secret)
             .where(
                 endpoints.c.account_id == account_id,
                 endpoints.c.is_default.is_(True),
@@ -132,25 +150,25 @@ def signing_secret(
             )
             .order_by(endpoints.c.changed_at.desc())
             .limit(1)
-        )
-        return SecretLookup(secret=secret or None)
+        ).first()
+        return SecretLookup() if newest is None else _lookup(newest.sealed_secret, newest.secret)
     row = (
         connection.execute(
-            select(endpoints.c.secret, endpoints.c.deleted).where(
+            select(endpoints.c.sealed_secret, endpoints.c.secret, endpoints.c.deleted).where(
                 endpoints.c.endpoint_id == endpoint_id, endpoints.c.account_id == account_id
             )
         )
     ).first()
     if row is None or row.deleted:
-        return SecretLookup(secret=None, endpoint_gone=True)
+        return SecretLookup(endpoint_gone=True)
     disabled = connection.scalar(
         select(tables.disabled_endpoints.c.endpoint_id).where(
             tables.disabled_endpoints.c.endpoint_id == endpoint_id
         )
     )
     if disabled is not None:
-        return SecretLookup(secret=None, endpoint_gone=True, disabled=True)
-    return SecretLookup(secret=row.secret or None)
+        return SecretLookup(endpoint_gone=True, disabled=True)
+    return _lookup(row.sealed_secret, row.secret)
 
 
 def disable_endpoint(

@@ -4,7 +4,8 @@ event it announces.
 One attempt:
 1. the row is claimed (a lease, so another instance does not send it too): by the handler that
    wrote it, when the sender had room, else by `claim_due` here;
-2. find the secret (the endpoint's, or the account's default for a job's webhook_url);
+2. find the secret (the endpoint's, or the account's default for a job's webhook_url) and open
+   it (it is stored sealed with the operator's keyring, kiln_crypto.sealed_secrets);
 3. check the URL and resolve it (url_guard, with a short cache); connect to a checked address
    only, through a client of its own per (host, address): connections are kept alive and
    reused for that pinned endpoint alone, never for another host name;
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from kiln_contracts.v1 import webhooks_pb2
+from kiln_crypto import SealedSecretError, SecretsKeyring
 from kiln_notifier import repository
 from kiln_notifier.config import NotifierSettings
 from kiln_notifier.deliveries import AttemptOutcome, decide_after_attempt, parse_retry_after
@@ -193,6 +195,7 @@ class WebhookSender:
         tables: NotifierTables,
         runtime: Transactions,
         *,
+        keyring: SecretsKeyring,
         clients: Poster | None = None,
         clock: Clock | None = None,
         resolver: Resolver | None = None,
@@ -200,6 +203,7 @@ class WebhookSender:
         self._settings = settings
         self._tables = tables
         self._runtime = runtime
+        self._keyring = keyring
         self._clients = clients or PinnedClients(
             per_endpoint=settings.max_concurrent_per_endpoint, keepalive_s=settings.keepalive_s
         )
@@ -350,14 +354,17 @@ class WebhookSender:
             result = AttemptResult(None, 0, "the endpoint is disabled", permanent=True)
         elif lookup.endpoint_gone:
             result = AttemptResult(None, 0, "the endpoint was deleted", permanent=True)
-        elif lookup.secret is None:
+        elif not lookup.found:
             # The account's default secret has not reached us yet: retry on the schedule.
             result = AttemptResult(None, 0, "no signing secret for this account yet")
+        elif (secret := self.open_secret(claim, lookup)) is None:
+            # The operator's to fix (a key missing from KILN_SECRETS_KEYS): retry meanwhile.
+            result = AttemptResult(None, 0, "the signing secret cannot be read right now")
         else:
             result = await attempt_delivery(
                 self._clients,
                 claim,
-                lookup.secret,
+                secret,
                 allow_loopback=self._settings.allow_loopback_urls,
                 timeout_s=self._settings.delivery_timeout_s,
                 now=attempted_at,
@@ -365,6 +372,20 @@ class WebhookSender:
                 resolver=self._resolver,
             )
         return await self.record(claim, attempted_at, result)
+
+    def open_secret(self, claim: ClaimedDelivery, lookup: repository.SecretLookup) -> str | None:
+        """The secret in clear, None when no key of the keyring opens it."""
+        if not lookup.sealed_secret:
+            return lookup.clear_secret
+        try:
+            return self._keyring.open(lookup.sealed_secret)
+        except SealedSecretError:
+            log.error(
+                "delivery %s: no key of KILN_SECRETS_KEYS opens the secret of endpoint %s",
+                claim.id,
+                claim.endpoint_id or f"default_{claim.account_id}",
+            )
+            return None
 
     async def record(
         self, claim: ClaimedDelivery, attempted_at: datetime, result: AttemptResult

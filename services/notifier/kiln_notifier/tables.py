@@ -1,5 +1,11 @@
 """The notifier's tables: its copy of the webhook endpoints, the deliveries (one row per message
-and target, carrying the retry state) and every attempt of each, plus the inbox/outbox."""
+and target, carrying the retry state) and every attempt of each, plus the inbox/outbox.
+
+An endpoint's signing secret is stored sealed with the operator's keyring
+(kiln_crypto.sealed_secrets). The `secret` column held it in clear before migration 0003
+emptied it; it stays, empty, for one release, so that a notifier of the previous release finds
+no secret there during a rolling upgrade (it retries) rather than a sealed one it would sign
+with (docs/deploy.md, "Upgrading to sealed webhook secrets")."""
 
 from dataclasses import dataclass
 
@@ -53,7 +59,10 @@ def make_tables() -> NotifierTables:
         Column("endpoint_id", String(64), primary_key=True),
         Column("account_id", String(64), nullable=False, index=True),
         Column("url", String(2048), nullable=False, default=""),
-        Column("secret", String(256), nullable=False),
+        # The `whsec_` secret, sealed (see above).
+        Column("sealed_secret", Text, nullable=True),
+        # Empty; a clear secret only if a notifier of the previous release stored it.
+        Column("secret", String(256), nullable=False, default=""),
         # Webhook types this endpoint wants ("job.completed", …); empty = every type.
         Column("event_types", JSON, nullable=False, default=list),
         # The account's default secret, used for per-job webhook_url deliveries.

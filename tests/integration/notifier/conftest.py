@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from kiln_contracts import Event, decode, encode, new_event
 from kiln_contracts.v1 import common_pb2, jobs_pb2, webhooks_pb2
+from kiln_crypto import SecretsKeyring
 from kiln_notifier import handlers
 from kiln_notifier.config import NotifierSettings
 from kiln_notifier.migrate import upgrade_connection
@@ -42,6 +43,11 @@ from kiln_runtime.testing import EventDriver
 LINKS = FileLinks(public_url="http://127.0.0.1:8000/", signing_key="k" * 32, ttl_s=3600)
 ACCOUNT = "acct_test"
 DEFAULT_SECRET = "whsec_" + base64.b64encode(b"\x07" * 32).decode()
+# The operator's keyring (KILN_SECRETS_KEYS): the first key seals, the older one still opens
+# (a rotation under way). Fixed keys: pytest imports this file apart from the tests' own import.
+FIRST_KEY = base64.urlsafe_b64encode(b"\x0b" * 32).decode()
+OLDER_KEY = base64.urlsafe_b64encode(b"\x0c" * 32).decode()
+KEYRING = SecretsKeyring([FIRST_KEY, OLDER_KEY])
 
 
 @dataclass
@@ -145,15 +151,21 @@ def endpoint_event(
     is_default: bool = False,
     deleted: bool = False,
     event_types: tuple[str, ...] = (),
+    sealed_by: SecretsKeyring | None = KEYRING,
 ) -> Event:
+    """An endpoint change as the gateway announces it: the secret sealed with KEYRING (or
+    `sealed_by`); with `sealed_by=None`, in clear, as gateways before sealed secrets sent it."""
     message = webhooks_pb2.WebhookEndpointChanged(
         endpoint_id=endpoint_id,
         url=url,
-        secret=secret,
         is_default=is_default,
         deleted=deleted,
         event_types=list(event_types),
     )
+    if secret and sealed_by is not None:
+        message.sealed_secret = sealed_by.seal(secret)
+    elif secret:
+        message.secret = secret
     return decode(encode(new_event("webhooks.endpoint_changed", message, account_id=ACCOUNT)))
 
 
@@ -169,14 +181,17 @@ class Notifier:
 
     def __post_init__(self) -> None:
         self.handlers = handlers.Notifier(
-            self.tables, LINKS, lease=timedelta(seconds=self.settings.delivery_lease_s)
+            self.tables,
+            LINKS,
+            lease=timedelta(seconds=self.settings.delivery_lease_s),
+            keyring=KEYRING,
         )
         self.driver = EventDriver(
             self.db, self.tables.messaging, self.handlers.handlers(), group="notifier"
         )
 
     def sender(self, settings: NotifierSettings | None = None) -> WebhookSender:
-        return WebhookSender(settings or self.settings, self.tables, self.driver)
+        return WebhookSender(settings or self.settings, self.tables, self.driver, keyring=KEYRING)
 
     async def feed(self, event: Event) -> list[str]:
         """Handle one event as the consumer would; the ids of the deliveries it made."""
