@@ -26,8 +26,20 @@ SECRET_NAMES = (
     "KILN_SESSION_SIGNING_KEY",
     # The platform's Ed25519 private key for `v1a` webhook signatures (gateway and notifier).
     "KILN_WEBHOOK_SIGNING_KEY",
+    # The keyring that seals stored webhook secrets (gateway and notifier): one Fernet key.
+    "KILN_SECRETS_KEYS",
 )
 SERVICES_READY_TIMEOUT_S = 240.0  # inference waits for every Triton model; slow on a busy box
+
+
+def new_secret(name: str) -> str:
+    if name == "KILN_WEBHOOK_SIGNING_KEY":
+        # Ed25519 private key: standard base64 of 32 random bytes.
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    if name == "KILN_SECRETS_KEYS":
+        # A Fernet key: url-safe base64 of 32 random bytes (what Fernet.generate_key makes).
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(32)
 
 
 class ServicesMixin(ProcessesMixin):
@@ -93,12 +105,7 @@ class ServicesMixin(ProcessesMixin):
         changed = False
         for key in SECRET_NAMES:
             if not values.get(key):
-                values[key] = (
-                    # Ed25519 private key: standard base64 of 32 random bytes.
-                    base64.b64encode(secrets.token_bytes(32)).decode()
-                    if key == "KILN_WEBHOOK_SIGNING_KEY"
-                    else secrets.token_urlsafe(32)
-                )
+                values[key] = new_secret(key)
                 changed = True
         if changed:
             write_env_file(
@@ -176,6 +183,7 @@ class ServicesMixin(ProcessesMixin):
             )
         if service in ("gateway", "notifier"):
             env["KILN_WEBHOOK_SIGNING_KEY"] = keys["KILN_WEBHOOK_SIGNING_KEY"]
+            env["KILN_SECRETS_KEYS"] = keys["KILN_SECRETS_KEYS"]
         if service == "inference":
             env["KILN_TRITON_GRPC_URL"] = f"127.0.0.1:{self.ports.triton_grpc}"
             env["KILN_SANDBOX_DELAY_MS"] = str(self.sandbox_delay_ms)

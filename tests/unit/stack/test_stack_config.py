@@ -62,3 +62,23 @@ def test_render_template_names_what_is_missing(tmp_path: Path) -> None:
     )
     with pytest.raises(stack.StackError, match="KAFKA_DATA_DIR"):
         stack.render_template(template, {"KAFKA_PORT": "1"})
+
+
+def test_the_secrets_keyring_is_made_once_and_given_to_the_gateway_and_notifier_only(
+    tmp_path: Path,
+) -> None:
+    from kiln_crypto import SecretsKeyring
+    from tests.stack_support import LocalStack
+
+    # A stack folder of an earlier release: its secrets.env lacks the keyring.
+    stack.write_env_file(tmp_path / "secrets.env", {"KILN_ADMIN_TOKEN": "kept"})
+    local = LocalStack(tmp_path, stack.StackPorts.free())
+    made = local.secrets()
+    assert made["KILN_ADMIN_TOKEN"] == "kept"
+    keyring = SecretsKeyring.from_setting(made["KILN_SECRETS_KEYS"])
+    assert keyring.open(keyring.seal("whsec_x")) == "whsec_x"
+    assert local.secrets() == made  # kept in secrets.env from then on
+    for service in stack.SERVICES:
+        env = local.service_env(service)
+        given = env.get("KILN_SECRETS_KEYS")
+        assert given == (made["KILN_SECRETS_KEYS"] if service in ("gateway", "notifier") else None)
