@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from kiln_crypto import new_secrets_key
 from kiln_gateway.app import create_app
@@ -52,7 +53,7 @@ async def running_gateway(database_url: str, folder: Path) -> AsyncIterator[Gate
         data_dir=folder,
         blob_dir=folder / "blobs",
         admin_token=ADMIN,
-        secrets_keys=new_secrets_key(),
+        secrets_keys=SecretStr(new_secrets_key()),
         decision_wait_s=0,
         rate_limit_live_read=10**9,
     )

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from kiln_crypto import SecretsKeyError, SecretsKeyring, new_secrets_key
 from kiln_gateway.admin.service import new_account
@@ -24,7 +25,9 @@ KEYRING = SecretsKeyring([new_secrets_key()])
 
 
 def settings(tmp_path: Path, keys: str) -> GatewaySettings:
-    return GatewaySettings(database_url=f"sqlite+aiosqlite:///{tmp_path}/g.db", secrets_keys=keys)
+    return GatewaySettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/g.db", secrets_keys=SecretStr(keys)
+    )
 
 
 def test_the_gateway_does_not_start_without_a_keyring(tmp_path: Path) -> None:
