@@ -89,20 +89,34 @@ def operator_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operat
         stop(process)
 
 
+def shared_stack(
+    root: Path, operator_triton: OperatorTriton, database: str = "sqlite"
+) -> Iterator[LocalStack]:
+    env = {**STACK_ENV, "KILN_CATALOG_FILE": str(operator_triton.catalog_file)}
+    local = LocalStack(
+        root=root,
+        ports=StackPorts.free(),
+        sandbox_delay_ms=300,
+        extra_env=env,
+        database=database,
+    )
+    try:
+        local.up()
+        yield local
+    finally:
+        try:
+            local.down()
+        finally:
+            local.discard_postgres()
+
+
 @pytest.fixture(scope="session")
 def local_stack(
     tmp_path_factory: pytest.TempPathFactory, operator_triton: OperatorTriton
 ) -> Iterator[LocalStack]:
     """The shared stack itself, for tests that stop and start its services. Its catalog is
     Kiln's plus an operator's model on a second Triton server (operator_triton)."""
-    root: Path = tmp_path_factory.mktemp("kiln-stack")
-    env = {**STACK_ENV, "KILN_CATALOG_FILE": str(operator_triton.catalog_file)}
-    local = LocalStack(root=root, ports=StackPorts.free(), sandbox_delay_ms=300, extra_env=env)
-    try:
-        local.up()
-        yield local
-    finally:
-        local.down()
+    yield from shared_stack(tmp_path_factory.mktemp("kiln-stack"), operator_triton)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@
   spent, every completed job captured exactly once, every failed or canceled one released
   exactly once, and agrees job by job with the gateway's job list.
 
+Both run on a stack on SQLite files and again on one on PostgreSQL.
+
 `KILN_CHAOS_SEED` replays a run's random moments (the seed is printed).
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from kiln_billing import repository
 from kiln_billing.tables import MESSAGING
@@ -39,7 +42,7 @@ from kiln_runtime.catalog import load_catalog
 from kiln_runtime.db import make_sync_engine
 from kiln_runtime.money import format_credits, parse_credits
 from tests.kafka_topics import distinct_events
-from tests.stack_support import RunningStack, started_stack
+from tests.stack_support import DATABASES, RunningStack, started_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -64,15 +67,19 @@ def log(message: str) -> None:
     print(f"[billing-chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@pytest.fixture(scope="module")
-def billing_stack() -> Iterator[RunningStack]:
+@pytest.fixture(scope="module", params=DATABASES)
+def billing_stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+    """A stack on SQLite files, then one on PostgreSQL (billing's ledger in a `postgresql://`
+    database of a cluster of the stack's own)."""
     # A folder of its own rather than pytest's tmp_path: another pytest session on the same
     # machine prunes old pytest folders, which would pull this one from under the stack.
     root = Path(tempfile.mkdtemp(prefix="kiln-billing-stack-"))
     started = time.monotonic()
     try:
-        with started_stack(root, sandbox_delay_ms=200, extra_env=STACK_ENV) as running:
-            log(f"stack up in {time.monotonic() - started:.1f} s (in {root})")
+        with started_stack(
+            root, sandbox_delay_ms=200, extra_env=STACK_ENV, database=request.param
+        ) as running:
+            log(f"stack on {request.param} up in {time.monotonic() - started:.1f} s (in {root})")
             yield running
     finally:
         if os.environ.get("KILN_KEEP_STACK"):
@@ -171,7 +178,8 @@ class BillingState:
 
 
 def billing_database_url(running: RunningStack) -> str:
-    return f"sqlite:///{running.local.data_dir}/billing.db"
+    url: str = running.local.database_url("billing")
+    return url
 
 
 def read_billing(running: RunningStack) -> BillingState:
@@ -184,6 +192,8 @@ def read_billing(running: RunningStack) -> BillingState:
             connection.begin()
             report = check_ledger(connection)
             connection.begin()
+            if connection.dialect.name == "postgresql":  # one snapshot, as SQLite's WAL gives
+                connection.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             charges = {row.job_id: row for row in repository.all_job_charges(connection)}
             bookings: dict[str, Counter[str]] = defaultdict(Counter)
             booked: dict[str, set[int]] = defaultdict(set)

@@ -37,7 +37,7 @@ import pytest
 from kiln_billing.verify import verify_ledger
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.money import format_credits, parse_credits
-from tests.stack_support import RunningStack, started_stack
+from tests.stack_support import DATABASES, RunningStack, started_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -73,12 +73,18 @@ def log(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@pytest.fixture(scope="module")
-def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+@pytest.fixture(scope="module", params=DATABASES)
+def chaos_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    """A stack on SQLite files, then one on PostgreSQL (every service handed a `postgresql://`
+    database of a cluster of the stack's own)."""
     root = tmp_path_factory.mktemp("kiln-chaos")
     started = time.monotonic()
-    with started_stack(root, sandbox_delay_ms=150, extra_env=ENV) as running:
-        log(f"stack up in {time.monotonic() - started:.1f} s")
+    with started_stack(
+        root, sandbox_delay_ms=150, extra_env=ENV, database=request.param
+    ) as running:
+        log(f"stack on {request.param} up in {time.monotonic() - started:.1f} s")
         yield running
 
 
@@ -394,7 +400,7 @@ def test_every_job_once_every_credit_counted_while_everything_dies(
                 usage[tenant.account_id],
                 len(completed_live),
             )
-        report = verify_ledger(f"sqlite:///{running.local.data_dir}/billing.db")
+        report = verify_ledger(running.local.database_url("billing"))
         assert report.ok, report.render()
         log(report.render())
 

@@ -1,9 +1,12 @@
-"""DESIGN.md's happy path over HTTP, for a live key and a sandbox key, on the real stack."""
+"""DESIGN.md's happy path over HTTP, for a live key and a sandbox key, on the real stack: on
+SQLite (the shared stack of conftest.py) and on PostgreSQL (a stack like it whose services are
+handed `postgresql://` URLs of a cluster of its own)."""
 
 import base64
 import io
 import time
 import wave
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,9 +16,26 @@ from standardwebhooks import Webhook
 
 from kiln_crypto import ResultEncryption, decrypt_bytes
 from kiln_modelhost.reference_models.image import render_image
-from tests.e2e.conftest import WebhookReceiver
+from tests.e2e.conftest import OperatorTriton, WebhookReceiver, shared_stack
+from tests.stack_support import DATABASES, LocalStack, load_env_file
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def postgres_stack(
+    tmp_path_factory: pytest.TempPathFactory, operator_triton: OperatorTriton
+) -> Iterator[LocalStack]:
+    yield from shared_stack(tmp_path_factory.mktemp("kiln-pg-stack"), operator_triton, "postgresql")
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def stack(request: pytest.FixtureRequest) -> dict[str, str]:
+    """demo.env of the stack on each database (the PostgreSQL one runs only for this module)."""
+    name = "local_stack" if request.param == "sqlite" else "postgres_stack"
+    local: LocalStack = request.getfixturevalue(name)
+    env: dict[str, str] = load_env_file(local.root / "demo.env")
+    return env
 
 
 def client(env: dict[str, str], key: str) -> httpx.Client:
