@@ -64,6 +64,11 @@ _ASYNCPG_DSN_PARAMETERS = frozenset(
 )  # fmt: skip
 _SQLALCHEMY_URL_PARAMETERS = frozenset({"host", "port"})
 
+# Kiln's PostgreSQL sessions run in UTC, whatever the server's TimeZone: `date(created_at)` is the
+# UTC day, as on SQLite (which holds UTC), and psycopg hands timestamps back in UTC. A URL's own
+# `options=-c timezone=…` comes after these, so an operator's choice wins.
+SESSION_SETTINGS = {"timezone": "UTC"}
+
 
 class UnsupportedDatabase(ValueError):
     """A database URL whose backend Kiln does not run on."""
@@ -90,6 +95,19 @@ def sync_url(url: str | URL) -> URL:
 def async_url(url: str | URL) -> URL:
     """`url` with Kiln's asynchronous driver (aiosqlite, asyncpg), whatever driver it named."""
     return _with_driver(url, _ASYNC_DRIVERS)
+
+
+def _last(value: str | tuple[str, ...]) -> str:
+    """A query parameter's value; libpq takes the last of a parameter given twice."""
+    return value[-1] if isinstance(value, tuple) else value
+
+
+def libpq_url(parsed: URL) -> URL:
+    """A psycopg URL with Kiln's session settings ahead of the URL's own `options`."""
+    ours = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    theirs = parsed.query.get("options")
+    options = f"{ours} {_last(theirs)}" if theirs else ours
+    return parsed.update_query_dict({"options": options})
 
 
 def _server_settings(options: str) -> dict[str, str] | None:
@@ -120,7 +138,8 @@ def async_connection(url: str | URL) -> tuple[URL, dict[str, Any]]:
     so libpq's parameters fail there (`?sslmode=require`: "connect() got an unexpected keyword
     argument 'sslmode'"). asyncpg's own DSN parser implements them with libpq's meaning, so they
     go to it as a DSN of parameters alone (`postgresql://?sslmode=require&sslrootcert=…`);
-    `connect_timeout` becomes asyncpg's `timeout`, `options=-c name=value` its server settings.
+    `connect_timeout` becomes asyncpg's `timeout`, `options=-c name=value` its server settings
+    (after Kiln's own, `SESSION_SETTINGS`).
     A URL asking for what asyncpg cannot do (`channel_binding`, `gssencmode`, keepalives, …)
     gets psycopg's async mode instead: libpq itself, exactly as the sync engine reads it."""
     parsed = async_url(url)
@@ -128,10 +147,9 @@ def async_connection(url: str | URL) -> tuple[URL, dict[str, Any]]:
         return parsed, {}
     kept: dict[str, Any] = {}
     dsn: dict[str, str] = {}
-    connect_args: dict[str, Any] = {}
-    for name, value in parsed.query.items():
-        if isinstance(value, tuple):  # a parameter given twice: libpq takes the last
-            value = value[-1]
+    connect_args: dict[str, Any] = {"server_settings": dict(SESSION_SETTINGS)}
+    for name, given in parsed.query.items():
+        value = _last(given)
         if name in _SQLALCHEMY_URL_PARAMETERS:
             kept[name] = value
         elif name in _ASYNCPG_DSN_PARAMETERS:
@@ -140,9 +158,9 @@ def async_connection(url: str | URL) -> tuple[URL, dict[str, Any]]:
             if int(value) > 0:  # libpq: 0 waits for ever, as asyncpg's None
                 connect_args["timeout"] = float(value)
         elif name == "options" and (settings := _server_settings(value)) is not None:
-            connect_args["server_settings"] = settings
+            connect_args["server_settings"].update(settings)
         else:
-            return parsed.set(drivername="postgresql+psycopg"), {}
+            return libpq_url(parsed.set(drivername="postgresql+psycopg")), {}
     if dsn:
         connect_args["dsn"] = "postgresql://?" + urlencode(dsn)
     return parsed.set(query=kept), connect_args
@@ -177,7 +195,7 @@ def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
 def make_sync_engine(url: str | URL, *, busy_timeout_s: float = 30.0) -> Engine:
     parsed = sync_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        return create_engine(libpq_url(parsed), pool_pre_ping=True, pool_size=8, max_overflow=8)
     _prepare_sqlite_file(parsed)
     # pysqlite's own transaction handling issues BEGIN lazily, at the first write; SQLAlchemy's
     # documented fix is to take BEGIN over ourselves, so a transaction that reads then writes

@@ -31,9 +31,10 @@ from tests.stack_support import REPO, stack
 PASSWORD = "pa:ss/w@rd"  # characters a URL must escape
 SERVICES = ("gateway", "billing", "scheduler", "inference", "notifier")
 SESSION = text(
-    "SELECT ssl, current_user, current_setting('application_name') "
+    "SELECT ssl, current_user, current_setting('application_name'), current_setting('TimeZone') "
     "FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 )
+Session = tuple[bool, str, str, str]  # ssl, user, application_name, TimeZone
 
 
 def _authority(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -112,6 +113,7 @@ def cluster(tls: dict[str, Path]) -> Iterator[PostgresCluster]:
         "ssl": "on",
         "ssl_cert_file": f"'{tls['cert']}'",
         "ssl_key_file": f"'{tls['key']}'",
+        "timezone": "'America/New_York'",  # Kiln's sessions run in UTC all the same
     }
     started = PostgresCluster.start(bin_dir, user="kiln", password=PASSWORD, settings=settings)
     try:
@@ -126,33 +128,33 @@ def _database(cluster: PostgresCluster, name: str) -> str:
     return url
 
 
-def _sync_session(url: str) -> tuple[bool, str, str]:
-    """(ssl, user, application_name) of a session of the sync engine (psycopg)."""
+def _sync_session(url: str) -> Session:
+    """A session of the sync engine (psycopg)."""
     engine = make_sync_engine(url)
     try:
         with engine.connect() as connection:
             row = connection.execute(SESSION).one()
-            return row[0], row[1], row[2]
+            return row[0], row[1], row[2], row[3]
     finally:
         engine.dispose()
 
 
-def _async_session(url: str) -> tuple[bool, str, str]:
+def _async_session(url: str) -> Session:
     """The same of the async engine (asyncpg)."""
 
-    async def session() -> tuple[bool, str, str]:
+    async def session() -> Session:
         engine = make_async_engine(url)
         try:
             async with engine.connect() as connection:
                 row = (await connection.execute(SESSION)).one()
-                return row[0], row[1], row[2]
+                return row[0], row[1], row[2], row[3]
         finally:
             await engine.dispose()
 
     return asyncio.run(session())
 
 
-def _both_engines(url: str) -> list[tuple[bool, str, str]]:
+def _both_engines(url: str) -> list[Session]:
     return [_sync_session(url), _async_session(url)]
 
 
@@ -162,8 +164,8 @@ def test_sslmode_require_encrypts_both_engines_sessions(
 ) -> None:
     url = _database(cluster, "urls").replace("postgresql://", f"{scheme}://", 1)
     encrypted = _both_engines(f"{url}?sslmode=require&application_name=kiln-test")
-    assert encrypted == [(True, "kiln", "kiln-test")] * 2
-    assert _both_engines(f"{url}?sslmode=disable") == [(False, "kiln", "")] * 2
+    assert encrypted == [(True, "kiln", "kiln-test", "UTC")] * 2
+    assert _both_engines(f"{url}?sslmode=disable") == [(False, "kiln", "", "UTC")] * 2
 
 
 def test_verify_full_checks_the_server_against_the_given_authority(
@@ -171,7 +173,7 @@ def test_verify_full_checks_the_server_against_the_given_authority(
 ) -> None:
     url = _database(cluster, "urls")
     verified = f"{url}?sslmode=verify-full&sslrootcert={tls['ca']}"
-    assert _both_engines(verified) == [(True, "kiln", "")] * 2
+    assert _both_engines(verified) == [(True, "kiln", "", "UTC")] * 2
     unverifiable = f"{url}?sslmode=verify-full&sslrootcert={tls['stranger']}"
     for session in (_sync_session, _async_session):
         with pytest.raises(Exception, match=r"(?i)certificate verify failed"):

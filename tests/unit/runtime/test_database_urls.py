@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine.url import make_url
 
-from kiln_runtime.db import UnsupportedDatabase, async_connection, async_url, sync_url
+from kiln_runtime.db import (
+    UnsupportedDatabase,
+    async_connection,
+    async_url,
+    libpq_url,
+    sync_url,
+)
 
 OPERATOR_URLS = [
     "postgresql://kiln:pa%3Ass@db.example:5432/billing?sslmode=require",
@@ -45,7 +51,10 @@ def test_sslmode_goes_to_asyncpg_as_libpq_parameters_not_as_keywords(url: str) -
         "db.example",
         "billing",
     )
-    assert connect_args == {"dsn": "postgresql://?sslmode=require"}
+    assert connect_args == {
+        "dsn": "postgresql://?sslmode=require",
+        "server_settings": {"timezone": "UTC"},
+    }
 
 
 def test_certificate_files_and_session_settings_keep_their_libpq_meaning() -> None:
@@ -68,14 +77,14 @@ def test_certificate_files_and_session_settings_keep_their_libpq_meaning() -> No
     }
     assert connect_args == {
         "timeout": 10.0,
-        "server_settings": {"statement_timeout": "5000", "lock_timeout": "2000"},
+        "server_settings": {"timezone": "UTC", "statement_timeout": "5000", "lock_timeout": "2000"},
     }
 
 
 def test_a_socket_folder_and_several_hosts_stay_with_sqlalchemy() -> None:
     engine_url, connect_args = async_connection("postgresql:///kiln?host=/run/postgresql")
     assert dict(engine_url.query) == {"host": "/run/postgresql"}
-    assert connect_args == {}
+    assert connect_args == {"server_settings": {"timezone": "UTC"}}
 
 
 @pytest.mark.parametrize(
@@ -91,8 +100,19 @@ def test_what_asyncpg_cannot_do_gets_libpq_through_psycopgs_async_mode(query: st
     url = f"postgresql://kiln@db/billing?{query}"
     engine_url, connect_args = async_connection(url)
     assert engine_url.drivername == "postgresql+psycopg"
-    assert engine_url.query == make_url(url).query  # libpq reads them as the sync engine does
+    given = dict(make_url(url).query)  # libpq reads them as the sync engine does
+    options = f"-c timezone=UTC {given['options']}" if "options" in given else "-c timezone=UTC"
+    assert dict(engine_url.query) == {**given, "options": options}
     assert connect_args == {}
+
+
+def test_sessions_run_in_utc_unless_the_url_says_otherwise() -> None:
+    plain = libpq_url(sync_url("postgresql://kiln@db/billing?sslmode=require"))
+    assert dict(plain.query) == {"sslmode": "require", "options": "-c timezone=UTC"}
+    theirs = libpq_url(sync_url("postgresql://kiln@db/billing?options=-c%20timezone%3DEST"))
+    assert theirs.query["options"] == "-c timezone=UTC -c timezone=EST"  # the last one wins
+    _, connect_args = async_connection("postgresql://kiln@db/billing?options=-c%20timezone%3DEST")
+    assert connect_args["server_settings"] == {"timezone": "EST"}
 
 
 def test_sqlite_urls_are_left_as_they_are() -> None:
