@@ -1,12 +1,11 @@
 """DESIGN.md's happy path over HTTP, for a live key and a sandbox key, on the real stack: on
-SQLite (the shared stack of conftest.py) and on PostgreSQL (a stack like it whose services are
+SQLite (conftest.local_stack) and on PostgreSQL (conftest.postgres_stack, whose services are
 handed `postgresql://` URLs of a cluster of its own)."""
 
 import base64
 import io
 import time
 import wave
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,24 +15,19 @@ from standardwebhooks import Webhook
 
 from kiln_crypto import ResultEncryption, decrypt_bytes
 from kiln_modelhost.reference_models.image import render_image
-from tests.e2e.conftest import OperatorTriton, WebhookReceiver, shared_stack
-from tests.stack_support import DATABASES, LocalStack, load_env_file
+from tests.e2e.conftest import WebhookReceiver
+from tests.stack_support import DATABASES, LocalStack, RunningStack, load_env_file
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def postgres_stack(
-    tmp_path_factory: pytest.TempPathFactory, operator_triton: OperatorTriton
-) -> Iterator[LocalStack]:
-    yield from shared_stack(tmp_path_factory.mktemp("kiln-pg-stack"), operator_triton, "postgresql")
-
-
 @pytest.fixture(scope="module", params=DATABASES)
 def stack(request: pytest.FixtureRequest) -> dict[str, str]:
-    """demo.env of the stack on each database (the PostgreSQL one runs only for this module)."""
-    name = "local_stack" if request.param == "sqlite" else "postgres_stack"
-    local: LocalStack = request.getfixturevalue(name)
+    """demo.env of the shared stack on SQLite, then of the one on PostgreSQL."""
+    if request.param == "postgresql":
+        running: RunningStack = request.getfixturevalue("postgres_stack")
+        return running.env
+    local: LocalStack = request.getfixturevalue("local_stack")
     env: dict[str, str] = load_env_file(local.root / "demo.env")
     return env
 
