@@ -199,19 +199,37 @@ LOAD_ATTEMPTS = 5
 # How long a model instance's stub waits for the first instance's handshake socket. PyTriton
 # waits 1 s, and Triton starts a model's instances in parallel: on a loaded machine the first
 # instance's stub is often more than a second behind, every other instance gives up and the
-# model fails to load.
+# model fails to load. Within that wait, a connect refused (the socket file exists between the
+# first instance's bind and its listen) is tried again instead of failing the model.
 HANDSHAKE_WAIT_S = 60.0
 _PYTRITON_WAIT = (
     b"def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0)"
 )
+_PYTRITON_CONNECT = b"""        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.0, should_stop_before_s - time.time()))
+        sock.connect(socket_path.as_posix())
+"""
+_RETRIED_CONNECT = b"""        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(max(0.0, should_stop_before_s - time.time()))
+            try:
+                sock.connect(socket_path.as_posix())
+                break
+            except ConnectionRefusedError:
+                sock.close()
+                sock = None
+                if time.time() >= should_stop_before_s:
+                    raise
+                time.sleep(0.01)
+"""
 
 
 def lengthen_handshake_wait() -> None:
     """Make the stub code PyTriton sends to Triton wait HANDSHAKE_WAIT_S for the handshake
-    socket. The stub's files are sent as bytes with each model's load request
-    (`Model.get_proxy_model_files`), so the change is made there, in this process only; when a
-    PyTriton release changes that function's signature, nothing is changed and a warning says
-    so."""
+    socket, and try a refused connect again within that wait. The stub's files are sent as
+    bytes with each model's load request (`Model.get_proxy_model_files`), so the change is made
+    there, in this process only; when a PyTriton release changes that code, it is left as it is
+    and a warning says so."""
     from pytriton.models.model import Model
 
     original = Model.get_proxy_model_files
@@ -223,10 +241,12 @@ def lengthen_handshake_wait() -> None:
         files: dict[str, bytes] = original(self)
         for name, content in files.items():
             if name.endswith("/communication.py"):
-                if _PYTRITON_WAIT in content:
-                    files[name] = content.replace(_PYTRITON_WAIT, wanted)
+                if _PYTRITON_WAIT in content and _PYTRITON_CONNECT in content:
+                    files[name] = content.replace(_PYTRITON_WAIT, wanted).replace(
+                        _PYTRITON_CONNECT, _RETRIED_CONNECT
+                    )
                 else:
-                    LOGGER.warning("PyTriton's handshake wait was not found; left at its default")
+                    LOGGER.warning("PyTriton's handshake code was not found; left as it is")
         return files
 
     get_proxy_model_files._kiln_wait = True  # type: ignore[attr-defined]

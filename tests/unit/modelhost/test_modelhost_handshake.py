@@ -17,6 +17,8 @@ def test_the_stub_waits_for_the_handshake_socket() -> None:
     source = after["file:1/communication.py"].decode()
     assert f"timeout_s: float = {HANDSHAKE_WAIT_S})" in source
     assert "timeout_s: float = 1.0)" not in source
+    assert "except ConnectionRefusedError:" in source  # a refused connect is tried again
+    compile(source, "communication.py", "exec")  # still Python
     # Only that default changed; the other files are PyTriton's own.
     assert before.keys() == after.keys()
     assert all(before[name] == after[name] for name in before if "communication" not in name)
