@@ -130,15 +130,12 @@ def started_stack(
     extra_env: Mapping[str, str] | None = None,
     database: str = "sqlite",
 ) -> Iterator[RunningStack]:
-    """`up` a whole stack in `root` on free ports, yield it, and `down` it whatever happens.
-    `database="postgresql"`: the services on a PostgreSQL cluster of the stack's own, removed
-    with it."""
+    """`up` a whole stack in `root` on free ports, yield it, and `down` it whatever happens: at
+    once, for its data is thrown away (unless `KILN_KEEP_STACK` is set, to look at it after).
+    `database="postgresql"`: the services on a PostgreSQL cluster of the stack's own."""
     local = LocalStack(root, ports, sandbox_delay_ms, extra_env, database=database)
     try:
         env = local.up()
         yield RunningStack(local, dict(env))
     finally:
-        try:
-            local.down()
-        finally:
-            local.discard_postgres()
+        local.down(discard=not os.environ.get("KILN_KEEP_STACK"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,15 +124,20 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
         self.print_summary()
         return demo
 
-    def down(self) -> list[str]:
+    def down(self, *, discard: bool = False) -> list[str]:
         """Stop the services (every instance), then Triton, then Kafka, then PostgreSQL when it
-        runs; returns the names that were running. The data is kept."""
+        runs; returns the names that were running. The data is kept, unless `discard` (a test's
+        throwaway stack, whose folder goes next): then every process is killed at once rather
+        than shut down, and a PostgreSQL cluster kept outside the folder is removed."""
+        sig = signal.SIGKILL if discard else signal.SIGTERM
         with self._locked():
-            stopped = self._stop(self.service_components())
-            stopped += self._stop([TRITON])
-            stopped += self._stop([KAFKA])
-            if self.stop_postgres():
+            stopped = self._stop(self.service_components(), sig)
+            stopped += self._stop([TRITON], sig)
+            stopped += self._stop([KAFKA], sig)
+            if self.stop_postgres("immediate" if discard else "fast"):
                 stopped.append(POSTGRES)
+            if discard:
+                self.discard_postgres()
         for name in stopped:
             self._echo(f"{name}: stopped")
         if not stopped:
