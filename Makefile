@@ -1,6 +1,7 @@
 # Kiln: the local stack, the tests and the linters. Every target runs in the uv workspace.
 #   make up       install what is missing, start Kafka, Triton and the five services, demo account
-#                 (PROMETHEUS=1: and a Prometheus on :9090 scraping them all)
+#                 (PROMETHEUS=1: and a Prometheus on :9090 scraping them all;
+#                 DATABASE=postgresql: the services on a PostgreSQL cluster of the stack's own)
 #   make down     stop them (the data under .kiln/ is kept)
 #   make status   what runs
 #   make logs     follow the logs of the local stack
@@ -56,8 +57,9 @@ deploy-tools:
 		GOBIN=$(TOOLS_BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
 
 # PROMETHEUS=1 also runs a Prometheus on :9090 scraping every component (deploy/local/kiln_stack/prometheus.py).
+# DATABASE=postgresql|sqlite chooses where the services keep their state (later `up`s keep the choice).
 up: sync
-	$(STACK) up $(if $(PROMETHEUS),--prometheus)
+	$(STACK) up $(if $(PROMETHEUS),--prometheus) $(if $(DATABASE),--database $(DATABASE))
 
 down: ensure-uv
 	$(STACK) down

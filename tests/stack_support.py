@@ -18,6 +18,10 @@ temporary folder on free ports, next to any stack a developer already runs:
     local.stop_service("billing", signal.SIGKILL)        # chaos: kill one service...
     local.start_service("billing"); local.wait_ready(["billing"])   # ...and bring it back
 
+`LocalStack(..., database="postgresql")` runs the services on a PostgreSQL cluster of the stack's
+own (Debian's server, initdb/pg_ctl); `local.database_url("billing")` is a service's database
+either way.
+
 `LocalStack` here is the one of `deploy/local/kiln_stack` (the package behind stack.py), except
 that it uses the developer's folder of Kafka jars (`<repo>/.kiln/kafka/libs`, or
 `KILN_KAFKA_LIBS_DIR`) when that one is installed, so that a test stack does not copy them
@@ -46,6 +50,7 @@ import kiln_stack  # noqa: E402
 
 stack: Any = kiln_stack
 
+DATABASES: tuple[str, ...] = stack.DATABASES
 StackPorts: Any = stack.StackPorts
 StackError: Any = stack.StackError
 ComponentStatus: Any = stack.ComponentStatus
@@ -123,11 +128,14 @@ def started_stack(
     ports: Any = None,
     sandbox_delay_ms: int = 200,
     extra_env: Mapping[str, str] | None = None,
+    database: str = "sqlite",
 ) -> Iterator[RunningStack]:
-    """`up` a whole stack in `root` on free ports, yield it, and `down` it whatever happens."""
-    local = LocalStack(root, ports, sandbox_delay_ms, extra_env)
+    """`up` a whole stack in `root` on free ports, yield it, and `down` it whatever happens: at
+    once, for its data is thrown away (unless `KILN_KEEP_STACK` is set, to look at it after).
+    `database="postgresql"`: the services on a PostgreSQL cluster of the stack's own."""
+    local = LocalStack(root, ports, sandbox_delay_ms, extra_env, database=database)
     try:
         env = local.up()
         yield RunningStack(local, dict(env))
     finally:
-        local.down()
+        local.down(discard=not os.environ.get("KILN_KEEP_STACK"))

@@ -5,6 +5,8 @@
     uv run python deploy/local/stack.py status   # what runs
     uv run python deploy/local/stack.py install  # only the Debian packages and the Kafka jars
 
+    uv run python deploy/local/stack.py up --database postgresql   # the services on PostgreSQL
+
     uv run python deploy/local/stack.py up --instances inference=2,billing=2
     uv run python deploy/local/stack.py scale --instances inference=4   # on a running stack
 
@@ -20,9 +22,11 @@ Everything lives under one folder, `KILN_STACK_DIR` (default `<repo>/.kiln`):
     kafka/data/        the broker's log dirs (KRaft metadata and topics)
     kafka/*.properties generated from deploy/local/*.properties.in
     data/              the services' SQLite files; data/blobs/ their blobs
+    postgres/          with `up --database postgresql`: the PostgreSQL cluster (postgres.py)
     logs/              one log per process
     run/               pidfiles (and the ports of extra service instances)
-    secrets.env        the admin token and the signing keys (made once, then reused)
+    secrets.env        the admin token, the signing keys, the database password (made once)
+    stack.env          what the last `up` ran on (sqlite or postgresql)
     demo.env           the demo account (`set -a; . .kiln/demo.env; set +a`)
 
 The code is the package `kiln_stack/` next to this file (one module per concern; its

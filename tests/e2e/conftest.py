@@ -2,8 +2,12 @@
 temporary folder with its own ports, started once for the e2e tests."""
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack_support import LocalStack, StackPorts, load_env_file
+from tests.stack_support import LocalStack, RunningStack, StackPorts, load_env_file, started_stack
 from tests.triton_support import free_ports, start, stop
 
 E2E = Path(__file__).parent
@@ -103,6 +107,50 @@ def local_stack(
         yield local
     finally:
         local.down()
+
+
+# What billing's crash test (test_billing_crash.py) asks of a stack: the gateway waits for
+# billing's answer long enough that 50 decisions at once come back inside the request on a busy
+# 2-core machine, no rate limit is in the way, and the ledger gauges are refreshed every second.
+BILLING_STACK_ENV = {
+    "KILN_DECISION_WAIT_S": "8",
+    "KILN_RATE_LIMIT_LIVE_CREATE": "100000",
+    "KILN_RATE_LIMIT_SANDBOX_CREATE": "100000",
+    "KILN_RATE_LIMIT_LIVE_READ": "100000",
+    "KILN_RATE_LIMIT_SANDBOX_READ": "100000",
+    "KILN_LEDGER_GAUGES_INTERVAL_S": "1",
+}
+
+
+def throwaway_stack(
+    prefix: str, *, extra_env: dict[str, str], database: str = "sqlite"
+) -> Iterator[RunningStack]:
+    """A whole stack of its own, removed afterwards (`KILN_KEEP_STACK=1` keeps its folder)."""
+    # A folder of its own rather than pytest's tmp_path: another pytest session on the same
+    # machine prunes old pytest folders, which would pull this one from under the stack.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    started = time.monotonic()
+    try:
+        with started_stack(
+            root, sandbox_delay_ms=200, extra_env=extra_env, database=database
+        ) as running:
+            print(f"stack on {database} up in {time.monotonic() - started:.1f} s (in {root})")
+            yield running
+    finally:
+        if os.environ.get("KILN_KEEP_STACK"):
+            print(f"kept {root} (KILN_KEEP_STACK)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_stack() -> Iterator[RunningStack]:
+    """A whole stack whose services run on PostgreSQL (each handed a `postgresql://` URL of a
+    cluster of the stack's own), shared by billing's crash test and the happy path: a stack
+    costs about a minute to start on a busy 2-core machine."""
+    yield from throwaway_stack(
+        "kiln-pg-stack-", extra_env={**STACK_ENV, **BILLING_STACK_ENV}, database="postgresql"
+    )
 
 
 @pytest.fixture(scope="session")

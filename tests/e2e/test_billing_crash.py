@@ -9,6 +9,8 @@
   spent, every completed job captured exactly once, every failed or canceled one released
   exactly once, and agrees job by job with the gateway's job list.
 
+Both run on a stack on SQLite files and again on one on PostgreSQL (conftest.postgres_stack).
+
 `KILN_CHAOS_SEED` replays a run's random moments (the seed is printed).
 """
 
@@ -17,20 +19,18 @@ from __future__ import annotations
 import os
 import queue
 import random
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from kiln_billing import repository
 from kiln_billing.tables import MESSAGING
@@ -38,8 +38,9 @@ from kiln_billing.verify import LedgerReport, check_ledger
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.db import make_sync_engine
 from kiln_runtime.money import format_credits, parse_credits
+from tests.e2e.conftest import BILLING_STACK_ENV, throwaway_stack
 from tests.kafka_topics import distinct_events
-from tests.stack_support import RunningStack, started_stack
+from tests.stack_support import DATABASES, RunningStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -50,35 +51,21 @@ PRICES = {m.id: m.price_millicredits for m in CATALOG.models}
 
 # How the gateway decides among jobs and how long it waits for billing's answer: long enough
 # that 50 decisions at once come back inside the request on a busy 2-core machine.
-STACK_ENV = {
-    "KILN_DECISION_WAIT_S": "8",
-    "KILN_RATE_LIMIT_LIVE_CREATE": "100000",
-    "KILN_RATE_LIMIT_SANDBOX_CREATE": "100000",
-    "KILN_RATE_LIMIT_LIVE_READ": "100000",
-    "KILN_RATE_LIMIT_SANDBOX_READ": "100000",
-    "KILN_LEDGER_GAUGES_INTERVAL_S": "1",
-}
+STACK_ENV = BILLING_STACK_ENV
 
 
 def log(message: str) -> None:
     print(f"[billing-chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@pytest.fixture(scope="module")
-def billing_stack() -> Iterator[RunningStack]:
-    # A folder of its own rather than pytest's tmp_path: another pytest session on the same
-    # machine prunes old pytest folders, which would pull this one from under the stack.
-    root = Path(tempfile.mkdtemp(prefix="kiln-billing-stack-"))
-    started = time.monotonic()
-    try:
-        with started_stack(root, sandbox_delay_ms=200, extra_env=STACK_ENV) as running:
-            log(f"stack up in {time.monotonic() - started:.1f} s (in {root})")
-            yield running
-    finally:
-        if os.environ.get("KILN_KEEP_STACK"):
-            log(f"kept {root} (KILN_KEEP_STACK)")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+@pytest.fixture(scope="module", params=DATABASES)
+def billing_stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+    """A stack of its own on SQLite files; then the PostgreSQL stack that the happy path
+    shares (billing's ledger in a `postgresql://` database), whose settings include these."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("postgres_stack")
+    else:
+        yield from throwaway_stack("kiln-billing-stack-", extra_env=STACK_ENV)
 
 
 # --------------------------------------------------------------------------------- API helpers
@@ -171,7 +158,8 @@ class BillingState:
 
 
 def billing_database_url(running: RunningStack) -> str:
-    return f"sqlite:///{running.local.data_dir}/billing.db"
+    url: str = running.local.database_url("billing")
+    return url
 
 
 def read_billing(running: RunningStack) -> BillingState:
@@ -184,6 +172,8 @@ def read_billing(running: RunningStack) -> BillingState:
             connection.begin()
             report = check_ledger(connection)
             connection.begin()
+            if connection.dialect.name == "postgresql":  # one snapshot, as SQLite's WAL gives
+                connection.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             charges = {row.job_id: row for row in repository.all_job_charges(connection)}
             bookings: dict[str, Counter[str]] = defaultdict(Counter)
             booked: dict[str, set[int]] = defaultdict(set)

@@ -1,4 +1,6 @@
-"""DESIGN.md's happy path over HTTP, for a live key and a sandbox key, on the real stack."""
+"""DESIGN.md's happy path over HTTP, for a live key and a sandbox key, on the real stack: on
+SQLite (conftest.local_stack) and on PostgreSQL (conftest.postgres_stack, whose services are
+handed `postgresql://` URLs of a cluster of its own)."""
 
 import base64
 import io
@@ -14,8 +16,20 @@ from standardwebhooks import Webhook
 from kiln_crypto import ResultEncryption, decrypt_bytes
 from kiln_modelhost.reference_models.image import render_image
 from tests.e2e.conftest import WebhookReceiver
+from tests.stack_support import DATABASES, LocalStack, RunningStack, load_env_file
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def stack(request: pytest.FixtureRequest) -> dict[str, str]:
+    """demo.env of the shared stack on SQLite, then of the one on PostgreSQL."""
+    if request.param == "postgresql":
+        running: RunningStack = request.getfixturevalue("postgres_stack")
+        return running.env
+    local: LocalStack = request.getfixturevalue("local_stack")
+    env: dict[str, str] = load_env_file(local.root / "demo.env")
+    return env
 
 
 def client(env: dict[str, str], key: str) -> httpx.Client:

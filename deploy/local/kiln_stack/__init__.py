@@ -7,6 +7,8 @@ layout.py       where a stack keeps everything, its settings and addresses
 processes.py    spawn, pidfiles, process groups, stop
 install.py      Debian packages and the Kafka jars
 kafka.py        the broker and its topics
+postgres.py     PostgreSQL (PostgresServer), for a stack whose database is "postgresql"
+secrets.py      the admin token, signing keys and database password (secrets.env)
 triton.py       the model host (services/modelhost) as the `triton` component
 services.py     the services' instances, environment, start, stop, readiness
 demo.py         the demo account of `make up`
@@ -16,6 +18,7 @@ cli.py          the command line
 
 from kiln_stack.components import (
     KAFKA,
+    POSTGRES,
     SERVICES,
     TRITON,
     instance_counts,
@@ -41,15 +44,18 @@ from kiln_stack.kafka import (
     TOPICS_TIMEOUT_S,
     render_template,
 )
-from kiln_stack.layout import DEFAULT_SANDBOX_DELAY_MS, HERE, REPO
+from kiln_stack.layout import DATABASES, DEFAULT_SANDBOX_DELAY_MS, HERE, REPO
 from kiln_stack.local_stack import ComponentStatus, LocalStack
 from kiln_stack.ports import StackPorts, free_port, port_accepts
+from kiln_stack.postgres import PostgresServer, find_pg_bin
 from kiln_stack.processes import LOG_TAIL_LINES, STOP_GRACE_S, group_members, tail
-from kiln_stack.services import SECRET_NAMES, SERVICES_READY_TIMEOUT_S
+from kiln_stack.secrets import SECRET_NAMES
+from kiln_stack.services import SERVICES_READY_TIMEOUT_S
 from kiln_stack.triton import TRITON_START_TIMEOUT_S
 
 __all__ = [
     "APT_PACKAGES_FILE",
+    "DATABASES",
     "DEFAULT_SANDBOX_DELAY_MS",
     "DEMO_CREDITS",
     "DEMO_EMAIL",
@@ -63,6 +69,7 @@ __all__ = [
     "KAFKA_START_TIMEOUT_S",
     "LOG_TAIL_LINES",
     "POM_FILE",
+    "POSTGRES",
     "REPO",
     "SECRET_NAMES",
     "SERVICES",
@@ -73,10 +80,12 @@ __all__ = [
     "TRITON_START_TIMEOUT_S",
     "ComponentStatus",
     "LocalStack",
+    "PostgresServer",
     "StackError",
     "StackPorts",
     "apt_packages",
     "dpkg_installed",
+    "find_pg_bin",
     "free_port",
     "group_members",
     "instance_counts",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from kiln_stack.components import instance_counts, parse_instances
 from kiln_stack.errors import StackError
+from kiln_stack.layout import DATABASES
 from kiln_stack.local_stack import LocalStack
 from kiln_stack.prometheus import LocalPrometheus
 
@@ -29,6 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="up: also run a Prometheus on :9090 that scrapes every component (prometheus.py)",
     )
     parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default=None,
+        help="up: where the services keep their state: sqlite (files in data/, the default) "
+        "or postgresql (a cluster of the stack's own; also KILN_STACK_DATABASE)",
+    )
+    parser.add_argument(
         "--instances",
         default="",
         metavar="SERVICE=N,...",
@@ -37,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         stack = LocalStack.from_env()
+        if args.database is not None:
+            stack.database = args.database
         counts = parse_instances(args.instances)
         if args.command in ("up", "scale"):
             stack.instances = instance_counts({**stack.instances, **counts})

@@ -1,4 +1,4 @@
-"""The components of a stack (kafka, triton, the services) and the names of service instances."""
+"""The components of a stack (kafka, triton, postgres, the services) and service instance names."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from kiln_stack.errors import StackError
 
 SERVICES: tuple[str, ...] = ("gateway", "billing", "scheduler", "inference", "notifier")
 KAFKA = "kafka"
+POSTGRES = "postgres"
 TRITON = "triton"
 
 

@@ -9,12 +9,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kiln_stack.components import instance_counts
+from kiln_stack.errors import StackError
 from kiln_stack.ports import StackPorts
 
 HERE = Path(__file__).resolve().parents[1]  # deploy/local
 REPO = HERE.parents[1]
 
 DEFAULT_SANDBOX_DELAY_MS = 10_000
+DATABASES = ("sqlite", "postgresql")  # what a stack's services may keep their state in
 
 
 class StackLayout:
@@ -36,8 +38,14 @@ class StackLayout:
         repo: Path = REPO,
         echo: Callable[[str], None] | None = None,
         instances: Mapping[str, int] | None = None,
+        database: str = "sqlite",
     ) -> None:
+        if database not in DATABASES:
+            raise StackError(f"database {database!r}: one of {', '.join(DATABASES)}")
         self.root = Path(root).resolve()
+        # Where the services keep their state: SQLite files in data/ (the default), or a
+        # PostgreSQL cluster of the stack's own (postgres.py).
+        self.database = database
         self.instances = instance_counts(instances)
         self.ports = ports or StackPorts()
         self.sandbox_delay_ms = sandbox_delay_ms

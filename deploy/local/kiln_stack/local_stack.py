@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln_stack.components import KAFKA, SERVICES, TRITON, instance_counts, instance_name
+from kiln_stack.components import (
+    KAFKA,
+    POSTGRES,
+    SERVICES,
+    TRITON,
+    instance_counts,
+    instance_name,
+)
 from kiln_stack.demo import DemoMixin
+from kiln_stack.envfiles import read_env_file, write_env_file
 from kiln_stack.errors import StackError
 from kiln_stack.kafka import KafkaMixin
 from kiln_stack.layout import DEFAULT_SANDBOX_DELAY_MS, REPO
@@ -18,6 +27,8 @@ from kiln_stack.ports import StackPorts, port_accepts
 from kiln_stack.processes import group_members
 from kiln_stack.services import SERVICES_READY_TIMEOUT_S
 from kiln_stack.triton import TritonMixin
+
+STACK_ENV_FILE = "stack.env"
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,10 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
     tune settings). `kafka_libs` lets several stacks share one folder of Kafka jars; `python` is
     the interpreter of the services (default: the workspace's `.venv/bin/python`).
 
+    `database` is where the services keep their state: "sqlite" (files in data/, the default)
+    or "postgresql" (a cluster of the stack's own, postgres.py). `from_env` takes
+    `KILN_STACK_DATABASE`, else what the stack's last `up` ran on (stack.env).
+
     `instances` runs several processes of a service (`{"inference": 4, "billing": 2}`; 1 for a
     service it does not name). Instance 1 is the service's usual process; instance i >= 2 is the
     component `<service>-<i>` with its own pidfile, log and port (`service_url(name, i)`).
@@ -51,6 +66,7 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
         env = os.environ if env is None else env
         root = Path(env.get("KILN_STACK_DIR") or REPO / ".kiln")
         libs = env.get("KILN_KAFKA_LIBS_DIR")
+        chosen = read_env_file(root / STACK_ENV_FILE)  # what the last `up` ran on
         delay = env.get("KILN_SANDBOX_DELAY_MS") or str(DEFAULT_SANDBOX_DELAY_MS)
         try:
             sandbox_delay_ms = int(delay)
@@ -61,6 +77,7 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
             StackPorts.from_env(env),
             sandbox_delay_ms,
             kafka_libs=Path(libs) if libs else None,
+            database=env.get("KILN_STACK_DATABASE") or chosen.get("KILN_STACK_DATABASE", "sqlite"),
         )
 
     @contextlib.contextmanager
@@ -85,7 +102,14 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
         with self._locked():
             for folder in (self.data_dir, self.blob_dir, self.logs_dir, self.run_dir):
                 folder.mkdir(parents=True, exist_ok=True)
+            write_env_file(
+                self.root / STACK_ENV_FILE,
+                {"KILN_STACK_DATABASE": self.database},
+                header=["What the last `up` of this stack ran on (deploy/local/stack.py)."],
+            )
             self.install()
+            if self.uses_postgres:
+                self.start_postgres()
             self.start_kafka()
             self.create_topics()
             self.start_triton()
@@ -100,13 +124,20 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
         self.print_summary()
         return demo
 
-    def down(self) -> list[str]:
-        """Stop the services (every instance), then Triton, then Kafka; returns the names that
-        were running."""
+    def down(self, *, discard: bool = False) -> list[str]:
+        """Stop the services (every instance), then Triton, then Kafka, then PostgreSQL when it
+        runs; returns the names that were running. The data is kept, unless `discard` (a test's
+        throwaway stack, whose folder goes next): then every process is killed at once rather
+        than shut down, and a PostgreSQL cluster kept outside the folder is removed."""
+        sig = signal.SIGKILL if discard else signal.SIGTERM
         with self._locked():
-            stopped = self._stop(self.service_components())
-            stopped += self._stop([TRITON])
-            stopped += self._stop([KAFKA])
+            stopped = self._stop(self.service_components(), sig)
+            stopped += self._stop([TRITON], sig)
+            stopped += self._stop([KAFKA], sig)
+            if self.stop_postgres("immediate" if discard else "fast"):
+                stopped.append(POSTGRES)
+            if discard:
+                self.discard_postgres()
         for name in stopped:
             self._echo(f"{name}: stopped")
         if not stopped:
@@ -130,6 +161,16 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
                 TRITON, triton_pid, self.triton_url, triton_pid is not None and self.triton_ready()
             )
         )
+        postgres_pid = self.postgres_pid()
+        if self.uses_postgres or postgres_pid is not None:
+            result.append(
+                ComponentStatus(
+                    POSTGRES,
+                    postgres_pid,
+                    f"127.0.0.1:{self.ports.postgres}",
+                    postgres_pid is not None and port_accepts(self.ports.postgres),
+                )
+            )
         for name in self.service_components():
             pid = self.pid(name)
             ready = pid is not None and self.service_ready(name, timeout_s=1.0)
@@ -140,9 +181,14 @@ class LocalStack(KafkaMixin, TritonMixin, DemoMixin):
 
     def processes(self) -> dict[str, list[int]]:
         """The pids of each running component's process group ("kafka", "triton", "gateway",
-        "billing-2", ...), its leader first: Triton's holds the PyTriton process, the
-        tritonserver binary and its Python backend stubs."""
+        "billing-2", ..., "postgres"), its leader first: Triton's holds the PyTriton process,
+        the tritonserver binary and its Python backend stubs; PostgreSQL's its postmaster and
+        backends."""
         result: dict[str, list[int]] = {}
+        postgres_pid = self.postgres_pid()
+        if postgres_pid is not None:
+            members = group_members(postgres_pid)
+            result[POSTGRES] = sorted(members, key=lambda member: (member != postgres_pid, member))
         for name in [KAFKA, TRITON, *self.service_components()]:
             pid = self.pid(name)
             if pid is None:

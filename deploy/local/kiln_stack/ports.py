@@ -35,6 +35,7 @@ class StackPorts:
     scheduler: int = 8003
     inference: int = 8004
     notifier: int = 8005
+    postgres: int = 5432  # a stack on PostgreSQL (postgres.py)
 
     @staticmethod
     def env_name(field: str) -> str:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import secrets
 import signal
 import time
 from collections.abc import Iterable, Sequence
@@ -14,35 +12,15 @@ from pathlib import Path
 import httpx
 
 from kiln_stack.components import SERVICES, instance_name, split_instance
-from kiln_stack.envfiles import read_env_file, write_env_file
 from kiln_stack.errors import StackError
 from kiln_stack.ports import free_port, port_accepts
-from kiln_stack.processes import STOP_GRACE_S, ProcessesMixin, tail
+from kiln_stack.postgres import PostgresMixin, database_name
+from kiln_stack.processes import STOP_GRACE_S, tail
 
-# Made once per stack folder (secrets.env), then reused by every `up`.
-SECRET_NAMES = (
-    "KILN_ADMIN_TOKEN",
-    "KILN_FILES_SIGNING_KEY",
-    "KILN_SESSION_SIGNING_KEY",
-    # The platform's Ed25519 private key for `v1a` webhook signatures (gateway and notifier).
-    "KILN_WEBHOOK_SIGNING_KEY",
-    # The keyring that seals stored webhook secrets (gateway and notifier): one Fernet key.
-    "KILN_SECRETS_KEYS",
-)
 SERVICES_READY_TIMEOUT_S = 240.0  # inference waits for every Triton model; slow on a busy box
 
 
-def new_secret(name: str) -> str:
-    if name == "KILN_WEBHOOK_SIGNING_KEY":
-        # Ed25519 private key: standard base64 of 32 random bytes.
-        return base64.b64encode(secrets.token_bytes(32)).decode()
-    if name == "KILN_SECRETS_KEYS":
-        # A Fernet key: url-safe base64 of 32 random bytes (what Fernet.generate_key makes).
-        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-    return secrets.token_urlsafe(32)
-
-
-class ServicesMixin(ProcessesMixin):
+class ServicesMixin(PostgresMixin):
     """The five services, each as one or more instances (processes), and their settings."""
 
     def _resolve(self, name: str, instance: int | None = None) -> tuple[str, int]:
@@ -99,34 +77,18 @@ class ServicesMixin(ProcessesMixin):
         """Every service instance this stack knows of, by component name, in SERVICES order."""
         return [instance_name(name, i) for name in SERVICES for i in self.service_instances(name)]
 
-    def secrets(self) -> dict[str, str]:
-        """The admin token and the signing keys: made once, then read from secrets.env."""
-        values = read_env_file(self.secrets_file)
-        changed = False
-        for key in SECRET_NAMES:
-            if not values.get(key):
-                values[key] = new_secret(key)
-                changed = True
-        if changed:
-            write_env_file(
-                self.secrets_file,
-                {k: values[k] for k in SECRET_NAMES},
-                header=["Kiln local stack: made once by deploy/local/stack.py, reused by `up`."],
-            )
-        return values
-
     def service_env(self, name: str, instance: int = 1) -> dict[str, str]:
         """The environment of one service instance.
 
         Every instance of a service has the service's name (`KILN_SERVICE_NAME`), so they are
         members of one Kafka consumer group that splits the partitions between them, and they
-        share the service's database (data/<name>.db), as the replicas of one deployment share
+        share the service's database (`database_url`), as the replicas of one deployment share
         theirs: billing, the gateway and the notifier decide under row locks (or SQLite's
         database lock), and so does the scheduler (below). Each instance has its own HTTP port.
 
         Inference is different: each worker instance has a database of its own
-        (data/inference-<i>.db; instance 1 keeps data/inference.db) and its own
-        `KILN_WORKER_ID` (`inference-<i>`), as a worker pod with local state would. Its
+        (data/inference-<i>.db, or the database inference_<i>; instance 1 keeps inference's)
+        and its own `KILN_WORKER_ID` (`inference-<i>`), as a worker pod with local state would. Its
         database is the worker's private queue, not shared state: the `work_items` it accepted
         from its own partitions, which it runs again when it starts (on a shared file, a
         starting worker would run the items another one is running). The cost: the work a
@@ -151,7 +113,6 @@ class ServicesMixin(ProcessesMixin):
             raise StackError(f"{instance_name(service, number)} has no port yet (start it)")
         keys = self.secrets()
         env = self._base_env()
-        database = service if number == 1 or service != "inference" else f"{service}-{number}"
         env.update(
             {
                 "KILN_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
@@ -165,7 +126,7 @@ class ServicesMixin(ProcessesMixin):
                 "KILN_SERVICE_NAME": service,
                 "KILN_INSTANCE_ID": instance_name(service, number),
                 "KILN_HTTP_PORT": str(port),
-                "KILN_DATABASE_URL": f"sqlite:///{self.data_dir}/{database}.db",
+                "KILN_DATABASE_URL": self.database_url(service, number),
             }
         )
         if service == "gateway":
@@ -190,6 +151,23 @@ class ServicesMixin(ProcessesMixin):
             env["KILN_WORKER_ID"] = f"inference-{number}"
         env.update(self.extra_env)
         return env
+
+    def database_url(self, name: str, instance: int = 1) -> str:
+        """The database of a service instance (`name` may be a component such as `inference-2`):
+        data/<name>.db on SQLite; on PostgreSQL, the database `<name>` of the stack's cluster
+        (`inference_2` for `inference-2`), as a plain URL with the role's password.
+
+        The instances of a service share its database, except inference's (see `service_env`)."""
+        owner = self._database_owner(*self._resolve(name, instance))
+        if self.uses_postgres:
+            return self.postgres_server().url(database_name(owner))
+        return f"sqlite:///{self.data_dir}/{owner}.db"
+
+    def _database_owner(self, service: str, number: int) -> str:
+        """The component whose database an instance uses: its own, or instance 1's."""
+        if number == 1 or not self._shares_database(service):
+            return instance_name(service, number)
+        return service
 
     def _shares_database(self, service: str) -> bool:
         return service != "inference"
@@ -222,6 +200,8 @@ class ServicesMixin(ProcessesMixin):
             self._echo(f"{component}: already running (pid {pid}) on {url}")
             return pid
         self._choose_port(service, number)
+        if self.uses_postgres:
+            self.ensure_database(database_name(self._database_owner(service, number)))
         env = self.service_env(service, number)
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         pid = self._spawn(component, [str(self.python), "-m", f"kiln_{service}"], env)

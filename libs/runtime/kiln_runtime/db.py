@@ -11,7 +11,8 @@ aiosqlite's three or four per statement. `Database` owns that engine and two exe
   while the writer writes).
 
 An async engine (aiosqlite or asyncpg) is still there for code that reads and writes rarely
-(key management, admin routes); it points at the same database.
+(key management, admin routes); it points at the same database. On PostgreSQL both engines take
+the URL an operator is given, libpq's parameters included (`async_connection`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine.url import URL, make_url
@@ -43,9 +46,28 @@ T = TypeVar("T")
 WRITE_INTENT = "kiln_write_intent"
 
 # Driver names for the two engines, by backend. Operators are handed plain URLs
-# (`postgresql://user:pw@host/db` by CloudNativePG, `sqlite:///path`); Kiln picks the drivers.
+# (`postgresql://user:pw@host/db` by CloudNativePG, `postgres://…` by older tools,
+# `sqlite:///path`); Kiln picks the drivers.
 _SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+# The URL's query is libpq's connection parameters (psycopg hands them to libpq as they are).
+# asyncpg's DSN parser implements these with libpq's meaning; `host` and `port` SQLAlchemy's
+# asyncpg dialect reads itself (several hosts, a socket folder).
+_ASYNCPG_DSN_PARAMETERS = frozenset(
+    {
+        "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword",
+        "sslnegotiation", "ssl_min_protocol_version", "ssl_max_protocol_version",
+        "target_session_attrs", "krbsrvname", "gsslib", "passfile", "service",
+        "application_name",
+    }
+)  # fmt: skip
+_SQLALCHEMY_URL_PARAMETERS = frozenset({"host", "port"})
+
+# Kiln's PostgreSQL sessions run in UTC, whatever the server's TimeZone: `date(created_at)` is the
+# UTC day, as on SQLite (which holds UTC), and psycopg hands timestamps back in UTC. A URL's own
+# `options=-c timezone=…` comes after these, so an operator's choice wins.
+SESSION_SETTINGS = {"timezone": "UTC"}
 
 
 class UnsupportedDatabase(ValueError):
@@ -73,6 +95,75 @@ def sync_url(url: str | URL) -> URL:
 def async_url(url: str | URL) -> URL:
     """`url` with Kiln's asynchronous driver (aiosqlite, asyncpg), whatever driver it named."""
     return _with_driver(url, _ASYNC_DRIVERS)
+
+
+def _last(value: str | tuple[str, ...]) -> str:
+    """A query parameter's value; libpq takes the last of a parameter given twice."""
+    return value[-1] if isinstance(value, tuple) else value
+
+
+def libpq_url(parsed: URL) -> URL:
+    """A psycopg URL with Kiln's session settings ahead of the URL's own `options`."""
+    ours = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    theirs = parsed.query.get("options")
+    options = f"{ours} {_last(theirs)}" if theirs else ours
+    return parsed.update_query_dict({"options": options})
+
+
+def _server_settings(options: str) -> dict[str, str] | None:
+    """libpq's `options` (`-c name=value` / `--name=value`, space-separated) as asyncpg's
+    server settings; None when it holds anything else."""
+    settings: dict[str, str] = {}
+    tokens = iter(shlex.split(options))
+    for token in tokens:
+        if token == "-c":
+            token = "-c" + next(tokens, "")
+        if token.startswith("-c"):
+            setting = token[2:]
+        elif token.startswith("--"):
+            setting = token[2:]
+        else:
+            return None
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            return None
+        settings[name.replace("-", "_")] = value
+    return settings
+
+
+def async_connection(url: str | URL) -> tuple[URL, dict[str, Any]]:
+    """The async engine's URL (with its driver) and its `connect_args`.
+
+    SQLAlchemy's asyncpg dialect hands every query parameter to `asyncpg.connect` as a keyword,
+    so libpq's parameters fail there (`?sslmode=require`: "connect() got an unexpected keyword
+    argument 'sslmode'"). asyncpg's own DSN parser implements them with libpq's meaning, so they
+    go to it as a DSN of parameters alone (`postgresql://?sslmode=require&sslrootcert=…`);
+    `connect_timeout` becomes asyncpg's `timeout`, `options=-c name=value` its server settings
+    (after Kiln's own, `SESSION_SETTINGS`).
+    A URL asking for what asyncpg cannot do (`channel_binding`, `gssencmode`, keepalives, …)
+    gets psycopg's async mode instead: libpq itself, exactly as the sync engine reads it."""
+    parsed = async_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return parsed, {}
+    kept: dict[str, Any] = {}
+    dsn: dict[str, str] = {}
+    connect_args: dict[str, Any] = {"server_settings": dict(SESSION_SETTINGS)}
+    for name, given in parsed.query.items():
+        value = _last(given)
+        if name in _SQLALCHEMY_URL_PARAMETERS:
+            kept[name] = value
+        elif name in _ASYNCPG_DSN_PARAMETERS:
+            dsn[name] = value
+        elif name == "connect_timeout" and value.isdigit():
+            if int(value) > 0:  # libpq: 0 waits for ever, as asyncpg's None
+                connect_args["timeout"] = float(value)
+        elif name == "options" and (settings := _server_settings(value)) is not None:
+            connect_args["server_settings"].update(settings)
+        else:
+            return libpq_url(parsed.set(drivername="postgresql+psycopg")), {}
+    if dsn:
+        connect_args["dsn"] = "postgresql://?" + urlencode(dsn)
+    return parsed.set(query=kept), connect_args
 
 
 def is_sqlite(url: str | URL) -> bool:
@@ -104,7 +195,7 @@ def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
 def make_sync_engine(url: str | URL, *, busy_timeout_s: float = 30.0) -> Engine:
     parsed = sync_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        return create_engine(libpq_url(parsed), pool_pre_ping=True, pool_size=8, max_overflow=8)
     _prepare_sqlite_file(parsed)
     # pysqlite's own transaction handling issues BEGIN lazily, at the first write; SQLAlchemy's
     # documented fix is to take BEGIN over ourselves, so a transaction that reads then writes
@@ -132,9 +223,9 @@ def make_sync_engine(url: str | URL, *, busy_timeout_s: float = 30.0) -> Engine:
 
 
 def make_async_engine(url: str | URL, *, busy_timeout_s: float = 30.0) -> AsyncEngine:
-    parsed = async_url(url)
+    parsed, connect_args = async_connection(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(parsed, pool_pre_ping=True)
+        return create_async_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     _prepare_sqlite_file(parsed)
     engine = create_async_engine(parsed, connect_args={"timeout": busy_timeout_s})
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_s))

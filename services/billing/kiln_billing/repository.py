@@ -97,8 +97,8 @@ def lock_balances(connection: Connection, account_ids: Iterable[str]) -> dict[st
         ],
     )
     query = select(balances_table).where(balances_table.c.account_id.in_(wanted))
-    if postgres:
-        query = query.with_for_update()
+    if postgres:  # in one order, so that two transactions locking accounts never deadlock
+        query = query.order_by(balances_table.c.account_id).with_for_update()
     return {row.account_id: _balances(row) for row in connection.execute(query)}
 
 

@@ -148,10 +148,16 @@ class ReadModel:
         wanted = sorted(job_ids - batch.jobs.keys())
         if not wanted:
             return
+        # Locked until the batch commits (PostgreSQL; on SQLite the writer holds the database):
+        # a cancel on another connection or replica waits for the batch, then reads what it
+        # made, and the batch never writes over a change it did not see.
         found = {
             row.id: job_from_row(row)
             for row in batch.unit.connection.execute(
-                select(jobs_table).where(jobs_table.c.id.in_(wanted))
+                select(jobs_table)
+                .where(jobs_table.c.id.in_(wanted))
+                .order_by(jobs_table.c.id)
+                .with_for_update()
             )
         }
         for job_id in wanted:
@@ -569,9 +575,9 @@ def record_attempts(connection: Connection, attempts: Sequence[tuple[str, Attemp
 def _disable_gone_endpoint(connection: Connection, account_id: str, attempt: Attempt) -> None:
     endpoints = cast(Table, WebhookEndpoint.__table__)
     endpoint = connection.execute(
-        select(endpoints.c.account_id, endpoints.c.disabled_at, endpoints.c.updated_at).where(
-            endpoints.c.id == attempt.endpoint_id
-        )
+        select(endpoints.c.account_id, endpoints.c.disabled_at, endpoints.c.updated_at)
+        .where(endpoints.c.id == attempt.endpoint_id)
+        .with_for_update()  # an update of the endpoint (which re-enables it) waits, or wins
     ).first()
     if (
         endpoint is not None

@@ -234,10 +234,15 @@ class WebhookSender:
                 claimed = 0
                 if free > 0:
                     try:
+                        counted = dict(self._in_flight_by_url)  # what the claim goes by
                         claims = await self.claim_due(free)
                         self.start(claims)
                         claimed = len(claims)
-                        if claimed < free and wakes == self._wakes:
+                        if self._capped(counted, claims):
+                            # An endpoint at its limit may have kept due deliveries back: a
+                            # slot freed looks again, rather than the next poll.
+                            self._backlog = True
+                        elif claimed < free and wakes == self._wakes:
                             self._backlog = False  # everything due was taken
                     except asyncio.CancelledError:
                         raise
@@ -262,6 +267,13 @@ class WebhookSender:
         self._wakes += 1
         self._backlog = True
         self._wakeup.set()
+
+    def _capped(self, counted: dict[str, int], claims: list[ClaimedDelivery]) -> bool:
+        """Whether a claim counting `counted` in flight per URL reached an endpoint's limit."""
+        for claim in claims:
+            counted[claim.url] = counted.get(claim.url, 0) + 1
+        limit = self._settings.max_concurrent_per_endpoint
+        return any(count >= limit for count in counted.values())
 
     def has_room_for(self, url: str) -> bool:
         """Whether a new delivery to `url` may start at once (read from the consumer's thread:

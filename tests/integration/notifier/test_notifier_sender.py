@@ -210,6 +210,25 @@ async def test_a_slow_endpoint_does_not_delay_the_others(
     assert len(slow.got()) <= 2 * limit < 12
 
 
+async def test_a_backlog_for_one_endpoint_drains_as_its_slots_free_not_at_the_polls_pace(
+    notifier: Notifier, receiver: Callable[..., Receiver]
+) -> None:
+    hook = receiver(204)
+    limit = notifier.settings.max_concurrent_per_endpoint
+    for _ in range(3 * limit):  # waiting in the database: more than the endpoint may take at once
+        await notifier.feed(job_event("job.completed", job_id(), hook.url))
+    # No poll within the test: only a freed slot can make the sender look for the rest.
+    patient = notifier.sender(
+        notifier.settings.model_copy(update={"delivery_poll_interval_s": 3600})
+    )
+
+    async def all_sent() -> bool:
+        return len(hook.got()) == 3 * limit
+
+    await notifier.run_until(all_sent, sender=patient)
+    assert all(d.status == DELIVERED for d in await notifier.deliveries())
+
+
 async def test_redelivery_sends_the_same_webhook_id_again(
     notifier: Notifier, receiver: Callable[..., Receiver]
 ) -> None:

@@ -82,3 +82,35 @@ def test_the_secrets_keyring_is_made_once_and_given_to_the_gateway_and_notifier_
         env = local.service_env(service)
         given = env.get("KILN_SECRETS_KEYS")
         assert given == (made["KILN_SECRETS_KEYS"] if service in ("gateway", "notifier") else None)
+
+
+def test_a_stack_runs_on_sqlite_unless_told_postgresql(tmp_path: Path) -> None:
+    local = stack.LocalStack(tmp_path, stack.StackPorts.free())
+    assert local.database == "sqlite"
+    assert local.database_url("billing") == f"sqlite:///{tmp_path}/data/billing.db"
+    assert local.database_url("billing", 2) == f"sqlite:///{tmp_path}/data/billing.db"  # shared
+    assert local.database_url("inference-2") == f"sqlite:///{tmp_path}/data/inference-2.db"
+    with pytest.raises(stack.StackError, match="sqlite, postgresql"):
+        stack.LocalStack(tmp_path, database="mysql")
+
+
+def test_the_choice_of_database_is_kept_for_the_next_commands(tmp_path: Path) -> None:
+    (tmp_path / "stack.env").write_text("KILN_STACK_DATABASE=postgresql\n")  # what `up` wrote
+    assert stack.LocalStack.from_env({"KILN_STACK_DIR": str(tmp_path)}).database == "postgresql"
+    told = {"KILN_STACK_DIR": str(tmp_path), "KILN_STACK_DATABASE": "sqlite"}
+    assert stack.LocalStack.from_env(told).database == "sqlite"
+    assert stack.LocalStack.from_env({"KILN_STACK_DIR": str(tmp_path / "new")}).database == (
+        "sqlite"
+    )
+
+
+def test_services_get_plain_postgresql_urls_with_the_password_escaped(tmp_path: Path) -> None:
+    server = stack.PostgresServer(
+        bin_dir=tmp_path, root=tmp_path, port=54321, user="kiln", password="p:w/@x"
+    )
+    assert server.url(stack.postgres.database_name("inference-2")) == (
+        "postgresql://kiln:p%3Aw%2F%40x@127.0.0.1:54321/inference_2"
+    )
+    assert server.url("billing", "asyncpg").startswith("postgresql+asyncpg://kiln:")
+    trusted = stack.PostgresServer(bin_dir=tmp_path, root=tmp_path, port=5432)
+    assert trusted.url() == "postgresql://postgres@127.0.0.1:5432/postgres"

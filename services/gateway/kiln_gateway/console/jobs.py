@@ -100,8 +100,10 @@ async def jobs_page(request: Request, user: CurrentAccount, state: StateDep) -> 
     )
 
 
-async def _job(session: AsyncSession, account_id: str, job_id: str) -> Job:
-    job = await repository.account_job(session, account_id, job_id)
+async def _job(
+    session: AsyncSession, account_id: str, job_id: str, *, for_update: bool = False
+) -> Job:
+    job = await repository.account_job(session, account_id, job_id, for_update=for_update)
     if job is None:
         raise ConsoleError(404, NO_JOB)
     return job
@@ -257,7 +259,7 @@ async def cancel_job(
     running one is canceling until its worker stops; refunded in full either way."""
     checked_id(job_id, "job")
     async with transaction(state.runtime.sessions) as session:
-        job = await _job(session, user.account_id, job_id)
+        job = await _job(session, user.account_id, job_id, for_update=True)
         if job.status in TERMINAL:
             raise ConsoleError(409, f"The job is already {job.status}.")
         if job.status != "canceling":

@@ -168,7 +168,9 @@ async def _change_endpoint(
     checked_id(endpoint_id, "we")
     now = datetime.now(UTC)
     async with transaction(state.runtime.sessions) as session:
-        endpoint = await repository.account_endpoint(session, account_id, endpoint_id)
+        endpoint = await repository.account_endpoint(
+            session, account_id, endpoint_id, for_update=change != "test"
+        )
         if endpoint is None:
             raise ConsoleError(404, NO_ENDPOINT)
         if change == "test":

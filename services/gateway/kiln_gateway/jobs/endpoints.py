@@ -280,7 +280,7 @@ async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -
     the worker confirms it stopped. A finished job cannot be canceled (409)."""
     now = datetime.now(UTC)
     async with transaction(state.runtime.sessions) as session:
-        job = await repository.account_job(session, caller.account_id, job_id)
+        job = await repository.account_job(session, caller.account_id, job_id, for_update=True)
         if job is None:
             raise NotFound("No such job.")
         if job.status in TERMINAL:

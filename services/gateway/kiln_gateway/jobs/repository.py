@@ -31,9 +31,13 @@ async def job_by_id(session: AsyncSession, job_id: str) -> Job | None:
     return await session.get(Job, job_id)
 
 
-async def account_job(session: AsyncSession, account_id: str, job_id: str) -> Job | None:
-    """The account's job; another account's job is indistinguishable from a missing one."""
-    job = await session.get(Job, job_id)
+async def account_job(
+    session: AsyncSession, account_id: str, job_id: str, *, for_update: bool = False
+) -> Job | None:
+    """The account's job; another account's job is indistinguishable from a missing one.
+    `for_update`: its row locked until the session's transaction ends (PostgreSQL), so that a
+    change made from what was read cannot overwrite what the consumer wrote meanwhile."""
+    job = await session.get(Job, job_id, with_for_update=for_update)
     if job is None or job.account_id != account_id:
         return None
     return job

@@ -226,7 +226,9 @@ async def update_endpoint(
     The secret stays."""
     url = await _checked_url(state, body.url) if body.url is not None else None
     async with transaction(state.runtime.sessions) as session:
-        endpoint = await repository.account_endpoint(session, caller.account_id, endpoint_id)
+        endpoint = await repository.account_endpoint(
+            session, caller.account_id, endpoint_id, for_update=True
+        )
         if endpoint is None:
             raise _no_endpoint()
         if url is not None:
@@ -248,7 +250,9 @@ async def delete_endpoint(
 ) -> dict[str, Any]:
     """Delete an endpoint: nothing more is sent to it, retries included."""
     async with transaction(state.runtime.sessions) as session:
-        endpoint = await repository.account_endpoint(session, caller.account_id, endpoint_id)
+        endpoint = await repository.account_endpoint(
+            session, caller.account_id, endpoint_id, for_update=True
+        )
         if endpoint is None:
             raise _no_endpoint()
         endpoint.deleted_at = datetime.now(UTC)

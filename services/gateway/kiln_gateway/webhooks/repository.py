@@ -32,10 +32,12 @@ async def emit(
 
 
 async def account_endpoint(
-    session: AsyncSession, account_id: str, endpoint_id: str
+    session: AsyncSession, account_id: str, endpoint_id: str, *, for_update: bool = False
 ) -> WebhookEndpoint | None:
-    """The account's endpoint, unless deleted; another account's is None like a missing one."""
-    endpoint = await session.get(WebhookEndpoint, endpoint_id)
+    """The account's endpoint, unless deleted; another account's is None like a missing one.
+    `for_update`: its row locked until the transaction ends (PostgreSQL), for a change made
+    from what was read (the consumer may disable the endpoint meanwhile)."""
+    endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=for_update)
     if endpoint is None or endpoint.account_id != account_id or endpoint.deleted_at is not None:
         return None
     return endpoint
