@@ -72,7 +72,7 @@ logs:
 
 # pytest exits 5 when it collected no test: that is not a failure of the suite.
 test: install
-	timeout $(TEST_TIMEOUT_S) uv run pytest -q -p no:cacheprovider tests; \
+	timeout $(TEST_TIMEOUT_S) uv run pytest -q -p no:cacheprovider --durations=25 tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 # Each bench starts the stacks it needs in a temporary folder (next to any `make up` stack);

@@ -132,6 +132,22 @@ def usage(running: RunningStack, tenant: Tenant) -> dict[str, Any]:
         return data
 
 
+def log_trouble(running: RunningStack) -> None:
+    """Print the last warnings and errors of each component's log (the stack's folder goes away
+    after the test; the services do not log job ids)."""
+    for path in sorted(running.local.logs_dir.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        noise = ("Unable connect to node", "SandboxFailedError", "SANDBOX_FAILED")
+        trouble = [
+            line
+            for line in lines
+            if any(w in line for w in ("WARN", "ERROR", "Error"))
+            and not any(n in line for n in noise)
+        ]
+        for line in trouble[-12:]:
+            log(f"{path.stem}: {line[:400]}")
+
+
 def wait_until(what: str, check: Any, timeout_s: float, every_s: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -441,12 +457,20 @@ def test_crash_test_billing_killed_and_broker_restarted_under_300_jobs(
     assert len(chaos_box["chaos"].kills) >= 3 and chaos_box["chaos"].broker_restarts
 
     # Every job reaches a final state.
+    stuck: list[dict[str, Any]] = []
+
     def every_job_final() -> dict[str, list[dict[str, Any]]] | None:
         jobs = {t.account_id: all_jobs(running, t) for t in tenants}
-        pending = [j for js in jobs.values() for j in js if j["status"] not in FINAL]
-        return None if pending else jobs
+        stuck[:] = [j for js in jobs.values() for j in js if j["status"] not in FINAL]
+        return None if stuck else jobs
 
-    jobs_by_account = wait_until("every job is final", every_job_final, timeout_s=180, every_s=2)
+    try:
+        jobs_by_account = wait_until("every job is final", every_job_final, 180, every_s=2)
+    except AssertionError:
+        # Which jobs, in which state, and since when: the stack's logs (KILN_KEEP_STACK) say why.
+        shown = [(j["id"], j["status"], j.get("created_at"), j.get("updated_at")) for j in stuck]
+        log_trouble(running)
+        raise AssertionError(f"{len(stuck)} jobs not final within 180 s: {shown[:10]}") from None
     log(f"every job final {time.monotonic() - started:.1f} s after the first submission")
     for tenant in tenants:
         submitted = [s for s in plan if s.tenant is tenant]

@@ -178,8 +178,16 @@ def test_list_count_and_paging(sandbox: Kiln) -> None:
     assert first.total_results == total and first.total_pages == -(-total // 2)
     oldest = next(iter(sandbox.jobs.list(sort="created_at", per_page=1)))
     assert oldest.id == listed[-1].id
-    completed = sandbox.jobs.count(status="completed", model=IMAGE)
-    assert completed == len(list(sandbox.jobs.list(status="completed", model=IMAGE)))
+
+    # Jobs finish while they are counted and listed: compare once the count held still.
+    def count_and_listed() -> tuple[int, int] | None:
+        before = sandbox.jobs.count(status="completed", model=IMAGE)
+        listed = len(list(sandbox.jobs.list(status="completed", model=IMAGE)))
+        same = sandbox.jobs.count(status="completed", model=IMAGE) == before
+        return (before, listed) if same else None
+
+    completed, listed_completed = wait_until(count_and_listed, "a count that holds still")
+    assert completed == listed_completed
 
 
 def test_events_follow_the_cursor(sandbox: Kiln) -> None:

@@ -264,7 +264,8 @@ async def cancel_job(
             raise ConsoleError(409, f"The job is already {job.status}.")
         if job.status != "canceling":
             # No API key asks: the console's account holder does.
-            await repository.request_cancel(session, job, "console", datetime.now(UTC))
+            if not await repository.request_cancel(session, job, "console", datetime.now(UTC)):
+                raise ConsoleError(409, f"The job is already {job.status}.")
     state.runtime.publisher.wake()
     return RedirectResponse(f"/console/jobs/{job_id}?notice=job-canceled", status_code=303)
 

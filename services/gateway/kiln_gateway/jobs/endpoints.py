@@ -285,8 +285,10 @@ async def cancel_job(caller: CallerDep, state: StateDep, job_id: str = JOB_ID) -
             raise NotFound("No such job.")
         if job.status in TERMINAL:
             raise Conflict(f"The job is already {job.status}.")
-        if job.status != "canceling":
-            await repository.request_cancel(session, job, caller.key.id, now)
+        if job.status != "canceling" and not await repository.request_cancel(
+            session, job, caller.key.id, now
+        ):
+            raise Conflict(f"The job is already {job.status}.")
     state.runtime.publisher.wake()
     await _wait_for(state, job_id, state.settings.decision_wait_s)
     current = await _load(state, job_id, caller)

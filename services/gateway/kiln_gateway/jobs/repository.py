@@ -5,11 +5,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, Table, bindparam, delete, insert, select
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from kiln_contracts.v1 import common_pb2, jobs_pb2
-from kiln_gateway.jobs.service import JobFilters, JobSort, job_summary
+from kiln_gateway.jobs.service import TERMINAL, JobFilters, JobSort, job_summary
 from kiln_gateway.pagination import PageRequest, count_rows, fetch_page
 from kiln_gateway.tables import MESSAGING, AccountEvent, IdempotencyRecord, Job
 from kiln_runtime.outbox import Outbox
@@ -116,9 +127,23 @@ async def add_submitted_job(
     await outbox.write(session, MESSAGING)
 
 
-async def request_cancel(session: AsyncSession, job: Job, key_id: str, now: datetime) -> None:
-    """Mark `job` canceling and ask the pipeline to cancel it (`job.cancel_requested`)."""
-    job.status = "canceling"
+async def request_cancel(session: AsyncSession, job: Job, key_id: str, now: datetime) -> bool:
+    """Mark `job` canceling and ask the pipeline to cancel it (`job.cancel_requested`); False
+    (and nothing done) when the job reached a final state since it was read.
+
+    The status moves only if it is still open: on SQLite the read took no lock, and the read
+    model's consumer may have written the job's end in between; a plain write would put a
+    finished job back to `canceling` for good (its end was already projected)."""
+    moved = await session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.not_in((*TERMINAL, "canceling")))
+        .values(status="canceling")
+        .execution_options(synchronize_session=False)
+    )
+    if cast(CursorResult[Any], moved).rowcount != 1:
+        await session.refresh(job)
+        return job.status == "canceling"  # asked already, by a request just before this one
+    set_committed_value(job, "status", "canceling")
     record_account_event(session, job, "job.canceling", now)
     outbox = Outbox()
     outbox.emit(
@@ -128,6 +153,7 @@ async def request_cancel(session: AsyncSession, job: Job, key_id: str, now: date
         job_id=job.id,
     )
     await outbox.write(session, MESSAGING)
+    return True
 
 
 # ------------------------------------------------------------------------- the hot path
