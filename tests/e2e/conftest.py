@@ -49,6 +49,9 @@ class WebhookReceiver:
 # The lease outlasts one attempt (the timeout) and is short, so that a delivery claimed by a
 # notifier killed mid-send is due again a few seconds after it restarts.
 STACK_ENV = {
+    # A job.progress every 0.5 s of a running job (2 s by default): a video job that renders in
+    # a second or two still shows progress on its stream (test_inference_models).
+    "KILN_PROGRESS_INTERVAL_S": "0.5",
     "KILN_RETRY_SCHEDULE_S": "[1, 2]",
     "KILN_DELIVERY_TIMEOUT_S": "4",
     "KILN_DELIVERY_LEASE_S": "6",

@@ -185,7 +185,7 @@ def test_stream_of_a_video_job_shows_progress(stack: dict[str, str], image_serve
                 "model": "kiln/image-to-video",
                 "input": {
                     "image_url": f"{image_server}/harbour.png",
-                    "duration_s": 6,
+                    "duration_s": 8,
                     "fps": 24,
                 },
             },
