@@ -1,6 +1,7 @@
 """Kiln's event contracts: generated protobuf messages, the topic registry and the codec.
 
-Services import event shapes from here and never redefine them (see /proto and DESIGN.md).
+Services import event shapes from here and never redefine them (see /proto and
+docs/architecture.md, "Event contracts").
 """
 
 from kiln_contracts.codec import (

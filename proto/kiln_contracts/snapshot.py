@@ -1,14 +1,13 @@
 """The descriptor snapshot: what every message's fields were when the snapshot was committed.
 
-Field numbers are never reused or renumbered (DESIGN.md, "Services"). `descriptor_snapshot.json`
-records every message of the contracts as `full name -> [{name, number, type, type_name, label,
-proto3_optional}]`; `compatibility_problems` says how the current descriptors break it. Adding
-fields or messages is fine; removing, renumbering, retyping or changing the cardinality of a
-field is not.
+Field numbers are never reused or renumbered (docs/architecture.md, "Event contracts").
+`descriptor_snapshot.json` records every message of the contracts as `full name -> [{name, number,
+type, type_name, label, proto3_optional}]`; `compatibility_problems` says how the current
+descriptors break it. Adding fields or messages is fine; removing, renumbering, retyping or changing
+the cardinality of a field is not.
 
-This module imports nothing from the generated code at import time, so that `generate.py` can use
-it while the generated modules are missing or stale.
-"""
+This module imports nothing from the generated code at import time, so that `generate.py` can use it
+while the generated modules are missing or stale."""
 
 from __future__ import annotations
 

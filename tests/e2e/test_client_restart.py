@@ -4,7 +4,7 @@
    backoff until the gateway is back, and the job is made once.
 2. The gateway dies in the middle of the request, after it recorded the job and before it
    answered: the client retries with the same Idempotency-Key once the gateway is back, and
-   must get that job, not a second one (DESIGN.md: "a retry after any crash gets that job").
+   must get that job, not a second one (docs/architecture.md, "Job lifecycle").
 
 Both kill the shared stack's gateway (SIGKILL) and start it again.
 """

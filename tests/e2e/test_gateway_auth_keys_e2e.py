@@ -54,7 +54,7 @@ def test_a_session_key_runs_decrypts_rotates_and_revokes(stack: dict[str, str]) 
     keyed = api(stack, old["secret"])
     models = keyed.get("/models")
     assert models.status_code == 200
-    assert models.headers["X-RateLimit-Limit"] == "1000"  # sandbox reads, per DESIGN.md
+    assert models.headers["X-RateLimit-Limit"] == "1000"  # sandbox reads, per docs/architecture.md
     assert int(models.headers["X-RateLimit-Remaining"]) <= 999
 
     submitted = keyed.post(

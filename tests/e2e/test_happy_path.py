@@ -1,6 +1,6 @@
-"""DESIGN.md's happy path over HTTP, for a live key and a sandbox key, on the real stack: on
-SQLite (conftest.local_stack) and on PostgreSQL (conftest.postgres_stack, whose services are
-handed `postgresql://` URLs of a cluster of its own)."""
+"""The happy path of docs/architecture.md ("Job lifecycle") over HTTP, for a live key and a sandbox
+key, on the real stack: on SQLite (conftest.local_stack) and on PostgreSQL (conftest.postgres_stack,
+whose services are handed `postgresql://` URLs of a cluster of its own)."""
 
 import base64
 import io

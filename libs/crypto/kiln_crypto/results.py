@@ -1,4 +1,4 @@
-"""Result encryption, scheme ``kiln-hpke-v1`` (see DESIGN.md, "Result encryption").
+"""Result encryption, scheme ``kiln-hpke-v1`` (see docs/architecture.md, "Result encryption").
 
 * Each result gets a random 32-byte file key. The plaintext is cut into chunks of
   ``chunk_size`` bytes (the last may be shorter; an empty result is one empty chunk) and each

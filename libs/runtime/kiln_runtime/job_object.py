@@ -1,5 +1,5 @@
-"""The public job object (DESIGN.md, "Job object"), rendered the same way by the gateway (from
-its read model) and the notifier (from a job's terminal event)."""
+"""The public job object (docs/architecture.md, "Job object"), rendered the same way by the
+gateway (from its read model) and the notifier (from a job's terminal event)."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta

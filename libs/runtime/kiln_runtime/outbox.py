@@ -52,7 +52,8 @@ PRODUCER_DEAD_ERRORS = (
 
 
 def make_producer(bootstrap: str, *, linger_ms: int = 1) -> AIOKafkaProducer:
-    # aiokafka defaults to acks=1 without idempotence; DESIGN.md asks for both.
+    # aiokafka defaults to acks=1 without idempotence; docs/architecture.md ("Principles") asks
+    # for both.
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",

@@ -19,7 +19,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ResultKey(_message.Message):
-    """The public half of an API key's kiln-hpke-v1 result key (DESIGN.md, "Result encryption")."""
+    """The public half of an API key's kiln-hpke-v1 result key
+    (docs/architecture.md, "Result encryption").
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

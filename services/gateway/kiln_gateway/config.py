@@ -37,7 +37,8 @@ class GatewaySettings(ServiceSettings):
     # How many proxies in front of the gateway append to X-Forwarded-For (0: the client's
     # address is the connection's). Used by the login throttle's per-address count.
     trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
-    # Rate limits per API key, requests per window (DESIGN.md defaults, per minute).
+    # Rate limits per API key, requests per window (per minute by default: the defaults of
+    # docs/architecture.md, "Envelopes and error codes").
     rate_limit_window_s: int = Field(default=60, gt=0)
     rate_limit_live_create: int = Field(default=100, gt=0)
     rate_limit_live_read: int = Field(default=600, gt=0)

@@ -1,13 +1,11 @@
-"""The content policy (DESIGN.md): no sexual content, no real person's face or body in generated
-media. The rules are data (`data/content_policy.json`, plus an operator's file named by
-KILN_CONTENT_POLICY_FILE that adds rules and list entries); this module normalises text the way
-the data file describes and tells which rule, if any, a job's input breaks.
+"""The content policy (docs/architecture.md, "Content policy"): no sexual content, no real person's
+face or body in generated media. The rules are data (`data/content_policy.json`, plus an operator's
+file named by KILN_CONTENT_POLICY_FILE that adds rules and list entries); this module normalises
+text the way the data file describes and tells which rule, if any, a job's input breaks.
 
 Text and rules go through the same normalisation, so a rule is written once in plain lowercase
 words and still matches `Ｎｕｄｅ`, `n.u.d.e`, `nüde`, `n\u200bude`, `nudе` (Cyrillic `е`) or
-`nud3`.
-Every string in a job's `input` is checked, however deep; `metadata` is not.
-"""
+`nud3`. Every string in a job's `input` is checked, however deep; `metadata` is not."""
 
 import functools
 import json

@@ -1,6 +1,6 @@
 """The one pagination of every list route: `page` (1-based) and `per_page` (at most 100,
 default 25) in the query; `{"data": [...], "pagination": {"page", "per_page", "total_pages",
-"total_results"}}` in the answer (DESIGN.md, "Envelopes")."""
+"total_results"}}` in the answer (docs/architecture.md, "Envelopes and error codes")."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -11,7 +11,8 @@ class InferenceSettings(ServiceSettings):
     # Attempts this worker runs at once: enough in flight for Triton's dynamic batcher to form
     # real batches (the scheduler's pool capacities bound what is dispatched anyway).
     worker_concurrency: int = Field(default=64, gt=0)
-    # Simulated time of a sandbox job when the request names none (DESIGN.md: 10 s).
+    # Simulated time of a sandbox job when the request names none (10 s: docs/architecture.md,
+    # "Sandbox keys").
     sandbox_delay_ms: int = 10_000
     # A sandbox job asking for outcome "timeout" is held this long past its deadline (so that
     # the scheduler's deadline rule fails it first), then given up with TIMEOUT.

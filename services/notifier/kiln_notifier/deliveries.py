@@ -177,7 +177,7 @@ def webhook_type(event_type: str) -> str:
 
 
 def webhook_payload(kind: str, timestamp: datetime, job: dict[str, Any]) -> dict[str, Any]:
-    """The body of a delivery (DESIGN.md, "Webhooks")."""
+    """The body of a delivery (docs/architecture.md, "Webhooks")."""
     return {"type": kind, "timestamp": iso(timestamp), "data": job}
 
 

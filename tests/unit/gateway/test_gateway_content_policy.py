@@ -1,5 +1,6 @@
-"""The content policy (DESIGN.md): rules as data, normalised matching, refused and allowed
-examples, the operator's file, and what the gateway answers (through the real app)."""
+"""The content policy (docs/architecture.md, "Content policy"): rules as data, normalised matching,
+refused and allowed examples, the operator's file, and what the gateway answers (through the real
+app)."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""Catalog endpoints: the models a key can run (the catalog is data, DESIGN.md)."""
+"""Catalog endpoints: the models a key can run (the catalog is data: docs/architecture.md,
+"Catalog")."""
 
 from typing import Any
 

@@ -57,5 +57,5 @@ def job_view(job: Job) -> JobView:
 
 
 def job_json(job: Job, links: FileLinks) -> dict[str, Any]:
-    """The job object of the API (DESIGN.md, "Job object")."""
+    """The job object of the API (docs/architecture.md, "Job object")."""
     return render_job(job_view(job), links)

@@ -1,7 +1,7 @@
 """API key decisions: secrets, their hashes, and a new key's row.
 
 A key's secret is shown once, when the key is made; only its SHA-256 is stored, with the
-`kiln-hpke-v1` salt and public key derived from it (DESIGN.md, "Result encryption").
+`kiln-hpke-v1` salt and public key derived from it (docs/architecture.md, "Result encryption").
 """
 
 import hashlib
