@@ -20,10 +20,9 @@ from kiln_gateway.deps import StateDep
 from kiln_gateway.ids import new_id
 from kiln_gateway.pagination import pagination
 from kiln_gateway.state import GatewayState
-from kiln_gateway.tables import WebhookEndpoint
 from kiln_gateway.webhooks import repository
 from kiln_gateway.webhooks.schemas import EndpointCreate, EventType
-from kiln_gateway.webhooks.service import new_sealed_webhook_secret, unique_event_types
+from kiln_gateway.webhooks.service import new_endpoint
 from kiln_runtime.db import transaction
 from kiln_runtime.url_guard import UnsafeUrl, resolve_public_addresses
 
@@ -139,18 +138,7 @@ async def create_endpoint(
             status=422,
         )
     now = datetime.now(UTC)
-    secret, sealed = new_sealed_webhook_secret(state.keyring)
-    endpoint = WebhookEndpoint(
-        id=new_id("we"),
-        account_id=user.account_id,
-        url=url,
-        sealed_secret=sealed,
-        legacy_secret="",
-        event_types=unique_event_types(list(body.event_types)),
-        description=body.description,
-        created_at=now,
-        updated_at=now,
-    )
+    endpoint, secret = new_endpoint(user.account_id, url, body, state.keyring, now)
     async with transaction(state.runtime.sessions) as session:
         await repository.save_endpoint(session, endpoint)
     state.runtime.publisher.wake()

@@ -23,7 +23,6 @@ from kiln_gateway.ids import new_id
 from kiln_gateway.keys.repository import account_by_id
 from kiln_gateway.pagination import PageDep, paged
 from kiln_gateway.state import GatewayState
-from kiln_gateway.tables import WebhookEndpoint
 from kiln_gateway.webhooks import repository
 from kiln_gateway.webhooks.schemas import (
     DeliveryListResponse,
@@ -42,7 +41,7 @@ from kiln_gateway.webhooks.schemas import (
 )
 from kiln_gateway.webhooks.service import (
     account_webhook_secret,
-    new_sealed_webhook_secret,
+    new_endpoint,
     public_key_b64,
     unique_event_types,
 )
@@ -179,18 +178,7 @@ async def create_endpoint(
     """Add an endpoint. Its `whsec_` secret (for the `v1` signature) is shown only here."""
     url = await _checked_url(state, body.url)
     now = datetime.now(UTC)
-    secret, sealed = new_sealed_webhook_secret(state.keyring)
-    endpoint = WebhookEndpoint(
-        id=new_id("we"),
-        account_id=caller.account_id,
-        url=url,
-        sealed_secret=sealed,
-        legacy_secret="",
-        event_types=unique_event_types(list(body.event_types)),
-        description=body.description,
-        created_at=now,
-        updated_at=now,
-    )
+    endpoint, secret = new_endpoint(caller.account_id, url, body, state.keyring, now)
     async with transaction(state.runtime.sessions) as session:
         await repository.save_endpoint(session, endpoint)
     state.runtime.publisher.wake()

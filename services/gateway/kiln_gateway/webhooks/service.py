@@ -8,11 +8,14 @@ the operator's keyring (kiln_crypto.sealed_secrets)."""
 import base64
 import logging
 import secrets
+from datetime import datetime
 
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_crypto import SealedSecretError, SecretsKeyring
 from kiln_gateway.errors import Unavailable
+from kiln_gateway.ids import new_id
 from kiln_gateway.tables import Account, WebhookEndpoint
+from kiln_gateway.webhooks.schemas import EndpointCreate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,26 @@ def public_key_b64(private_key_text: str) -> str | None:
 
 def unique_event_types(event_types: list[str]) -> list[str]:
     return sorted(set(event_types))
+
+
+def new_endpoint(
+    account_id: str, url: str, body: EndpointCreate, keyring: SecretsKeyring, now: datetime
+) -> tuple[WebhookEndpoint, str]:
+    """A new endpoint of the account (its secret stored sealed only) and its secret in clear,
+    for the one answer that shows it (the API's and the console's)."""
+    secret, sealed = new_sealed_webhook_secret(keyring)
+    endpoint = WebhookEndpoint(
+        id=new_id("we"),
+        account_id=account_id,
+        url=url,
+        sealed_secret=sealed,
+        legacy_secret="",
+        event_types=unique_event_types(list(body.event_types)),
+        description=body.description,
+        created_at=now,
+        updated_at=now,
+    )
+    return endpoint, secret
 
 
 def endpoint_changed(
