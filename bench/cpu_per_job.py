@@ -96,10 +96,12 @@ def main() -> None:
                 argv = [
                     py_spy(), "record", "--pid", str(pid), "--duration",
                     str(int(args.seconds)), "--rate", "200", "--format", "raw",
-                    "--output", args.stacks, "--nonblocking", "--full-filenames",
+                    "--output", args.stacks, "--nonblocking", "--full-filenames", "--gil",
                 ]  # fmt: skip
                 spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = cpu_seconds(groups)
+            own_before = psutil.Process().cpu_times()
+            machine_before = psutil.cpu_times()
             started = time.monotonic()
             run = asyncio.run(
                 sustained(
@@ -114,6 +116,12 @@ def main() -> None:
             )
             elapsed = time.monotonic() - started
             after = cpu_seconds(groups)
+            own_after = psutil.Process().cpu_times()
+            machine_after = psutil.cpu_times()
+            busy = sum(machine_after) - sum(machine_before)
+            busy -= machine_after.idle - machine_before.idle
+            busy -= machine_after.iowait - machine_before.iowait
+            bench_s = (own_after.user + own_after.system) - (own_before.user + own_before.system)
             jobs = max(run.completed, 1)
             per = {n: 1000 * (after[n] - before[n]) / jobs for n in groups}
             shares = ", ".join(f"{n} {v:.2f}" for n, v in sorted(per.items(), key=lambda i: -i[1]))
@@ -121,7 +129,9 @@ def main() -> None:
             print(
                 f"round {round_ + 1}: {run.jobs_per_s:.1f} jobs/s, "
                 f"p50 {1000 * run.p50_s:.0f} ms ({run.completed} done in {elapsed:.0f} s); "
-                f"CPU ms/job: {shares}; services {services:.2f}",
+                f"CPU ms/job: {shares}; services {services:.2f}; bench client "
+                f"{1000 * bench_s / jobs:.2f}; machine {busy / elapsed:.2f} cores busy, "
+                f"{1000 * busy / jobs:.2f} ms/job",
                 flush=True,
             )
             if spy is not None:

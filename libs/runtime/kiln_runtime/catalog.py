@@ -78,6 +78,16 @@ class TensorContract(BaseModel):
     output: TensorOutput
 
 
+class ClientBatching(BaseModel):
+    """Requests for one model that wait at the same time go to Triton as one request of up to
+    ``rows`` rows, with at most ``calls`` such requests in flight (docs/architecture.md,
+    "Inference"). For models whose batch of N costs less than N requests one by one (the
+    sandbox, vectorised GPU models); ``rows`` must not exceed the model's ``max_batch_size``."""
+
+    rows: int = Field(default=8, ge=1, le=1024)
+    calls: int = Field(default=8, ge=1, le=1024)
+
+
 class ModelEntry(BaseModel):
     id: str
     name: str
@@ -99,6 +109,8 @@ class ModelEntry(BaseModel):
     # job input fields holding a URL that the worker fetches, checks and screens before the
     # call (Kiln's contract gets the file as ``<name less _url>_b64``)
     input_files: dict[str, FileKind] = Field(default_factory=dict)
+    # None: every job is its own Triton request (Triton's dynamic batcher may still group them)
+    batching: ClientBatching | None = None
 
     @model_validator(mode="after")
     def _files_and_flags_agree(self) -> "ModelEntry":
@@ -134,6 +146,7 @@ class Catalog(BaseModel):
     pools: dict[str, PoolEntry]
     sandbox_pool: str
     sandbox_triton_model: str
+    sandbox_batching: ClientBatching | None = None
     models: list[ModelEntry]
 
     def model(self, model_id: str) -> ModelEntry | None:
@@ -172,6 +185,14 @@ def _merged_with_builtin(extra: dict[str, Any]) -> dict[str, Any]:
         "pools": pools,
         "sandbox_pool": extra.get("sandbox_pool", base["sandbox_pool"]),
         "sandbox_triton_model": extra.get("sandbox_triton_model", base["sandbox_triton_model"]),
+        # Kiln's batching suits Kiln's sandbox model, not necessarily an operator's own
+        "sandbox_batching": (
+            extra["sandbox_batching"]
+            if "sandbox_batching" in extra
+            else None
+            if "sandbox_triton_model" in extra
+            else base.get("sandbox_batching")
+        ),
         "models": models,
     }
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln_contracts.v1 import jobs_pb2
-from kiln_runtime.catalog import Catalog, FileKind, TensorContract
+from kiln_runtime.catalog import Catalog, ClientBatching, FileKind, TensorContract
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class TritonCall:
     hold_past_deadline: bool = False
     # how long the call should take, for progress estimates
     expected_s: float = 5.0
+    # send it with others waiting for the same model (kiln_inference.triton_batches); only
+    # calls of one batch class share a request
+    batching: ClientBatching | None = None
+    batch_class: str = ""
 
     @property
     def image_url(self) -> str | None:
@@ -73,6 +77,9 @@ def triton_call(
             content_type=entry.content_type,
             hold_past_deadline=outcome == "timeout",
             expected_s=max(delay / 1000.0, 0.1),
+            # a batch waits out its longest delay: only equal delays share one
+            batching=catalog.sandbox_batching,
+            batch_class=f"delay_ms={delay}",
         )
     try:
         request = json.loads(spec.input_json) if spec.input_json else {}
@@ -96,6 +103,7 @@ def triton_call(
         server=entry.triton_server,
         model_version=entry.triton_model_version,
         tensors=entry.tensors,
+        batching=entry.batching,
     )
 
 

@@ -116,14 +116,13 @@ async def close_clients(url: str | None = None) -> None:
 # --- calls -------------------------------------------------------------------------------------
 
 
-def _encode_request(request: dict[str, Any]) -> NDArray[np.object_]:
+def encode_request(request: dict[str, Any]) -> bytes:
+    """The job input as the ``request`` tensor's UTF-8 JSON."""
     try:
         payload = json.dumps(request, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TritonInferenceError(INVALID_INPUT, "the request is not JSON-serializable") from exc
-    data: NDArray[np.object_] = np.empty((1, 1), dtype=np.object_)
-    data[0, 0] = payload.encode("utf-8")
-    return data
+    return payload.encode("utf-8")
 
 
 def _map_server_error(exc: InferenceServerException, triton_model: str) -> TritonInferenceError:
@@ -148,11 +147,10 @@ def _map_server_error(exc: InferenceServerException, triton_model: str) -> Trito
     return TritonInferenceError(MODEL_ERROR, "the model failed")
 
 
-def _single(result: grpcclient.InferResult, name: str) -> bytes | None:
-    array = result.as_numpy(name)
-    if array is None or array.size != 1:
+def _row(array: NDArray[Any] | None, row: int, rows: int) -> bytes | None:
+    if array is None or array.size != rows:
         return None
-    value = array.reshape(-1)[0]
+    value = array.reshape(-1)[row]
     if isinstance(value, np.bytes_):
         return bytes(value)
     if isinstance(value, bytes):
@@ -162,33 +160,48 @@ def _single(result: grpcclient.InferResult, name: str) -> bytes | None:
     return None
 
 
-def _parse_result(result: grpcclient.InferResult, triton_model: str) -> tuple[bytes, str]:
-    error = _single(result, ERROR_OUTPUT)
-    if error:
-        try:
-            decoded = json.loads(error.decode("utf-8"))
-            code, message = str(decoded["code"]), str(decoded["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = MODEL_ERROR, "the model failed"
-        raise TritonInferenceError(code, message)
-    data = _single(result, OUTPUT)
-    content_type = _single(result, CONTENT_TYPE_OUTPUT)
-    if data is None or not content_type:
-        raise TritonInferenceError(MODEL_ERROR, f"model {triton_model!r} returned no file")
-    return data, content_type.decode("ascii", "replace")
+def parse_rows(
+    result: grpcclient.InferResult, triton_model: str, rows: int
+) -> list[tuple[bytes, str] | TritonInferenceError]:
+    """Each row's (file, content type), or the error the model gave that row."""
+    errors = result.as_numpy(ERROR_OUTPUT)
+    outputs = result.as_numpy(OUTPUT)
+    content_types = result.as_numpy(CONTENT_TYPE_OUTPUT)
+    parsed: list[tuple[bytes, str] | TritonInferenceError] = []
+    for row in range(rows):
+        error = _row(errors, row, rows)
+        if error:
+            try:
+                decoded = json.loads(error.decode("utf-8"))
+                code, message = str(decoded["code"]), str(decoded["message"])
+            except (ValueError, KeyError, TypeError):
+                code, message = MODEL_ERROR, "the model failed"
+            parsed.append(TritonInferenceError(code, message))
+            continue
+        data = _row(outputs, row, rows)
+        content_type = _row(content_types, row, rows)
+        if data is None or not content_type:
+            parsed.append(
+                TritonInferenceError(MODEL_ERROR, f"model {triton_model!r} returned no file")
+            )
+            continue
+        parsed.append((data, content_type.decode("ascii", "replace")))
+    return parsed
 
 
-async def infer_file(
-    url: str, triton_model: str, request: dict[str, Any], timeout_s: float
-) -> tuple[bytes, str]:
-    """Run ``triton_model`` on ``request`` and return (file bytes, content type).
+async def infer_rows(
+    url: str, triton_model: str, payloads: Sequence[bytes], timeout_s: float
+) -> list[tuple[bytes, str] | TritonInferenceError]:
+    """One Triton request whose rows are ``payloads`` (encoded job inputs); each row's answer.
 
-    ``url`` is Triton's gRPC address ("127.0.0.1:8001"). Raises TritonInferenceError.
-    Cancelling the calling task cancels the gRPC call.
+    A failure of the whole request (Triton away, a timeout, every row failing alike) raises
+    TritonInferenceError; a row the model failed alone gets its error in the list.
     """
     if timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
-    data = _encode_request(request)
+    data: NDArray[np.object_] = np.empty((len(payloads), 1), dtype=np.object_)
+    for row, payload in enumerate(payloads):
+        data[row, 0] = payload
     infer_input = grpcclient.InferInput(REQUEST_INPUT, list(data.shape), "BYTES")
     infer_input.set_data_from_numpy(data)
     outputs = [
@@ -210,7 +223,21 @@ async def infer_file(
         raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None
     except (OSError, ConnectionError) as exc:
         raise TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable") from exc
-    return _parse_result(result, triton_model)
+    return parse_rows(result, triton_model, len(payloads))
+
+
+async def infer_file(
+    url: str, triton_model: str, request: dict[str, Any], timeout_s: float
+) -> tuple[bytes, str]:
+    """Run ``triton_model`` on ``request`` and return (file bytes, content type).
+
+    ``url`` is Triton's gRPC address ("127.0.0.1:8001"). Raises TritonInferenceError.
+    Cancelling the calling task cancels the gRPC call.
+    """
+    (answer,) = await infer_rows(url, triton_model, [encode_request(request)], timeout_s)
+    if isinstance(answer, TritonInferenceError):
+        raise answer
+    return answer
 
 
 async def triton_ready(url: str, models: Sequence[str] = (), timeout_s: float = 2.0) -> bool:

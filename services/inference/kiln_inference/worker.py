@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import BinaryIO
 
 from kiln_contracts import timestamp
 from kiln_contracts.v1 import common_pb2, jobs_pb2
@@ -60,7 +61,13 @@ from kiln_inference.tensors import (
     build_inputs,
     result_file,
 )
-from kiln_inference.triton_client import TritonInferenceError, infer_file, infer_tensors
+from kiln_inference.triton_batches import batcher
+from kiln_inference.triton_client import (
+    TritonInferenceError,
+    encode_request,
+    infer_file,
+    infer_tensors,
+)
 from kiln_runtime.blobs import BlobStore
 from kiln_runtime.catalog import Catalog
 from kiln_runtime.service import Transactions
@@ -72,6 +79,9 @@ TIMEOUT = "TIMEOUT"
 # Progress points of an attempt that fetches input files (images, videos).
 PROGRESS_INPUT_READY = 0.1
 PROGRESS_MODEL_DONE = 0.9
+# Results up to this size are sealed in memory before they are written; larger ones through a
+# temporary file.
+SEALED_IN_MEMORY_MAX = 4 * 1024 * 1024
 
 
 class AttemptFailure(Exception):
@@ -344,7 +354,8 @@ class Worker:
         )
         try:
             with INFERENCE_LATENCY.labels(attempt.dispatch.spec.model).time():
-                # Cancelling the attempt's task cancels the gRPC call.
+                # Cancelling the attempt's task cancels its gRPC call, or (batched) leaves its
+                # row's answer unread.
                 if call.tensors is not None:
                     return await self._infer_tensors(call, files, timeout_s), call.content_type
                 request = dict(call.request)
@@ -352,12 +363,20 @@ class Worker:
                     if file.field in files:
                         encoded = base64.b64encode(files[file.field]).decode("ascii")
                         request[file.request_field] = encoded
-                output, content_type = await infer_file(
-                    call.server or self._settings.triton_grpc_url,
-                    call.triton_model,
-                    request,
-                    timeout_s,
-                )
+                server = call.server or self._settings.triton_grpc_url
+                if call.batching is not None:
+                    rows = batcher(
+                        server,
+                        call.triton_model,
+                        call.batch_class,
+                        call.batching.rows,
+                        call.batching.calls,
+                    )
+                    output, content_type = await rows.infer(encode_request(request), timeout_s)
+                else:
+                    output, content_type = await infer_file(
+                        server, call.triton_model, request, timeout_s
+                    )
         finally:
             attempt.estimate = None
         return output, content_type or call.content_type
@@ -485,8 +504,9 @@ def store_encrypted_result(
 ) -> jobs_pb2.JobResult:
     """Encrypt ``output`` (kiln-hpke-v1, in chunks) to the job's key and write it to ``blobs``.
 
-    The sealed blob goes through a temporary file, so a large result is written to the store
-    as a stream (multipart on S3), never as a second copy in memory.
+    A large sealed blob goes through a temporary file, so it is written to the store as a
+    stream (multipart on S3), never as a second copy in memory; a small one (most results) is
+    sealed in memory, which saves a file's creation and removal per job.
     """
     encryptor = ResultEncryptor(
         job_id=job_id,
@@ -496,7 +516,10 @@ def store_encrypted_result(
         chunk_size=chunk_size,
     )
     blob_key = result_blob_key(account_id, job_id)
-    with tempfile.TemporaryFile() as sealed:
+    sealed: BinaryIO
+    with (
+        io.BytesIO() if len(output) <= SEALED_IN_MEMORY_MAX else tempfile.TemporaryFile() as sealed
+    ):
         encryptor.encrypt_stream(io.BytesIO(output), sealed)
         sealed.seek(0)
         size = blobs.write(blob_key, sealed)

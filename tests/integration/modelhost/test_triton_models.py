@@ -14,9 +14,11 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
+from kiln_inference.triton_batches import RowBatcher
 from kiln_inference.triton_client import (
     TritonInferenceError,
     close_clients,
+    encode_request,
     infer_file,
     triton_ready,
 )
@@ -254,3 +256,38 @@ async def test_dynamic_batching_groups_waiting_requests(triton_server: TritonSer
     ]
     assert sum(sizes) >= 12
     assert max(sizes) > 1, f"no dynamic batch formed: {sizes}"
+
+
+async def test_client_batches_keep_each_rows_answer(triton_server: TritonServer) -> None:
+    # 24 sandbox rows through one batcher with 2 calls in flight: they leave as requests of
+    # several rows, and every row gets its own answer or its own failure
+    rows = RowBatcher(url=triton_server.url, triton_model="sandbox", rows=8, calls=2)
+    kinds = [("image", "image/png"), ("audio", "audio/wav"), ("video", "video/mp4")]
+
+    async def one(index: int) -> str:
+        kind = kinds[index % 3][0]
+        outcome = "failed" if index % 5 == 0 else "completed"
+        payload = encode_request({"kind": kind, "delay_ms": 50, "outcome": outcome})
+        try:
+            _, content_type = await rows.infer(payload, 30)
+        except TritonInferenceError as error:
+            return error.code
+        return content_type
+
+    results = await asyncio.gather(*(one(index) for index in range(24)))
+    assert results == ["SANDBOX_FAILED" if i % 5 == 0 else kinds[i % 3][1] for i in range(24)]
+    assert sum(rows.sizes) == 24
+    assert max(rows.sizes) > 1, f"no request carried several rows: {rows.sizes}"
+    assert len(rows.sizes) < 24
+
+
+async def test_a_client_batch_that_fails_alike_fails_each_row(triton_server: TritonServer) -> None:
+    rows = RowBatcher(url=triton_server.url, triton_model="sandbox", rows=8, calls=1)
+    payload = encode_request({"kind": "image", "delay_ms": 0, "outcome": "failed"})
+    results = await asyncio.gather(
+        *(rows.infer(payload, 30) for _ in range(4)), return_exceptions=True
+    )
+    assert rows.sizes == [4]
+    for result in results:
+        assert isinstance(result, TritonInferenceError)
+        assert (result.code, result.retryable) == ("SANDBOX_FAILED", False)

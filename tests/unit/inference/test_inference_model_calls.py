@@ -104,6 +104,15 @@ def test_the_sandbox_answers_auto_clip_with_an_archive() -> None:
     assert "content_type" not in image.request and image.files == ()
 
 
+def test_sandbox_calls_batch_only_with_equal_delays() -> None:
+    quick = triton_call(_dispatch("kiln/upscale", {}, sandbox=True), CATALOG, 0)
+    slow = triton_call(_dispatch("kiln/upscale", {}, sandbox=True), CATALOG, 2000)
+    assert quick.batching is not None and quick.batching == CATALOG.sandbox_batching
+    assert quick.batch_class != slow.batch_class
+    # Kiln's own models have instances of their own: each job is its own request
+    assert triton_call(_dispatch("kiln/speech", {"text": "hi"}), CATALOG, 0).batching is None
+
+
 def _operator_catalog() -> Catalog:
     raw = {
         "pools": {"acme": {"capacity": 2}},

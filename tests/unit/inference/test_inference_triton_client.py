@@ -76,10 +76,10 @@ def test_sandbox_message_is_clean() -> None:
 
 def test_unserializable_request_is_invalid_input() -> None:
     with pytest.raises(TritonInferenceError) as caught:
-        triton_client._encode_request({"x": object()})
+        triton_client.encode_request({"x": object()})
     assert (caught.value.code, caught.value.retryable) == ("INVALID_INPUT", False)
     with pytest.raises(TritonInferenceError):
-        triton_client._encode_request({"x": float("nan")})
+        triton_client.encode_request({"x": float("nan")})
 
 
 def test_error_codes_agree_between_client_and_models() -> None:

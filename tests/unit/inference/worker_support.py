@@ -154,6 +154,17 @@ async def running_worker(
         return await infer(url, model, request, timeout_s)
 
     monkeypatch.setattr(worker_module, "infer_file", fake_infer)
+
+    class FakeRows:
+        """A batched model's rows go to `infer` one by one (batching: test_inference_batches)."""
+
+        def __init__(self, url: str, model: str) -> None:
+            self.url, self.model = url, model
+
+        async def infer(self, payload: bytes, timeout_s: float) -> tuple[bytes, str]:
+            return await fake_infer(self.url, self.model, json.loads(payload), timeout_s)
+
+    monkeypatch.setattr(worker_module, "batcher", lambda url, model, *_: FakeRows(url, model))
     blobs = LocalBlobStore(settings.blob_dir)
     inference = Inference(settings.worker_id)
     driver = EventDriver(db, MESSAGING, inference.handlers(), group="inference")
