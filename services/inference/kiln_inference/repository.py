@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import cast
+from functools import cache
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -22,6 +23,36 @@ _DELETE_ITEM = delete(items).where(items.c.id == bindparam("item"))
 
 def _insert(connection: Connection):  # type: ignore[no-untyped-def]
     return postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+
+
+# Each attempt runs these two: built once per dialect (building costs more than running them).
+@cache
+def _accept_statement(dialect: str) -> Any:
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert(items)
+        .values(
+            id=bindparam("v_id"),
+            job_id=bindparam("v_job_id"),
+            account_id=bindparam("v_account_id"),
+            dispatch=bindparam("v_dispatch"),
+            attempt=bindparam("v_attempt"),
+            status="pending",
+            accepted_at=bindparam("v_now"),
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
+@cache
+def _store_result_statement(dialect: str) -> Any:
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    now: Any = bindparam("v_now")
+    return (
+        insert(results)
+        .values(blob_key=bindparam("v_blob_key"), job_id=bindparam("v_job_id"), stored_at=now)
+        .on_conflict_do_update(index_elements=["blob_key"], set_={"stored_at": now})
+    )
 
 
 def is_canceled(connection: Connection, job_id: str) -> bool:
@@ -48,17 +79,15 @@ def accept_item(
 ) -> bool:
     """Keep a dispatched attempt; False when it was accepted before (a redelivery)."""
     result = connection.execute(
-        _insert(connection)(items)
-        .values(
-            id=item_id,
-            job_id=job_id,
-            account_id=account_id,
-            dispatch=dispatch,
-            attempt=attempt,
-            status="pending",
-            accepted_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
+        _accept_statement(connection.dialect.name),
+        {
+            "v_id": item_id,
+            "v_job_id": job_id,
+            "v_account_id": account_id,
+            "v_dispatch": dispatch,
+            "v_attempt": attempt,
+            "v_now": now,
+        },
     )
     return bool(result.rowcount)
 
@@ -80,9 +109,8 @@ def delete_item(connection: Connection, item_id: str) -> bool:
 
 def store_result(connection: Connection, blob_key: str, job_id: str, now: datetime) -> None:
     connection.execute(
-        _insert(connection)(results)
-        .values(blob_key=blob_key, job_id=job_id, stored_at=now)
-        .on_conflict_do_update(index_elements=["blob_key"], set_={"stored_at": now})
+        _store_result_statement(connection.dialect.name),
+        {"v_blob_key": blob_key, "v_job_id": job_id, "v_now": now},
     )
 
 

@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from kiln_notifier.deliveries import TERMINAL_TYPES, DeliveryTarget, EndpointRecord
 from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
@@ -16,6 +28,91 @@ from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything stored here is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# The statements of every job's path, built once per set of tables: building a statement
+# costs more CPU than SQLite's running it, and each job runs six of them.
+
+
+@dataclass(frozen=True)
+class _Statements:
+    account_endpoints: Select[Any]
+    default_secret: Select[Any]
+    endpoint_secret: Select[Any]
+    endpoint_disabled: Select[Any]
+    known_targets: Select[Any]
+    terminal_targets: Select[Any]
+    add_deliveries: Insert
+    record_outcome: Update
+    record_attempt: Insert
+
+
+_statements: dict[int, tuple[NotifierTables, _Statements]] = {}
+
+
+def _built(tables: NotifierTables) -> _Statements:
+    cached = _statements.get(id(tables))
+    if cached is not None and cached[0] is tables:
+        return cached[1]
+    endpoints, deliveries = tables.endpoints, tables.deliveries
+    disabled = tables.disabled_endpoints
+    made = _Statements(
+        account_endpoints=select(
+            endpoints.c.endpoint_id,
+            endpoints.c.url,
+            endpoints.c.event_types,
+            endpoints.c.is_default,
+            endpoints.c.deleted,
+        ).where(
+            endpoints.c.account_id == bindparam("account_id"),
+            endpoints.c.deleted.is_(False),
+            endpoints.c.endpoint_id.not_in(select(disabled.c.endpoint_id)),
+        ),
+        default_secret=select(endpoints.c.sealed_secret, endpoints.c.secret)
+        .where(
+            endpoints.c.account_id == bindparam("account_id"),
+            endpoints.c.is_default.is_(True),
+            endpoints.c.deleted.is_(False),
+        )
+        .order_by(endpoints.c.changed_at.desc())
+        .limit(1),
+        endpoint_secret=select(
+            endpoints.c.sealed_secret, endpoints.c.secret, endpoints.c.deleted
+        ).where(
+            endpoints.c.endpoint_id == bindparam("endpoint_id"),
+            endpoints.c.account_id == bindparam("account_id"),
+        ),
+        endpoint_disabled=select(disabled.c.endpoint_id).where(
+            disabled.c.endpoint_id == bindparam("endpoint_id")
+        ),
+        known_targets=select(deliveries.c.endpoint_id).where(
+            deliveries.c.webhook_id == bindparam("webhook_id")
+        ),
+        terminal_targets=select(deliveries.c.endpoint_id).where(
+            deliveries.c.job_id == bindparam("job_id"),
+            deliveries.c.account_id == bindparam("account_id"),
+            deliveries.c.event_type.in_(sorted(TERMINAL_TYPES)),
+        ),
+        add_deliveries=insert(deliveries),
+        record_outcome=update(deliveries)
+        .where(
+            deliveries.c.id == bindparam("b_id"),
+            deliveries.c.status == PENDING,
+            deliveries.c.attempts == bindparam("b_attempts"),
+        )
+        .values(
+            attempts=bindparam("v_attempts"),
+            status=bindparam("v_status"),
+            next_attempt_at=bindparam("v_next_attempt_at"),
+            last_status_code=bindparam("v_status_code"),
+            last_error=bindparam("v_error"),
+            finished_at=bindparam("v_finished_at"),
+        ),
+        record_attempt=insert(tables.delivery_attempts),
+    )
+    _statements[id(tables)] = (tables, made)
+    return made
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,22 +184,7 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
 def account_endpoints(
     connection: Connection, tables: NotifierTables, account_id: str
 ) -> list[EndpointRecord]:
-    endpoints = tables.endpoints
-    rows = (
-        connection.execute(
-            select(
-                endpoints.c.endpoint_id,
-                endpoints.c.url,
-                endpoints.c.event_types,
-                endpoints.c.is_default,
-                endpoints.c.deleted,
-            ).where(
-                endpoints.c.account_id == account_id,
-                endpoints.c.deleted.is_(False),
-                endpoints.c.endpoint_id.not_in(select(tables.disabled_endpoints.c.endpoint_id)),
-            )
-        )
-    ).all()
+    rows = connection.execute(_built(tables).account_endpoints, {"account_id": account_id}).all()
     return [
         EndpointRecord(
             endpoint_id=row.endpoint_id,
@@ -139,33 +221,16 @@ def signing_secret(
 ) -> SecretLookup:
     """The secret a delivery is signed with now: its endpoint's, or for a job's own
     webhook_url the account's newest default secret (None while the account has none)."""
-    endpoints = tables.endpoints
+    statements = _built(tables)
     if endpoint_id == JOB_WEBHOOK_URL:
-        newest = connection.execute(
-            select(endpoints.c.sealed_secret, endpoints.c.secret)
-            .where(
-                endpoints.c.account_id == account_id,
-                endpoints.c.is_default.is_(True),
-                endpoints.c.deleted.is_(False),
-            )
-            .order_by(endpoints.c.changed_at.desc())
-            .limit(1)
-        ).first()
+        newest = connection.execute(statements.default_secret, {"account_id": account_id}).first()
         return SecretLookup() if newest is None else _lookup(newest.sealed_secret, newest.secret)
-    row = (
-        connection.execute(
-            select(endpoints.c.sealed_secret, endpoints.c.secret, endpoints.c.deleted).where(
-                endpoints.c.endpoint_id == endpoint_id, endpoints.c.account_id == account_id
-            )
-        )
+    row = connection.execute(
+        statements.endpoint_secret, {"endpoint_id": endpoint_id, "account_id": account_id}
     ).first()
     if row is None or row.deleted:
         return SecretLookup(endpoint_gone=True)
-    disabled = connection.scalar(
-        select(tables.disabled_endpoints.c.endpoint_id).where(
-            tables.disabled_endpoints.c.endpoint_id == endpoint_id
-        )
-    )
+    disabled = connection.scalar(statements.endpoint_disabled, {"endpoint_id": endpoint_id})
     if disabled is not None:
         return SecretLookup(endpoint_gone=True, disabled=True)
     return _lookup(row.sealed_secret, row.secret)
@@ -260,22 +325,14 @@ def add_deliveries(
     """Insert one pending delivery per target not already recorded for this message, due now;
     or, for a target `claim_until` gives a time, claimed by this process until then (it sends
     them as soon as the transaction commits). Returns the new deliveries."""
-    deliveries = tables.deliveries
-    known = set(
-        connection.execute(
-            select(deliveries.c.endpoint_id).where(deliveries.c.webhook_id == webhook_id)
-        ).scalars()
-    )
+    statements = _built(tables)
+    known = set(connection.execute(statements.known_targets, {"webhook_id": webhook_id}).scalars())
     if job_id and event_type in TERMINAL_TYPES:
         # One terminal webhook per job and target: whichever of completed / failed / canceled
         # came first. A late, contradicting one (job.completed after job.failed) is not sent.
         known |= set(
             connection.execute(
-                select(deliveries.c.endpoint_id).where(
-                    deliveries.c.job_id == job_id,
-                    deliveries.c.account_id == account_id,
-                    deliveries.c.event_type.in_(sorted(TERMINAL_TYPES)),
-                )
+                statements.terminal_targets, {"job_id": job_id, "account_id": account_id}
             ).scalars()
         )
     rows: list[dict[str, Any]] = []
@@ -319,7 +376,7 @@ def add_deliveries(
             )
         )
     if rows:
-        connection.execute(insert(deliveries), rows)
+        connection.execute(statements.add_deliveries, rows)
     return claims
 
 
@@ -434,34 +491,32 @@ def record_attempt(
 ) -> bool:
     """Log the attempt and move the delivery on. False (and nothing written) when the outcome
     of this attempt was already recorded by someone else (a lease that ran out mid-send)."""
-    deliveries = tables.deliveries
+    statements = _built(tables)
     result = connection.execute(
-        update(deliveries)
-        .where(
-            deliveries.c.id == claim.id,
-            deliveries.c.status == PENDING,
-            deliveries.c.attempts == claim.attempts,
-        )
-        .values(
-            attempts=claim.attempt,
-            status=new_status,
-            next_attempt_at=next_attempt_at,
-            last_status_code=status_code,
-            last_error=error,
-            finished_at=None if new_status == PENDING else attempted_at,
-        )
+        statements.record_outcome,
+        {
+            "b_id": claim.id,
+            "b_attempts": claim.attempts,
+            "v_attempts": claim.attempt,
+            "v_status": new_status,
+            "v_next_attempt_at": next_attempt_at,
+            "v_status_code": status_code,
+            "v_error": error,
+            "v_finished_at": None if new_status == PENDING else attempted_at,
+        },
     )
     if getattr(result, "rowcount", 0) != 1:
         return False
     connection.execute(
-        insert(tables.delivery_attempts).values(
-            delivery_id=claim.id,
-            attempt=claim.attempt,
-            attempted_at=attempted_at,
-            status_code=status_code,
-            latency_ms=latency_ms,
-            error=error,
-        )
+        statements.record_attempt,
+        {
+            "delivery_id": claim.id,
+            "attempt": claim.attempt,
+            "attempted_at": attempted_at,
+            "status_code": status_code,
+            "latency_ms": latency_ms,
+            "error": error,
+        },
     )
     return True
 

@@ -84,6 +84,7 @@ class Scheduler:
         self._touched: set[str] = set()
         self._announce: set[str] = set()
         self._slots_seen: dict[str, int] = {}
+        self._samples: dict[str, int] = {}  # finished jobs per pool since the batch began
 
     # --- policies ---------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class Scheduler:
         self._touched = set()
         self._announce = set()
         self._slots_seen = {pool: self.queue.in_flight(pool) for pool in self._pools()}
+        self._samples = {}
 
     def _pools(self) -> set[str]:
         return {j.pool for j in self.queue.jobs.values() if j.pool} | set(self.catalog.pools)
@@ -186,6 +188,11 @@ class Scheduler:
         new, changed = self.queue.take_changes()
         repository.insert_jobs(unit.connection, new)
         repository.update_jobs(unit.connection, changed)
+        for pool, samples in sorted(self._samples.items()):
+            mean = self.means.get(pool)
+            if mean is not None:
+                repository.record_duration(unit.connection, pool, mean, samples)
+        self._samples.clear()
         self._touched.clear()
         self._announce.clear()
 
@@ -443,8 +450,8 @@ class Scheduler:
         if started is not None and completed.attempt == job.attempt:
             sample = max((ended - started).total_seconds(), 0.0)
             mean = updated_mean(self.means.get(job.pool), sample, self.settings.duration_ewma_alpha)
-            repository.record_duration(unit.connection, job.pool, mean)
             self.means[job.pool] = mean
+            self._samples[job.pool] = self._samples.get(job.pool, 0) + 1  # written by after_batch
         self.finish(job, "completed", unit.now)
         self._touched.add(job.pool)
 

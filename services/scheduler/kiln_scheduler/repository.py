@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
@@ -63,8 +64,11 @@ def unfinished_jobs(connection: Connection) -> list[QueuedJobState]:
     return [_state(r) for r in rows]
 
 
+_JOB = select(jobs_table).where(jobs_table.c.job_id == bindparam("job_id"))
+
+
 def job(connection: Connection, job_id: str) -> QueuedJobState | None:
-    row = connection.execute(select(jobs_table).where(jobs_table.c.job_id == job_id)).first()
+    row = connection.execute(_JOB, {"job_id": job_id}).first()
     return _state(row) if row is not None else None
 
 
@@ -134,14 +138,26 @@ def mean_durations(connection: Connection) -> dict[str, float | None]:
     return {pool: mean for pool, mean in rows}
 
 
-def record_duration(connection: Connection, pool: str, mean: float) -> None:
-    make = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = make(stats_table).values(pool=pool, mean_duration_s=mean, samples=1)
+# Each finished job runs it: built once per dialect (building costs more than running it).
+@cache
+def _record_duration_statement(dialect: str) -> Any:
+    make = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    mean: Any = bindparam("v_mean")
+    samples: Any = bindparam("v_samples")
+    statement = make(stats_table).values(
+        pool=bindparam("v_pool"), mean_duration_s=mean, samples=samples
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["pool"],
+        set_={"mean_duration_s": mean, "samples": stats_table.c.samples + samples},
+    )
+
+
+def record_duration(connection: Connection, pool: str, mean: float, samples: int = 1) -> None:
+    """The pool's mean duration now, after `samples` more finished jobs."""
     connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["pool"],
-            set_={"mean_duration_s": mean, "samples": stats_table.c.samples + 1},
-        )
+        _record_duration_statement(connection.dialect.name),
+        {"v_pool": pool, "v_mean": mean, "v_samples": samples},
     )
 
 

@@ -249,3 +249,27 @@ async def test_waiting_jobs_say_no_workers_when_nothing_handed_out_starts(
     new = await h.tick(datetime.now(UTC) + timedelta(seconds=21))
     [update] = of_type(new, "job.queued")
     assert update.message.queue_reason == "capacity"
+
+
+async def test_mean_durations_are_stored_once_per_batch_and_count_every_job(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings(pool_capacity={POOL: 8}))
+    jobs = [await h.reserve("acct_a") for _ in range(6)]
+    for job in jobs:
+        await h.deliver(started("acct_a", job, 1))
+    # three finish in one batch, then three one by one
+    await h.driver.process_batch([completed("acct_a", job, 1) for job in jobs[:3]])
+    for job in jobs[3:]:
+        await h.deliver(completed("acct_a", job, 1))
+    stored = await h.db.read(
+        lambda c: c.execute(
+            text("SELECT mean_duration_s, samples FROM pool_stats WHERE pool = :p"), {"p": POOL}
+        ).one()
+    )
+    assert stored.samples == 6
+    assert stored.mean_duration_s == pytest.approx(h.scheduler.means[POOL])
+    # a scheduler started afresh reads the same mean
+    again = Harness(sessions, settings(pool_capacity={POOL: 8}))
+    await again.tick(again.now)
+    assert again.scheduler.means[POOL] == pytest.approx(h.scheduler.means[POOL])
