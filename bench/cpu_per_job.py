@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.footprint import stack_processes
+from bench.footprint import group_processes, stack_processes
 from bench.kiln_stack import KilnBenchStack
 from bench.profiling import py_spy
 from bench.receiver import WebhookReceiver
@@ -30,15 +30,15 @@ from bench.throughput import body_maker
 
 
 def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each group's processes and their descendants, each counted once
+    (a component's group lists its children too: Triton's server and stubs)."""
     found: dict[str, float] = {}
     for name, pids in groups.items():
         total = 0.0
-        for pid in pids:
+        for process in group_processes(pids):
             try:
-                proc = psutil.Process(pid)
-                for p in [proc, *proc.children(recursive=True)]:
-                    times = p.cpu_times()
-                    total += times.user + times.system
+                times = process.cpu_times()
+                total += times.user + times.system
             except psutil.NoSuchProcess:
                 continue
         found[name] = total

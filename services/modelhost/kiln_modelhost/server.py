@@ -55,6 +55,7 @@ import os
 import signal
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,7 +94,7 @@ from kiln_modelhost.handlers import (
     handle_video,
     upscale_handler,
 )
-from kiln_modelhost.reference_models import speech
+from kiln_modelhost.reference_models import sandbox, speech
 
 LOGGER = logging.getLogger(__name__)
 
@@ -275,6 +276,8 @@ def serve(options: ServerOptions) -> None:
         metrics_port=options.metrics_port,
     )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # while Triton loads the models, not when the first sandbox jobs arrive
+    threading.Thread(target=sandbox.warm_examples, name="sandbox-examples", daemon=True).start()
     # PyTriton's multi-instance models have a second start-up race (instances 1..N may connect
     # to instance 0's handshake socket between its bind and listen; the connect is refused and
     # the model fails to load). A fresh server with a fresh workspace fixes it.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import tempfile
+import threading
+import time
 import wave
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -70,3 +73,35 @@ def test_video_example_is_a_short_mp4() -> None:
 def test_unknown_kind(kind: str) -> None:
     with pytest.raises(ModelInputError):
         sandbox_example(kind)
+
+
+def test_an_example_is_made_once_however_many_instances_ask_at_once() -> None:
+    calls: list[int] = []
+    started = threading.Event()
+
+    def slow() -> bytes:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return b"example"
+
+    once = sandbox._Once(slow)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: once(), range(8)))
+    assert answers == [b"example"] * 8
+    assert calls == [1]
+    once.cache_clear()
+    assert once() == b"example" and calls == [1, 1]
+
+
+def test_warming_makes_every_example() -> None:
+    examples = (
+        sandbox._example_image,
+        sandbox._example_audio,
+        sandbox._example_video,
+        sandbox._example_archive,
+    )
+    for example in examples:
+        example.cache_clear()
+    sandbox.warm_examples()
+    assert all(example._made for example in examples)

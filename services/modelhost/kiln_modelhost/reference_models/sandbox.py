@@ -1,18 +1,21 @@
 """Example outputs for sandbox jobs (``sk_test_`` keys): a real file of the requested kind.
 
-The examples are made once per process by the real reference models and then cached.
-Video is a 2-second camera move over the example image (the real image-to-video model).
+The examples are made once per process by the real reference models and then cached; the
+model host makes them in the background while Triton loads its models (`warm_examples`), so
+the first sandbox jobs do not each pay for them. Video is a 2-second camera move over the
+example image (the real image-to-video model).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
 import math
+import threading
 import wave
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,6 +32,31 @@ EXAMPLE_PROMPT = "sandbox example: calm abstract waves in teal and gold"
 EXAMPLE_SEED = 0
 EXAMPLE_SIDE = 512
 EXAMPLE_SENTENCE = "This is an example result from the Kiln sandbox."
+
+
+class _Once:
+    """``make`` run once per process, however many model instances (threads) ask at once:
+    the others wait for its answer instead of each rendering their own (which, at the start of
+    a burst of sandbox jobs, cost every instance's thread a second or more of CPU)."""
+
+    def __init__(self, make: Callable[[], bytes]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._made: bytes | None = None
+        self.__name__ = make.__name__
+
+    def __call__(self) -> bytes:
+        made = self._made
+        if made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = self._make()
+                made = self._made
+        return made
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._made = None
 
 
 def sine_tone_wav(
@@ -53,12 +81,12 @@ def sine_tone_wav(
     return buffer.getvalue()
 
 
-@functools.cache
+@_Once
 def _example_image() -> bytes:
     return image.render_image(EXAMPLE_PROMPT, EXAMPLE_SEED, EXAMPLE_SIDE, EXAMPLE_SIDE)
 
 
-@functools.cache
+@_Once
 def _example_audio() -> bytes:
     if speech.espeak_available():
         try:
@@ -68,12 +96,12 @@ def _example_audio() -> bytes:
     return sine_tone_wav()
 
 
-@functools.cache
+@_Once
 def _example_video() -> bytes:
     return video.animate_image(_example_image(), "zoom_in", 2, 12, 256, 256)
 
 
-@functools.cache
+@_Once
 def _example_archive() -> bytes:
     """An auto-clip result's shape: one clip (the example video) and its manifest."""
     clip = _example_video()
@@ -115,3 +143,12 @@ def sandbox_example(kind: str, content_type: str | None = None) -> tuple[bytes, 
     if kind == "video":
         return _example_video(), video.CONTENT_TYPE
     raise ModelInputError(f"kind must be one of {', '.join(SANDBOX_KINDS)}")
+
+
+def warm_examples() -> None:
+    """Make every example now (the model host runs this in the background at start)."""
+    for make in (_example_image, _example_audio, _example_video, _example_archive):
+        try:
+            make()
+        except Exception:  # the request that needs it will fail with the model's own error
+            LOGGER.warning("could not make the sandbox example %s", make.__name__, exc_info=True)
