@@ -17,8 +17,10 @@ Comparison: the Celery baseline (bench/baselines/celery_pipeline) from cold, the
 a Triton server of its own (the same PyTriton server and start code as the stack's), then
 Redis, the endpoint and the worker (`CeleryBaseline.start`), an account, and the same POST
 until 202. Kiln's number includes `uv sync` (part of `make up`) and Kafka; the row "Triton's
-models ready → first accepted job" compares what each pipeline adds after its model server
-(the same server, loading the same models, in both) is ready.
+models ready → first accepted job" compares what each pipeline adds after the models it uses
+are ready on its model server (the same server, loading the same models, in both): for Kiln,
+all eleven (its worker serves them all); for the baseline, which runs sandbox jobs only, the
+sandbox model.
 The baseline's repeats are interleaved with Kiln's.
 
 Method, idle footprint. The shared bench stack (`ctx.kiln()`, started by this bench if no
@@ -37,7 +39,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from bench.context import BenchContext
 from bench.footprint import RssSampler, RssSummary, rss_measurements, stack_processes
 from bench.kiln_stack import sandbox_job
 from bench.results import Measurement
+from kiln_modelhost.contract import ALL_MODELS, SANDBOX_MODEL
 from tests.stack_support import (
     REPO,
     SERVICES,
@@ -76,13 +79,17 @@ MODELS_READY = "Triton's models ready"
 
 
 class ModelReadyWatch:
-    """Polls a Triton server (HTTP port) from now until its sandbox model is ready (the last
-    model Kiln's Triton server loads): `ready_at` is then that time.monotonic(), else NaN.
-    Triton answers /v2/health/ready before it loaded any model, and both pipelines wait for
-    the models, so this is the phase that matters."""
+    """Polls a Triton server (HTTP port) from now until each of `models` is ready (by default
+    all of them: PyTriton loads Kiln's eleven one after another, the sandbox fifth, and Kiln's
+    worker is ready once they all are; the Celery baseline waits for the sandbox alone):
+    `ready_at` is then that time.monotonic(), else NaN. Triton answers /v2/health/ready before
+    it loaded any model, and each pipeline waits for the models it uses, so this is the phase
+    that matters."""
 
-    def __init__(self, http_port: int, model: str = "sandbox", interval_s: float = 0.25) -> None:
-        self.url = f"http://127.0.0.1:{http_port}/v2/models/{model}/ready"
+    def __init__(
+        self, http_port: int, models: Sequence[str] = ALL_MODELS, interval_s: float = 0.25
+    ) -> None:
+        self.urls = [f"http://127.0.0.1:{http_port}/v2/models/{m}/ready" for m in models]
         self.interval_s = interval_s
         self.ready_at = float("nan")
         self._done = threading.Event()
@@ -93,14 +100,18 @@ class ModelReadyWatch:
         return self
 
     def _poll(self) -> None:
+        waiting = list(self.urls)
         with httpx.Client(timeout=2.0) as client:
             while not self._done.is_set():
-                try:
-                    if client.get(self.url).status_code == 200:
-                        self.ready_at = time.monotonic()
+                for url in list(waiting):
+                    try:
+                        if client.get(url).status_code == 200:
+                            waiting.remove(url)
+                    except httpx.HTTPError:
                         break
-                except httpx.HTTPError:
-                    pass
+                if not waiting:
+                    self.ready_at = time.monotonic()
+                    break
                 self._done.wait(self.interval_s)
         self._done.set()
 
@@ -333,7 +344,8 @@ def baseline_startup(
         started = time.monotonic()
         triton.start_triton()
         triton_up = time.monotonic()
-        models = ModelReadyWatch(triton.ports.triton_http).start()
+        # the baseline runs sandbox jobs only: it waits for that model alone
+        models = ModelReadyWatch(triton.ports.triton_http, models=(SANDBOX_MODEL,)).start()
         models.wait(MAKE_TIMEOUT_S)
         baseline.start()
         ready = time.monotonic()

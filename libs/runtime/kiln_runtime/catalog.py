@@ -121,6 +121,11 @@ class ModelEntry(BaseModel):
         for field in self.input_files:
             if not field.endswith("_url"):
                 raise ValueError(f"model {self.id}: input file field {field} must end in _url")
+        if self.tensors is not None and self.batching is not None:
+            raise ValueError(
+                f"model {self.id}: batching is for Kiln's own contract; a tensors model "
+                "uses tensors.batching (Triton's dynamic batcher)"
+            )
         if self.tensors is not None:
             for tensor in self.tensors.inputs:
                 is_file = tensor.source in ("file", "image_rgb")

@@ -11,8 +11,12 @@ sent; the inbox pruned by time; per-partition consumer positions).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _When = sa.DateTime(timezone=True)
@@ -101,3 +105,54 @@ def from_batch_runtime() -> None:
     op.drop_table("outbox")
     op.rename_table("outbox_previous", "outbox")
     op.create_index("ix_outbox_published_at", "outbox", ["published_at"])
+
+
+# --- sealing secrets in place (the migrations that sealed the webhook secrets) ---------------
+
+_SEAL_PAGE = 500
+K = TypeVar("K")
+
+
+def lazy_keyring(open_keyring: Callable[[str], K]) -> Callable[[], K]:
+    """The operator's keyring, looked for at the first row that needs it: the one the process
+    running the migration passed (`config.attributes["secrets_keyring"]`: the service at start,
+    with its settings), else `open_keyring(KILN_SECRETS_KEYS)` (Alembic's command line)."""
+    found: list[K] = []
+
+    def get() -> K:
+        if not found:
+            given = context.config.attributes.get("secrets_keyring")
+            found.append(
+                given
+                if given is not None
+                else open_keyring(os.environ.get("KILN_SECRETS_KEYS", ""))
+            )
+        return found[0]
+
+    return get
+
+
+def move_values(
+    table: sa.TableClause, id_name: str, source: str, target: str, change: Callable[[str], str]
+) -> None:
+    """Each row with a non-empty `source`: `target` = change(source), `source` emptied. Pages
+    by id, so that a large table is not read at once."""
+    bind = op.get_bind()
+    id_column, source_column = table.c[id_name], table.c[source]
+    after = ""
+    while True:
+        rows = bind.execute(
+            sa.select(id_column, source_column)
+            .where(source_column.is_not(None), source_column != "", id_column > after)
+            .order_by(id_column)
+            .limit(_SEAL_PAGE)
+        ).all()
+        for row in rows:
+            bind.execute(
+                table.update()
+                .where(id_column == row[0])
+                .values({target: change(row[1]), source: ""})
+            )
+        if len(rows) < _SEAL_PAGE:
+            return
+        after = rows[-1][0]

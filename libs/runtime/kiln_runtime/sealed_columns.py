@@ -10,16 +10,18 @@ its own, so the service keeps writing meanwhile (on SQLite too)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, select, update
 
-from kiln_runtime.db import WRITE_INTENT
+from kiln_runtime.db import WRITE_INTENT, make_sync_engine
 
 PAGE_SIZE = 200
+K = TypeVar("K")
 
 
 class Keyring(Protocol):
@@ -107,3 +109,28 @@ def reseal_column(
         if len(rows) < PAGE_SIZE:
             return report
         after = rows[-1][0]
+
+
+def run_rotation(
+    program: str,
+    database_url: str,
+    keys_setting: str,
+    open_keyring: Callable[[str], K],
+    rotate: Callable[[Engine, K], Mapping[str, RotationReport]],
+) -> int:
+    """A service's `secrets_rotation` command: open the keyring (`open_keyring` raises
+    ValueError for a bad KILN_SECRETS_KEYS), re-seal, print each place's report. Exit status 2
+    for a bad keyring, 1 when some secret no key opens, else 0."""
+    try:
+        keyring = open_keyring(keys_setting)
+    except ValueError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return 2
+    engine = make_sync_engine(database_url)
+    try:
+        reports = rotate(engine, keyring)
+    finally:
+        engine.dispose()
+    for place, report in reports.items():
+        print(f"{place}: {report.summary()}")
+    return 1 if any(report.unreadable for report in reports.values()) else 0

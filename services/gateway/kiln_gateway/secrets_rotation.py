@@ -11,15 +11,18 @@ nothing. Exit status 1 when some secret no key opens (its ids are printed; no se
 
 from __future__ import annotations
 
-import sys
-
 from sqlalchemy import Engine, select, update
 
 from kiln_contracts import decode, encode
 from kiln_contracts.v1.webhooks_pb2 import WebhookEndpointChanged
-from kiln_crypto import SealedSecretError, SecretsKeyError, SecretsKeyring
+from kiln_crypto import SealedSecretError, SecretsKeyring
 from kiln_gateway.tables import MESSAGING, Base
-from kiln_runtime.sealed_columns import RotationReport, reseal_column, write_transaction
+from kiln_runtime.sealed_columns import (
+    RotationReport,
+    reseal_column,
+    run_rotation,
+    write_transaction,
+)
 
 ENDPOINT_CHANGED = "webhooks.endpoint_changed"
 
@@ -88,22 +91,15 @@ def rotate_secrets(engine: Engine, keyring: SecretsKeyring) -> dict[str, Rotatio
 
 def main() -> int:
     from kiln_gateway.config import GatewaySettings
-    from kiln_runtime.db import make_sync_engine
 
     settings = GatewaySettings()
-    try:
-        keyring = SecretsKeyring.from_setting(settings.secrets_keys.get_secret_value())
-    except SecretsKeyError as exc:
-        print(f"kiln_gateway.secrets_rotation: {exc}", file=sys.stderr)
-        return 2
-    engine = make_sync_engine(settings.database_url)
-    try:
-        reports = rotate_secrets(engine, keyring)
-    finally:
-        engine.dispose()
-    for place, report in reports.items():
-        print(f"{place}: {report.summary()}")
-    return 1 if any(report.unreadable for report in reports.values()) else 0
+    return run_rotation(
+        "kiln_gateway.secrets_rotation",
+        settings.database_url,
+        settings.secrets_keys.get_secret_value(),
+        SecretsKeyring.from_setting,
+        rotate_secrets,
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ import tritonclient.grpc.aio as grpcclient
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
+# tritonclient's own bound (its channels accept messages of any size up to 2 GiB)
+MAX_GRPC_MESSAGE_SIZE: Final = 2**31 - 1
+
 LOGGER = logging.getLogger(__name__)
 
 REQUEST_INPUT: Final = "request"
@@ -85,13 +88,33 @@ class TritonInferenceError(Exception):
 _clients: dict[str, tuple[asyncio.AbstractEventLoop, grpcclient.InferenceServerClient]] = {}
 
 
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel settings, with reconnection tried at least every second.
+
+    gRPC waits longer and longer between attempts to reconnect a channel (up to two minutes by
+    default): after Triton restarted, or when the worker started before Triton listened, the
+    worker could wait out such a pause with Triton already back."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
 def _client(url: str) -> grpcclient.InferenceServerClient:
     loop = asyncio.get_running_loop()
     cached = _clients.get(url)
     if cached is not None and cached[0] is loop:
         return cached[1]
     # A client made in another (now finished) loop cannot be closed from this one: drop it.
-    client = grpcclient.InferenceServerClient(url=url)
+    client = grpcclient.InferenceServerClient(url=url, channel_args=_channel_args())
     _clients[url] = (loop, client)
     return client
 

@@ -9,13 +9,11 @@ key opens (the endpoint ids are printed; no secret is)."""
 
 from __future__ import annotations
 
-import sys
-
 from sqlalchemy import Engine
 
-from kiln_crypto import SecretsKeyError, SecretsKeyring
+from kiln_crypto import SecretsKeyring
 from kiln_notifier.tables import make_tables
-from kiln_runtime.sealed_columns import RotationReport, reseal_column
+from kiln_runtime.sealed_columns import RotationReport, reseal_column, run_rotation
 
 
 def rotate_secrets(engine: Engine, keyring: SecretsKeyring) -> RotationReport:
@@ -31,21 +29,15 @@ def rotate_secrets(engine: Engine, keyring: SecretsKeyring) -> RotationReport:
 
 def main() -> int:
     from kiln_notifier.config import NotifierSettings
-    from kiln_runtime.db import make_sync_engine
 
     settings = NotifierSettings()
-    try:
-        keyring = SecretsKeyring.from_setting(settings.secrets_keys.get_secret_value())
-    except SecretsKeyError as exc:
-        print(f"kiln_notifier.secrets_rotation: {exc}", file=sys.stderr)
-        return 2
-    engine = make_sync_engine(settings.database_url)
-    try:
-        report = rotate_secrets(engine, keyring)
-    finally:
-        engine.dispose()
-    print(f"endpoints' secrets: {report.summary()}")
-    return 1 if report.unreadable else 0
+    return run_rotation(
+        "kiln_notifier.secrets_rotation",
+        settings.database_url,
+        settings.secrets_keys.get_secret_value(),
+        SecretsKeyring.from_setting,
+        lambda engine, keyring: {"endpoints' secrets": rotate_secrets(engine, keyring)},
+    )
 
 
 if __name__ == "__main__":

@@ -113,3 +113,10 @@ async def test_unreachable_server_is_retryable() -> None:
         assert (caught.value.code, caught.value.retryable) == ("TRITON_UNAVAILABLE", True)
     finally:
         await triton_client.close_clients(url)
+
+
+def test_a_lost_triton_is_tried_again_at_least_every_second() -> None:
+    args = dict(triton_client._channel_args())
+    assert args["grpc.max_reconnect_backoff_ms"] <= 1000
+    # tritonclient's own limits are kept
+    assert args["grpc.max_receive_message_length"] == 2**31 - 1

@@ -187,6 +187,10 @@ def test_an_operator_file_cannot_replace_or_dangle(
                 "output": {"tensor": "Y"},
             }
         },
+        # the worker's batching is for Kiln's own contract, not a tensors model
+        {"batching": {"rows": 4, "calls": 2}},
+        # no rows at all
+        {"tensors": None, "batching": {"rows": 0, "calls": 2}},
     ],
 )
 def test_bad_operator_entries_fail_to_load(changes: dict[str, Any]) -> None:
@@ -199,3 +203,14 @@ def test_bad_operator_entries_fail_to_load(changes: dict[str, Any]) -> None:
                 "models": [_operator_model(**changes)],
             }
         )
+
+
+def test_the_sandbox_is_batched_by_the_worker_and_an_operators_sandbox_is_not(
+    tmp_path: Path,
+) -> None:
+    assert BUILTIN.sandbox_batching is not None and BUILTIN.sandbox_batching.rows == 8
+    assert all(model.batching is None for model in BUILTIN.models)
+    own = load_catalog(_write(tmp_path, {"include_builtin": True, "sandbox_triton_model": "acme"}))
+    assert own.sandbox_batching is None
+    kept = load_catalog(_write(tmp_path, {"include_builtin": True, "models": []}))
+    assert kept.sandbox_batching == BUILTIN.sandbox_batching

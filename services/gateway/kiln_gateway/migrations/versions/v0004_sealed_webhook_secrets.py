@@ -13,22 +13,21 @@ Revises: 0003
 Create Date: 2027-01-08
 """
 
-import os
 from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
 from kiln_contracts import decode, encode
 from kiln_contracts.v1.webhooks_pb2 import WebhookEndpointChanged
 from kiln_crypto import SecretsKeyring
+from kiln_runtime.migration_ops import lazy_keyring, move_values
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_PAGE = 500
 _TOPIC = "webhooks.endpoint_changed"
 
 _accounts = sa.table(
@@ -49,47 +48,6 @@ _outbox = sa.table(
     sa.column("topic", sa.String),
     sa.column("payload", sa.LargeBinary),
 )
-
-
-def _keyring() -> Callable[[], SecretsKeyring]:
-    """The keyring, looked for at the first row that needs it."""
-    found: list[SecretsKeyring] = []
-
-    def get() -> SecretsKeyring:
-        if not found:
-            given = context.config.attributes.get("secrets_keyring")
-            found.append(
-                given
-                if given is not None
-                else SecretsKeyring.from_setting(os.environ.get("KILN_SECRETS_KEYS", ""))
-            )
-        return found[0]
-
-    return get
-
-
-def _move(table: sa.TableClause, source: str, target: str, change: Callable[[str], str]) -> None:
-    """Each row with a non-empty `source`: `target` = change(source), `source` emptied. Pages
-    by id, so that a large table is not read at once."""
-    bind = op.get_bind()
-    id_column, source_column = table.c.id, table.c[source]
-    after = ""
-    while True:
-        rows = bind.execute(
-            sa.select(id_column, source_column)
-            .where(source_column.is_not(None), source_column != "", id_column > after)
-            .order_by(id_column)
-            .limit(_PAGE)
-        ).all()
-        for row in rows:
-            bind.execute(
-                table.update()
-                .where(id_column == row[0])
-                .values({target: change(row[1]), source: ""})
-            )
-        if len(rows) < _PAGE:
-            return
-        after = rows[-1][0]
 
 
 def _rewrite_outbox(change: Callable[[WebhookEndpointChanged], bool]) -> None:
@@ -113,9 +71,15 @@ def _rewrite_outbox(change: Callable[[WebhookEndpointChanged], bool]) -> None:
 def upgrade() -> None:
     op.add_column("accounts", sa.Column("sealed_webhook_secret", sa.Text(), nullable=True))
     op.add_column("webhook_endpoints", sa.Column("sealed_secret", sa.Text(), nullable=True))
-    keyring = _keyring()
-    _move(_accounts, "default_webhook_secret", "sealed_webhook_secret", lambda s: keyring().seal(s))
-    _move(_endpoints, "secret", "sealed_secret", lambda s: keyring().seal(s))
+    keyring = lazy_keyring(SecretsKeyring.from_setting)
+    move_values(
+        _accounts,
+        "id",
+        "default_webhook_secret",
+        "sealed_webhook_secret",
+        lambda s: keyring().seal(s),
+    )
+    move_values(_endpoints, "id", "secret", "sealed_secret", lambda s: keyring().seal(s))
 
     def seal_event(message: WebhookEndpointChanged) -> bool:
         if not message.secret:
@@ -128,9 +92,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    keyring = _keyring()
-    _move(_accounts, "sealed_webhook_secret", "default_webhook_secret", lambda s: keyring().open(s))
-    _move(_endpoints, "sealed_secret", "secret", lambda s: keyring().open(s))
+    keyring = lazy_keyring(SecretsKeyring.from_setting)
+    move_values(
+        _accounts,
+        "id",
+        "sealed_webhook_secret",
+        "default_webhook_secret",
+        lambda s: keyring().open(s),
+    )
+    move_values(_endpoints, "id", "sealed_secret", "secret", lambda s: keyring().open(s))
 
     def open_event(message: WebhookEndpointChanged) -> bool:
         if not message.sealed_secret:
