@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -164,6 +166,12 @@ def async_connection(url: str | URL) -> tuple[URL, dict[str, Any]]:
     if dsn:
         connect_args["dsn"] = "postgresql://?" + urlencode(dsn)
     return parsed.set(query=kept), connect_args
+
+
+def upsert_insert(dialect: str) -> Any:
+    """The `insert` of the database's dialect, the one with `on_conflict_do_nothing` and
+    `on_conflict_do_update` (PostgreSQL's and SQLite's take the same arguments)."""
+    return postgresql_insert if dialect == "postgresql" else sqlite_insert
 
 
 def is_sqlite(url: str | URL) -> bool:

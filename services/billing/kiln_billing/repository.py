@@ -9,11 +9,10 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from kiln_billing.ledger import Balances, Booking, JobCharge
 from kiln_billing.tables import AccountBalance, LedgerPosting, LedgerTransaction, Reservation
+from kiln_runtime.db import upsert_insert
 
 balances_table = cast(Table, AccountBalance.__table__)
 postings_table = cast(Table, LedgerPosting.__table__)
@@ -82,9 +81,10 @@ def lock_balances(connection: Connection, account_ids: Iterable[str]) -> dict[st
     if not wanted:
         return {}
     postgres = connection.dialect.name == "postgresql"
-    make = postgresql_insert if postgres else sqlite_insert
     connection.execute(
-        make(balances_table).on_conflict_do_nothing(index_elements=["account_id"]),
+        upsert_insert(connection.dialect.name)(balances_table).on_conflict_do_nothing(
+            index_elements=["account_id"]
+        ),
         [
             {
                 "account_id": a,

@@ -8,10 +8,9 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from kiln_inference.tables import CanceledJob, StoredResult, WorkItem
+from kiln_runtime.db import upsert_insert
 
 items = cast(Table, WorkItem.__table__)
 canceled_jobs = cast(Table, CanceledJob.__table__)
@@ -21,16 +20,11 @@ _IS_CANCELED = select(canceled_jobs.c.job_id).where(canceled_jobs.c.job_id == bi
 _DELETE_ITEM = delete(items).where(items.c.id == bindparam("item"))
 
 
-def _insert(connection: Connection):  # type: ignore[no-untyped-def]
-    return postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-
-
 # Each attempt runs these two: built once per dialect (building costs more than running them).
 @cache
 def _accept_statement(dialect: str) -> Any:
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     return (
-        insert(items)
+        upsert_insert(dialect)(items)
         .values(
             id=bindparam("v_id"),
             job_id=bindparam("v_job_id"),
@@ -46,10 +40,9 @@ def _accept_statement(dialect: str) -> Any:
 
 @cache
 def _store_result_statement(dialect: str) -> Any:
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     now: Any = bindparam("v_now")
     return (
-        insert(results)
+        upsert_insert(dialect)(results)
         .values(blob_key=bindparam("v_blob_key"), job_id=bindparam("v_job_id"), stored_at=now)
         .on_conflict_do_update(index_elements=["blob_key"], set_={"stored_at": now})
     )
@@ -61,7 +54,7 @@ def is_canceled(connection: Connection, job_id: str) -> bool:
 
 def mark_canceled(connection: Connection, job_id: str, now: datetime) -> None:
     connection.execute(
-        _insert(connection)(canceled_jobs)
+        upsert_insert(connection.dialect.name)(canceled_jobs)
         .values(job_id=job_id, canceled_at=now)
         .on_conflict_do_nothing(index_elements=["job_id"])
     )

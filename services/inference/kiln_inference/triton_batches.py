@@ -23,13 +23,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from kiln_inference.triton_client import (
+    GUARD_GRACE_S,
     TRITON_TIMEOUT,
     TritonInferenceError,
     infer_rows,
 )
-
-# Extra time past a row's own deadline before its caller gives up on a request that hangs.
-_GUARD_GRACE_S = 2.0
 
 Answer = tuple[bytes, str] | TritonInferenceError
 SendRows = Callable[[str, str, Sequence[bytes], float], Awaitable[list[Answer]]]
@@ -70,7 +68,7 @@ class RowBatcher:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         try:
-            async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
+            async with asyncio.timeout(timeout_s + GUARD_GRACE_S):
                 return await row.answer
         except TimeoutError:
             raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None

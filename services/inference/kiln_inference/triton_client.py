@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -62,7 +62,7 @@ _MODEL_MISSING_RE: Final = re.compile(
     re.IGNORECASE,
 )
 # Extra time past the gRPC deadline before the local guard gives up on a hung call.
-_GUARD_GRACE_S: Final = 2.0
+GUARD_GRACE_S: Final = 2.0
 
 
 class TritonInferenceError(Exception):
@@ -212,6 +212,30 @@ def parse_rows(
     return parsed
 
 
+async def _infer(
+    url: str,
+    triton_model: str,
+    timeout_s: float,
+    map_error: Callable[[InferenceServerException, str], TritonInferenceError],
+    **request: Any,
+) -> grpcclient.InferResult:
+    """One call to Triton, its failures as TritonInferenceError (`map_error` reads the
+    server's own errors)."""
+    client = _client(url)
+    try:
+        async with asyncio.timeout(timeout_s + GUARD_GRACE_S):
+            result: grpcclient.InferResult = await client.infer(
+                model_name=triton_model, client_timeout=timeout_s, **request
+            )
+    except InferenceServerException as exc:
+        raise map_error(exc, triton_model) from None
+    except TimeoutError:
+        raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None
+    except (OSError, ConnectionError) as exc:
+        raise TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable") from exc
+    return result
+
+
 async def infer_rows(
     url: str, triton_model: str, payloads: Sequence[bytes], timeout_s: float
 ) -> list[tuple[bytes, str] | TritonInferenceError]:
@@ -231,21 +255,14 @@ async def infer_rows(
         grpcclient.InferRequestedOutput(name)
         for name in (OUTPUT, CONTENT_TYPE_OUTPUT, ERROR_OUTPUT)
     ]
-    client = _client(url)
-    try:
-        async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
-            result = await client.infer(
-                model_name=triton_model,
-                inputs=[infer_input],
-                outputs=outputs,
-                client_timeout=timeout_s,
-            )
-    except InferenceServerException as exc:
-        raise _map_server_error(exc, triton_model) from None
-    except TimeoutError:
-        raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None
-    except (OSError, ConnectionError) as exc:
-        raise TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable") from exc
+    result = await _infer(
+        url,
+        triton_model,
+        timeout_s,
+        _map_server_error,
+        inputs=[infer_input],
+        outputs=outputs,
+    )
     return parse_rows(result, triton_model, len(payloads))
 
 
@@ -271,7 +288,7 @@ async def triton_ready(url: str, models: Sequence[str] = (), timeout_s: float = 
     """
     client = _client(url)
     try:
-        async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
+        async with asyncio.timeout(timeout_s + GUARD_GRACE_S):
             if not await client.is_server_live(client_timeout=timeout_s):
                 return False
             if not await client.is_server_ready(client_timeout=timeout_s):
@@ -303,22 +320,15 @@ async def infer_tensors(
         item = grpcclient.InferInput(name, list(array.shape), datatype)
         item.set_data_from_numpy(array)
         infer_inputs.append(item)
-    client = _client(url)
-    try:
-        async with asyncio.timeout(timeout_s + _GUARD_GRACE_S):
-            result = await client.infer(
-                model_name=triton_model,
-                model_version=model_version,
-                inputs=infer_inputs,
-                outputs=[grpcclient.InferRequestedOutput(output)],
-                client_timeout=timeout_s,
-            )
-    except InferenceServerException as exc:
-        raise _map_operator_error(exc, triton_model) from None
-    except TimeoutError:
-        raise TritonInferenceError(TRITON_TIMEOUT, "Triton did not answer in time") from None
-    except (OSError, ConnectionError) as exc:
-        raise TritonInferenceError(TRITON_UNAVAILABLE, "Triton is not reachable") from exc
+    result = await _infer(
+        url,
+        triton_model,
+        timeout_s,
+        _map_operator_error,
+        model_version=model_version,
+        inputs=infer_inputs,
+        outputs=[grpcclient.InferRequestedOutput(output)],
+    )
     answer: NDArray[Any] | None = result.as_numpy(output)
     return answer
 

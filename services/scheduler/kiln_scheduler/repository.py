@@ -8,9 +8,8 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from kiln_runtime.db import upsert_insert
 from kiln_scheduler.decisions import ACTIVE_STATUSES, FINISHED
 from kiln_scheduler.queue import COLUMNS, QueuedJobState
 from kiln_scheduler.tables import PoolSlots, PoolStats, QueuedJob
@@ -102,9 +101,8 @@ def move_slots(connection: Connection, pool: str, delta: int) -> int:
     found = connection.execute(_MOVE_SLOTS, {"s_pool": pool, "delta": delta}).scalar()
     if found is not None:
         return int(found)
-    make = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     connection.execute(
-        make(slots_table)
+        upsert_insert(connection.dialect.name)(slots_table)
         .values(pool=pool, in_flight=0)
         .on_conflict_do_nothing(index_elements=["pool"])
     )
@@ -141,7 +139,7 @@ def mean_durations(connection: Connection) -> dict[str, float | None]:
 # Each finished job runs it: built once per dialect (building costs more than running it).
 @cache
 def _record_duration_statement(dialect: str) -> Any:
-    make = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    make = upsert_insert(dialect)
     mean: Any = bindparam("v_mean")
     samples: Any = bindparam("v_samples")
     statement = make(stats_table).values(
