@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from bench.footprint import group_processes, stack_processes
+from bench.hops import counters
 from bench.kiln_stack import KilnBenchStack
 from bench.profiling import py_spy
 from bench.receiver import WebhookReceiver
@@ -43,6 +44,19 @@ def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
                 continue
         found[name] = total
     return found
+
+
+def database_work(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], jobs: int
+) -> str:
+    """Write transactions and SQL statements per job of each service, under load (where a
+    batch carries many jobs' events, unlike the one-at-a-time `hops` bench)."""
+    parts = []
+    for name, now in after.items():
+        writes = (now["writes"] - before[name]["writes"]) / jobs
+        statements = (now["statements"] - before[name]["statements"]) / jobs
+        parts.append(f"{name} {writes:.2f} / {statements:.1f}")
+    return "per job under load (write transactions / statements): " + ", ".join(parts)
 
 
 def leaf_summary(text: str, top: int = 40) -> str:
@@ -100,6 +114,7 @@ def main() -> None:
                 ]  # fmt: skip
                 spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = cpu_seconds(groups)
+            counted_before = counters(stack)
             own_before = psutil.Process().cpu_times()
             machine_before = psutil.cpu_times()
             started = time.monotonic()
@@ -116,6 +131,7 @@ def main() -> None:
             )
             elapsed = time.monotonic() - started
             after = cpu_seconds(groups)
+            counted_after = counters(stack)
             own_after = psutil.Process().cpu_times()
             machine_after = psutil.cpu_times()
             busy = sum(machine_after) - sum(machine_before)
@@ -134,6 +150,7 @@ def main() -> None:
                 f"{1000 * busy / jobs:.2f} ms/job",
                 flush=True,
             )
+            print(f"  {database_work(counted_before, counted_after, jobs)}", flush=True)
             if spy is not None:
                 spy.wait(timeout=120)
                 text = Path(args.stacks).read_text()

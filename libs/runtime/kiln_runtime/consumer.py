@@ -287,7 +287,9 @@ class EventConsumer:
                     )
                 except Fenced as fenced:
                     BATCH_RETRIES.labels(self._service, "fenced").inc()
-                    await self._refence(fenced)
+                    # The whole batch rolled back: its other partitions go back too, or their
+                    # deliveries would be dropped here and the next batch move past them.
+                    await self._refence(fenced, _first_offsets(current))
                     return
                 except Exception as exc:
                     if not is_transient(exc):
@@ -412,19 +414,29 @@ class EventConsumer:
             self._consumer.resume(*(tp for tp in paused if tp in assignment))
             self.holding = False
 
-    async def _refence(self, fenced: Fenced) -> None:
-        """Another member moved these positions: go on from where the database says."""
+    async def _refence(
+        self, fenced: Fenced, rolled_back: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        """Another member moved the fenced positions: go on from where the database says, for
+        them and for every other partition whose deliveries the rolled-back batch held
+        (`rolled_back`: its first offset of each; where the database has no position yet, the
+        partition goes back there)."""
         assert self._consumer is not None
-        tps = {TopicPartition(t, p) for t, p in fenced.partitions}
+        rolled_back = rolled_back or {}
+        tps = {TopicPartition(t, p) for t, p in fenced.partitions | rolled_back.keys()}
         stored = await self._db.read(lambda c: self._stored_positions(c, tps))
         for tp in tps:
             if tp not in self._positions:
                 continue
-            position = stored.get((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            position = stored.get(key)
             self._positions[tp] = position
+            if position is None and key not in fenced.partitions:
+                position = rolled_back.get(key)
             if position is not None:
                 self._consumer.seek(tp, position)
-        log.warning("%s: positions moved elsewhere, re-read: %s", self._service, _names(tps))
+        moved = {TopicPartition(t, p) for t, p in fenced.partitions}
+        log.warning("%s: positions moved elsewhere, re-read: %s", self._service, _names(moved))
 
     def _committed(self, result: BatchResult) -> None:
         self._publisher.publish(result.outgoing)
@@ -483,6 +495,14 @@ class EventConsumer:
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key` (murmur2, as the producer does)."""
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _first_offsets(deliveries: Sequence[Delivery]) -> dict[tuple[str, int], int]:
+    first: dict[tuple[str, int], int] = {}
+    for d in deliveries:
+        key = (d.topic, d.partition)
+        first[key] = min(first.get(key, d.offset), d.offset)
+    return first
 
 
 def _names(tps: set[TopicPartition] | Mapping[TopicPartition, object]) -> str:

@@ -36,9 +36,7 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         every: dict[str, TopicSpec | InternalTopicSpec] = {**TOPICS, **INTERNAL_TOPICS}
         missing = [
-            t
-            for t in topic_plan(every, partitions, replication_factor)
-            if t.name not in existing
+            t for t in topic_plan(every, partitions, replication_factor) if t.name not in existing
         ]
         if missing:
             await admin.create_topics(missing, timeout_ms=30000)

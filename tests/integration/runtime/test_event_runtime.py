@@ -5,6 +5,7 @@ replayed, the outbox published once by several instances on one database."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 from kiln_contracts import decode
 from kiln_runtime.dead_letters import list_dead_letters, replay_dead_letters
 from kiln_runtime.failures import TransientError
-from kiln_runtime.metrics import BATCH_SIZE
+from kiln_runtime.metrics import BATCH_RETRIES, BATCH_SIZE
 from kiln_runtime.unit import OutgoingEvent, write_outbox
 from tests.integration.runtime.conftest import (
     MESSAGING,
@@ -194,6 +195,69 @@ async def test_poison_goes_to_the_dead_letter_topic_and_can_be_replayed(
         await asyncio.sleep(1.0)
         assert toy.seen.count("bad") == 1
         assert (await runtime.read(handled_counts))[account] == 3
+    finally:
+        await runtime.stop()
+
+
+async def test_a_batch_fenced_on_one_partition_loses_nothing_of_the_others(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Another member moved partition 0's position while this member's batch held events of
+    partitions 0 and 1: the batch rolls back, partition 0 goes on from the other member's
+    position, and partition 1's events are handled all the same (not dropped with the batch
+    and then skipped by the next one)."""
+    db = tmp_path / "toy.db"
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    theirs, ours = _acct("moved"), _acct("kept")
+    toy = Toy()
+    runtime = toy_runtime(settings_for(kafka, db, group), toy)
+
+    tag = uuid.uuid4().hex[:6]  # other tests' grants are on these partitions too
+
+    async def send(account: str, partition: int, grant_id: str) -> int:
+        sent = await producer.send_and_wait(
+            "credits.granted",
+            value=grant(account, f"{tag}:{grant_id}"),
+            key=account.encode(),
+            partition=partition,
+        )
+        return int(sent.offset)
+
+    await runtime.start()
+    try:
+        await send(theirs, 0, "warm0")
+        await send(ours, 1, "warm1")
+        await wait_until(lambda: {f"{tag}:warm0", f"{tag}:warm1"} <= set(toy.seen))
+        # Hold SQLite's write lock: the member's next batch (one event) waits for it, and
+        # the events sent meanwhile pile up to come as one batch of both partitions. Before
+        # letting go, "another member" handles partition 0's and moves its position.
+        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            await send(ours, 1, "blocked")
+            await asyncio.sleep(1.0)  # fetched: the member waits for the lock
+            last = 0
+            for i in range(3):
+                last = await send(theirs, 0, f"moved{i}")
+                await send(ours, 1, f"kept{i}")
+            await asyncio.sleep(1.0)
+            lock.execute(
+                "UPDATE consumer_positions SET next_offset = ? "
+                "WHERE consumer = ? AND topic = 'credits.granted' AND partition = 0",
+                (last + 1, group),
+            )
+            lock.execute("COMMIT")
+        finally:
+            lock.close()
+        await send(ours, 1, "after")
+        await wait_until(lambda: f"{tag}:after" in toy.seen, timeout_s=30)
+        mine = [g.removeprefix(f"{tag}:") for g in toy.seen if g.startswith(f"{tag}:")]
+        assert [g for g in mine if not g.startswith(("warm0", "moved"))] == [
+            "warm1", "blocked", "kept0", "kept1", "kept2", "after"
+        ]  # fmt: skip
+        assert [g for g in mine if g.startswith(("warm0", "moved"))] == ["warm0"]
+        assert BATCH_RETRIES.labels(group, "fenced")._value.get() >= 1
+        assert (await runtime.read(handled_counts))[ours] == 6
     finally:
         await runtime.stop()
 
