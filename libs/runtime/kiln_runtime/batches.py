@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -266,30 +267,52 @@ class BatchTransaction:
         expected: Mapping[tuple[str, int], int | None],
         now: datetime,
     ) -> dict[tuple[str, int], int]:
-        """Move each partition's position past the batch, only from where this member saw it."""
+        """Move each partition's position past the batch, only from where this member saw it.
+
+        The moves go as one `executemany` (a batch spans many partitions; one statement each
+        cost more than the rest of the transaction), in a fixed order so that two members
+        moving the same rows on PostgreSQL wait for each other instead of deadlocking."""
         last: dict[tuple[str, int], int] = {}
         for d in deliveries:
             tp = (d.topic, d.partition)
             last[tp] = max(last.get(tp, -1), d.offset)
-        moved: dict[tuple[str, int], int] = {}
         fenced: set[tuple[str, int]] = set()
-        for tp, offset in last.items():
-            params = {"c": self.group, "t": tp[0], "p": tp[1], "next": offset + 1, "now": now}
+        moves: list[tuple[tuple[str, int], dict[str, Any]]] = []
+        for tp in sorted(last):
+            params = {"c": self.group, "t": tp[0], "p": tp[1], "next": last[tp] + 1, "now": now}
             before = expected.get(tp)
-            if before is None:
-                try:
-                    with connection.begin_nested():
-                        connection.execute(self._first, params)
-                except IntegrityError:
-                    fenced.add(tp)
-                    continue
-            elif connection.execute(self._move, {**params, "expected": before}).rowcount != 1:
-                fenced.add(tp)
+            if before is not None:
+                moves.append((tp, {**params, "expected": before}))
                 continue
-            moved[tp] = offset + 1
+            try:
+                with connection.begin_nested():
+                    connection.execute(self._first, params)
+            except IntegrityError:
+                fenced.add(tp)
+        if moves:
+            moved = connection.execute(self._move, [params for _tp, params in moves]).rowcount
+            if moved != len(moves):
+                fenced |= self._not_moved(connection, moves)
         if fenced:
             raise Fenced(fenced)
-        return moved
+        return {tp: offset + 1 for tp, offset in last.items()}
+
+    def _not_moved(
+        self, connection: Connection, moves: Sequence[tuple[tuple[str, int], dict[str, Any]]]
+    ) -> set[tuple[str, int]]:
+        """The partitions whose compare-and-set found another position (the batch rolls back,
+        so which ones only matters for the log; if none can be told apart, all)."""
+        positions = self._tables.positions
+        stored = {
+            (row.topic, row.partition): row.next_offset
+            for row in connection.execute(
+                select(positions.c.topic, positions.c.partition, positions.c.next_offset).where(
+                    positions.c.consumer == self.group
+                )
+            )
+        }
+        found = {tp for tp, params in moves if stored.get(tp) != params["next"]}
+        return found or {tp for tp, _params in moves}
 
     def _drop_duplicates(
         self,
