@@ -253,7 +253,14 @@ class EventConsumer:
             for m in messages
         ]
         decoded = decode_deliveries(deliveries, group=self._settings.group, topics=self.topics)
-        await self._handle(decoded)
+        try:
+            await self._handle(decoded)
+        except Exception:
+            # Whatever failed (the database away while re-reading positions, a dead letter
+            # that could not be written), the fetch position is past these deliveries: back to
+            # where each partition stands, or the next batch would move past them.
+            self._rewind(_first_offsets(decoded))
+            raise
         BATCH_SIZE.labels(self._service).observe(len(decoded))
         BATCH_LATENCY.labels(self._service).observe(asyncio.get_running_loop().time() - started)
 
@@ -437,6 +444,18 @@ class EventConsumer:
                 self._consumer.seek(tp, position)
         moved = {TopicPartition(t, p) for t, p in fenced.partitions}
         log.warning("%s: positions moved elsewhere, re-read: %s", self._service, _names(moved))
+
+    def _rewind(self, first_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Fetch again from each partition's known position (the batch's first offset where
+        none is stored yet). No database call: it must not fail where the database did."""
+        if self._consumer is None:
+            return
+        for (topic, partition), first in first_offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp not in self._positions:
+                continue  # revoked meanwhile: its next owner starts from the database
+            position = self._positions[tp]
+            self._consumer.seek(tp, first if position is None else position)
 
     def _committed(self, result: BatchResult) -> None:
         self._publisher.publish(result.outgoing)

@@ -9,6 +9,7 @@ import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -258,6 +259,44 @@ async def test_a_batch_fenced_on_one_partition_loses_nothing_of_the_others(
         assert [g for g in mine if g.startswith(("warm0", "moved"))] == ["warm0"]
         assert BATCH_RETRIES.labels(group, "fenced")._value.get() >= 1
         assert (await runtime.read(handled_counts))[ours] == 6
+    finally:
+        await runtime.stop()
+
+
+async def test_a_batch_that_fails_outside_its_transaction_is_fetched_again(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Something failed between fetching a batch and finishing it, outside the transaction's
+    own retries (say, the database away while re-reading positions after a fence): the
+    consumer goes back to where each partition stands, so the batch comes again and nothing
+    after it moves past it."""
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("refetch")
+    tag = uuid.uuid4().hex[:6]
+    toy = Toy()
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "toy.db", group), toy)
+    await runtime.start()
+    consumer = runtime.consumer
+    assert consumer is not None
+    handle = consumer._handle
+    failures = {"left": 1}
+
+    async def failing_once(deliveries: Any) -> None:
+        if failures["left"] and any(tag.encode() in (d.value or b"") for d in deliveries):
+            failures["left"] -= 1
+            raise RuntimeError("the database went away while positions were re-read")
+        await handle(deliveries)
+
+    consumer._handle = failing_once  # type: ignore[method-assign]
+    try:
+        await send_all(producer, [(account, grant(account, f"{tag}:{i}")) for i in range(3)])
+        await send_all(producer, [(account, grant(account, f"{tag}:after"))])
+        await wait_until(lambda: f"{tag}:after" in toy.seen, timeout_s=30)
+        assert failures["left"] == 0
+        assert [g for g in toy.seen if g.startswith(tag)] == [
+            f"{tag}:0", f"{tag}:1", f"{tag}:2", f"{tag}:after"
+        ]  # fmt: skip
+        assert (await runtime.read(handled_counts))[account] == 4
     finally:
         await runtime.stop()
 
