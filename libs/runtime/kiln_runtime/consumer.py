@@ -109,6 +109,9 @@ class EventConsumer:
         self._busy = asyncio.Lock()  # held while a batch is handled; revocation waits for it
         self._positions: dict[TopicPartition, int | None] = {}
         self._to_commit: dict[TopicPartition, int] = {}
+        # Assigned partitions whose deliveries came before their positions were read: where
+        # to fetch them again from (see `_current`).
+        self._unplaced: dict[TopicPartition, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.assigned = asyncio.Event()
         self.holding = False  # retrying a transient failure
@@ -166,9 +169,14 @@ class EventConsumer:
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._busy:  # the batch in hand commits (or rolls back) first
-            await self._commit_offsets()
+            try:
+                await self._commit_offsets()
+            except Exception as exc:  # a member whose session expired cannot commit
+                # Harmless: the positions that count are in the database.
+                log.warning("%s: offset commit on revocation failed (%s)", self._service, exc)
             for tp in revoked:
                 self._positions.pop(tp, None)
+                self._unplaced.pop(tp, None)
                 self._to_commit.pop(tp, None)
                 CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(0)
             if revoked:
@@ -178,12 +186,29 @@ class EventConsumer:
             log.info("%s: partitions revoked: %s", self._service, _names(revoked))
 
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        stored = await self._db.read(lambda c: self._stored_positions(c, assigned))
+        # Until the positions are read, the partitions' deliveries cannot be placed: retried
+        # (the database away) rather than left unknown, which aiokafka would only log.
+        attempt = 0
+        while True:
+            try:
+                stored = await self._db.read(lambda c: self._stored_positions(c, assigned))
+                break
+            except Exception as exc:
+                attempt += 1
+                log.warning(
+                    "%s: reading the assigned partitions' positions failed (%s); retry %d",
+                    self._service,
+                    describe(exc),
+                    attempt,
+                )
+                await asyncio.sleep(self._settings.transient_backoff.delay(attempt))
         assert self._consumer is not None
         for tp in assigned:
             position = stored.get((tp.topic, tp.partition))
-            if position is not None:
-                self._consumer.seek(tp, position)
+            unplaced = self._unplaced.pop(tp, None)
+            fetch_from = position if position is not None else unplaced
+            if fetch_from is not None:
+                self._consumer.seek(tp, fetch_from)
             self._positions[tp] = position
         await self._tell_assignment()
         self.assigned.set()
@@ -265,16 +290,27 @@ class EventConsumer:
         BATCH_LATENCY.labels(self._service).observe(asyncio.get_running_loop().time() - started)
 
     def _current(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        """Deliveries of partitions still ours, not before where the partition stands."""
+        """Deliveries of partitions still ours, not before where the partition stands. A
+        partition assigned but not yet placed (its positions being read) is fetched again
+        from its first delivery here, not dropped."""
         out = []
+        unplaced: dict[TopicPartition, int] = {}
         for d in deliveries:
             tp = TopicPartition(d.topic, d.partition)
             if tp not in self._positions:
+                if self._consumer is not None and tp in self._consumer.assignment():
+                    unplaced[tp] = min(unplaced.get(tp, d.offset), d.offset)
                 continue
             position = self._positions[tp]
             if position is not None and d.offset < position:
                 continue
             out.append(d)
+        for tp, first in unplaced.items():
+            assert self._consumer is not None
+            # The earliest ever seen while unplaced (a later call may see later deliveries).
+            first = min(first, self._unplaced.get(tp, first))
+            self._unplaced[tp] = first
+            self._consumer.seek(tp, first)
         return out
 
     def _expected(self) -> dict[tuple[str, int], int | None]:
@@ -406,19 +442,14 @@ class EventConsumer:
             return
 
     async def _hold(self, delay_s: float) -> None:
-        """Wait out a transient failure without leaving the group: every partition is paused
-        (no progress anywhere), and the member keeps polling so that it is not deemed dead."""
-        assert self._consumer is not None
+        """Wait out a transient failure: no progress anywhere meanwhile. Nothing is fetched
+        while holding: a rebalance during the hold would unpause the partitions and what a
+        fetch returned would be lost, and a fetch waits for a rebalance that itself waits for
+        the batch in hand (`_busy`). aiokafka's heartbeats keep the member in its group."""
         self.holding = True
-        paused = set(self._consumer.assignment())
-        self._consumer.pause(*paused)
         try:
-            deadline = asyncio.get_running_loop().time() + delay_s
-            while (left := deadline - asyncio.get_running_loop().time()) > 0:
-                await self._consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000) or 1)
+            await asyncio.sleep(delay_s)
         finally:
-            assignment = self._consumer.assignment()
-            self._consumer.resume(*(tp for tp in paused if tp in assignment))
             self.holding = False
 
     async def _refence(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -299,6 +300,51 @@ async def test_a_batch_that_fails_outside_its_transaction_is_fetched_again(
         assert (await runtime.read(handled_counts))[account] == 4
     finally:
         await runtime.stop()
+
+
+async def test_a_rebalance_while_a_transient_failure_is_waited_out_loses_nothing(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """The database is away for a few seconds (every batch fails transiently) while a second
+    member joins and the partitions are dealt out again: once it is back, every event was
+    handled once, by one member or the other."""
+    db = tmp_path / "shared.db"
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    accounts = [_acct("hold") for _ in range(6)]
+    away = {"until": 0.0}
+
+    def fail(_event: object) -> BaseException | None:
+        if time.monotonic() < away["until"]:  # handlers run on the writer thread
+            return TransientError("database away")
+        return None
+
+    toys = [Toy(fail=fail), Toy(fail=fail)]  # type: ignore[arg-type]
+    first = toy_runtime(settings_for(kafka, db, group), toys[0])
+    second = toy_runtime(settings_for(kafka, db, group), toys[1])
+    await first.start()
+    try:
+        await send_all(producer, [(a, grant(a, f"{a}:warm")) for a in accounts])
+        await wait_until(lambda: sum(1 for g in toys[0].seen if g.endswith(":warm")) == 6)
+        away["until"] = time.monotonic() + 6.0
+        await send_all(producer, [(a, grant(a, f"{a}:{i}")) for i in range(10) for a in accounts])
+        await second.start()  # joins while the first member waits out the failures
+        await send_all(
+            producer, [(a, grant(a, f"{a}:{i}")) for i in range(10, 20) for a in accounts]
+        )
+        await wait_until(
+            lambda: sum(1 for t in toys for g in t.seen if g.split(":")[0] in accounts) == 126,
+            timeout_s=60,
+        )
+        await asyncio.sleep(1.0)  # nothing more (no second handling) arrives
+        handled = [g for t in toys for g in t.seen if g.split(":")[0] in accounts]
+        assert sorted(handled) == sorted(
+            [f"{a}:warm" for a in accounts] + [f"{a}:{i}" for i in range(20) for a in accounts]
+        )
+        counts = await first.read(handled_counts)
+        assert {a: counts[a] for a in accounts} == dict.fromkeys(accounts, 21)
+    finally:
+        await second.stop()
+        await first.stop()
 
 
 async def test_rows_left_by_a_dead_writer_are_sent_once_by_one_of_several_instances(
