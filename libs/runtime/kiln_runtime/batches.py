@@ -29,6 +29,7 @@ from kiln_runtime.dead_letters import (
 )
 from kiln_runtime.messaging import MessagingTables
 from kiln_runtime.metrics import HANDLER_LATENCY
+from kiln_runtime.outbox import AckedRow, delete_acked
 from kiln_runtime.unit import OutgoingEvent, Unit, write_outbox
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ class BatchTransaction:
         owner: str,
         lease: timedelta,
         clock: Callable[[], datetime],
-        take_acked: Callable[[], list[int]],
-        return_acked: Callable[[Sequence[int]], None],
+        take_acked: Callable[[], list[AckedRow]],
+        return_acked: Callable[[Sequence[AckedRow]], None],
     ) -> None:
         self._tables = tables
         self._handlers = handlers
@@ -200,7 +201,7 @@ class BatchTransaction:
         connection: Connection,
         deliveries: Sequence[Delivery],
         expected: Mapping[tuple[str, int], int | None],
-        acked: list[int],
+        acked: list[AckedRow],
         dead_letter: str | None,
     ) -> BatchResult:
         now = self._clock()
@@ -249,9 +250,7 @@ class BatchTransaction:
         write_outbox(
             connection, self._tables, unit.outgoing, owner=self._owner, now=now, lease=self._lease
         )
-        if acked:
-            outbox = self._tables.outbox
-            connection.execute(outbox.delete().where(outbox.c.id.in_(acked)))
+        delete_acked(connection, self._tables, acked)
         return BatchResult(
             outgoing=unit.outgoing,
             callbacks=unit.callbacks(),

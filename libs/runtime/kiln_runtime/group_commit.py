@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from kiln_runtime.db import Database
 from kiln_runtime.failures import Backoff, is_transient
 from kiln_runtime.messaging import MessagingTables
-from kiln_runtime.outbox import OutboxPublisher
+from kiln_runtime.outbox import AckedRow, OutboxPublisher
 from kiln_runtime.unit import Unit, write_outbox
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class GroupCommit:
                 request.future.set_result(request.result)
 
     def _run_all(
-        self, connection: Connection, group: Sequence[_Request[Any]], acked: list[int]
+        self, connection: Connection, group: Sequence[_Request[Any]], acked: list[AckedRow]
     ) -> None:
         now = self._clock()
         outgoing = []

@@ -31,7 +31,7 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-from sqlalchemy import Connection, delete, func, or_, select, update
+from sqlalchemy import Connection, delete, func, or_, select, tuple_, update
 
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
@@ -39,6 +39,20 @@ from kiln_runtime.metrics import EVENTS_PRODUCED, EVENTS_RECOVERED, OUTBOX_BACKL
 from kiln_runtime.unit import OutgoingEvent, headers_from_blob
 
 log = logging.getLogger(__name__)
+
+# An acknowledged outbox row: its id and its event id. Deleted by both, because SQLite hands a
+# deleted row's id to the next row (no AUTOINCREMENT): an id acknowledged twice (a row sent again
+# by the recovery round while its first send was slow) must not delete a newer row.
+AckedRow = tuple[int, str]
+
+
+def delete_acked(connection: Connection, tables: MessagingTables, rows: Sequence[AckedRow]) -> None:
+    if rows:
+        outbox = tables.outbox
+        connection.execute(
+            delete(outbox).where(tuple_(outbox.c.id, outbox.c.event_id).in_(list(rows)))
+        )
+
 
 # After these an idempotent producer cannot go on: its producer id or sequence numbers are no
 # longer the broker's (a broker restarted while a batch was in flight, say). A new producer
@@ -105,7 +119,7 @@ class OutboxPublisher:
         self._producer_factory = producer_factory
         self._clock = clock
         self._in_flight: set[int] = set()
-        self._acked: list[int] = []
+        self._acked: list[AckedRow] = []
         # Taken on the database writer thread (a batch deletes them), added on the event loop.
         self._acked_lock = threading.Lock()
         self._failed: set[int] = set()
@@ -187,7 +201,7 @@ class OutboxPublisher:
             EVENTS_PRODUCED.labels(self._service, row.topic).inc()
             if row.row_id is not None:
                 with self._acked_lock:
-                    self._acked.append(row.row_id)
+                    self._acked.append((row.row_id, row.event_id))
         if done is not None and not done.done():
             done.set_result(None)
         if failed:
@@ -217,21 +231,19 @@ class OutboxPublisher:
 
     # --- acknowledged rows --------------------------------------------------------------------
 
-    def take_acked(self) -> list[int]:
-        """The ids Kafka acknowledged since the last call: delete them in your transaction, or
+    def take_acked(self) -> list[AckedRow]:
+        """The rows Kafka acknowledged since the last call: delete them in your transaction, or
         give them back with `return_acked` when it rolls back."""
         with self._acked_lock:
-            ids, self._acked = self._acked, []
-        return ids
+            rows, self._acked = self._acked, []
+        return rows
 
-    def return_acked(self, ids: Sequence[int]) -> None:
+    def return_acked(self, rows: Sequence[AckedRow]) -> None:
         with self._acked_lock:
-            self._acked.extend(ids)
+            self._acked.extend(rows)
 
-    def delete_rows(self, connection: Connection, ids: Sequence[int]) -> None:
-        if ids:
-            outbox = self._tables.outbox
-            connection.execute(delete(outbox).where(outbox.c.id.in_(list(ids))))
+    def delete_rows(self, connection: Connection, rows: Sequence[AckedRow]) -> None:
+        delete_acked(connection, self._tables, rows)
 
     # --- recovery -----------------------------------------------------------------------------
 

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, select
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, select
 
 from kiln_contracts import Event, encode, new_event
 from kiln_contracts.v1 import credits_pb2, jobs_pb2
 from kiln_runtime.batches import EventHandlers
+from kiln_runtime.db import make_sync_engine
 from kiln_runtime.messaging import add_messaging_tables
 from kiln_runtime.service import ServiceRuntime
 from kiln_runtime.settings import ServiceSettings
 from kiln_runtime.unit import Unit
+from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
 from tests.stack_support import LocalStack, StackPorts
 
 
@@ -33,6 +35,39 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield local.kafka_bootstrap
     finally:
         local.stop_kafka()
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (make install installs Debian's postgresql)")
+    cluster = PostgresCluster.start(bin_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh database of each backend with the toy's tables (messaging included)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/toy.db"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        name = f"toy_{uuid.uuid4().hex[:12]}"
+        cluster.server.create_databases([name])
+        url = cluster.url(name)
+    made = make_sync_engine(url)
+    metadata.create_all(made)
+    try:
+        yield made
+    finally:
+        made.dispose()
 
 
 # The toy service: it counts the `credits.granted` events it handled per account (its state),

@@ -4,53 +4,18 @@ whose positions another member moved rolls back naming that partition."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 
 from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, Fenced
-from kiln_runtime.db import make_sync_engine
-from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
-from tests.integration.runtime.conftest import MESSAGING, metadata
+from tests.integration.runtime.conftest import MESSAGING
 
 pytestmark = pytest.mark.integration
 
 GROUP = "fence-test"
 TOPIC = "credits.granted"
-BACKENDS = ("sqlite", "postgresql")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (make install installs Debian's postgresql)")
-    cluster = PostgresCluster.start(bin_dir)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/fence.db"
-    else:
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        name = f"fence_{uuid.uuid4().hex[:12]}"
-        cluster.server.create_databases([name])
-        url = cluster.url(name)
-    made = make_sync_engine(url)
-    metadata.create_all(made)
-    try:
-        yield made
-    finally:
-        made.dispose()
 
 
 def batch() -> BatchTransaction:
