@@ -88,6 +88,9 @@ class GroupCommit:
                 await self._db.write(functools.partial(self._run_all, group=group, acked=acked))
             except Exception as exc:
                 self._publisher.return_acked(acked)
+                for request in group:
+                    if request.unit is not None:
+                        request.unit.rolled_back()
                 if is_transient(exc) and attempt < self._transient_attempts:
                     log.warning(
                         "%s: group commit failed transiently; retry %d",
@@ -127,17 +130,17 @@ class GroupCommit:
         now = self._clock()
         outgoing = []
         for request in group:
-            request.unit, request.result, request.error = None, None, None
             unit = Unit(connection, now, self._service)
+            request.unit, request.result, request.error = unit, None, None
             try:
                 with connection.begin_nested():
                     request.result = request.work(unit)
             except Exception as exc:
                 if is_transient(exc):
-                    raise  # the whole group goes again
+                    raise  # the whole group goes again (every unit rolls back first)
+                unit.rolled_back()
                 request.error = exc
                 continue
-            request.unit = unit
             outgoing.extend(unit.outgoing)
         write_outbox(
             connection,

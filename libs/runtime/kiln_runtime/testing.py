@@ -94,7 +94,11 @@ class EventDriver:
 
         def run(connection: object) -> T:
             unit = Unit(connection, self._clock(), self.group)  # type: ignore[arg-type]
-            result = work(unit)
+            try:
+                result = work(unit)
+            except BaseException:
+                unit.rolled_back()
+                raise
             write_outbox(
                 unit.connection,
                 self._tables,

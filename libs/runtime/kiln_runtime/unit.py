@@ -64,6 +64,7 @@ class Unit:
     cause: Event | None = None  # the event being handled; its trace id carries over
     outgoing: list[OutgoingEvent] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _on_rollback: list[Callable[[], None]] = field(default_factory=list)
     _derived: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
 
     def emit(
@@ -132,6 +133,16 @@ class Unit:
 
     def callbacks(self) -> list[Callable[[], None]]:
         return list(self._after_commit)
+
+    def on_rollback(self, callback: Callable[[], None]) -> None:
+        """Run `callback` if this unit's work rolls back (its savepoint, or the whole shared
+        transaction before a retry): undo what the work changed in memory."""
+        self._on_rollback.append(callback)
+
+    def rolled_back(self) -> None:
+        callbacks, self._on_rollback = self._on_rollback, []
+        for callback in callbacks:
+            callback()
 
 
 def write_outbox(

@@ -157,6 +157,9 @@ class Scheduler:
         if self._stale:
             self._reload(unit.connection)
         self._unit = unit
+        # A tick's transaction that rolls back (and is tried again) leaves the queue in memory
+        # ahead of the rows: reload it then (a batch's rollback calls `on_rollback`).
+        unit.on_rollback(self.forget)
         self._touched = set()
         self._announce = set()
         self._slots_seen = {pool: self.queue.in_flight(pool) for pool in self._pools()}
