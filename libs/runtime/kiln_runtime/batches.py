@@ -28,7 +28,7 @@ from kiln_runtime.dead_letters import (
     replay_target,
 )
 from kiln_runtime.messaging import MessagingTables
-from kiln_runtime.metrics import HANDLER_LATENCY
+from kiln_runtime.metrics import EVENTS_MISSED, HANDLER_LATENCY
 from kiln_runtime.outbox import AckedRow, delete_acked
 from kiln_runtime.unit import OutgoingEvent, Unit, write_outbox
 
@@ -271,10 +271,13 @@ class BatchTransaction:
         The moves go as one `executemany` (a batch spans many partitions; one statement each
         cost more than the rest of the transaction), in a fixed order so that two members
         moving the same rows on PostgreSQL wait for each other instead of deadlocking."""
+        first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         for d in deliveries:
             tp = (d.topic, d.partition)
             last[tp] = max(last.get(tp, -1), d.offset)
+            first[tp] = min(first.get(tp, d.offset), d.offset)
+        self._report_gaps(first, expected)
         fenced: set[tuple[str, int]] = set()
         moves: list[tuple[tuple[str, int], dict[str, Any]]] = []
         for tp in sorted(last):
@@ -295,6 +298,25 @@ class BatchTransaction:
         if fenced:
             raise Fenced(fenced)
         return {tp: offset + 1 for tp, offset in last.items()}
+
+    def _report_gaps(
+        self, first: Mapping[tuple[str, int], int], expected: Mapping[tuple[str, int], int | None]
+    ) -> None:
+        """Offsets are contiguous here (no compaction, no transactions): a batch that starts
+        past where its partition stands means records gone before they were read (retention).
+        They cannot be handled any more; say so loudly rather than move on in silence."""
+        for (topic, partition), offset in first.items():
+            before = expected.get((topic, partition))
+            if before is not None and offset > before:
+                EVENTS_MISSED.labels(self._service, topic).inc(offset - before)
+                log.error(
+                    "%s: offsets %d..%d of %s:%d were never read (gone from Kafka)",
+                    self._service,
+                    before,
+                    offset - 1,
+                    topic,
+                    partition,
+                )
 
     def _not_moved(
         self, connection: Connection, moves: Sequence[tuple[tuple[str, int], dict[str, Any]]]

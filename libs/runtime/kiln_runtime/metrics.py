@@ -14,6 +14,12 @@ EVENTS_PRODUCED = Counter(
     "Events sent to Kafka and acknowledged by it (publish on commit and recovery).",
     ["service", "event_type"],
 )
+EVENTS_MISSED = Counter(
+    "kiln_events_missed_total",
+    "Offsets a consumer found missing between its stored position and the next batch (deleted "
+    "by retention before it read them): never handled. Should stay 0; alert on any increase.",
+    ["service", "topic"],
+)
 EVENTS_RECOVERED = Counter(
     "kiln_outbox_recovered_total",
     "Outbox rows sent by the recovery loop (their first sender died or could not send).",

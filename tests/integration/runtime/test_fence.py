@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, Fenced
+from kiln_runtime.metrics import EVENTS_MISSED
 from tests.integration.runtime.conftest import MESSAGING
 
 pytestmark = pytest.mark.integration
@@ -78,3 +79,15 @@ def test_a_position_another_member_moved_fences_the_batch_and_names_it(engine: E
         transaction.handle(connection, deliveries({p: [1, 2] for p in range(4)}), expected)
     assert fenced.value.partitions == {(TOPIC, 2)}
     assert stored(engine) == {0: 1, 1: 1, 2: 9, 3: 1}, "the batch rolled back"
+
+
+def test_a_batch_that_starts_past_the_position_counts_what_was_never_read(engine: Engine) -> None:
+    transaction = batch()
+    missed = EVENTS_MISSED.labels(GROUP, TOPIC)
+    before = missed._value.get()
+    with engine.begin() as connection:
+        transaction.handle(connection, deliveries({0: [0]}), {})
+    with engine.begin() as connection:  # offsets 1..4 were deleted before they were read
+        result = transaction.handle(connection, deliveries({0: [5, 6]}), {(TOPIC, 0): 1})
+    assert result.positions == {(TOPIC, 0): 7}
+    assert missed._value.get() - before == 4
