@@ -61,6 +61,33 @@ _UPDATE_JOB = (
     .values({name: bindparam(f"v_{name}") for name in JOB_CHANGES})
 )
 _INSERT_EVENTS = insert(events_table)
+# Built once, like the two above: building a statement costs more than SQLite running it.
+_JOBS_FOR_UPDATE = (
+    select(jobs_table)
+    .where(jobs_table.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(jobs_table.c.id)
+    .with_for_update()
+)
+_BALANCES = select(balances_table).where(
+    balances_table.c.account_id.in_(bindparam("accounts", expanding=True))
+)
+_BALANCE_VALUES: dict[str, Any] = {
+    "available_millicredits": bindparam("available"),
+    "reserved_millicredits": bindparam("reserved"),
+    "as_of": bindparam("as_of"),
+}
+_INSERT_BALANCE = insert(balances_table).values(account_id=bindparam("account"), **_BALANCE_VALUES)
+_UPDATE_BALANCE = (
+    update(balances_table)
+    .where(balances_table.c.account_id == bindparam("account"))
+    .values(**_BALANCE_VALUES)
+)
+_DELIVERY_STATES = select(
+    deliveries_table.c.id, deliveries_table.c.account_id, deliveries_table.c.attempts
+).where(deliveries_table.c.id.in_(bindparam("ids", expanding=True)))
+_LOGGED_ATTEMPTS = select(attempts_table.c.delivery_id, attempts_table.c.attempt).where(
+    attempts_table.c.delivery_id.in_(bindparam("ids", expanding=True))
+)
 
 # Events that change what a client sees of its job or its balance. `job.dispatched` changes
 # neither (a dispatched job is still `queued` to its client): the gateway does not consume it.
@@ -153,12 +180,7 @@ class ReadModel:
         # made, and the batch never writes over a change it did not see.
         found = {
             row.id: job_from_row(row)
-            for row in batch.unit.connection.execute(
-                select(jobs_table)
-                .where(jobs_table.c.id.in_(wanted))
-                .order_by(jobs_table.c.id)
-                .with_for_update()
-            )
+            for row in batch.unit.connection.execute(_JOBS_FOR_UPDATE, {"ids": wanted})
         }
         for job_id in wanted:
             job = found.get(job_id)
@@ -170,9 +192,7 @@ class ReadModel:
         wanted = sorted(accounts - batch.balances.keys())
         if not wanted:
             return
-        rows = batch.unit.connection.execute(
-            select(balances_table).where(balances_table.c.account_id.in_(wanted))
-        )
+        rows = batch.unit.connection.execute(_BALANCES, {"accounts": wanted})
         found = {
             r.account_id: (r.available_millicredits, r.reserved_millicredits, _aware(r.as_of))
             for r in rows
@@ -212,18 +232,13 @@ class ReadModel:
     def _write_balances(self, connection: Connection, batch: _Batch) -> None:
         for account, (available, reserved, as_of) in batch.balance_changes.items():
             values = {
-                "available_millicredits": available,
-                "reserved_millicredits": reserved,
+                "account": account,
+                "available": available,
+                "reserved": reserved,
                 "as_of": as_of,
             }
-            if batch.balances.get(account) is None:
-                connection.execute(insert(balances_table).values(account_id=account, **values))
-            else:
-                connection.execute(
-                    update(balances_table)
-                    .where(balances_table.c.account_id == account)
-                    .values(**values)
-                )
+            known = batch.balances.get(account) is not None
+            connection.execute(_UPDATE_BALANCE if known else _INSERT_BALANCE, values)
 
     def _feed_entry(self, batch: _Batch, job: Job, event_type: str, occurred: datetime) -> None:
         batch.feed.append(
@@ -483,19 +498,10 @@ def record_attempts(connection: Connection, attempts: Sequence[tuple[str, Attemp
     ids = sorted({a.delivery_id for _account, a in attempts})
     known: dict[str, dict[str, Any]] = {
         row.id: {"account_id": row.account_id, "attempts": row.attempts}
-        for row in connection.execute(
-            select(
-                deliveries_table.c.id, deliveries_table.c.account_id, deliveries_table.c.attempts
-            ).where(deliveries_table.c.id.in_(ids))
-        )
+        for row in connection.execute(_DELIVERY_STATES, {"ids": ids})
     }
     logged = {
-        (row.delivery_id, row.attempt)
-        for row in connection.execute(
-            select(attempts_table.c.delivery_id, attempts_table.c.attempt).where(
-                attempts_table.c.delivery_id.in_(ids)
-            )
-        )
+        (row.delivery_id, row.attempt) for row in connection.execute(_LOGGED_ATTEMPTS, {"ids": ids})
     }
     new_deliveries: dict[str, dict[str, Any]] = {}
     changed: dict[str, dict[str, Any]] = {}
