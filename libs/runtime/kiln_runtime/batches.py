@@ -103,6 +103,15 @@ def decode_deliveries(
     return out
 
 
+def first_offsets(deliveries: Iterable[Delivery]) -> dict[tuple[str, int], int]:
+    """The lowest offset of each (topic, partition) among `deliveries`."""
+    first: dict[tuple[str, int], int] = {}
+    for d in deliveries:
+        key = (d.topic, d.partition)
+        first[key] = min(first.get(key, d.offset), d.offset)
+    return first
+
+
 class Fenced(Exception):
     """Another member moved a partition's position since this one read it: it owns it now."""
 
@@ -271,13 +280,11 @@ class BatchTransaction:
         The moves go as one `executemany` (a batch spans many partitions; one statement each
         cost more than the rest of the transaction), in a fixed order so that two members
         moving the same rows on PostgreSQL wait for each other instead of deadlocking."""
-        first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         for d in deliveries:
             tp = (d.topic, d.partition)
             last[tp] = max(last.get(tp, -1), d.offset)
-            first[tp] = min(first.get(tp, d.offset), d.offset)
-        self._report_gaps(first, expected)
+        self._report_gaps(first_offsets(deliveries), expected)
         fenced: set[tuple[str, int]] = set()
         moves: list[tuple[tuple[str, int], dict[str, Any]]] = []
         for tp in sorted(last):

@@ -38,6 +38,7 @@ from kiln_runtime.batches import (
     EventHandlers,
     Fenced,
     decode_deliveries,
+    first_offsets,
 )
 from kiln_runtime.db import Database
 from kiln_runtime.failures import Backoff, PoisonEvent, describe, is_transient
@@ -284,7 +285,7 @@ class EventConsumer:
             # Whatever failed (the database away while re-reading positions, a dead letter
             # that could not be written), the fetch position is past these deliveries: back to
             # where each partition stands, or the next batch would move past them.
-            self._rewind(_first_offsets(decoded))
+            self._rewind(first_offsets(decoded))
             raise
         BATCH_SIZE.labels(self._service).observe(len(decoded))
         BATCH_LATENCY.labels(self._service).observe(asyncio.get_running_loop().time() - started)
@@ -332,7 +333,8 @@ class EventConsumer:
                     BATCH_RETRIES.labels(self._service, "fenced").inc()
                     # The whole batch rolled back: its other partitions go back too, or their
                     # deliveries would be dropped here and the next batch move past them.
-                    await self._refence(fenced, _first_offsets(current))
+                    self._rewind(first_offsets(current))
+                    await self._refence(fenced)
                     return
                 except Exception as exc:
                     if not is_transient(exc):
@@ -452,36 +454,26 @@ class EventConsumer:
         finally:
             self.holding = False
 
-    async def _refence(
-        self, fenced: Fenced, rolled_back: Mapping[tuple[str, int], int] | None = None
-    ) -> None:
-        """Another member moved the fenced positions: go on from where the database says, for
-        them and for every other partition whose deliveries the rolled-back batch held
-        (`rolled_back`: its first offset of each; where the database has no position yet, the
-        partition goes back there)."""
+    async def _refence(self, fenced: Fenced) -> None:
+        """Another member moved these positions: go on from where the database says."""
         assert self._consumer is not None
-        rolled_back = rolled_back or {}
-        tps = {TopicPartition(t, p) for t, p in fenced.partitions | rolled_back.keys()}
+        tps = {TopicPartition(t, p) for t, p in fenced.partitions}
         stored = await self._db.read(lambda c: self._stored_positions(c, tps))
         for tp in tps:
             if tp not in self._positions:
                 continue
-            key = (tp.topic, tp.partition)
-            position = stored.get(key)
+            position = stored.get((tp.topic, tp.partition))
             self._positions[tp] = position
-            if position is None and key not in fenced.partitions:
-                position = rolled_back.get(key)
             if position is not None:
                 self._consumer.seek(tp, position)
-        moved = {TopicPartition(t, p) for t, p in fenced.partitions}
-        log.warning("%s: positions moved elsewhere, re-read: %s", self._service, _names(moved))
+        log.warning("%s: positions moved elsewhere, re-read: %s", self._service, _names(tps))
 
-    def _rewind(self, first_offsets: Mapping[tuple[str, int], int]) -> None:
+    def _rewind(self, firsts: Mapping[tuple[str, int], int]) -> None:
         """Fetch again from each partition's known position (the batch's first offset where
         none is stored yet). No database call: it must not fail where the database did."""
         if self._consumer is None:
             return
-        for (topic, partition), first in first_offsets.items():
+        for (topic, partition), first in firsts.items():
             tp = TopicPartition(topic, partition)
             if tp not in self._positions:
                 continue  # revoked meanwhile: its next owner starts from the database
@@ -545,14 +537,6 @@ class EventConsumer:
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key` (murmur2, as the producer does)."""
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
-def _first_offsets(deliveries: Sequence[Delivery]) -> dict[tuple[str, int], int]:
-    first: dict[tuple[str, int], int] = {}
-    for d in deliveries:
-        key = (d.topic, d.partition)
-        first[key] = min(first.get(key, d.offset), d.offset)
-    return first
 
 
 def _names(tps: set[TopicPartition] | Mapping[TopicPartition, object]) -> str:
