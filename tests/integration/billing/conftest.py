@@ -3,7 +3,7 @@ parametrized over both, each test gets a fresh database brought up by billing's 
 migrations, and `sessions` is a session factory on it."""
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -11,25 +11,9 @@ import pytest
 
 from kiln_billing.migrate import upgrade_database
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
-from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+from tests.integration.billing.postgres_cluster import PostgresCluster
 
 BACKENDS = ("sqlite", "postgresql")
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): the "
-            "PostgreSQL half of billing's ledger tests is skipped; `make install` installs "
-            "Debian's postgresql (deploy/local/apt-packages.txt)"
-        )
-    cluster = PostgresCluster.start(bin_dir)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 async def new_postgres_database(cluster: PostgresCluster) -> str:

@@ -4,7 +4,6 @@ do, a database the gateway made with `create_all` before it had migrations is ad
 rows, and the migrations go down and up again."""
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,21 +24,9 @@ from kiln_gateway.migrate import (
 )
 from kiln_gateway.tables import Base
 from kiln_runtime.db import make_engine
-from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+from tests.integration.billing.postgres_cluster import PostgresCluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (make install installs Debian's postgresql)")
-    cluster = PostgresCluster.start(bin_dir)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -25,10 +25,7 @@ from kiln_gateway.migrate import (
 from kiln_gateway.secrets_rotation import rotate_secrets
 from kiln_gateway.tables import MESSAGING, Base
 from kiln_runtime.db import make_engine, make_sync_engine
-from tests.integration.gateway.test_gateway_migrations import (  # noqa: F401 (fixtures)
-    database_url,
-    postgres_cluster,
-)
+from tests.integration.gateway.test_gateway_migrations import database_url  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from kiln_runtime.messaging import add_messaging_tables
 from kiln_runtime.service import ServiceRuntime
 from kiln_runtime.settings import ServiceSettings
 from kiln_runtime.unit import Unit
-from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+from tests.integration.billing.postgres_cluster import PostgresCluster
 from tests.stack_support import LocalStack, StackPorts
 
 
@@ -40,25 +40,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 BACKENDS = ("sqlite", "postgresql")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (make install installs Debian's postgresql)")
-    cluster = PostgresCluster.start(bin_dir)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 @pytest.fixture(params=BACKENDS)
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A fresh database of each backend with the toy's tables (messaging included)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/toy.db"
     else:
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
         name = f"toy_{uuid.uuid4().hex[:12]}"
         cluster.server.create_databases([name])
         url = cluster.url(name)

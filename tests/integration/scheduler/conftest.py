@@ -3,7 +3,7 @@
 scheduler's own `migrate`."""
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -11,28 +11,16 @@ import pytest
 
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
 from kiln_scheduler.migrate import upgrade_connection
-from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+from tests.integration.billing.postgres_cluster import PostgresCluster
 
 BACKENDS = ("sqlite", "postgresql")
-
-
-@pytest.fixture(scope="session")
-def scheduler_postgres() -> Iterator[PostgresCluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed: the scheduler's PostgreSQL runs are skipped")
-    cluster = PostgresCluster.start(bin_dir)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=BACKENDS)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/scheduler.db"
-    cluster: PostgresCluster = request.getfixturevalue("scheduler_postgres")
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
     name = f"scheduler_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
     try:

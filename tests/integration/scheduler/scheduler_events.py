@@ -72,7 +72,10 @@ class Harness:
         self.scheduler = Scheduler(load_catalog(), self.settings)
         self.db = database_of(self.sessions)
         self.driver = EventDriver(
-            self.db, MESSAGING, self.scheduler.handlers(), group="scheduler",
+            self.db,
+            MESSAGING,
+            self.scheduler.handlers(),
+            group="scheduler",
             clock=lambda: self._at or self.now,
         )
         self._at: datetime | None = None
