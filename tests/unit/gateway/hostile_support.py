@@ -42,6 +42,7 @@ class GatewayUnderTest:
     account_id: str
     live_key: str
     sandbox_key: str
+    app: Any = None  # the FastAPI app (its state), for tests that reach behind the HTTP edge
 
     def auth(self, secret: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret or self.live_key}"}
@@ -90,7 +91,7 @@ async def gateway_under_test(tmp_path: Path, **overrides: Any) -> AsyncIterator[
         async with httpx.AsyncClient(
             transport=transport, base_url="http://gateway.test/api/v1"
         ) as client:
-            yield GatewayUnderTest(client, settings, account.id, live, sandbox)
+            yield GatewayUnderTest(client, settings, account.id, live, sandbox, app)
     finally:
         await runtime.stop()
 

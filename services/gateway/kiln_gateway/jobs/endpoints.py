@@ -190,12 +190,17 @@ async def create_job(
         try:
             earlier = await state.runtime.write(submit)
         except IntegrityError:
-            # A twin with the same key committed first on another replica: it made the job.
-            earlier = await state.runtime.read(
-                lambda c: earlier_job(c, scope, key or "", print_, now)
-            )
-            if earlier is None:
-                raise
+            if await state.runtime.read(lambda c: repository.read_job(c, job.id)) is not None:
+                # Our own insert committed, then its connection dropped before the answer, and
+                # the retried transaction found the job: it is made, answer with it.
+                earlier = None
+            else:
+                # A twin with the same key committed first on another replica: it made the job.
+                earlier = await state.runtime.read(
+                    lambda c: earlier_job(c, scope, key or "", print_, now)
+                )
+                if earlier is None:
+                    raise
         if earlier is None:
             if prefer is not None and "respond-async" in prefer.lower():
                 return JSONResponse({"data": job_json(job, state.links)}, status_code=202)
