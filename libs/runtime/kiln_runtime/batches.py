@@ -201,9 +201,13 @@ class BatchTransaction:
             return self._handle(connection, deliveries, expected, acked, dead_letter)
         except BaseException:
             self._return_acked(acked)
-            if self._handlers.on_rollback is not None:
-                self._handlers.on_rollback()
+            self.rolled_back()
             raise
+
+    def rolled_back(self) -> None:
+        """Tell the handlers that a transaction that may have run them rolled back."""
+        if self._handlers.on_rollback is not None:
+            self._handlers.on_rollback()
 
     def _handle(
         self,

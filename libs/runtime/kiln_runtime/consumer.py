@@ -326,9 +326,7 @@ class EventConsumer:
                     return
                 try:
                     expected = self._expected()
-                    result = await self._db.write(
-                        functools.partial(self._batch.handle, deliveries=current, expected=expected)
-                    )
+                    result = await self._write_batch(current, expected)
                 except Fenced as fenced:
                     BATCH_RETRIES.labels(self._service, "fenced").inc()
                     # The whole batch rolled back: its other partitions go back too, or their
@@ -374,11 +372,7 @@ class EventConsumer:
                 current = still[0]
                 expected = self._expected()
                 try:
-                    result = await self._db.write(
-                        functools.partial(
-                            self._batch.handle, deliveries=[current], expected=expected
-                        )
-                    )
+                    result = await self._write_batch([current], expected)
                 except Fenced as fenced:
                     BATCH_RETRIES.labels(self._service, "fenced").inc()
                     await self._refence(fenced)
@@ -426,11 +420,7 @@ class EventConsumer:
         while True:
             expected = self._expected()
             try:
-                result = await self._db.write(
-                    functools.partial(
-                        self._batch.handle, deliveries=[d], expected=expected, dead_letter=error
-                    )
-                )
+                result = await self._write_batch([d], expected, dead_letter=error)
             except Fenced as fenced:
                 await self._refence(fenced)
                 return
@@ -442,6 +432,29 @@ class EventConsumer:
                 continue
             self._committed(result)
             return
+
+    async def _write_batch(
+        self,
+        deliveries: Sequence[Delivery],
+        expected: Mapping[tuple[str, int], int | None],
+        *,
+        dead_letter: str | None = None,
+    ) -> BatchResult:
+        """The batch's transaction on the writer thread. Its commit can fail after every
+        handler ran (the handlers' own failures are told inside): the handlers hear of that
+        rollback too, or what they keep in memory would stay ahead of the rows."""
+        try:
+            return await self._db.write(
+                functools.partial(
+                    self._batch.handle,
+                    deliveries=deliveries,
+                    expected=expected,
+                    dead_letter=dead_letter,
+                )
+            )
+        except BaseException:
+            self._batch.rolled_back()
+            raise
 
     async def _hold(self, delay_s: float) -> None:
         """Wait out a transient failure: no progress anywhere meanwhile. Nothing is fetched

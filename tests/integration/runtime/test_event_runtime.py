@@ -14,18 +14,22 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
 from kiln_contracts import decode
+from kiln_runtime.batches import EventHandlers
 from kiln_runtime.dead_letters import list_dead_letters, replay_dead_letters
 from kiln_runtime.failures import TransientError
 from kiln_runtime.metrics import BATCH_RETRIES, BATCH_SIZE
+from kiln_runtime.service import ServiceRuntime
 from kiln_runtime.unit import OutgoingEvent, write_outbox
 from tests.integration.runtime.conftest import (
     MESSAGING,
     Toy,
     grant,
     handled_counts,
+    metadata,
     send_all,
     settings_for,
     toy_runtime,
@@ -345,6 +349,48 @@ async def test_a_rebalance_while_a_transient_failure_is_waited_out_loses_nothing
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_a_batch_whose_commit_fails_tells_its_handlers(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """The batch's handlers all ran, then its COMMIT failed (transiently): the handlers hear
+    of the rollback (what they keep in memory must not stay ahead of the rows), and the batch
+    is handled again, once."""
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("commit")
+    toy = Toy()
+    rollbacks: list[int] = []
+    handlers = toy.handlers()
+    handlers = EventHandlers(handlers.handlers, on_rollback=lambda: rollbacks.append(1))
+    runtime = ServiceRuntime(
+        settings_for(kafka, tmp_path / "toy.db", group), metadata, MESSAGING, handlers=handlers
+    )
+    await runtime.start()
+    failures = {"left": 1}
+
+    def note_batch(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO INBOX"):
+            connection.info["toy_batch"] = True  # a consumer batch (not the relay, a hook)
+
+    def failing_commit(connection: Any) -> None:
+        if connection.info.pop("toy_batch", False) and failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
+
+    event.listen(runtime.db.engine, "before_cursor_execute", note_batch)
+    event.listen(runtime.db.engine, "commit", failing_commit)
+    try:
+        await send_all(producer, [(account, grant(account, f"{account}:0"))])
+        await wait_until(lambda: f"{account}:0" in toy.seen, timeout_s=30)
+        assert failures["left"] == 0
+        assert rollbacks, "the handlers were told of the failed commit"
+        assert (await runtime.read(handled_counts))[account] == 1
+        assert toy.seen.count(f"{account}:0") == 1
+    finally:
+        event.remove(runtime.db.engine, "commit", failing_commit)
+        event.remove(runtime.db.engine, "before_cursor_execute", note_batch)
+        await runtime.stop()
 
 
 async def test_rows_left_by_a_dead_writer_are_sent_once_by_one_of_several_instances(
