@@ -169,8 +169,13 @@ class Worker:
         self._fill()
 
     def stop(self, job_id: str) -> None:
-        """A cancel ended the job's attempt (its item is gone): stop the task if it runs."""
+        """A cancel ended the job's attempt (its item is gone): stop the task if it runs.
+        An attempt already ending is left alone: its own transaction decides (it finds the
+        item gone and discards its result when the cancel came first; when the end came
+        first, the job completed and stopping the task now would delete its result)."""
         attempt = self._running.get(job_id)
+        if attempt is not None and attempt.ending:
+            return
         if attempt is not None and attempt.task is not None and not attempt.task.done():
             attempt.stopped = True
             attempt.task.cancel()

@@ -254,6 +254,35 @@ async def test_metrics_count_latency_by_model_and_triton_errors(
     )
 
 
+async def test_a_cancel_just_after_the_end_leaves_the_completed_result(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The attempt's end commits (job.completed), then a cancel's batch commits and asks the
+    runner to stop the job while the attempt is still finishing: the completed job keeps its
+    result (the cancel came too late, and found no item to end)."""
+
+    async def answer(url: str, model: str, request: dict[str, Any], timeout_s: float) -> Any:
+        return PNG, "image/png"
+
+    async with running_worker(tmp_path, answer, monkeypatch) as h:
+        write = h.driver.write
+
+        async def end_then_cancel(work: Any) -> Any:
+            result = await write(work)
+            if result is True:  # the attempt's end committed: the cancel's batch follows,
+                # on the consumer's task, while the attempt still waits for its answer
+                cancel = asyncio.create_task(h.deliver(cancel_requested("job_done")))
+                await asyncio.wait({cancel})
+            return result
+
+        monkeypatch.setattr(h.driver, "write", end_then_cancel)
+        await h.deliver(dispatched("job_done"))
+        (completed,) = await h.wait_for("job.completed")
+        await asyncio.sleep(0.3)
+        assert await h.emitted("job.attempt_failed") == []
+        assert h.blobs.size(f"results/{completed.account_id}/job_done") is not None
+
+
 async def test_a_cancel_as_the_model_returns_wins(tmp_path: Path, monkeypatch: Any) -> None:
     holder: dict[str, Any] = {}
 
