@@ -43,8 +43,14 @@ def _acct(tag: str) -> str:
     return f"acct_{tag}_{uuid.uuid4().hex[:8]}"
 
 
-async def applied_events(bootstrap: str, accounts: set[str], timeout_s: float = 5.0) -> list[str]:
-    """The grant ids of every `credits.applied` for `accounts` on the topic (duplicates kept)."""
+async def applied_events(
+    bootstrap: str, accounts: set[str], expected: int, timeout_s: float = 20.0
+) -> list[str]:
+    """The grant ids of every `credits.applied` for `accounts` on the topic (duplicates kept).
+
+    Reads until at least `expected` are found and the topic's end, read again after that, is
+    reached: events are published after their batch commits, so the last ones may still be on
+    their way when the caller sees its handlers done, and a duplicate would come after them."""
     consumer = AIOKafkaConsumer(
         "credits.applied",
         bootstrap_servers=bootstrap,
@@ -55,12 +61,14 @@ async def applied_events(bootstrap: str, accounts: set[str], timeout_s: float = 
     await consumer.start()
     try:
         await consumer.seek_to_beginning()
-        ends = await consumer.end_offsets(list(consumer.assignment()))
         out: list[str] = []
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-            if asyncio.get_running_loop().time() > deadline:
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            ends = await consumer.end_offsets(list(consumer.assignment()))
+            caught_up = all([await consumer.position(tp) >= end for tp, end in ends.items()])
+            if caught_up and len(out) >= expected:
+                return out
             for messages in (await consumer.getmany(timeout_ms=200)).values():
                 for m in messages:
                     event = decode(m.value)
@@ -93,7 +101,7 @@ async def test_a_batch_is_handled_once_in_order_and_its_events_published_once(
             assert mine == list(range(50)), "order within the partition is kept"
         handled = BATCH_SIZE.labels(group)._sum.get() - before
         assert handled >= len(items)
-        published = await applied_events(kafka, set(accounts), timeout_s=20)
+        published = await applied_events(kafka, set(accounts), expected=len(items))
         expected = sorted(f"{a}:{i}" for i in range(50) for a in accounts)
         assert sorted(published) == expected, "each event published once"
     finally:
@@ -442,7 +450,7 @@ async def test_rows_left_by_a_dead_writer_are_sent_once_by_one_of_several_instan
         async with asyncio.timeout(30):
             while await left():  # noqa: ASYNC110 - a table, not an event, says when
                 await asyncio.sleep(0.2)
-        published = await applied_events(kafka, {account}, timeout_s=20)
+        published = await applied_events(kafka, {account}, expected=40)
         assert sorted(published) == sorted(f"o{i}" for i in range(40))
     finally:
         for r in runtimes:
