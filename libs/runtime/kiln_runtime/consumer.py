@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import murmur2
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from kiln_runtime.batches import (
     BatchResult,
@@ -42,7 +42,7 @@ from kiln_runtime.batches import (
 )
 from kiln_runtime.db import Database
 from kiln_runtime.failures import Backoff, PoisonEvent, describe, is_transient
-from kiln_runtime.messaging import MessagingTables
+from kiln_runtime.messaging import MessagingTables, utcnow
 from kiln_runtime.metrics import (
     BATCH_LATENCY,
     BATCH_RETRIES,
@@ -74,6 +74,9 @@ class ConsumerSettings:
     poison_attempts: int = 3
     transient_backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 5.0))
     poison_backoff: Backoff = field(default_factory=lambda: Backoff(0.05, 0.5))
+    # The database is this member's own, not the group's: on assignment, a partition starts no
+    # earlier than the group's committed offset, which other members moved while they held it.
+    follow_group_offsets: bool = False
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -193,6 +196,8 @@ class EventConsumer:
         while True:
             try:
                 stored = await self._db.read(lambda c: self._stored_positions(c, assigned))
+                if self._settings.follow_group_offsets:
+                    stored = await self._catch_up_with_group(assigned, stored)
                 break
             except Exception as exc:
                 attempt += 1
@@ -214,6 +219,67 @@ class EventConsumer:
         await self._tell_assignment()
         self.assigned.set()
         log.info("%s: partitions assigned: %s", self._service, _names(assigned))
+
+    async def _catch_up_with_group(
+        self, assigned: set[TopicPartition], stored: dict[tuple[str, int], int]
+    ) -> dict[tuple[str, int], int]:
+        """Move the stored positions that lag the group's committed offsets up to them.
+
+        Only for a member whose database is its own (inference): a partition it held before,
+        then another member handled, comes back with this database's old position, and
+        starting there would run every dispatch handled meanwhile again. The committed offset
+        is where the group got to (each member commits after its own transaction), so moving
+        there skips nothing unhandled. A shared database is never behind the group's commits,
+        and there the move could only skip work (a restored database), so it is not made."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        lagging = sorted(
+            (tp for tp in assigned if (tp.topic, tp.partition) in stored),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
+        committed = await asyncio.gather(*(consumer.committed(tp) for tp in lagging))
+        moves = {
+            (tp.topic, tp.partition): (stored[(tp.topic, tp.partition)], offset)
+            for tp, offset in zip(lagging, committed, strict=True)
+            if offset is not None and offset > stored[(tp.topic, tp.partition)]
+        }
+        if not moves:
+            return stored
+        moved = await self._db.write(functools.partial(self._move_positions, moves))
+        for (topic, partition), (before, after) in moves.items():
+            if (topic, partition) in moved:
+                stored[(topic, partition)] = after
+                log.info(
+                    "%s: %s:%d handled up to %d by another member; going on from there, not %d",
+                    self._service,
+                    topic,
+                    partition,
+                    after,
+                    before,
+                )
+        return stored
+
+    def _move_positions(
+        self, moves: Mapping[tuple[str, int], tuple[int, int]], connection: Connection
+    ) -> set[tuple[str, int]]:
+        """Compare-and-set each position (the fence's rule: only from where this member saw
+        it); the ones that moved."""
+        p = self._tables.positions
+        moved: set[tuple[str, int]] = set()
+        for (topic, partition), (before, after) in sorted(moves.items()):
+            result = connection.execute(
+                update(p)
+                .where(
+                    p.c.consumer == self._settings.group,
+                    p.c.topic == topic,
+                    p.c.partition == partition,
+                    p.c.next_offset == before,
+                )
+                .values(next_offset=after, updated_at=utcnow())
+            )
+            if result.rowcount == 1:
+                moved.add((topic, partition))
+        return moved
 
     async def _tell_assignment(self) -> None:
         """Give the handlers' `on_assigned` the partitions held now (after every change)."""

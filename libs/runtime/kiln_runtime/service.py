@@ -184,6 +184,7 @@ class ServiceRuntime:
                     heartbeat_interval_s=s.kafka_heartbeat_interval_s,
                     rebalance_timeout_s=s.kafka_rebalance_timeout_s,
                     poison_attempts=s.consumer_poison_attempts,
+                    follow_group_offsets=not s.database_shared,
                     transient_backoff=Backoff(0.1, 5.0),
                 ),
                 service=s.service_name,

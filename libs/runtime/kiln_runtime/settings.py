@@ -22,6 +22,11 @@ class ServiceSettings(BaseSettings):
     # Plain URLs work (`sqlite:///path`, `postgresql://user:pw@host/db`); Kiln picks the drivers.
     database_url: str = "sqlite:///.kiln/data/kiln.db"
     database_busy_timeout_s: float = Field(default=30.0, gt=0)
+    # Whether every instance of the service keeps its state in this one database (false for
+    # inference, whose workers each keep their own): then a partition that comes back to an
+    # instance starts after what the others handled meanwhile (docs/architecture.md, "The
+    # event runtime").
+    database_shared: bool = True
     data_dir: Path = Path(".kiln/data")
     http_host: str = "127.0.0.1"
     http_port: int = 8000

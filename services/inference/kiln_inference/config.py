@@ -7,6 +7,7 @@ class InferenceSettings(ServiceSettings):
     service_name: str = "inference"
     http_port: int = 8004
     database_url: str = "sqlite:///.kiln/data/inference.db"
+    database_shared: bool = False  # each worker keeps its attempts in its own database
     triton_grpc_url: str = "127.0.0.1:8001"
     # Attempts this worker runs at once: enough in flight for Triton's dynamic batcher to form
     # real batches (the scheduler's pool capacities bound what is dispatched anyway).

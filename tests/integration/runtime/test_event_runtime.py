@@ -359,6 +359,53 @@ async def test_a_rebalance_while_a_transient_failure_is_waited_out_loses_nothing
         await first.stop()
 
 
+async def test_a_partition_back_at_a_member_with_its_own_database_skips_what_others_handled(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Inference's workers each keep their own database. A partition that another worker
+    handled meanwhile comes back with this database's old position; the member goes on from
+    the group's committed offset instead of running everything the other handled again."""
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    accounts = [_acct("own") for _ in range(6)]
+
+    def member(db: str, toy: Toy) -> ServiceRuntime:
+        return toy_runtime(settings_for(kafka, tmp_path / db, group, database_shared=False), toy)
+
+    def mine(toy: Toy) -> list[str]:
+        return [g for g in toy.seen if g.split(":")[0] in accounts]
+
+    before = Toy()
+    first = member("first.db", before)
+    await first.start()
+    try:
+        await send_all(producer, [(a, grant(a, f"{a}:warm")) for a in accounts])
+        await wait_until(lambda: len(mine(before)) == 6)
+    finally:
+        await first.stop()
+
+    other = Toy()
+    second = member("second.db", other)
+    await second.start()
+    try:
+        await send_all(producer, [(a, grant(a, f"{a}:{i}")) for i in range(10) for a in accounts])
+        await wait_until(lambda: len(mine(other)) == 60)
+    finally:
+        await second.stop()
+
+    after = Toy()
+    back = member("first.db", after)
+    await back.start()
+    try:
+        await send_all(producer, [(a, grant(a, f"{a}:back")) for a in accounts])
+        await wait_until(lambda: sum(1 for g in mine(after) if g.endswith(":back")) == 6)
+        await asyncio.sleep(1.0)  # nothing else arrives late
+        assert sorted(mine(after)) == sorted(f"{a}:back" for a in accounts)
+        counts = await back.read(handled_counts)
+        assert {a: counts[a] for a in accounts} == dict.fromkeys(accounts, 2)
+    finally:
+        await back.stop()
+
+
 async def test_a_batch_whose_commit_fails_tells_its_handlers(
     kafka: str, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
