@@ -119,8 +119,11 @@ def estimated_progress(elapsed_s: float, expected_s: float, start: float, end: f
     return start + (end - start) * share
 
 
-def result_blob_key(account_id: str, job_id: str) -> str:
-    return f"results/{account_id}/{job_id}"
+def result_blob_key(account_id: str, job_id: str, attempt: int) -> str:
+    """One blob per attempt: a job that completes twice (a worker declared lost by mistake,
+    a dispatch run again) gets a second file key sealed with the second blob, so each result
+    the gateway was told of stays decryptable with the encryption it came with."""
+    return f"results/{account_id}/{job_id}.{attempt}"
 
 
 # What the client sees for each failure code; never internal details.

@@ -252,6 +252,7 @@ class Worker:
                 self._blobs,
                 account_id=item.account_id,
                 job_id=item.job_id,
+                attempt=item.attempt,
                 result_key=dispatch.spec.result_key,
                 output=output,
                 content_type=content_type,
@@ -325,7 +326,7 @@ class Worker:
         """A result the attempt may have stored before a cancel stopped it goes too."""
         with contextlib.suppress(Exception):
             await asyncio.to_thread(
-                self._blobs.delete, result_blob_key(item.account_id, item.job_id)
+                self._blobs.delete, result_blob_key(item.account_id, item.job_id, item.attempt)
             )
 
     async def _hold_past_deadline(self, attempt: _Attempt) -> None:
@@ -502,6 +503,7 @@ def store_encrypted_result(
     *,
     account_id: str,
     job_id: str,
+    attempt: int,
     result_key: common_pb2.ResultKey,
     output: bytes,
     content_type: str,
@@ -520,7 +522,7 @@ def store_encrypted_result(
         salt=result_key.salt,
         chunk_size=chunk_size,
     )
-    blob_key = result_blob_key(account_id, job_id)
+    blob_key = result_blob_key(account_id, job_id, attempt)
     sealed: BinaryIO
     with (
         io.BytesIO() if len(output) <= SEALED_IN_MEMORY_MAX else tempfile.TemporaryFile() as sealed

@@ -89,6 +89,7 @@ def test_fifty_megabytes_decrypt_with_the_docs_snippet(blobs: BlobStore, tmp_pat
         blobs,
         account_id="acct_big",
         job_id=job_id,
+        attempt=1,
         result_key=common_pb2.ResultKey(
             key_id="key_big", public_key=material.public_key, salt=material.salt
         ),

@@ -77,6 +77,37 @@ async def test_completed_job_stores_an_encrypted_result(tmp_path: Path, monkeypa
         assert await h.db.read(lambda c: repository.items_of_job(c, "job_ok")) == []
 
 
+def decrypted(h: Any, completed: Any) -> bytes:
+    result = completed.message.result
+    encryption = ResultEncryption.from_json(
+        {
+            "scheme": result.encryption.scheme,
+            "key_id": result.encryption.key_id,
+            "salt": base64.b64encode(result.encryption.salt).decode(),
+            "sealed_key": base64.b64encode(result.encryption.sealed_key).decode(),
+            "chunk_size": result.encryption.chunk_size,
+        }
+    )
+    blob = h.blobs.open(result.blob_key).read()
+    return decrypt_bytes(blob, secret=SECRET, job_id=completed.job_id, encryption=encryption)
+
+
+async def test_a_second_completed_attempt_leaves_the_first_result_decryptable(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A job can complete twice (its worker declared lost by mistake, a dispatch run again).
+    The gateway keeps the first completion's encryption; the second attempt's result, sealed
+    under a new file key, must not replace the blob that encryption opens."""
+    async with running_worker(tmp_path, answer_png, monkeypatch) as h:
+        await h.deliver(dispatched("job_twice", attempt=1))
+        (first,) = await h.wait_for("job.completed")
+        await h.deliver(dispatched("job_twice", attempt=2))
+        _, second = await h.wait_for("job.completed", count=2)
+        assert decrypted(h, first) == PNG
+        assert first.message.result.blob_key != second.message.result.blob_key  # type: ignore[attr-defined]
+        assert decrypted(h, second) == PNG
+
+
 @pytest.mark.parametrize(
     ("code", "retryable"),
     [
@@ -280,7 +311,7 @@ async def test_a_cancel_just_after_the_end_leaves_the_completed_result(
         (completed,) = await h.wait_for("job.completed")
         await asyncio.sleep(0.3)
         assert await h.emitted("job.attempt_failed") == []
-        assert h.blobs.size(f"results/{completed.account_id}/job_done") is not None
+        assert h.blobs.size(f"results/{completed.account_id}/job_done.1") is not None
 
 
 async def test_a_cancel_as_the_model_returns_wins(tmp_path: Path, monkeypatch: Any) -> None:
@@ -303,5 +334,5 @@ async def test_a_cancel_as_the_model_returns_wins(tmp_path: Path, monkeypatch: A
         assert failure(event).error_code == "CANCELED"
         await asyncio.sleep(0.3)  # the attempt ends after the cancel: it says nothing
         assert await h.emitted("job.completed") == []
-        assert h.blobs.size(f"results/{event.account_id}/job_late") is None
+        assert h.blobs.size(f"results/{event.account_id}/job_late.1") is None
         assert await h.db.read(lambda c: repository.items_of_job(c, "job_late")) == []
