@@ -240,6 +240,9 @@ class Tracked:
     dispatched_at: datetime | None
     started_at: datetime | None
     last_seen_at: datetime | None  # last job.started / job.progress
+    # Since when this instance watches the job (it got the job's partition then): a worker's
+    # silence before that is the scheduler's own absence, not the worker's.
+    watched_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,10 @@ def past_deadline(job: Tracked, now: datetime) -> bool:
 
 def lost_worker(job: Tracked, now: datetime, policy: LivenessPolicy) -> bool:
     """Dispatched and never started within `start_timeout_s`, or started (running or
-    canceling) and silent for `heartbeat_timeout_s`."""
+    canceling) and silent for `heartbeat_timeout_s`, both counted from no earlier than when
+    this instance began to watch it: a scheduler back from an outage (or given the partition
+    by a rebalance) reads the workers' backlog of job.started and job.progress after its first
+    tick, and must not take its own absence for theirs."""
     if job.status not in ACTIVE_STATUSES:
         return False
     if job.started_at is None:
@@ -265,4 +271,6 @@ def lost_worker(job: Tracked, now: datetime, policy: LivenessPolicy) -> bool:
     else:
         since = job.last_seen_at or job.started_at
         limit = policy.heartbeat_timeout_s
+    if since is not None and job.watched_since is not None:
+        since = max(since, job.watched_since)
     return since is not None and (now - since).total_seconds() >= limit

@@ -11,7 +11,7 @@ with other instances (a counter row, moved in the same transaction).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +22,7 @@ from kiln_contracts.v1 import common_pb2, credits_pb2, jobs_pb2
 from kiln_runtime.batches import EventHandlers
 from kiln_runtime.catalog import Catalog
 from kiln_runtime.consumer import partition_of
+from kiln_runtime.messaging import utcnow
 from kiln_runtime.unit import Unit
 from kiln_scheduler import repository
 from kiln_scheduler.config import SchedulerSettings
@@ -72,9 +73,17 @@ def _spec(job: QueuedJobState) -> common_pb2.JobSpec:
 
 
 class Scheduler:
-    def __init__(self, catalog: Catalog, settings: SchedulerSettings) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: SchedulerSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.catalog = catalog
         self.settings = settings
+        self._clock = clock
+        # When this instance got each partition it holds (lost-worker timeouts count from it).
+        self._watched_since: dict[int, datetime] = {}
         self.queue = QueueIndex()
         self.means: dict[str, float | None] = {}
         self._partitions: frozenset[int] | None = None  # None: every partition (tests)
@@ -133,9 +142,16 @@ class Scheduler:
     # --- the queue in memory ----------------------------------------------------------------
 
     def assigned(self, connection: Connection, partitions: frozenset[int], count: int) -> None:
+        now, held = self._clock(), self._partitions or frozenset()
+        self._watched_since = {
+            p: self._watched_since.get(p, now) if p in held else now for p in partitions
+        }
         self._partitions, self._partition_count = partitions, max(count, 1)
         repository.recount_slots(connection)
         self._reload(connection)
+
+    def _watched_since_of(self, account_id: str) -> datetime | None:
+        return self._watched_since.get(partition_of(account_id, self._partition_count))
 
     def forget(self) -> None:
         """A transaction rolled back: what the queue in memory holds may be ahead of the rows."""
@@ -501,6 +517,10 @@ class Scheduler:
             self.fail(
                 unit, job, "TIMEOUT", "The job did not finish before its deadline.", "timeout"
             )
+        # Only while some partition is newer than the longest timeout does a job's partition
+        # matter (hashing every active job's account on every tick is not free).
+        longest = max(self.liveness.start_timeout_s, self.liveness.heartbeat_timeout_s)
+        recent = any((now - t).total_seconds() < longest for t in self._watched_since.values())
         for job in self.queue.active():
             tracked = Tracked(
                 job_id=job.job_id,
@@ -509,6 +529,7 @@ class Scheduler:
                 dispatched_at=job.dispatched_at,
                 started_at=job.started_at,
                 last_seen_at=job.last_seen_at,
+                watched_since=self._watched_since_of(job.account_id) if recent else None,
             )
             if past_deadline(tracked, now):
                 pools.add(job.pool)

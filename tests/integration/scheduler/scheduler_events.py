@@ -69,7 +69,9 @@ class Harness:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
-        self.scheduler = Scheduler(load_catalog(), self.settings)
+        self.scheduler = Scheduler(
+            load_catalog(), self.settings, clock=lambda: self._at or self.now
+        )
         self.db = database_of(self.sessions)
         self.driver = EventDriver(
             self.db,
@@ -91,6 +93,14 @@ class Harness:
         finally:
             self._at = None
         return await self.drain()
+
+    async def assign(self, partitions: frozenset[int], count: int, at: datetime) -> None:
+        """The consumer's assignment hook, as a rebalance (or a restart) calls it at `at`."""
+        self._at = at
+        try:
+            await self.db.write(lambda c: self.scheduler.assigned(c, partitions, count))
+        finally:
+            self._at = None
 
     async def drain(self) -> list[Event]:
         table = MESSAGING.outbox

@@ -163,6 +163,23 @@ async def test_lost_worker_is_retried_and_its_stale_answer_ignored(
     assert (await h.row(job)).status == "queued"
 
 
+async def test_a_scheduler_back_from_an_outage_gives_workers_their_timeout_again(
+    sessions: SessionFactory,
+) -> None:
+    """The scheduler was away for longer than the start timeout (the workers' job.started
+    wait in the topic): the tick right after it gets its partitions back must not declare
+    their attempts lost; once the timeout has passed since, silence is the worker's again."""
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a", deadline_s=3600)
+    back = h.now + timedelta(seconds=200)
+    await h.assign(frozenset({0}), 1, at=back)
+    assert await h.tick(back + timedelta(seconds=1)) == []
+    assert (await h.row(job)).status == "dispatched"
+    await h.tick(back + timedelta(seconds=31))
+    row = await h.row(job)
+    assert (row.status, row.last_error_code) == ("queued", "WORKER_LOST")
+
+
 async def test_cancel_of_a_running_job_waits_for_the_worker(sessions: SessionFactory) -> None:
     h = Harness(sessions, settings())
     job = await h.reserve("acct_a")

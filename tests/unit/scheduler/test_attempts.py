@@ -95,6 +95,24 @@ def test_lost_worker_rules() -> None:
     assert not lost_worker(tracked(status="queued"), NOW + timedelta(days=1), policy)
 
 
+def test_lost_worker_counts_from_when_the_scheduler_began_to_watch() -> None:
+    policy = LivenessPolicy(start_timeout_s=10, heartbeat_timeout_s=30)
+    back = NOW + timedelta(seconds=100)  # the scheduler got the partition (again) then
+    dispatched = tracked(watched_since=back)
+    assert not lost_worker(dispatched, back + timedelta(seconds=9), policy)
+    assert lost_worker(dispatched, back + timedelta(seconds=10), policy)
+    running = tracked(status="running", started_at=NOW, last_seen_at=NOW, watched_since=back)
+    assert not lost_worker(running, back + timedelta(seconds=29), policy)
+    assert lost_worker(running, back + timedelta(seconds=30), policy)
+    heard_later = tracked(
+        status="running",
+        started_at=NOW,
+        last_seen_at=back + timedelta(seconds=5),
+        watched_since=back,
+    )
+    assert not lost_worker(heard_later, back + timedelta(seconds=34), policy)
+
+
 def test_moving_average() -> None:
     assert updated_mean(None, 4.0, 0.5) == 4.0
     assert updated_mean(4.0, 8.0, 0.5) == 6.0
