@@ -36,7 +36,7 @@ class TritonCall:
     # an operator's model: its tensors instead of Kiln's JSON contract
     tensors: TensorContract | None = None
     # a sandbox job that asked for outcome "timeout": no call, hold it past its deadline
-    hold_past_deadline: bool = False
+    hold_until_deadline: bool = False
     # how long the call should take, for progress estimates
     expected_s: float = 5.0
     # send it with others waiting for the same model (kiln_inference.triton_batches); only
@@ -75,7 +75,7 @@ def triton_call(
             triton_model=catalog.sandbox_triton_model,
             request=request,
             content_type=entry.content_type,
-            hold_past_deadline=outcome == "timeout",
+            hold_until_deadline=outcome == "timeout",
             expected_s=max(delay / 1000.0, 0.1),
             # a batch waits out its longest delay: only equal delays share one
             batching=catalog.sandbox_batching,

@@ -15,9 +15,6 @@ class InferenceSettings(ServiceSettings):
     # Simulated time of a sandbox job when the request names none (10 s: docs/architecture.md,
     # "Sandbox keys").
     sandbox_delay_ms: int = 10_000
-    # A sandbox job asking for outcome "timeout" is held this long past its deadline (so that
-    # the scheduler's deadline rule fails it first), then given up with TIMEOUT.
-    sandbox_timeout_grace_s: float = Field(default=5.0, ge=0)
     result_chunk_size: int = 1024 * 1024
     worker_id: str = "inference-1"
     # An attempt still running after this long announces itself (job.started); one that ends

@@ -63,6 +63,7 @@ from kiln_inference.tensors import (
 )
 from kiln_inference.triton_batches import batcher
 from kiln_inference.triton_client import (
+    TRITON_TIMEOUT,
     TritonInferenceError,
     encode_request,
     infer_file,
@@ -235,17 +236,28 @@ class Worker:
         model = dispatch.spec.model
         try:
             call = triton_call(dispatch, self._catalog, self._settings.sandbox_delay_ms)
-            if call.hold_past_deadline:
-                await self._hold_past_deadline(attempt)
-                raise AttemptFailure(TIMEOUT, retryable=False)
-            files: dict[str, bytes] = {}
-            for index, file in enumerate(call.files):
-                # fetching and screening a file is the job's first work: show it moving
-                attempt.progress = PROGRESS_INPUT_READY * (index + 0.5) / len(call.files)
-                files[file.field] = await self._fetch_file(file)
-            if call.files:
-                attempt.progress = PROGRESS_INPUT_READY
-            output, content_type = await self._infer(attempt, call, files)
+            # The worker ends its own attempt at the job's deadline, so that the job's end has
+            # one producer: the scheduler fails a job a worker holds only well after it, when
+            # no answer came (docs/architecture.md, "The services, briefly"). A result that
+            # came before the deadline is stored and completes the job.
+            deadline = _deadline_of(dispatch)
+            budget = asyncio.timeout((deadline - self._now()).total_seconds())
+            try:
+                async with budget:
+                    if call.hold_until_deadline:
+                        await self._hold_until_deadline(attempt, deadline)
+                    files: dict[str, bytes] = {}
+                    for index, file in enumerate(call.files):
+                        # fetching and screening a file is the job's first work: show it moving
+                        attempt.progress = PROGRESS_INPUT_READY * (index + 0.5) / len(call.files)
+                        files[file.field] = await self._fetch_file(file)
+                    if call.files:
+                        attempt.progress = PROGRESS_INPUT_READY
+                    output, content_type = await self._infer(attempt, call, files)
+            except TimeoutError:
+                if not budget.expired():
+                    raise
+                raise AttemptFailure(TIMEOUT, retryable=False) from None
             attempt.progress = PROGRESS_MODEL_DONE
             result = await asyncio.to_thread(
                 store_encrypted_result,
@@ -268,6 +280,8 @@ class Worker:
             )
         except TritonInferenceError as exc:
             TRITON_ERRORS.labels(model, exc.code).inc()
+            if exc.code == TRITON_TIMEOUT and self._now() >= _deadline_of(dispatch):
+                return AttemptFailure(TIMEOUT, retryable=False)  # Triton's wait was the job's
             return AttemptFailure(exc.code, exc.retryable)
         except InputFileError as exc:
             INPUT_FETCH_ERRORS.labels(exc.code).inc()
@@ -329,16 +343,14 @@ class Worker:
                 self._blobs.delete, result_blob_key(item.account_id, item.job_id, item.attempt)
             )
 
-    async def _hold_past_deadline(self, attempt: _Attempt) -> None:
-        """Sandbox outcome "timeout": answer nothing until the deadline has passed (the
-        scheduler fails the job with TIMEOUT), then give the attempt up."""
-        deadline = attempt.dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
-        hold_until = deadline + timedelta(seconds=self._settings.sandbox_timeout_grace_s)
-        total = max((hold_until - self._now()).total_seconds(), 0.0)
+    async def _hold_until_deadline(self, attempt: _Attempt, deadline: datetime) -> None:
+        """Sandbox outcome "timeout": answer nothing, showing progress, until the attempt's
+        deadline ends it (TIMEOUT)."""
+        total = max((deadline - self._now()).total_seconds(), 1e-3)
         started = time.monotonic()
-        while (left := total - (time.monotonic() - started)) > 0:
-            await asyncio.sleep(min(left, self._settings.progress_interval_s))
-            attempt.progress = min(0.85, 0.85 * (time.monotonic() - started) / max(total, 1e-3))
+        while True:
+            await asyncio.sleep(self._settings.progress_interval_s)
+            attempt.progress = min(0.85, 0.85 * (time.monotonic() - started) / total)
 
     async def _fetch_file(self, file: InputFile) -> bytes:
         with INPUT_FETCH_LATENCY.time():
@@ -349,8 +361,7 @@ class Worker:
     async def _infer(
         self, attempt: _Attempt, call: TritonCall, files: dict[str, bytes]
     ) -> tuple[bytes, str]:
-        deadline = attempt.dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
-        timeout_s = (deadline - self._now()).total_seconds()
+        timeout_s = (_deadline_of(attempt.dispatch) - self._now()).total_seconds()
         if timeout_s <= 0:
             raise AttemptFailure(TIMEOUT, retryable=False)
         started = time.monotonic()
@@ -492,6 +503,10 @@ class Worker:
             except Exception:
                 log.exception("the result retention sweep failed; it runs again later")
             await asyncio.sleep(self._settings.retention_sweep_interval_s)
+
+
+def _deadline_of(dispatch: jobs_pb2.JobDispatched) -> datetime:
+    return dispatch.spec.deadline.ToDatetime(tzinfo=UTC)
 
 
 def _forget_results(unit: Unit, *, keys: list[str], cutoff: datetime) -> None:

@@ -23,6 +23,10 @@ class SchedulerSettings(ServiceSettings):
     # job.progress (heartbeat) within that, is retried as WORKER_LOST.
     worker_start_timeout_s: float = Field(default=120.0, gt=0)
     worker_heartbeat_timeout_s: float = Field(default=300.0, gt=0)
+    # A worker ends the attempt it holds at the job's deadline itself (TIMEOUT); the scheduler
+    # fails such a job only this long after the deadline, when no answer came (a dead worker),
+    # so that the job's end has one producer.
+    deadline_grace_s: float = Field(default=30.0, ge=0)
     # Waiting jobs say queue_reason "no_workers" when none of the pool's jobs in flight has
     # started and one has waited this long for a worker to start it.
     no_workers_after_s: float = Field(default=15.0, gt=0)

@@ -253,8 +253,16 @@ class LivenessPolicy:
     heartbeat_timeout_s: float = 300.0
 
 
-def past_deadline(job: Tracked, now: datetime) -> bool:
-    return job.deadline is not None and now >= job.deadline
+def past_deadline(job: Tracked, now: datetime, grace_s: float = 0.0) -> bool:
+    """Past the deadline, and for a job a worker holds (dispatched, running, canceling) also
+    past `grace_s` after it: the worker answers TIMEOUT at the deadline itself, and a job
+    completed by its worker must not also be failed by the scheduler (billing, the gateway and
+    the notifier would each keep whichever end they saw first)."""
+    if job.deadline is None:
+        return False
+    if job.status in ACTIVE_STATUSES:
+        return (now - job.deadline).total_seconds() >= grace_s
+    return now >= job.deadline
 
 
 def lost_worker(job: Tracked, now: datetime, policy: LivenessPolicy) -> bool:

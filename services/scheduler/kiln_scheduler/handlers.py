@@ -352,7 +352,10 @@ class Scheduler:
             )
         else:
             assert isinstance(decision, GiveUp)
-            self.fail(unit, job, decision.error_code, decision.error_message, "failed")
+            if decision.error_code == "TIMEOUT":  # the worker's own deadline, or past it
+                TIMEOUTS.labels(job.pool, job.status).inc()
+            outcome = "timeout" if decision.error_code == "TIMEOUT" else "failed"
+            self.fail(unit, job, decision.error_code, decision.error_message, outcome)
 
     # --- event handlers ---------------------------------------------------------------------
 
@@ -531,7 +534,7 @@ class Scheduler:
                 last_seen_at=job.last_seen_at,
                 watched_since=self._watched_since_of(job.account_id) if recent else None,
             )
-            if past_deadline(tracked, now):
+            if past_deadline(tracked, now, self.settings.deadline_grace_s):
                 pools.add(job.pool)
                 if job.status == "canceling":
                     self.cancel(unit, job)

@@ -124,24 +124,51 @@ async def test_non_retryable_failure_fails_at_once_and_stale_attempts_are_ignore
     assert await h.deliver(attempt_failed("acct_a", job, 1, "INVALID_INPUT", False)) == []
 
 
-async def test_deadline_fails_queued_and_running_jobs_and_a_late_completion_is_ignored(
+async def test_deadline_fails_queued_jobs_and_the_workers_timeout_fails_running_ones(
     sessions: SessionFactory,
 ) -> None:
+    """A waiting job fails at its deadline; a running one is its worker's to end (it answers
+    TIMEOUT at the deadline), so the scheduler does not fail it too, and a completion that
+    arrives after the job's end is ignored."""
     h = Harness(sessions, settings(pool_capacity={POOL: 1}))
-    timeouts = sample("kiln_scheduler_timeouts_total", pool=POOL, status="queued")
+    queued_timeouts = sample("kiln_scheduler_timeouts_total", pool=POOL, status="queued")
+    running_timeouts = sample("kiln_scheduler_timeouts_total", pool=POOL, status="running")
     running = await h.reserve("acct_a", deadline_s=5)
     queued = await h.reserve("acct_b", deadline_s=5)
     later = await h.reserve("acct_c", deadline_s=600)
     await h.deliver(started("acct_a", running, 1))
-    new = await h.tick(datetime.now(UTC) + timedelta(seconds=10))
+    new = await h.tick(h.now + timedelta(seconds=10))
     failed = {e.job_id: e.message for e in of_type(new, "job.failed")}
-    assert set(failed) == {running, queued}
-    assert {m.error_code for m in failed.values()} == {"TIMEOUT"}
+    assert set(failed) == {queued}
+    assert failed[queued].error_code == "TIMEOUT"
+    assert dispatched_ids(new) == []  # the running job still holds the pool's slot
+    new = await h.deliver(attempt_failed("acct_a", running, 1, "TIMEOUT", False))
+    [ended] = of_type(new, "job.failed")
+    assert (ended.job_id, ended.message.error_code) == (running, "TIMEOUT")
     assert dispatched_ids(new) == [later]  # the slot is free again
     assert await h.deliver(completed("acct_a", running, 1)) == []
     assert (await h.row(running)).outcome == "timeout"
-    assert sample("kiln_scheduler_timeouts_total", pool=POOL, status="queued") == timeouts + 1
+    assert sample("kiln_scheduler_timeouts_total", pool=POOL, status="queued") == (
+        queued_timeouts + 1
+    )
+    assert sample("kiln_scheduler_timeouts_total", pool=POOL, status="running") == (
+        running_timeouts + 1
+    )
     assert sample("kiln_scheduler_in_flight", pool=POOL) == 1
+
+
+async def test_a_running_job_whose_worker_never_answers_fails_after_the_deadline_grace(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings(deadline_grace_s=30.0))
+    job = await h.reserve("acct_a", deadline_s=5)
+    await h.deliver(started("acct_a", job, 1))
+    deadline = (await h.row(job)).deadline_at
+    assert deadline is not None
+    assert of_type(await h.tick(deadline + timedelta(seconds=29)), "job.failed") == []
+    [failed] = of_type(await h.tick(deadline + timedelta(seconds=30)), "job.failed")
+    assert (failed.job_id, failed.message.error_code) == (job, "TIMEOUT")
+    assert (await h.row(job)).outcome == "timeout"
 
 
 async def test_lost_worker_is_retried_and_its_stale_answer_ignored(

@@ -108,6 +108,21 @@ async def test_a_second_completed_attempt_leaves_the_first_result_decryptable(
         assert decrypted(h, second) == PNG
 
 
+async def test_an_attempt_still_running_at_the_deadline_ends_itself_with_timeout(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The worker, not the scheduler, ends the attempt it holds at the job's deadline: the
+    job's end then has one producer, whichever way the model's answer and the deadline race."""
+    async with running_worker(tmp_path, hang, monkeypatch) as h:
+        await h.deliver(dispatched("job_slow", deadline_s=0.5))
+        (event,) = await h.wait_for("job.attempt_failed", timeout_s=5)
+        got = failure(event)
+        assert (got.error_code, got.retryable) == ("TIMEOUT", False)
+        assert got.error_message == "The job did not finish before its deadline."
+        assert await h.emitted("job.completed") == []
+        assert await h.db.read(lambda c: repository.items_of_job(c, "job_slow")) == []
+
+
 @pytest.mark.parametrize(
     ("code", "retryable"),
     [

@@ -140,7 +140,6 @@ async def running_worker(
         worker_concurrency=2,
         progress_interval_s=0.05,
         announce_start_after_s=0.05,
-        sandbox_timeout_grace_s=0.2,
         **overrides,
     )
     db = Database(settings.database_url, service="inference")

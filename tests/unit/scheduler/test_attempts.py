@@ -84,6 +84,15 @@ def test_deadline() -> None:
     assert not past_deadline(tracked(deadline=None), NOW + timedelta(days=9))
 
 
+def test_a_job_a_worker_holds_is_past_its_deadline_only_after_the_grace() -> None:
+    deadline = NOW + timedelta(minutes=2)
+    for status in ("dispatched", "running", "canceling"):
+        held = tracked(status=status)
+        assert not past_deadline(held, deadline + timedelta(seconds=29), grace_s=30)
+        assert past_deadline(held, deadline + timedelta(seconds=30), grace_s=30)
+    assert past_deadline(tracked(status="queued"), deadline, grace_s=30)
+
+
 def test_lost_worker_rules() -> None:
     policy = LivenessPolicy(start_timeout_s=10, heartbeat_timeout_s=30)
     dispatched = tracked()
