@@ -100,6 +100,16 @@ def delete_item(connection: Connection, item_id: str) -> bool:
     return bool(connection.execute(_DELETE_ITEM, {"item": item_id}).rowcount)
 
 
+def item_exists(connection: Connection, item_id: str) -> bool:
+    return connection.execute(select(items.c.id).where(items.c.id == item_id)).first() is not None
+
+
+def result_stored(connection: Connection, blob_key: str) -> bool:
+    """Whether an end stored this result (keys are per attempt: only its own end can)."""
+    found = connection.execute(select(results.c.blob_key).where(results.c.blob_key == blob_key))
+    return found.first() is not None
+
+
 def store_result(connection: Connection, blob_key: str, job_id: str, now: datetime) -> None:
     connection.execute(
         _store_result_statement(connection.dialect.name),

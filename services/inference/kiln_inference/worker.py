@@ -71,6 +71,7 @@ from kiln_inference.triton_client import (
 )
 from kiln_runtime.blobs import BlobStore
 from kiln_runtime.catalog import Catalog
+from kiln_runtime.failures import describe
 from kiln_runtime.service import Transactions
 from kiln_runtime.unit import Unit
 
@@ -208,7 +209,7 @@ class Worker:
         try:
             outcome = await self._attempt(attempt)
             attempt.ending = True
-            await self._end(attempt, outcome)
+            await self._end_trying_again(attempt, outcome)
             self._crashes.pop(item.id, None)
         except asyncio.CancelledError:
             if not attempt.stopped:
@@ -221,6 +222,12 @@ class Worker:
             if crashes < self._settings.max_local_crashes:
                 await asyncio.sleep(1.0)
                 self._done(attempt)
+                # Run again only what is still to run: an end whose commit went through
+                # before its error (the answer lost) left no item.
+                with contextlib.suppress(Exception):
+                    if not await self._runtime.read(lambda c: repository.item_exists(c, item.id)):
+                        self._crashes.pop(item.id, None)
+                        return
                 self.start(item)
                 return
             self._crashes.pop(item.id, None)
@@ -299,6 +306,22 @@ class Worker:
         except AttemptFailure as exc:
             return exc
 
+    async def _end_trying_again(self, attempt: _Attempt, outcome: Outcome) -> None:
+        """End with this outcome, trying the same end again when its transaction fails: never
+        by running the model again, whose result is stored already under the attempt's key."""
+        tries = self._settings.max_local_crashes
+        for tried in range(1, tries + 1):
+            try:
+                await self._end(attempt, outcome)
+                return
+            except Exception as exc:
+                if tried == tries:
+                    raise
+                log.warning(
+                    "ending attempt %s failed (%s); trying again", attempt.item.id, describe(exc)
+                )
+                await asyncio.sleep(1.0)
+
     async def _end(self, attempt: _Attempt, outcome: Outcome) -> None:
         """Emit the attempt's end with the deletion of its item (one transaction, shared)."""
         item = attempt.item
@@ -307,7 +330,11 @@ class Worker:
 
         def end(unit: Unit) -> bool:
             if not repository.delete_item(unit.connection, item.id):
-                return False  # a cancel ended it first
+                # A cancel ended it first, or this very end committed before an error hid
+                # that: its result's row (one per attempt) is there only in the second case.
+                return isinstance(outcome, jobs_pb2.JobCompleted) and repository.result_stored(
+                    unit.connection, outcome.result.blob_key
+                )
             if isinstance(outcome, jobs_pb2.JobCompleted):
                 repository.store_result(
                     unit.connection, outcome.result.blob_key, item.job_id, unit.now
