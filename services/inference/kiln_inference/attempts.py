@@ -35,7 +35,7 @@ class TritonCall:
     model_version: str = ""
     # an operator's model: its tensors instead of Kiln's JSON contract
     tensors: TensorContract | None = None
-    # a sandbox job that asked for outcome "timeout": no call, hold it past its deadline
+    # a sandbox job that asked for outcome "timeout": no call, hold it until its deadline
     hold_until_deadline: bool = False
     # how long the call should take, for progress estimates
     expected_s: float = 5.0

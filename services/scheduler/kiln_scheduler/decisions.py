@@ -255,13 +255,16 @@ class LivenessPolicy:
 
 def past_deadline(job: Tracked, now: datetime, grace_s: float = 0.0) -> bool:
     """Past the deadline, and for a job a worker holds (dispatched, running, canceling) also
-    past `grace_s` after it: the worker answers TIMEOUT at the deadline itself, and a job
+    past `grace_s` after it (and after this instance began to watch the job): the worker
+    answers TIMEOUT at the deadline itself, and a job
     completed by its worker must not also be failed by the scheduler (billing, the gateway and
     the notifier would each keep whichever end they saw first)."""
     if job.deadline is None:
         return False
     if job.status in ACTIVE_STATUSES:
-        return (now - job.deadline).total_seconds() >= grace_s
+        # the worker's answer may wait in the topic behind a scheduler back from an outage
+        since = max(job.deadline, job.watched_since or job.deadline)
+        return (now - since).total_seconds() >= grace_s
     return now >= job.deadline
 
 

@@ -72,6 +72,10 @@ def _spec(job: QueuedJobState) -> common_pb2.JobSpec:
     return spec
 
 
+# A partition given up and assigned again within this long was in a rebalance, not away.
+REBALANCE_MOMENT_S = 10.0
+
+
 class Scheduler:
     def __init__(
         self,
@@ -82,8 +86,10 @@ class Scheduler:
         self.catalog = catalog
         self.settings = settings
         self._clock = clock
-        # When this instance got each partition it holds (lost-worker timeouts count from it).
+        # When this instance got each partition it holds (lost-worker timeouts count from it),
+        # and when it last gave each one up (a partition back within a moment keeps its time).
         self._watched_since: dict[int, datetime] = {}
+        self._given_up: dict[int, tuple[datetime, datetime]] = {}
         self.queue = QueueIndex()
         self.means: dict[str, float | None] = {}
         self._partitions: frozenset[int] | None = None  # None: every partition (tests)
@@ -142,13 +148,24 @@ class Scheduler:
     # --- the queue in memory ----------------------------------------------------------------
 
     def assigned(self, connection: Connection, partitions: frozenset[int], count: int) -> None:
-        now, held = self._clock(), self._partitions or frozenset()
-        self._watched_since = {
-            p: self._watched_since.get(p, now) if p in held else now for p in partitions
-        }
+        now = self._clock()
+        for p, since in self._watched_since.items():
+            if p not in partitions:
+                self._given_up[p] = (since, now)
+        self._watched_since = {p: self._watch_from(p, now) for p in partitions}
         self._partitions, self._partition_count = partitions, max(count, 1)
         repository.recount_slots(connection)
         self._reload(connection)
+
+    def _watch_from(self, partition: int, now: datetime) -> datetime:
+        """Held already: since then. Back within a moment of giving it up (aiokafka revokes
+        every partition at each rebalance, then assigns): since the first time, so that a
+        group that rebalances often does not keep restarting every lost-worker clock. Else:
+        now, since nobody may have read the workers' heartbeats meanwhile."""
+        if partition in self._watched_since:
+            return self._watched_since[partition]
+        since, given_up = self._given_up.pop(partition, (now, now))
+        return since if (now - given_up).total_seconds() < REBALANCE_MOMENT_S else now
 
     def _watched_since_of(self, account_id: str) -> datetime | None:
         return self._watched_since.get(partition_of(account_id, self._partition_count))
@@ -522,7 +539,11 @@ class Scheduler:
             )
         # Only while some partition is newer than the longest timeout does a job's partition
         # matter (hashing every active job's account on every tick is not free).
-        longest = max(self.liveness.start_timeout_s, self.liveness.heartbeat_timeout_s)
+        longest = max(
+            self.liveness.start_timeout_s,
+            self.liveness.heartbeat_timeout_s,
+            self.settings.deadline_grace_s,
+        )
         recent = any((now - t).total_seconds() < longest for t in self._watched_since.values())
         for job in self.queue.active():
             tracked = Tracked(

@@ -25,7 +25,8 @@ RETRIES = Counter(
 )
 TIMEOUTS = Counter(
     "kiln_scheduler_timeouts_total",
-    "Jobs failed with TIMEOUT at their deadline, by pool and the status they were in.",
+    "Jobs failed with TIMEOUT (past their deadline: waiting, ended by their worker, or no "
+    "answer within the grace), by pool and the status they were in.",
     ["pool", "status"],
 )
 WORKERS_LOST = Counter(

@@ -207,6 +207,35 @@ async def test_a_scheduler_back_from_an_outage_gives_workers_their_timeout_again
     assert (row.status, row.last_error_code) == ("queued", "WORKER_LOST")
 
 
+async def test_a_scheduler_back_after_a_deadline_waits_the_grace_for_the_workers_answer(
+    sessions: SessionFactory,
+) -> None:
+    h = Harness(sessions, settings(deadline_grace_s=30.0))
+    job = await h.reserve("acct_a", deadline_s=5)
+    await h.deliver(started("acct_a", job, 1))
+    back = h.now + timedelta(seconds=100)
+    await h.assign(frozenset({0}), 1, at=back)
+    assert of_type(await h.tick(back + timedelta(seconds=1)), "job.failed") == []
+    [failed] = of_type(await h.tick(back + timedelta(seconds=30)), "job.failed")
+    assert (failed.job_id, failed.message.error_code) == (job, "TIMEOUT")
+
+
+async def test_a_rebalance_does_not_restart_the_lost_worker_clock(
+    sessions: SessionFactory,
+) -> None:
+    """aiokafka revokes every partition at a rebalance and assigns them again a moment
+    later: a partition back within that moment keeps the time it was watched from."""
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a", deadline_s=3600)
+    back = h.now + timedelta(seconds=200)
+    await h.assign(frozenset({0}), 1, at=back)
+    await h.assign(frozenset(), 1, at=back + timedelta(seconds=10))
+    await h.assign(frozenset({0}), 1, at=back + timedelta(seconds=12))
+    await h.tick(back + timedelta(seconds=31))  # 30 s start timeout from `back`, not from +12
+    row = await h.row(job)
+    assert (row.status, row.last_error_code) == ("queued", "WORKER_LOST")
+
+
 async def test_cancel_of_a_running_job_waits_for_the_worker(sessions: SessionFactory) -> None:
     h = Harness(sessions, settings())
     job = await h.reserve("acct_a")

@@ -91,6 +91,12 @@ def test_a_job_a_worker_holds_is_past_its_deadline_only_after_the_grace() -> Non
         assert not past_deadline(held, deadline + timedelta(seconds=29), grace_s=30)
         assert past_deadline(held, deadline + timedelta(seconds=30), grace_s=30)
     assert past_deadline(tracked(status="queued"), deadline, grace_s=30)
+    # a scheduler back after the deadline waits the grace from its return (the worker's
+    # answer may be in the topic behind its first tick)
+    back = deadline + timedelta(minutes=5)
+    held = tracked(status="running", watched_since=back)
+    assert not past_deadline(held, back + timedelta(seconds=29), grace_s=30)
+    assert past_deadline(held, back + timedelta(seconds=30), grace_s=30)
 
 
 def test_lost_worker_rules() -> None:

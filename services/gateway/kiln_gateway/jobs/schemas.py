@@ -12,7 +12,7 @@ from kiln_runtime.job_object import FileLinks, JobView, ResultView, render_job
 
 class SandboxOptions(Strict):
     # "timeout": the job gets a short deadline (delay_s, else 2 s) that the sandbox model
-    # overruns, and the scheduler fails it with TIMEOUT at that deadline.
+    # overruns; the worker ends it with TIMEOUT at that deadline.
     outcome: Literal["completed", "failed", "timeout"] = "completed"
     delay_s: float | None = Field(default=None, ge=0, le=600)
 
