@@ -24,6 +24,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        timeout_keep_alive=settings.http_keep_alive_s,
         loop="uvloop",
         http="httptools",
         # One log line per request costs more CPU than the request itself at load; the

@@ -30,6 +30,11 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path(".kiln/data")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # How long an idle keep-alive connection stays open. Longer than clients keep theirs (httpx
+    # and requests: 5 s, uvicorn's own default too) and than load balancers (60 s): the side
+    # that closes an idle connection first must be the one that would send on it next, or a
+    # request sent just as the server closes is lost (a client sees "server disconnected").
+    http_keep_alive_s: int = Field(default=65, gt=0)
     log_level: str = "INFO"
     catalog_file: Path | None = None
     # The event runtime (docs/architecture.md, "The event runtime").
