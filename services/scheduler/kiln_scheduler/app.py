@@ -26,6 +26,8 @@ async def run_timer(runtime: ServiceRuntime, scheduler: Scheduler, interval_s: f
     while True:
         if consumer is not None:
             await consumer.assigned.wait()
+            if consumer.holding:
+                scheduler.watch_again()
         try:
             await runtime.write(scheduler.tick)
         except asyncio.CancelledError:

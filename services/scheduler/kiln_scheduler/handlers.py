@@ -157,6 +157,12 @@ class Scheduler:
         repository.recount_slots(connection)
         self._reload(connection)
 
+    def watch_again(self) -> None:
+        """The consumer is holding (a transient failure: the workers' reports wait unread):
+        count every lost-worker clock from now, as after a restart."""
+        now = self._clock()
+        self._watched_since = dict.fromkeys(self._watched_since, now)
+
     def _watch_from(self, partition: int, now: datetime) -> datetime:
         """Held already: since then. Back within a moment of giving it up (aiokafka revokes
         every partition at each rebalance, then assigns): since the first time, so that a

@@ -102,6 +102,14 @@ class Harness:
         finally:
             self._at = None
 
+    def watch_again(self, at: datetime) -> None:
+        """What the timer does while the consumer holds, at `at`."""
+        self._at = at
+        try:
+            self.scheduler.watch_again()
+        finally:
+            self._at = None
+
     async def drain(self) -> list[Event]:
         table = MESSAGING.outbox
         async with self.sessions() as session:

@@ -236,6 +236,21 @@ async def test_a_rebalance_does_not_restart_the_lost_worker_clock(
     assert (row.status, row.last_error_code) == ("queued", "WORKER_LOST")
 
 
+async def test_a_hold_of_the_consumer_restarts_the_lost_worker_clock(
+    sessions: SessionFactory,
+) -> None:
+    """While the consumer waits out a transient failure the workers' reports wait unread; the
+    timer then counts from the hold, as after a restart."""
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a", deadline_s=3600)
+    await h.assign(frozenset({0}), 1, at=h.now)
+    held = h.now + timedelta(seconds=100)
+    h.watch_again(at=held)
+    assert await h.tick(held + timedelta(seconds=29)) == []
+    await h.tick(held + timedelta(seconds=30))
+    assert (await h.row(job)).last_error_code == "WORKER_LOST"
+
+
 async def test_cancel_of_a_running_job_waits_for_the_worker(sessions: SessionFactory) -> None:
     h = Harness(sessions, settings())
     job = await h.reserve("acct_a")
