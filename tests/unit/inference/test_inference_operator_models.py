@@ -4,7 +4,6 @@ and what does not fit fails the attempt with the right code."""
 
 from __future__ import annotations
 
-import base64
 import io
 import wave
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from kiln_contracts.v1 import jobs_pb2
-from kiln_crypto import ResultEncryption, decrypt_bytes
+from kiln_crypto import decrypt_bytes
 from kiln_inference import worker as worker_module
 from kiln_runtime.catalog import Catalog
-from tests.unit.inference.worker_support import SECRET, dispatched, running_worker
+from tests.unit.inference.worker_support import SECRET, dispatched, encryption_of, running_worker
 
 CATALOG = Catalog.model_validate(
     {
@@ -81,16 +80,7 @@ async def test_the_input_becomes_tensors_and_the_output_the_file(
             "AUDIO",
         )
     ]
-    encryption = ResultEncryption.from_json(
-        {
-            "scheme": result.encryption.scheme,
-            "key_id": result.encryption.key_id,
-            "salt": base64.b64encode(result.encryption.salt).decode(),
-            "sealed_key": base64.b64encode(result.encryption.sealed_key).decode(),
-            "chunk_size": result.encryption.chunk_size,
-        }
-    )
-    wav = decrypt_bytes(blob, secret=SECRET, job_id="job_tone", encryption=encryption)
+    wav = decrypt_bytes(blob, secret=SECRET, job_id="job_tone", encryption=encryption_of(result))
     assert result.content_type == "audio/wav"
     with wave.open(io.BytesIO(wav)) as reader:
         assert (reader.getframerate(), reader.getnframes()) == (8000, 800)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +13,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from kiln_contracts.v1 import jobs_pb2
-from kiln_crypto import ResultEncryption, decrypt_bytes
+from kiln_crypto import decrypt_bytes
 from kiln_inference import repository
 from kiln_inference.tables import StoredResult
 from kiln_inference.triton_client import TritonInferenceError
@@ -23,6 +22,7 @@ from tests.unit.inference.worker_support import (
     SECRET,
     cancel_requested,
     dispatched,
+    encryption_of,
     running_worker,
 )
 
@@ -60,16 +60,9 @@ async def test_completed_job_stores_an_encrypted_result(tmp_path: Path, monkeypa
         assert done.message.started_at.seconds > 0  # type: ignore[attr-defined]
         result = done.message.result  # type: ignore[attr-defined]
         blob = h.blobs.open(result.blob_key).read()
-        encryption = ResultEncryption.from_json(
-            {
-                "scheme": result.encryption.scheme,
-                "key_id": result.encryption.key_id,
-                "salt": base64.b64encode(result.encryption.salt).decode(),
-                "sealed_key": base64.b64encode(result.encryption.sealed_key).decode(),
-                "chunk_size": result.encryption.chunk_size,
-            }
+        plain = decrypt_bytes(
+            blob, secret=SECRET, job_id="job_ok", encryption=encryption_of(result)
         )
-        plain = decrypt_bytes(blob, secret=SECRET, job_id="job_ok", encryption=encryption)
         assert Image.open(io.BytesIO(plain)).size == (64, 64)
         assert (await h.emitted("job.failed")) == []  # only the scheduler emits job.failed
         stored = await h.db.read(lambda c: repository.expired_results(c, datetime.now(UTC), 10))
@@ -79,17 +72,10 @@ async def test_completed_job_stores_an_encrypted_result(tmp_path: Path, monkeypa
 
 def decrypted(h: Any, completed: Any) -> bytes:
     result = completed.message.result
-    encryption = ResultEncryption.from_json(
-        {
-            "scheme": result.encryption.scheme,
-            "key_id": result.encryption.key_id,
-            "salt": base64.b64encode(result.encryption.salt).decode(),
-            "sealed_key": base64.b64encode(result.encryption.sealed_key).decode(),
-            "chunk_size": result.encryption.chunk_size,
-        }
-    )
     blob = h.blobs.open(result.blob_key).read()
-    return decrypt_bytes(blob, secret=SECRET, job_id=completed.job_id, encryption=encryption)
+    return decrypt_bytes(
+        blob, secret=SECRET, job_id=completed.job_id, encryption=encryption_of(result)
+    )
 
 
 async def test_a_second_completed_attempt_leaves_the_first_result_decryptable(

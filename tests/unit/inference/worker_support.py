@@ -5,6 +5,7 @@ emits stays in the outbox table."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from sqlalchemy import select
 
 from kiln_contracts import Event, decode, new_event
 from kiln_contracts.v1 import common_pb2, jobs_pb2
-from kiln_crypto import make_result_key
+from kiln_crypto import ResultEncryption, make_result_key
 from kiln_inference import worker as worker_module
 from kiln_inference.config import InferenceSettings
 from kiln_inference.handlers import Inference
@@ -181,3 +182,16 @@ async def running_worker(
             await asyncio.gather(task, return_exceptions=True)
         await worker.close()
         await db.dispose()
+
+
+def encryption_of(result: jobs_pb2.JobResult) -> ResultEncryption:
+    """The result's encryption as the job object gives it to the client."""
+    return ResultEncryption.from_json(
+        {
+            "scheme": result.encryption.scheme,
+            "key_id": result.encryption.key_id,
+            "salt": base64.b64encode(result.encryption.salt).decode(),
+            "sealed_key": base64.b64encode(result.encryption.sealed_key).decode(),
+            "chunk_size": result.encryption.chunk_size,
+        }
+    )
