@@ -110,17 +110,29 @@ def move_slots(connection: Connection, pool: str, delta: int) -> int:
 
 
 def recount_slots(connection: Connection) -> None:
-    """Set every pool's slots in use from the jobs themselves (at assignment: cheap insurance)."""
-    counts: dict[str, int] = dict(
-        connection.execute(
-            select(jobs_table.c.pool, func.count())
-            .where(jobs_table.c.status.in_(ACTIVE_STATUSES))
-            .group_by(jobs_table.c.pool)
-        ).all()
-    )
-    known = set(connection.execute(select(slots_table.c.pool)).scalars())
-    for pool in known | set(counts):
-        move_slots(connection, pool, 0)
+    """Set every pool's slots in use from the jobs themselves (at assignment: cheap insurance).
+
+    The pools' rows are locked before the jobs are counted (on PostgreSQL; SQLite runs one
+    writer at a time): another instance's batch moves its pool's row before it commits its
+    jobs, so its jobs are either counted here or added by its move after this commits. A count
+    taken before the lock missed jobs committed meanwhile and set the pool below the truth."""
+    locked: set[str] = set()
+    to_lock = set(connection.execute(select(slots_table.c.pool)).scalars())
+    while True:
+        for pool in sorted(to_lock):
+            move_slots(connection, pool, 0)  # the row stays locked until this commits
+        locked |= to_lock
+        counts: dict[str, int] = dict(
+            connection.execute(
+                select(jobs_table.c.pool, func.count())
+                .where(jobs_table.c.status.in_(ACTIVE_STATUSES))
+                .group_by(jobs_table.c.pool)
+            ).all()
+        )
+        to_lock = set(counts) - locked  # a pool's first row, made meanwhile: lock, count again
+        if not to_lock:
+            break
+    for pool in sorted(locked):
         connection.execute(
             update(slots_table)
             .where(slots_table.c.pool == pool)
