@@ -52,13 +52,22 @@ def wait_for(what: str, check: Any, timeout_s: float = 120.0) -> Any:
         time.sleep(0.5)
 
 
-def hold_write_lock(path: str, seconds: float, taken: threading.Event) -> None:
-    """Take SQLite's write lock on `path` (as another writer would) for `seconds`."""
+def hold_write_lock(
+    path: str, until: Any, taken: threading.Event, at_most_s: float = 120.0
+) -> None:
+    """Take SQLite's write lock on `path` (as another writer would) until `until()` is true.
+
+    Until an outcome, not for a fixed time: billing's batch waits its busy timeout (30 s) for
+    the lock behind whatever write its single writer thread is doing first (an outbox round
+    that also waits 30 s), so a lock held for a fixed 36 s was sometimes gone by the time the
+    batch asked for it."""
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
         connection.execute("BEGIN IMMEDIATE")
         taken.set()
-        time.sleep(seconds)
+        deadline = time.monotonic() + at_most_s
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.5)
         connection.execute("ROLLBACK")
     finally:
         connection.close()
@@ -74,11 +83,24 @@ def test_a_billing_failure_that_heals_still_charges_the_job_once(
         local_stack, "billing", "kiln_batch_retries_total", service="billing", reason="transient"
     )
     usage_before = httpx.get(f"{api}/usage", headers=headers, timeout=10).json()["data"]
-    # Longer than billing's busy timeout (30 s): its batch fails "database is locked".
+
+    def retried() -> bool:
+        return (
+            metric(
+                local_stack,
+                "billing",
+                "kiln_batch_retries_total",
+                service="billing",
+                reason="transient",
+            )
+            > before_retries
+        )
+
+    # Until billing's batch has failed "database is locked" (past its 30 s busy timeout) once.
     taken = threading.Event()
     locker = threading.Thread(
         target=hold_write_lock,
-        args=(str(local_stack.data_dir / "billing.db"), 36.0, taken),
+        args=(str(local_stack.data_dir / "billing.db"), retried, taken),
         daemon=True,
     )
     locker.start()
@@ -92,7 +114,7 @@ def test_a_billing_failure_that_heals_still_charges_the_job_once(
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["data"]["id"]
     assert submitted.json()["data"]["status"] == "pending"
-    locker.join(60)
+    locker.join(150)
 
     def done() -> dict[str, Any] | None:
         job = httpx.get(f"{api}/jobs/{job_id}", headers=headers, timeout=10).json()["data"]
@@ -101,10 +123,7 @@ def test_a_billing_failure_that_heals_still_charges_the_job_once(
     job = wait_for("the job ends", done, timeout_s=180)
     assert job["status"] == "completed", job
     assert job["cost"] == "5"
-    retries = metric(
-        local_stack, "billing", "kiln_batch_retries_total", service="billing", reason="transient"
-    )
-    assert retries > before_retries, "billing held its batch and retried it"
+    assert retried(), "billing held its batch and retried it"
 
     def charged() -> dict[str, Any] | None:
         usage = httpx.get(f"{api}/usage", headers=headers, timeout=10).json()["data"]
