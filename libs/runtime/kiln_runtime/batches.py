@@ -204,6 +204,27 @@ class BatchTransaction:
             self.rolled_back()
             raise
 
+    def move_positions(
+        self, connection: Connection, moves: Mapping[tuple[str, int], tuple[int, int]]
+    ) -> set[tuple[str, int]]:
+        """Compare-and-set each stored position from `before` to `after` (the fence's rule:
+        only from where this member saw it); the ones that moved. Outside a batch: used when
+        a member catches up with its group (docs/architecture.md, "Exactly once, in effect")."""
+        now = self._clock()
+        moved: set[tuple[str, int]] = set()
+        for (topic, partition), (before, after) in sorted(moves.items()):
+            params = {
+                "c": self.group,
+                "t": topic,
+                "p": partition,
+                "expected": before,
+                "next": after,
+                "now": now,
+            }
+            if connection.execute(self._move, params).rowcount == 1:
+                moved.add((topic, partition))
+        return moved
+
     def rolled_back(self) -> None:
         """Tell the handlers that a transaction that may have run them rolled back."""
         if self._handlers.on_rollback is not None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import murmur2
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select
 
 from kiln_runtime.batches import (
     BatchResult,
@@ -42,7 +42,7 @@ from kiln_runtime.batches import (
 )
 from kiln_runtime.db import Database
 from kiln_runtime.failures import Backoff, PoisonEvent, describe, is_transient
-from kiln_runtime.messaging import MessagingTables, utcnow
+from kiln_runtime.messaging import MessagingTables
 from kiln_runtime.metrics import (
     BATCH_LATENCY,
     BATCH_RETRIES,
@@ -245,7 +245,7 @@ class EventConsumer:
         }
         if not moves:
             return stored
-        moved = await self._db.write(functools.partial(self._move_positions, moves))
+        moved = await self._db.write(lambda c: self._batch.move_positions(c, moves))
         for (topic, partition), (before, after) in moves.items():
             if (topic, partition) in moved:
                 stored[(topic, partition)] = after
@@ -258,28 +258,6 @@ class EventConsumer:
                     before,
                 )
         return stored
-
-    def _move_positions(
-        self, moves: Mapping[tuple[str, int], tuple[int, int]], connection: Connection
-    ) -> set[tuple[str, int]]:
-        """Compare-and-set each position (the fence's rule: only from where this member saw
-        it); the ones that moved."""
-        p = self._tables.positions
-        moved: set[tuple[str, int]] = set()
-        for (topic, partition), (before, after) in sorted(moves.items()):
-            result = connection.execute(
-                update(p)
-                .where(
-                    p.c.consumer == self._settings.group,
-                    p.c.topic == topic,
-                    p.c.partition == partition,
-                    p.c.next_offset == before,
-                )
-                .values(next_offset=after, updated_at=utcnow())
-            )
-            if result.rowcount == 1:
-                moved.add((topic, partition))
-        return moved
 
     async def _tell_assignment(self) -> None:
         """Give the handlers' `on_assigned` the partitions held now (after every change)."""

@@ -256,9 +256,9 @@ class LivenessPolicy:
 def past_deadline(job: Tracked, now: datetime, grace_s: float = 0.0) -> bool:
     """Past the deadline, and for a job a worker holds (dispatched, running, canceling) also
     past `grace_s` after it (and after this instance began to watch the job): the worker
-    answers TIMEOUT at the deadline itself, and a job
-    completed by its worker must not also be failed by the scheduler (billing, the gateway and
-    the notifier would each keep whichever end they saw first)."""
+    answers TIMEOUT at the deadline itself, and a job completed by its worker must not also be
+    failed by the scheduler (billing, the gateway and the notifier would each keep whichever
+    end they saw first)."""
     if job.deadline is None:
         return False
     if job.status in ACTIVE_STATUSES:
