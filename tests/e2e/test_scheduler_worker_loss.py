@@ -1,7 +1,8 @@
 """Killing the inference worker mid-job leaves no job stuck, on a stack of its own with short
 liveness timeouts: a worker that stays dead gets the job retried (WORKER_LOST) and, with no
 worker to take the retries, failed with WORKER_LOST and refunded; once a worker is back, the
-next job runs (the lost attempts hold no slot)."""
+next job runs (the lost attempts hold no slot). A broker outage longer than the heartbeat
+timeout loses no worker: the workers' heartbeats could not reach the scheduler meanwhile."""
 
 import shutil
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.stack_support import RunningStack, started_stack
 
@@ -20,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 STACK_ENV = {
     "KILN_WORKER_START_TIMEOUT_S": "3",
-    "KILN_WORKER_HEARTBEAT_TIMEOUT_S": "4",
+    "KILN_WORKER_HEARTBEAT_TIMEOUT_S": "6",
     "KILN_RETRY_BACKOFF_BASE_S": "0.5",
     "KILN_RETRY_BACKOFF_CAP_S": "1",
     "KILN_MAX_ATTEMPTS": "3",
@@ -93,3 +95,30 @@ def test_a_dead_worker_gets_the_job_retried_then_failed(loss_stack: RunningStack
         after = submit(client, delay_s=0.5)
         final = wait_status(client, after, {"completed", "failed", "canceled"}, 60)
         assert final["status"] == "completed"
+
+
+def workers_lost(running: RunningStack) -> float:
+    text = httpx.get(f"{running.local.service_url('scheduler')}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "kiln_scheduler_workers_lost"
+        for sample in family.samples
+        if sample.name == "kiln_scheduler_workers_lost_total"
+    )
+
+
+def test_a_broker_outage_longer_than_the_heartbeat_timeout_loses_no_worker(
+    loss_stack: RunningStack,
+) -> None:
+    heartbeat_timeout_s = float(STACK_ENV["KILN_WORKER_HEARTBEAT_TIMEOUT_S"])
+    with api(loss_stack) as client:
+        lost_before = workers_lost(loss_stack)
+        job_id = submit(client, delay_s=20)
+        wait_status(client, job_id, {"running"}, 30)
+        # Down three heartbeat timeouts, plus the broker's stop and start.
+        loss_stack.local.restart_kafka(down_s=3 * heartbeat_timeout_s)
+        final = wait_status(client, job_id, {"completed", "failed", "canceled"}, 120)
+        assert final["status"] == "completed", final
+        # Completed by its first attempt: no attempt was taken for lost and tried again.
+        assert workers_lost(loss_stack) == lost_before

@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -124,6 +126,27 @@ class EventConsumer:
     @property
     def topics(self) -> list[str]:
         return self._handlers.topics
+
+    def silent_s(self) -> float:
+        """Seconds since the broker last answered a fetch for the held partition heard from
+        least recently: 0 holding none, infinite before the first answer. aiokafka stamps a
+        partition at every fetch response, empty ones too (every `poll_timeout_ms` when idle),
+        so a large value means a broker away or a member far behind: what a timer that judges
+        others by the events they sent must not take for their silence."""
+        consumer = self._consumer
+        if consumer is None:
+            return 0.0
+        now_ms = time.time() * 1000
+        silent_ms = 0.0
+        for tp in list(self._positions):
+            try:
+                stamp = consumer.last_poll_timestamp(tp)
+            except (AssertionError, AttributeError):  # revoked meanwhile
+                continue
+            if stamp is None:
+                return math.inf
+            silent_ms = max(silent_ms, now_ms - stamp)
+        return silent_ms / 1000
 
     @property
     def partitions(self) -> frozenset[int]:

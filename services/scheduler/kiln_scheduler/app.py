@@ -20,13 +20,17 @@ from kiln_scheduler.tables import MESSAGING, Base
 log = logging.getLogger(__name__)
 
 
-async def run_timer(runtime: ServiceRuntime, scheduler: Scheduler, interval_s: float) -> None:
-    """Tick while this instance holds partitions; a failed tick reloads the queue."""
+async def run_timer(
+    runtime: ServiceRuntime, scheduler: Scheduler, interval_s: float, silence_s: float
+) -> None:
+    """Tick while this instance holds partitions; a failed tick reloads the queue. While the
+    consumer holds (a transient failure) or the broker is silent (an outage), the workers'
+    reports wait unread, so the lost-worker clocks start again."""
     consumer = runtime.consumer
     while True:
         if consumer is not None:
             await consumer.assigned.wait()
-            if consumer.holding:
+            if consumer.holding or consumer.silent_s() > silence_s:
                 scheduler.watch_again()
         try:
             await runtime.write(scheduler.tick)
@@ -51,7 +55,8 @@ def create_app(settings: SchedulerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def timer(rt: ServiceRuntime) -> AsyncIterator[None]:
         task = asyncio.create_task(
-            run_timer(rt, scheduler, settings.tick_interval_s), name="scheduler-timer"
+            run_timer(rt, scheduler, settings.tick_interval_s, settings.broker_silence_s),
+            name="scheduler-timer",
         )
         try:
             yield

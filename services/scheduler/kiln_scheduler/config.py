@@ -27,6 +27,9 @@ class SchedulerSettings(ServiceSettings):
     # fails such a job only this long after the deadline, when no answer came (a dead worker),
     # so that the job's end has one producer.
     deadline_grace_s: float = Field(default=30.0, ge=0)
+    # While the broker has not answered this instance's fetches for this long (an outage), the
+    # workers' reports cannot reach it: every lost-worker clock starts again once it has.
+    broker_silence_s: float = Field(default=2.0, gt=0)
     # Waiting jobs say queue_reason "no_workers" when none of the pool's jobs in flight has
     # started and one has waited this long for a worker to start it.
     no_workers_after_s: float = Field(default=15.0, gt=0)

@@ -158,8 +158,9 @@ class Scheduler:
         self._reload(connection)
 
     def watch_again(self) -> None:
-        """The consumer is holding (a transient failure: the workers' reports wait unread):
-        count every lost-worker clock from now, as after a restart."""
+        """The consumer is holding (a transient failure) or the broker silent (an outage): the
+        workers' reports wait unread, so count every lost-worker clock from now, as after a
+        restart."""
         now = self._clock()
         self._watched_since = dict.fromkeys(self._watched_since, now)
 
