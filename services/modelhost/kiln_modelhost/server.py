@@ -225,29 +225,43 @@ _RETRIED_CONNECT = b"""        while True:
 """
 
 
+# How often a stub's requests server looks whether it was told to stop. PyTriton looks every
+# second, and Triton unloads a model's instances one after another at shutdown: the sandbox's
+# eight instances alone kept a stop waiting 16 s (past the stack's stop grace). Five looks a
+# second cost nothing measurable when idle.
+STUB_STOP_CHECK_S = 0.2
+_PYTRITON_STOP_CHECK = b"flag_check_interval_s = 1.0"
+
+
 def lengthen_handshake_wait() -> None:
     """Make the stub code PyTriton sends to Triton wait HANDSHAKE_WAIT_S for the handshake
-    socket, and try a refused connect again within that wait. The stub's files are sent as
-    bytes with each model's load request (`Model.get_proxy_model_files`), so the change is made
-    there, in this process only; when a PyTriton release changes that code, it is left as it is
-    and a warning says so."""
+    socket, try a refused connect again within that wait, and look for a stop every
+    STUB_STOP_CHECK_S. The stub's files are sent as bytes with each model's load request
+    (`Model.get_proxy_model_files`), so the change is made there, in this process only; when a
+    PyTriton release changes that code, it is left as it is and a warning says so."""
     from pytriton.models.model import Model
 
     original = Model.get_proxy_model_files
     if getattr(original, "_kiln_wait", False):
         return
     wanted = _PYTRITON_WAIT.replace(b"1.0)", f"{HANDSHAKE_WAIT_S})".encode())
+    stop_check = _PYTRITON_STOP_CHECK.replace(b"1.0", str(STUB_STOP_CHECK_S).encode())
 
     def get_proxy_model_files(self: Any) -> dict[str, bytes]:
         files: dict[str, bytes] = original(self)
         for name, content in files.items():
             if name.endswith("/communication.py"):
                 if _PYTRITON_WAIT in content and _PYTRITON_CONNECT in content:
-                    files[name] = content.replace(_PYTRITON_WAIT, wanted).replace(
+                    content = content.replace(_PYTRITON_WAIT, wanted).replace(
                         _PYTRITON_CONNECT, _RETRIED_CONNECT
                     )
                 else:
                     LOGGER.warning("PyTriton's handshake code was not found; left as it is")
+                if _PYTRITON_STOP_CHECK in content:
+                    content = content.replace(_PYTRITON_STOP_CHECK, stop_check)
+                else:
+                    LOGGER.warning("PyTriton's stop check was not found; left as it is")
+                files[name] = content
         return files
 
     get_proxy_model_files._kiln_wait = True  # type: ignore[attr-defined]

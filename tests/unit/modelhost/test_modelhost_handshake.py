@@ -1,9 +1,9 @@
-"""The stub code sent to Triton waits long enough for the first instance's handshake socket
-(kiln_modelhost.server.lengthen_handshake_wait)."""
+"""The stub code sent to Triton waits long enough for the first instance's handshake socket and
+looks for a stop often (kiln_modelhost.server.lengthen_handshake_wait)."""
 
 from types import SimpleNamespace
 
-from kiln_modelhost.server import HANDSHAKE_WAIT_S, lengthen_handshake_wait
+from kiln_modelhost.server import HANDSHAKE_WAIT_S, STUB_STOP_CHECK_S, lengthen_handshake_wait
 
 
 def test_the_stub_waits_for_the_handshake_socket() -> None:
@@ -18,7 +18,9 @@ def test_the_stub_waits_for_the_handshake_socket() -> None:
     assert f"timeout_s: float = {HANDSHAKE_WAIT_S})" in source
     assert "timeout_s: float = 1.0)" not in source
     assert "except ConnectionRefusedError:" in source  # a refused connect is tried again
+    assert f"flag_check_interval_s = {STUB_STOP_CHECK_S}" in source
+    assert "flag_check_interval_s = 1.0" not in source
     compile(source, "communication.py", "exec")  # still Python
-    # Only that default changed; the other files are PyTriton's own.
+    # Only those lines changed; the other files are PyTriton's own.
     assert before.keys() == after.keys()
     assert all(before[name] == after[name] for name in before if "communication" not in name)
