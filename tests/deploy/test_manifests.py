@@ -380,6 +380,88 @@ def test_only_the_gateway_takes_traffic_from_outside(overlay: str) -> None:
                 assert selector == {"app.kubernetes.io/name": "gateway"}, policy["metadata"]
 
 
+def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression  # the only one the manifests use
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _port_allowed(rule: dict[str, Any], number: int, names: dict[str, int]) -> bool:
+    return any(
+        p["port"] == number or names.get(str(p["port"])) == number for p in rule.get("ports", [])
+    )
+
+
+@overlays
+def test_the_console_health_view_reaches_every_component_it_names(overlay: str) -> None:
+    """Each URL of the gateway's KILN_CONSOLE_HEALTH_URLS names a Service and port that exist,
+    and the network policies let the gateway's request out and into the component's pods."""
+    manifests = render(overlay)
+    gateway = named(manifests, "Deployment", "gateway")["spec"]["template"]
+    urls = json.loads(literal_env(gateway["spec"]["containers"][0])["KILN_CONSOLE_HEALTH_URLS"])
+    assert set(urls) == {"billing", "scheduler", "inference", "notifier", "triton"}
+    policies = of_kind(manifests, "NetworkPolicy")
+    gateway_labels = gateway["metadata"]["labels"]
+    for component, url in urls.items():
+        match = re.fullmatch(r"http://([a-z-]+):(\d+)(/\S+)", url)
+        assert match, url
+        host, port, path = match.group(1), int(match.group(2)), match.group(3)
+        service = named(manifests, "Service", host)
+        [service_port] = [p for p in service["spec"]["ports"] if p["port"] == port]
+        pods = [
+            (m, spec)
+            for m, spec in pod_specs(
+                of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet")
+            )
+            if _labels_match(
+                {"matchLabels": service["spec"]["selector"]},
+                m["spec"]["template"]["metadata"]["labels"],
+            )
+        ]
+        assert len(pods) == 1, (component, host)
+        workload, pod = pods[0]
+        names = {
+            p["name"]: p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])
+        }
+        target = service_port.get("targetPort", port)
+        number = names.get(str(target), target)
+        assert number in names.values(), (component, target)
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert path == ("/v2/health/ready" if component == "triton" else "/readyz"), url
+        ingress = any(
+            _labels_match(p["spec"]["podSelector"], labels)
+            and any(
+                any(
+                    _labels_match(f["podSelector"], gateway_labels)
+                    for f in rule.get("from", [])
+                    if "podSelector" in f and "namespaceSelector" not in f  # this namespace
+                )
+                and _port_allowed(rule, number, names)
+                for rule in p["spec"].get("ingress", [])
+            )
+            for p in policies
+        )
+        egress = any(
+            _labels_match(p["spec"]["podSelector"], gateway_labels)
+            and any(
+                any(
+                    _labels_match(t["podSelector"], labels)
+                    for t in rule.get("to", [])
+                    if "podSelector" in t and "namespaceSelector" not in t
+                )
+                and _port_allowed(rule, number, {})
+                for rule in p["spec"].get("egress", [])
+            )
+            for p in policies
+        )
+        assert ingress, f"no policy lets the gateway into {component}'s pods on {number}"
+        assert egress, f"no policy lets the gateway out to {component}'s pods on {number}"
+
+
 # --- migrations ---------------------------------------------------------------------------------
 
 
