@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -51,7 +53,25 @@ def new_account(env: dict[str, str], credits: str = "100") -> Account:
         )
         assert key.status_code == 201, key.text
         keys[sandbox] = key.json()["data"]["secret"]
+    if credits != "0":
+        # Billing books the grant, then the gateway hears of it: a live job sent before billing
+        # booked it would be refused, and a balance read before the gateway heard of it is 0.
+        wait_for_balance(env, keys[False], credits)
     return Account(account_id, email, password, keys[False], keys[True])
+
+
+def wait_for_balance(env: dict[str, str], key: str, credits: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    balance: str | None = None
+    with httpx.Client(
+        base_url=env["KILN_API_URL"], headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as api:
+        while time.monotonic() < deadline:
+            balance = api.get("/usage").json()["data"]["balance"]
+            if Decimal(balance) == Decimal(credits):
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"the grant of {credits} credits not booked: balance {balance}")
 
 
 def kiln_cli(

@@ -55,6 +55,10 @@ STACK_ENV = {
     "KILN_RETRY_SCHEDULE_S": "[1, 2]",
     "KILN_DELIVERY_TIMEOUT_S": "4",
     "KILN_DELIVERY_LEASE_S": "6",
+    # Billing's decision (a job's 402 or reservation, a grant's booking) comes back inside the
+    # request on a busy 2-core machine too: with the default 2 s, a late one made a 402 test
+    # get 202 `pending`, or a live job of a fresh account find its grant not yet booked.
+    "KILN_DECISION_WAIT_S": "8",
 }
 
 

@@ -453,9 +453,17 @@ def test_a_retry_after_the_gateway_died_mid_request_gets_that_requests_job(
     key = running.env["KILN_DEMO_SANDBOX_KEY"]
     body = {"model": "kiln/prompt-to-image", "input": {"prompt": "once"}}
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"mid-{uuid.uuid4().hex}"}
+
+    def jobs_made() -> int:
+        counted = httpx.get(
+            f"{api}/jobs/count", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        return int(counted.json()["data"]["count"])
+
     local.stop_service("billing", signal.SIGKILL)
     try:
         result: dict[str, Any] = {}
+        before = jobs_made()
 
         def first() -> None:
             try:
@@ -465,7 +473,12 @@ def test_a_retry_after_the_gateway_died_mid_request_gets_that_requests_job(
 
         thread = threading.Thread(target=first)
         thread.start()
-        time.sleep(1.0)  # the job is written; the gateway waits for billing's decision
+        # Killed once the job is written, while the gateway waits for billing's decision (up
+        # to 2 s): not after a fixed second, which a loaded machine can spend before the write.
+        deadline = time.monotonic() + 30
+        while jobs_made() == before:
+            assert time.monotonic() < deadline, "the gateway did not write the job"
+            time.sleep(0.05)
         local.stop_service("gateway", signal.SIGKILL)
         thread.join()
         assert "error" in result, "the first request died with its gateway"

@@ -130,7 +130,8 @@ def test_usage_stats_and_event_feed(fresh_account: dict[str, str]) -> None:
             "/jobs", json={"model": "kiln/text-to-speech", "input": {"text": "usage"}}
         ).json()["data"]["id"]
         assert wait_for_final(api, job_id)["status"] == "completed"
-        deadline = time.monotonic() + 10
+        # Billing's capture reaches the gateway's read model after the job's end (two hops).
+        deadline = time.monotonic() + 60
         while api.get("/usage").json()["data"]["reserved"] != "0":
             assert time.monotonic() < deadline
             time.sleep(0.1)
