@@ -5,6 +5,21 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.billing.postgres_cluster import PostgresCluster, find_pg_bin
+from tests.stack_support import LocalStack, StackPorts
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka broker (KRaft, the registry's topics) for the session, in a temporary
+    folder on free ports; its bootstrap address."""
+    root = tmp_path_factory.mktemp("kiln-kafka")
+    local = LocalStack(root=root, ports=StackPorts.free())
+    local.start_kafka()
+    try:
+        local.create_topics()
+        yield local.kafka_bootstrap
+    finally:
+        local.stop_kafka()
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,17 @@ def wait_final(api: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[s
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
+def wait_status(api: httpx.Client, job_id: str, wanted: set[str], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    while time.monotonic() < deadline:
+        status = api.get(f"/jobs/{job_id}").json()["data"]["status"]
+        if status in wanted:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{job_id} is {status}, not {wanted}, after {timeout_s} s")
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -223,6 +234,34 @@ def test_two_inference_workers_and_two_billing_processes_share_the_work() -> Non
             assert created.status_code == 202, created.text
             assert wait_final(api, created.json()["data"]["id"])["status"] == "completed"
             log("a job completed on the one worker left")
+
+            # Partitions move away from a worker while its attempts run (scaling up): each
+            # job's cancel reaches whichever worker reads its partition now, and the worker
+            # that runs the attempt still ends it.
+            long_jobs: list[tuple[httpx.Client, str]] = []
+            for api in clients:  # one account per partition, all on the one worker
+                created = api.post(
+                    "/jobs",
+                    json={
+                        "model": "kiln/prompt-to-image",
+                        "input": {"prompt": "canceled after a move"},
+                        "sandbox": {"delay_s": 300},
+                    },
+                )
+                assert created.status_code == 202, created.text
+                long_jobs.append((api, created.json()["data"]["id"]))
+            for api, job_id in long_jobs:
+                wait_status(api, job_id, {"running"})
+            started, stopped = local.scale("inference", 2)
+            assert (started, stopped) == (["inference-2"], [])
+            wait_group(local.kafka_bootstrap, "inference", 2)
+            log("scaled inference to 2 with the long jobs running on inference-1")
+            for api, job_id in long_jobs:
+                canceled = api.post(f"/jobs/{job_id}/cancel")
+                assert canceled.status_code in (200, 202), canceled.text
+            finals = [wait_final(api, job_id, timeout_s=60) for api, job_id in long_jobs]
+            assert [job["status"] for job in finals] == ["canceled"] * len(long_jobs), finals
+            log(f"{len(long_jobs)} running jobs canceled, their partitions moved or not")
         finally:
             for api in clients:
                 api.close()

@@ -1,6 +1,7 @@
 """The inference worker: `python -m kiln_inference` accepts dispatched attempts (handlers.py),
-runs them on Triton (worker.py) and serves /healthz, /readyz (Triton's models ready included)
-and /metrics."""
+runs them on Triton (worker.py), cancels the ones whose partition moved away
+(cancel_watch.py) and serves /healthz, /readyz (Triton's models ready included) and
+/metrics."""
 
 import asyncio
 import contextlib
@@ -8,6 +9,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from kiln_contracts import Event
+from kiln_inference.cancel_watch import CancelWatch
 from kiln_inference.config import InferenceSettings
 from kiln_inference.handlers import Inference
 from kiln_inference.migrate import upgrade_connection
@@ -47,13 +50,27 @@ def create_app(settings: InferenceSettings) -> FastAPI:
     async def working(rt: ServiceRuntime) -> AsyncIterator[None]:
         worker = Worker(settings, rt, catalog, blob_store_for(settings))
         inference.runner = worker
-        task = asyncio.create_task(worker.run(), name="worker")
+
+        async def cancel(event: Event) -> None:
+            await rt.write(lambda unit: inference.handle_cancel_requested(unit, event))
+
+        watch = CancelWatch(
+            settings.kafka_bootstrap,
+            worker.holds,
+            cancel,
+            poll_timeout_ms=settings.consumer_poll_timeout_ms,
+        )
+        tasks = [
+            asyncio.create_task(worker.run(), name="worker"),
+            asyncio.create_task(watch.run(), name="cancel-watch"),
+        ]
         try:
             yield
         finally:
             inference.runner = None
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await worker.close()
             await close_clients()
 

@@ -5,7 +5,8 @@ once and a long model run never holds a partition); the attempt starts as soon a
 commits. A cancel ends a job's attempt here and now — its item is deleted and `CANCELED`
 emitted in the same transaction — and then stops the attempt's task if it runs: whichever of the
 cancel and the attempt's own end commits first is the attempt's only outcome. The job id is
-remembered, so a dispatch that arrives after its cancel never runs.
+remembered, so a dispatch that arrives after its cancel never runs. The same handler takes the
+cancels that `cancel_watch.py` reads outside the group, for attempts whose partition moved.
 """
 
 from __future__ import annotations

@@ -170,6 +170,10 @@ class Worker:
         self._waiting.append(item)
         self._fill()
 
+    def holds(self, job_id: str) -> bool:
+        """Whether an attempt of the job runs or waits here."""
+        return job_id in self._running or any(i.job_id == job_id for i in self._waiting)
+
     def stop(self, job_id: str) -> None:
         """A cancel ended the job's attempt (its item is gone): stop the task if it runs.
         An attempt already ending is left alone: its own transaction decides (it finds the

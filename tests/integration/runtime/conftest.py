@@ -1,5 +1,5 @@
-"""A real Kafka broker (KRaft, the registry's topics) for the event runtime's tests, started
-once per session in a temporary folder on free ports; and a toy service on it."""
+"""A toy service for the event runtime's tests, on the real Kafka broker of
+tests/integration/conftest.py."""
 
 from __future__ import annotations
 
@@ -22,20 +22,6 @@ from kiln_runtime.service import ServiceRuntime
 from kiln_runtime.settings import ServiceSettings
 from kiln_runtime.unit import Unit
 from tests.integration.billing.postgres_cluster import PostgresCluster
-from tests.stack_support import LocalStack, StackPorts
-
-
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("kiln-runtime-kafka")
-    local = LocalStack(root=root, ports=StackPorts.free())
-    local.start_kafka()
-    try:
-        local.create_topics()
-        yield local.kafka_bootstrap
-    finally:
-        local.stop_kafka()
-
 
 BACKENDS = ("sqlite", "postgresql")
 
