@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekiln_contracts/v1/common.proto\x12\x0ekiln.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\tResultKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\"\xfe\x02\n\x07JobSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x0f\n\x07sandbox\x18\x04 \x01(\x08\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\x12-\n\nresult_key\x18\x06 \x01(\x0b\x32\x19.kiln.events.v1.ResultKey\x12\x0c\n\x04pool\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\napi_key_id\x18\n \x01(\t\x12\x1c\n\x0fsandbox_outcome\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x1d\n\x10sandbox_delay_ms\x18\x0c \x01(\rH\x01\x88\x01\x01\x42\x12\n\x10_sandbox_outcomeB\x13\n\x11_sandbox_delay_ms\"H\n\x07\x42\x61lance\x12\x1e\n\x16\x61vailable_millicredits\x18\x01 \x01(\x03\x12\x1d\n\x15reserved_millicredits\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekiln_contracts/v1/common.proto\x12\x0ekiln.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\tResultKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\"\xfe\x02\n\x07JobSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x0f\n\x07sandbox\x18\x04 \x01(\x08\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\x12-\n\nresult_key\x18\x06 \x01(\x0b\x32\x19.kiln.events.v1.ResultKey\x12\x0c\n\x04pool\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\napi_key_id\x18\n \x01(\t\x12\x1c\n\x0fsandbox_outcome\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x1d\n\x10sandbox_delay_ms\x18\x0c \x01(\rH\x01\x88\x01\x01\x42\x12\n\x10_sandbox_outcomeB\x13\n\x11_sandbox_delay_ms\"Y\n\x07\x42\x61lance\x12\x1e\n\x16\x61vailable_millicredits\x18\x01 \x01(\x03\x12\x1d\n\x15reserved_millicredits\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC']._serialized_start=147
   _globals['_JOBSPEC']._serialized_end=529
   _globals['_BALANCE']._serialized_start=531
-  _globals['_BALANCE']._serialized_end=603
+  _globals['_BALANCE']._serialized_end=620
 # @@protoc_insertion_point(module_scope)

@@ -126,17 +126,25 @@ class Balance(_message.Message):
 
     AVAILABLE_MILLICREDITS_FIELD_NUMBER: _builtins.int
     RESERVED_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     available_millicredits: _builtins.int
     reserved_millicredits: _builtins.int
+    version: _builtins.int
+    """The account's balance version: billing adds one with every change of the account's
+    balances, so the latest of several announcements is the one with the highest version
+    (their timestamps can tie within a batch or go back across instances). 0: not known (an
+    announcement from before versions).
+    """
     def __init__(
         self,
         *,
         available_millicredits: _builtins.int = ...,
         reserved_millicredits: _builtins.int = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_millicredits", b"available_millicredits", "reserved_millicredits", b"reserved_millicredits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_millicredits", b"available_millicredits", "reserved_millicredits", b"reserved_millicredits", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,8 +47,10 @@ JobEndMessage = jobs_pb2.JobCompleted | jobs_pb2.JobFailed | jobs_pb2.JobCancele
 UNKNOWN = object()
 
 
-def _balance_message(b: Balances) -> common_pb2.Balance:
-    return common_pb2.Balance(available_millicredits=b.available, reserved_millicredits=b.reserved)
+def _balance_message(b: Balances, version: int) -> common_pb2.Balance:
+    return common_pb2.Balance(
+        available_millicredits=b.available, reserved_millicredits=b.reserved, version=version
+    )
 
 
 def _catalog_price(catalog: Catalog, spec: common_pb2.JobSpec) -> int | None:
@@ -70,6 +72,7 @@ class Billing:
         self.catalog = catalog
         self._unit: Unit | None = None
         self._balances: dict[str, Balances] = {}
+        self._versions: dict[str, int] = {}
         self._charges: dict[str, tuple[str, JobCharge] | None] = {}
 
     def handlers(self) -> EventHandlers:
@@ -90,13 +93,12 @@ class Billing:
         if self._unit is not unit:  # a new transaction: forget the last one's reads
             self._unit = unit
             self._balances = {}
+            self._versions = {}
             self._charges = {}
 
     def before_batch(self, unit: Unit, events: Sequence[Event]) -> None:
         self._fresh(unit)
-        self._balances.update(
-            repository.lock_balances(unit.connection, {e.account_id for e in events})
-        )
+        self._locked(repository.lock_balances(unit.connection, {e.account_id for e in events}))
         job_ids = {e.job_id for e in events if e.job_id}
         known = repository.job_charges(unit.connection, job_ids)
         for job_id in job_ids:
@@ -105,12 +107,22 @@ class Billing:
     def _balance(self, unit: Unit, account_id: str) -> Balances:
         self._fresh(unit)
         if account_id not in self._balances:
-            self._balances.update(repository.lock_balances(unit.connection, [account_id]))
+            self._locked(repository.lock_balances(unit.connection, [account_id]))
         return self._balances[account_id]
 
+    def _locked(self, found: dict[str, tuple[Balances, int]]) -> None:
+        for account_id, (balances, version) in found.items():
+            self._balances[account_id] = balances
+            self._versions[account_id] = version
+
     def _save_balance(self, unit: Unit, account_id: str, balances: Balances) -> None:
-        repository.save_balances(unit.connection, account_id, balances)
+        version = repository.save_balances(unit.connection, account_id, balances)
         self._balances[account_id] = balances
+        self._versions[account_id] = version
+
+    def _announced(self, account_id: str, balances: Balances) -> common_pb2.Balance:
+        """The balance message of an event: the balances and the version they were saved as."""
+        return _balance_message(balances, self._versions[account_id])
 
     def _known_charge(self, unit: Unit, event: Event) -> tuple[bool, JobCharge | None]:
         """(usable, the job's charge). A job id that belongs to another account is not usable."""
@@ -190,7 +202,7 @@ class Billing:
             credits_pb2.CreditsApplied(
                 grant_id=grant.grant_id,
                 amount_millicredits=booked_grant(booking),
-                balance=_balance_message(balances),
+                balance=self._announced(account, balances),
             ),
             account_id=account,
         )
@@ -224,7 +236,7 @@ class Billing:
                 credits_pb2.CreditsReserved(
                     spec=spec,
                     amount_millicredits=decision.charge.amount,
-                    balance=_balance_message(balances),
+                    balance=self._announced(account, balances),
                 ),
                 account_id=account,
                 job_id=job_id,
@@ -236,7 +248,7 @@ class Billing:
                 credits_pb2.CreditsRejected(
                     spec=spec,
                     required_millicredits=price or 0,
-                    balance=_balance_message(balances),
+                    balance=self._announced(account, balances),
                 ),
                 account_id=account,
                 job_id=job_id,
@@ -247,7 +259,8 @@ class Billing:
             unit.emit(
                 "credits.captured",
                 credits_pb2.CreditsCaptured(
-                    amount_millicredits=decision.charge.amount, balance=_balance_message(balances)
+                    amount_millicredits=decision.charge.amount,
+                    balance=self._announced(account, balances),
                 ),
                 account_id=account,
                 job_id=job_id,
@@ -285,7 +298,7 @@ class Billing:
             unit.emit(
                 "credits.captured",
                 credits_pb2.CreditsCaptured(
-                    amount_millicredits=amount, balance=_balance_message(balances)
+                    amount_millicredits=amount, balance=self._announced(account, balances)
                 ),
                 account_id=account,
                 job_id=job_id,
@@ -295,7 +308,9 @@ class Billing:
             unit.emit(
                 "credits.released",
                 credits_pb2.CreditsReleased(
-                    amount_millicredits=amount, balance=_balance_message(balances), reason=end
+                    amount_millicredits=amount,
+                    balance=self._announced(account, balances),
+                    reason=end,
                 ),
                 account_id=account,
                 job_id=job_id,

@@ -28,7 +28,9 @@ _SAVE_BALANCES = (
         available_millicredits=bindparam("available"),
         reserved_millicredits=bindparam("reserved"),
         spent_millicredits=bindparam("spent"),
+        version=balances_table.c.version + 1,
     )
+    .returning(balances_table.c.version)
 )
 _ADD_TRANSACTION = (
     insert(transactions_table)
@@ -73,10 +75,13 @@ def _balances(row: object) -> Balances:
     )
 
 
-def lock_balances(connection: Connection, account_ids: Iterable[str]) -> dict[str, Balances]:
-    """The accounts' cached balances, their rows made when missing and locked until the
-    transaction ends (PostgreSQL: `FOR UPDATE`; SQLite: the writer holds the database's write
-    lock from BEGIN IMMEDIATE), so two decisions for one account never read the same balance."""
+def lock_balances(
+    connection: Connection, account_ids: Iterable[str]
+) -> dict[str, tuple[Balances, int]]:
+    """The accounts' cached balances and their versions, their rows made when missing and
+    locked until the transaction ends (PostgreSQL: `FOR UPDATE`; SQLite: the writer holds the
+    database's write lock from BEGIN IMMEDIATE), so two decisions for one account never read
+    the same balance."""
     wanted = sorted(set(account_ids))
     if not wanted:
         return {}
@@ -99,20 +104,23 @@ def lock_balances(connection: Connection, account_ids: Iterable[str]) -> dict[st
     query = select(balances_table).where(balances_table.c.account_id.in_(wanted))
     if postgres:  # in one order, so that two transactions locking accounts never deadlock
         query = query.order_by(balances_table.c.account_id).with_for_update()
-    return {row.account_id: _balances(row) for row in connection.execute(query)}
+    return {row.account_id: (_balances(row), int(row.version)) for row in connection.execute(query)}
 
 
-def save_balances(connection: Connection, account_id: str, balances: Balances) -> None:
-    """Write the account's new balances (its row is locked by `lock_balances`)."""
-    connection.execute(
-        _SAVE_BALANCES,
-        {
-            "b_account": account_id,
-            "granted": balances.granted,
-            "available": balances.available,
-            "reserved": balances.reserved,
-            "spent": balances.spent,
-        },
+def save_balances(connection: Connection, account_id: str, balances: Balances) -> int:
+    """Write the account's new balances (its row is locked by `lock_balances`); returns the
+    row's new version."""
+    return int(
+        connection.execute(
+            _SAVE_BALANCES,
+            {
+                "b_account": account_id,
+                "granted": balances.granted,
+                "available": balances.available,
+                "reserved": balances.reserved,
+                "spent": balances.spent,
+            },
+        ).scalar_one()
     )
 
 

@@ -101,3 +101,5 @@ class AccountBalance(Base):
     available_millicredits: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_millicredits: Mapped[int] = mapped_column(BigInteger, default=0)
     spent_millicredits: Mapped[int] = mapped_column(BigInteger, default=0)
+    # One more with every change of the row: the order of the balances billing announces.
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -75,6 +75,7 @@ _BALANCE_VALUES: dict[str, Any] = {
     "available_millicredits": bindparam("available"),
     "reserved_millicredits": bindparam("reserved"),
     "as_of": bindparam("as_of"),
+    "version": bindparam("version"),
 }
 _INSERT_BALANCE = insert(balances_table).values(account_id=bindparam("account"), **_BALANCE_VALUES)
 _UPDATE_BALANCE = (
@@ -128,6 +129,26 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+@dataclass(frozen=True)
+class Announced:
+    """A balance billing announced: the balances, when, and billing's version of them."""
+
+    available: int
+    reserved: int
+    as_of: datetime | None
+    version: int
+
+
+def supersedes(new: Announced, kept: Announced) -> bool:
+    """Whether an announcement replaces the one kept. By version when both have one (billing
+    adds one with every change of the account's balances); by time only for announcements
+    from before versions, since the events of one billing batch share their time and the
+    topics they come on are read in no particular order."""
+    if new.version and kept.version:
+        return new.version > kept.version
+    return kept.as_of is None or new.as_of is None or new.as_of >= kept.as_of
+
+
 def _changes(job: Job) -> tuple[Any, ...]:
     return tuple(getattr(job, name) for name in JOB_CHANGES)
 
@@ -139,8 +160,8 @@ class _Batch:
     unit: Unit
     jobs: dict[str, Job | None] = field(default_factory=dict)
     seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # as loaded
-    balances: dict[str, tuple[int, int, datetime] | None] = field(default_factory=dict)
-    balance_changes: dict[str, tuple[int, int, datetime]] = field(default_factory=dict)
+    balances: dict[str, Announced | None] = field(default_factory=dict)
+    balance_changes: dict[str, Announced] = field(default_factory=dict)
     feed: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[tuple[str, Attempt]] = field(default_factory=list)  # (account, attempt)
 
@@ -194,11 +215,13 @@ class ReadModel:
             return
         rows = batch.unit.connection.execute(_BALANCES, {"accounts": wanted})
         found = {
-            r.account_id: (r.available_millicredits, r.reserved_millicredits, _aware(r.as_of))
+            r.account_id: Announced(
+                r.available_millicredits, r.reserved_millicredits, _aware(r.as_of), r.version
+            )
             for r in rows
         }
         for account in wanted:
-            batch.balances[account] = cast(tuple[int, int, datetime] | None, found.get(account))
+            batch.balances[account] = found.get(account)
 
     def after_batch(self, unit: Unit) -> None:
         batch = self._for(unit)
@@ -230,12 +253,13 @@ class ReadModel:
         self._batch = None
 
     def _write_balances(self, connection: Connection, batch: _Batch) -> None:
-        for account, (available, reserved, as_of) in batch.balance_changes.items():
+        for account, announced in batch.balance_changes.items():
             values = {
                 "account": account,
-                "available": available,
-                "reserved": reserved,
-                "as_of": as_of,
+                "available": announced.available,
+                "reserved": announced.reserved,
+                "as_of": announced.as_of,
+                "version": announced.version,
             }
             known = batch.balances.get(account) is not None
             connection.execute(_UPDATE_BALANCE if known else _INSERT_BALANCE, values)
@@ -259,14 +283,13 @@ class ReadModel:
     ) -> None:
         if account_id not in batch.balances:
             self._load_balances(batch, {account_id})
-        current = batch.balance_changes.get(account_id) or batch.balances.get(account_id)
-        if current is not None and current[2] is not None and current[2] > as_of:
-            return  # an older announcement arriving late
-        batch.balance_changes[account_id] = (
-            balance.available_millicredits,
-            balance.reserved_millicredits,
-            as_of,
+        new = Announced(
+            balance.available_millicredits, balance.reserved_millicredits, as_of, balance.version
         )
+        kept = batch.balance_changes.get(account_id) or batch.balances.get(account_id)
+        if kept is not None and not supersedes(new, kept):
+            return  # an older announcement arriving late
+        batch.balance_changes[account_id] = new
 
     def handle_job_event(self, unit: Unit, event: Event) -> None:
         batch = self._for(unit)

@@ -107,6 +107,8 @@ class Balance(Base):
     available_millicredits: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_millicredits: Mapped[int] = mapped_column(BigInteger, default=0)
     as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Billing's version of the balance (0: announced before versions): the latest wins.
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Grant(Base):

@@ -100,6 +100,9 @@ async def test_too_few_credits_rejects_and_a_failure_refunds_once(
     assert (released.amount_millicredits, released.reason) == (5_000, "failed")
     assert released.balance.available_millicredits == 7_000
     assert released.balance.reserved_millicredits == 0
+    # Each change of the balances is one more version; a rejection changes nothing.
+    versions = [getattr(e.message, "balance").version for e in out]  # noqa: B009
+    assert versions == [1, 2, 2, 3]
     assert await bookings_by_job(sessions, job_1) == {"reserve": 1, "release": 1}
     assert await bookings_by_job(sessions, job_2) == {}
     await sound_ledger(sessions)
@@ -387,3 +390,24 @@ async def test_every_order_of_a_jobs_events_charges_at_most_once(
                   or expected_outcome(order, funded)[1].get("charge"))  # fmt: skip
     assert report.totals["spent"] == charged * IMAGE_PRICE
     assert report.totals["reserved"] == 0
+
+
+async def test_the_balances_of_one_batch_are_announced_with_rising_versions(
+    sessions: SessionFactory,
+) -> None:
+    """Billing's events of one batch share their time: the version orders them."""
+    billing = processor(sessions)
+    account = new_account()
+    jobs = [new_job() for _ in range(3)]
+    await billing.process_batch(
+        [grant(account, 12_000), *(submitted(account, job) for job in jobs)]
+    )
+    out = await emitted(sessions)
+    assert [e.type for e in out] == [
+        "credits.applied",
+        *["credits.reserved"] * 2,
+        "credits.rejected",
+    ]
+    balances_announced = [getattr(e.message, "balance") for e in out]  # noqa: B009
+    assert [b.version for b in balances_announced] == [1, 2, 3, 3]
+    assert [b.available_millicredits for b in balances_announced] == [12_000, 7_000, 2_000, 2_000]

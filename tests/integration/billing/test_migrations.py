@@ -47,7 +47,7 @@ async def test_the_migrations_build_exactly_the_models_tables(database_url: str)
         await upgrade_database(engine)
         await upgrade_database(engine)  # a second start finds nothing to do
         async with engine.connect() as connection:
-            assert await connection.run_sync(current_revision) == "0003"
+            assert await connection.run_sync(current_revision) == "0004"
             assert await connection.run_sync(schema_differences) == []
             tables = await connection.run_sync(lambda c: sa.inspect(c).get_table_names())
         assert {"inbox", "outbox", "ledger_transactions", "ledger_postings"} <= set(tables)
@@ -127,7 +127,7 @@ async def test_a_walking_skeleton_database_is_converted_to_double_entry(
             )
         await upgrade_database(engine)
         async with engine.connect() as connection:
-            assert await connection.run_sync(current_revision) == "0003"
+            assert await connection.run_sync(current_revision) == "0004"
             assert await connection.run_sync(schema_differences) == []
         report = await verify_ledger_async(database_url)
         assert report.ok, report.render()
