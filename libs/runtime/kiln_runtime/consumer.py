@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +113,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._busy = asyncio.Lock()  # held while a batch is handled; revocation waits for it
         self._positions: dict[TopicPartition, int | None] = {}
+        self._assigned_at: dict[TopicPartition, float] = {}  # wall-clock time, as aiokafka's
         self._to_commit: dict[TopicPartition, int] = {}
         # Assigned partitions whose deliveries came before their positions were read: where
         # to fetch them again from (see `_current`).
@@ -127,26 +127,27 @@ class EventConsumer:
     def topics(self) -> list[str]:
         return self._handlers.topics
 
-    def silent_s(self) -> float:
-        """Seconds since the broker last answered a fetch for the held partition heard from
-        least recently: 0 holding none, infinite before the first answer. aiokafka stamps a
+    def silent_partitions(self, limit_s: float) -> frozenset[int]:
+        """The partition numbers held whose broker has not answered a fetch for `limit_s`
+        seconds (counted from the assignment until the first answer). aiokafka stamps a
         partition at every fetch response, empty ones too (every `poll_timeout_ms` when idle),
-        so a large value means a broker away or a member far behind: what a timer that judges
-        others by the events they sent must not take for their silence."""
+        and fetches a partition again once what it returned is taken: a silent partition is a
+        broker away or a member far behind, which a timer that judges others by the events
+        they sent must not take for their silence."""
         consumer = self._consumer
         if consumer is None:
-            return 0.0
-        now_ms = time.time() * 1000
-        silent_ms = 0.0
+            return frozenset()
+        now = time.time()  # aiokafka's stamps are wall-clock time
+        silent: set[int] = set()
         for tp in list(self._positions):
             try:
-                stamp = consumer.last_poll_timestamp(tp)
+                stamp_ms = consumer.last_poll_timestamp(tp)
             except (AssertionError, AttributeError):  # revoked meanwhile
                 continue
-            if stamp is None:
-                return math.inf
-            silent_ms = max(silent_ms, now_ms - stamp)
-        return silent_ms / 1000
+            since = stamp_ms / 1000 if stamp_ms is not None else self._assigned_at.get(tp, now)
+            if now - since > limit_s:
+                silent.add(tp.partition)
+        return frozenset(silent)
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -213,6 +214,8 @@ class EventConsumer:
             log.info("%s: partitions revoked: %s", self._service, _names(revoked))
 
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # aiokafka starts every partition's fetch stamp afresh at each assignment
+        self._assigned_at = dict.fromkeys(assigned, time.time())
         # Until the positions are read, the partitions' deliveries cannot be placed: retried
         # (the database away) rather than left unknown, which aiokafka would only log.
         attempt = 0

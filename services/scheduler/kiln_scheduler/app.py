@@ -24,15 +24,28 @@ async def run_timer(
     runtime: ServiceRuntime, scheduler: Scheduler, interval_s: float, silence_s: float
 ) -> None:
     """Tick while this instance holds partitions; a failed tick reloads the queue. While the
-    consumer holds (a transient failure) or the broker is silent (an outage), the workers'
-    reports wait unread, so the lost-worker clocks start again."""
+    consumer holds (a transient failure) or the broker is silent on some partitions (an
+    outage), the workers' reports wait unread, so their lost-worker clocks start again."""
     consumer = runtime.consumer
+    quiet: frozenset[int] = frozenset()
     while True:
         if consumer is not None:
             await consumer.assigned.wait()
-            if consumer.holding or consumer.silent_s() > silence_s:
-                scheduler.watch_again()
         try:
+            if consumer is not None:
+                silent = consumer.silent_partitions(silence_s)
+                if silent - quiet:
+                    log.warning(
+                        "no fetch answered for %.1f s on partitions %s: their workers are "
+                        "not judged until it is",
+                        silence_s,
+                        sorted(silent),
+                    )
+                quiet = silent
+                if consumer.holding:
+                    scheduler.watch_again()
+                elif silent:
+                    scheduler.watch_again(silent)
             await runtime.write(scheduler.tick)
         except asyncio.CancelledError:
             raise

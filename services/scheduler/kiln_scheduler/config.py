@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kiln_runtime.settings import ServiceSettings
 
@@ -27,8 +27,9 @@ class SchedulerSettings(ServiceSettings):
     # fails such a job only this long after the deadline, when no answer came (a dead worker),
     # so that the job's end has one producer.
     deadline_grace_s: float = Field(default=30.0, ge=0)
-    # While the broker has not answered this instance's fetches for this long (an outage), the
-    # workers' reports cannot reach it: every lost-worker clock starts again once it has.
+    # While the broker has not answered this instance's fetches of a partition for this long
+    # (an outage), the workers' reports cannot reach it: the partition's lost-worker clocks
+    # start again once it has. Above the idle fetch's wait (`consumer_poll_timeout_ms`).
     broker_silence_s: float = Field(default=2.0, gt=0)
     # Waiting jobs say queue_reason "no_workers" when none of the pool's jobs in flight has
     # started and one has waited this long for a worker to start it.
@@ -41,3 +42,14 @@ class SchedulerSettings(ServiceSettings):
     # At most this many job.queued updates per pool each time the queue moves (front first;
     # the rest follow on later moves or ticks).
     queue_update_batch: int = Field(default=50, gt=0)
+
+    @model_validator(mode="after")
+    def _silence_outlasts_an_idle_fetch(self) -> "SchedulerSettings":
+        # An idle partition is answered once per fetch wait: a silence limit within two of them
+        # would find every idle partition silent and never judge a worker.
+        if self.broker_silence_s <= 2 * self.consumer_poll_timeout_ms / 1000:
+            raise ValueError(
+                "KILN_BROKER_SILENCE_S must be more than twice KILN_CONSUMER_POLL_TIMEOUT_MS "
+                f"({self.consumer_poll_timeout_ms} ms)"
+            )
+        return self

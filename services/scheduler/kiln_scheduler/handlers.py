@@ -157,12 +157,14 @@ class Scheduler:
         repository.recount_slots(connection)
         self._reload(connection)
 
-    def watch_again(self) -> None:
-        """The consumer is holding (a transient failure) or the broker silent (an outage): the
-        workers' reports wait unread, so count every lost-worker clock from now, as after a
-        restart."""
+    def watch_again(self, partitions: frozenset[int] | None = None) -> None:
+        """The consumer is holding (a transient failure) or the broker silent on `partitions`
+        (an outage): the workers' reports wait unread, so count the lost-worker clocks of
+        those partitions (None: all) from now, as after a restart."""
         now = self._clock()
-        self._watched_since = dict.fromkeys(self._watched_since, now)
+        for partition in self._watched_since:
+            if partitions is None or partition in partitions:
+                self._watched_since[partition] = now
 
     def _watch_from(self, partition: int, now: datetime) -> datetime:
         """Held already: since then. Back within a moment of giving it up (aiokafka revokes

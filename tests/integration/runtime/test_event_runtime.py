@@ -563,3 +563,42 @@ async def test_the_inbox_is_pruned_after_its_retention(
         assert await rows() == 0
     finally:
         await runtime.stop()
+
+
+async def test_a_partition_is_silent_only_while_the_broker_answers_no_fetch_of_it(
+    kafka: str, tmp_path: Path
+) -> None:
+    """`silent_partitions` (the scheduler's guard against taking a broker outage for silent
+    workers): a held idle partition is answered every poll, so none is silent, right after a
+    rebalance too (aiokafka's fetch stamps start afresh then); a limit shorter than one poll
+    finds them silent, so the stamps are what is read."""
+    db = tmp_path / "silence.db"
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    first = toy_runtime(settings_for(kafka, db, group), Toy())
+    second = toy_runtime(settings_for(kafka, db, group), Toy())
+    await first.start()
+    try:
+        consumer = first.consumer
+        assert consumer is not None
+        await asyncio.wait_for(consumer.assigned.wait(), 60)
+        assert consumer.partitions
+        for _ in range(10):
+            assert consumer.silent_partitions(1.0) == frozenset()
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
+        assert consumer.silent_partitions(0.0) == consumer.partitions
+        held = len(consumer.partitions)
+        await second.start()  # a rebalance: every partition revoked, some assigned back
+        other = second.consumer
+        assert other is not None
+        await wait_until(
+            lambda: consumer.assigned.is_set()
+            and other.assigned.is_set()
+            and bool(other.partitions)
+            and len(consumer.partitions) + len(other.partitions) == held
+        )
+        assert consumer.silent_partitions(1.0) == frozenset()
+        assert other.silent_partitions(1.0) == frozenset()
+    finally:
+        await second.stop()
+        await first.stop()

@@ -102,11 +102,12 @@ class Harness:
         finally:
             self._at = None
 
-    def watch_again(self, at: datetime) -> None:
-        """What the timer does while the consumer holds, at `at`."""
+    def watch_again(self, at: datetime, partitions: frozenset[int] | None = None) -> None:
+        """What the timer does while the consumer holds (or the broker is silent on
+        `partitions`), at `at`."""
         self._at = at
         try:
-            self.scheduler.watch_again()
+            self.scheduler.watch_again(partitions)
         finally:
             self._at = None
 

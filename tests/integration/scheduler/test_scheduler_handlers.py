@@ -251,6 +251,22 @@ async def test_a_hold_of_the_consumer_restarts_the_lost_worker_clock(
     assert (await h.row(job)).last_error_code == "WORKER_LOST"
 
 
+@pytest.mark.parametrize("silent", [frozenset({0}), frozenset({1})])
+async def test_a_silent_broker_restarts_the_clocks_of_its_silent_partitions_only(
+    sessions: SessionFactory, silent: frozenset[int]
+) -> None:
+    """The broker answered no fetch of `silent` for a while: the workers' reports on those
+    partitions wait unread, so their clocks count from then; other partitions keep theirs."""
+    h = Harness(sessions, settings())
+    job = await h.reserve("acct_a", deadline_s=3600)  # partition 0 of 1
+    await h.assign(frozenset({0}), 1, at=h.now)
+    quiet = h.now + timedelta(seconds=100)
+    h.watch_again(at=quiet, partitions=silent)
+    await h.tick(quiet + timedelta(seconds=29))
+    lost = (await h.row(job)).last_error_code == "WORKER_LOST"
+    assert lost == (0 not in silent)
+
+
 async def test_cancel_of_a_running_job_waits_for_the_worker(sessions: SessionFactory) -> None:
     h = Harness(sessions, settings())
     job = await h.reserve("acct_a")
