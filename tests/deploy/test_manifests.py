@@ -399,11 +399,13 @@ def _port_allowed(rule: dict[str, Any], number: int, names: dict[str, int]) -> b
 @overlays
 def test_the_console_health_view_reaches_every_component_it_names(overlay: str) -> None:
     """Each URL of the gateway's KILN_CONSOLE_HEALTH_URLS names a Service and port that exist,
-    and the network policies let the gateway's request out and into the component's pods."""
+    and the network policies let the gateway's request out and into the component's pods, and
+    no policy lets the gateway reach the model host."""
     manifests = render(overlay)
     gateway = named(manifests, "Deployment", "gateway")["spec"]["template"]
     urls = json.loads(literal_env(gateway["spec"]["containers"][0])["KILN_CONSOLE_HEALTH_URLS"])
-    assert set(urls) == {"billing", "scheduler", "inference", "notifier", "triton"}
+    # Not the model host: its HTTP port is Triton's whole API (model control included).
+    assert set(urls) == {"billing", "scheduler", "inference", "notifier"}
     policies = of_kind(manifests, "NetworkPolicy")
     gateway_labels = gateway["metadata"]["labels"]
     for component, url in urls.items():
@@ -431,7 +433,7 @@ def test_the_console_health_view_reaches_every_component_it_names(overlay: str) 
         number = names.get(str(target), target)
         assert number in names.values(), (component, target)
         labels = workload["spec"]["template"]["metadata"]["labels"]
-        assert path == ("/v2/health/ready" if component == "triton" else "/readyz"), url
+        assert path == "/readyz", url
         ingress = any(
             _labels_match(p["spec"]["podSelector"], labels)
             and any(
@@ -460,6 +462,17 @@ def test_the_console_health_view_reaches_every_component_it_names(overlay: str) 
         )
         assert ingress, f"no policy lets the gateway into {component}'s pods on {number}"
         assert egress, f"no policy lets the gateway out to {component}'s pods on {number}"
+    modelhost = named(manifests, "Deployment", "modelhost")["spec"]["template"]["metadata"]
+    assert not any(
+        _labels_match(p["spec"]["podSelector"], modelhost["labels"])
+        and any(
+            _labels_match(f["podSelector"], gateway_labels)
+            for rule in p["spec"].get("ingress", [])
+            for f in rule.get("from", [])
+            if "podSelector" in f
+        )
+        for p in policies
+    )
 
 
 # --- migrations ---------------------------------------------------------------------------------
