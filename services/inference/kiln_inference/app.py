@@ -58,11 +58,17 @@ def create_app(settings: InferenceSettings) -> FastAPI:
             settings.kafka_bootstrap,
             worker.holds,
             cancel,
+            held_since=worker.held_since,
             poll_timeout_ms=settings.consumer_poll_timeout_ms,
         )
+
+        async def watch_cancels() -> None:
+            await worker.loaded.wait()  # so that it reads back to the jobs an earlier life left
+            await watch.run()
+
         tasks = [
             asyncio.create_task(worker.run(), name="worker"),
-            asyncio.create_task(watch.run(), name="cancel-watch"),
+            asyncio.create_task(watch_cancels(), name="cancel-watch"),
         ]
         try:
             yield

@@ -115,7 +115,8 @@ class Inference:
     def handle_cancel_requested(self, unit: Unit, event: Event) -> None:
         repository.mark_canceled(unit.connection, event.job_id, unit.now)
         for item in repository.items_of_job(unit.connection, event.job_id):
-            repository.delete_item(unit.connection, item.id)
+            if not repository.delete_item(unit.connection, item.id):
+                continue  # another transaction deleted it first and said so
             emit_attempt_failed(
                 unit,
                 account_id=item.account_id,

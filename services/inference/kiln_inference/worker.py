@@ -137,6 +137,8 @@ class Worker:
         self._waiting: deque[WorkItemRow] = deque()
         self._known: set[str] = set()  # item ids running or waiting here
         self._crashes: dict[str, int] = {}
+        self._retrying: set[str] = set()  # job ids between a crashed run and its next start
+        self.loaded = asyncio.Event()  # what an earlier life left is running or waiting
         self._limits = FetchLimits(
             max_bytes=settings.input_image_max_bytes,
             max_pixels=settings.input_image_max_pixels,
@@ -153,6 +155,7 @@ class Worker:
         """Run what an earlier life left, then the heartbeat and the retention sweep."""
         for item in await self._runtime.read(repository.pending_items):
             self.start(item)
+        self.loaded.set()
         await asyncio.gather(self._heartbeat_loop(), self._sweep_loop())
 
     async def close(self) -> None:
@@ -172,7 +175,21 @@ class Worker:
 
     def holds(self, job_id: str) -> bool:
         """Whether an attempt of the job runs or waits here."""
-        return job_id in self._running or any(i.job_id == job_id for i in self._waiting)
+        return (
+            job_id in self._running
+            or job_id in self._retrying
+            or any(i.job_id == job_id for i in self._waiting)
+        )
+
+    def held_since(self) -> datetime | None:
+        """When the oldest job with an attempt here was created."""
+        created = [a.dispatch.spec.created_at for a in self._running.values()]
+        for item in self._waiting:
+            dispatch = jobs_pb2.JobDispatched()
+            dispatch.ParseFromString(item.dispatch)
+            created.append(dispatch.spec.created_at)
+        times = [c.ToDatetime(tzinfo=UTC) for c in created if c.seconds or c.nanos]
+        return min(times, default=None)
 
     def stop(self, job_id: str) -> None:
         """A cancel ended the job's attempt (its item is gone): stop the task if it runs.
@@ -225,14 +242,20 @@ class Worker:
             log.exception("attempt %s crashed (%d time(s))", item.id, crashes)
             if crashes < self._settings.max_local_crashes:
                 await asyncio.sleep(1.0)
-                self._done(attempt)
-                # Run again only what is still to run: an end whose commit went through
-                # before its error (the answer lost) left no item.
-                with contextlib.suppress(Exception):
-                    if not await self._runtime.read(lambda c: repository.item_exists(c, item.id)):
-                        self._crashes.pop(item.id, None)
-                        return
-                self.start(item)
+                self._retrying.add(item.job_id)  # still held meanwhile (a cancel finds it)
+                try:
+                    self._done(attempt)
+                    # Run again only what is still to run: an end whose commit went through
+                    # before its error (the answer lost) left no item.
+                    with contextlib.suppress(Exception):
+                        if not await self._runtime.read(
+                            lambda c: repository.item_exists(c, item.id)
+                        ):
+                            self._crashes.pop(item.id, None)
+                            return
+                    self.start(item)
+                finally:
+                    self._retrying.discard(item.job_id)
                 return
             self._crashes.pop(item.id, None)
             with contextlib.suppress(Exception):

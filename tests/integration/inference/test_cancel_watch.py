@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -99,3 +100,60 @@ async def test_a_failed_cancel_is_tried_again_while_the_job_is_held(kafka: str) 
         await send(kafka, [("acct_retry", encode(cancel("acct_retry", job)))])
         await asyncio.wait_for(handled.wait(), 30)
     assert tries == [job, job, job]
+
+
+async def test_a_cancel_sent_while_the_reader_was_down_is_read_back_to_the_oldest_held_job(
+    kafka: str,
+) -> None:
+    """A worker back from a restart still holds attempts whose partition moved meanwhile: the
+    reader starts at the creation of the oldest job it holds, not at the end."""
+    job = f"job_{uuid.uuid4().hex}"
+    created = datetime.now(UTC) - timedelta(seconds=5)
+    await send(kafka, [("acct_back", encode(cancel("acct_back", job)))])
+    handled = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        assert event.job_id == job
+        handled.set()
+
+    watch = CancelWatch(
+        kafka, lambda job_id: job_id == job, handle, held_since=lambda: created, poll_timeout_ms=100
+    )
+    async with watching(watch):
+        await asyncio.wait_for(handled.wait(), 30)
+    # Holding nothing, a reader starts at the end: the old cancel is not read again.
+    again: list[Event] = []
+
+    async def record(event: Event) -> None:
+        again.append(event)
+
+    fresh = CancelWatch(kafka, lambda job_id: job_id == job, record, poll_timeout_ms=100)
+    async with watching(fresh):
+        await asyncio.sleep(1.0)
+    assert again == []
+
+
+async def test_a_cancel_that_keeps_failing_holds_up_no_other(kafka: str) -> None:
+    stuck, other = f"job_{uuid.uuid4().hex}", f"job_{uuid.uuid4().hex}"
+    held = {stuck, other}
+    handled = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        if event.job_id == stuck:
+            raise RuntimeError("the database is away for this one")
+        held.discard(event.job_id)
+        handled.set()
+
+    watch = CancelWatch(
+        kafka, lambda job_id: job_id in held, handle, poll_timeout_ms=100, retry_s=0.05
+    )
+    async with watching(watch):
+        await send(
+            kafka,
+            [
+                ("acct_stuck", encode(cancel("acct_stuck", stuck))),
+                ("acct_other", encode(cancel("acct_other", other))),
+            ],
+        )
+        await asyncio.wait_for(handled.wait(), 30)
+    assert held == {stuck}
