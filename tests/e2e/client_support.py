@@ -67,9 +67,11 @@ def wait_for_balance(env: dict[str, str], key: str, credits: str, timeout_s: flo
         base_url=env["KILN_API_URL"], headers={"Authorization": f"Bearer {key}"}, timeout=30
     ) as api:
         while time.monotonic() < deadline:
-            balance = api.get("/usage").json()["data"]["balance"]
-            if Decimal(balance) == Decimal(credits):
-                return
+            answer = api.get("/usage")
+            if answer.status_code == 200:
+                balance = answer.json()["data"]["balance"]
+                if Decimal(balance) == Decimal(credits):
+                    return
             time.sleep(0.2)
     raise AssertionError(f"the grant of {credits} credits not booked: balance {balance}")
 

@@ -114,7 +114,8 @@ def test_a_broker_outage_longer_than_the_heartbeat_timeout_loses_no_worker(
     heartbeat_timeout_s = float(STACK_ENV["KILN_WORKER_HEARTBEAT_TIMEOUT_S"])
     with api(loss_stack) as client:
         lost_before = workers_lost(loss_stack)
-        job_id = submit(client, delay_s=20)
+        # Longer than the outage: the worker's heartbeats resume once the broker is back.
+        job_id = submit(client, delay_s=45)
         wait_status(client, job_id, {"running"}, 30)
         # Down three heartbeat timeouts, plus the broker's stop and start.
         loss_stack.local.restart_kafka(down_s=3 * heartbeat_timeout_s)
