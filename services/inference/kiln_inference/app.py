@@ -22,6 +22,8 @@ from kiln_runtime.catalog import load_catalog
 from kiln_runtime.http import serve, service_app
 from kiln_runtime.service import ServiceRuntime
 
+CANCEL_FETCH_WAIT_MS = 1000
+
 
 def create_app(settings: InferenceSettings) -> FastAPI:
     catalog = load_catalog(settings.catalog_file)
@@ -59,7 +61,9 @@ def create_app(settings: InferenceSettings) -> FastAPI:
             worker.holds,
             cancel,
             held_since=worker.held_since,
-            poll_timeout_ms=settings.consumer_poll_timeout_ms,
+            # A fetch returns as soon as a cancel arrives; the wait only spaces idle fetches
+            # (at 200 ms, Kafka spent about 2.5 % of a core answering one idle reader).
+            poll_timeout_ms=CANCEL_FETCH_WAIT_MS,
         )
 
         async def watch_cancels() -> None:
