@@ -53,9 +53,7 @@ def read_events(bootstrap: str, topics: Iterable[str], timeout_s: float = 60.0) 
     return asyncio.run(_read(bootstrap, list(topics), timeout_s))
 
 
-def distinct_events(
-    bootstrap: str, topics: Iterable[str], timeout_s: float = 60.0
-) -> list[Event]:
+def distinct_events(bootstrap: str, topics: Iterable[str], timeout_s: float = 60.0) -> list[Event]:
     """Every event of `topics` once (a copy with an event id seen before is dropped)."""
     seen: set[str] = set()
     out = []

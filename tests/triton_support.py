@@ -66,8 +66,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     """A test's server is thrown away: killed with its process group (start_new_session:
     tritonserver and the stubs go with it), not stopped; a Triton stop waits for every model
     instance to unload, which after a test's load took up to its 30 s exit timeout."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError):  # the group too if its leader is gone
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=STOP_TIMEOUT_S)

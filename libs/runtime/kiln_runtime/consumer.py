@@ -132,8 +132,8 @@ class EventConsumer:
         seconds (counted from the assignment until the first answer). aiokafka stamps a
         partition at every fetch response, empty ones too (every `poll_timeout_ms` when idle),
         and fetches a partition again once what it returned is taken: a silent partition is a
-        broker away or a member far behind, which a timer that judges others by the events
-        they sent must not take for their silence."""
+        broker away, or records fetched and not yet taken, which a timer that judges others by
+        the events they sent must not take for their silence."""
         consumer = self._consumer
         if consumer is None:
             return frozenset()

@@ -141,11 +141,14 @@ class Announced:
 
 def supersedes(new: Announced, kept: Announced) -> bool:
     """Whether an announcement replaces the one kept. By version when both have one (billing
-    adds one with every change of the account's balances); by time only for announcements
-    from before versions, since the events of one billing batch share their time and the
-    topics they come on are read in no particular order."""
+    adds one with every change of the account's balances); a versioned one always replaces one
+    from before versions (0) and never yields to it, whatever the clocks say; by time only
+    between two without a version. Time alone cannot order them: the events of one billing
+    batch share their time, and their topics are read in no particular order."""
     if new.version and kept.version:
         return new.version > kept.version
+    if new.version or kept.version:
+        return bool(new.version)
     return kept.as_of is None or new.as_of is None or new.as_of >= kept.as_of
 
 

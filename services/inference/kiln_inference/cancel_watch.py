@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TOPIC = "job.cancel_requested"
 ASSIGNMENT_WARNING_S = 30.0
+CLOCK_MARGIN_S = 120.0
 
 
 def cancels_to_handle(events: list[Event], holds: Callable[[str], bool]) -> list[Event]:
@@ -124,7 +125,9 @@ class CancelWatch:
         partitions = consumer.assignment()
         since = self._held_since()
         if since is not None:
-            at_ms = int(since.timestamp() * 1000)
+            # A job's creation and its cancel's record are stamped by different machines'
+            # clocks: start a margin earlier (what is read needlessly is dropped by `holds`).
+            at_ms = int((since.timestamp() - CLOCK_MARGIN_S) * 1000)
             found = await consumer.offsets_for_times(dict.fromkeys(partitions, at_ms))
             for tp, hit in found.items():
                 if hit is not None:  # else nothing since: the end (auto_offset_reset)

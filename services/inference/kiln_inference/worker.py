@@ -153,9 +153,11 @@ class Worker:
 
     async def run(self) -> None:
         """Run what an earlier life left, then the heartbeat and the retention sweep."""
-        for item in await self._runtime.read(repository.pending_items):
-            self.start(item)
-        self.loaded.set()
+        try:
+            for item in await self._runtime.read(repository.pending_items):
+                self.start(item)
+        finally:
+            self.loaded.set()  # the cancel reader waits for this, failed or not
         await asyncio.gather(self._heartbeat_loop(), self._sweep_loop())
 
     async def close(self) -> None:

@@ -29,7 +29,7 @@ class SchedulerSettings(ServiceSettings):
     deadline_grace_s: float = Field(default=30.0, ge=0)
     # While the broker has not answered this instance's fetches of a partition for this long
     # (an outage), the workers' reports cannot reach it: the partition's lost-worker clocks
-    # start again once it has. Above the idle fetch's wait (`consumer_poll_timeout_ms`).
+    # start again once it has. More than twice the idle fetch's wait (`consumer_poll_timeout_ms`).
     broker_silence_s: float = Field(default=2.0, gt=0)
     # Waiting jobs say queue_reason "no_workers" when none of the pool's jobs in flight has
     # started and one has waited this long for a worker to start it.

@@ -67,7 +67,9 @@ def test_the_highest_version_wins_and_time_decides_only_without_versions() -> No
     # Without versions (announced before them): the later time, ties to the newcomer.
     assert supersedes(Announced(2, 2, T, 0), Announced(1, 1, T, 0))
     assert not supersedes(Announced(2, 2, T, 0), Announced(1, 1, T + timedelta(seconds=1), 0))
-    assert supersedes(Announced(2, 2, T, 5), Announced(1, 1, T, 0))
+    # A versioned announcement replaces one from before versions, and never yields to one.
+    assert supersedes(Announced(2, 2, T - timedelta(seconds=5), 5), Announced(1, 1, T, 0))
+    assert not supersedes(Announced(1, 1, T + timedelta(seconds=5), 0), Announced(2, 2, T, 5))
 
 
 @pytest.mark.parametrize("one_batch", [False, True])

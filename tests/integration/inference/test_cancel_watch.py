@@ -148,11 +148,12 @@ async def test_a_cancel_that_keeps_failing_holds_up_no_other(kafka: str) -> None
         kafka, lambda job_id: job_id in held, handle, poll_timeout_ms=100, retry_s=0.05
     )
     async with watching(watch):
+        # One account, so one partition: the stuck cancel comes first.
         await send(
             kafka,
             [
                 ("acct_stuck", encode(cancel("acct_stuck", stuck))),
-                ("acct_other", encode(cancel("acct_other", other))),
+                ("acct_stuck", encode(cancel("acct_stuck", other))),
             ],
         )
         await asyncio.wait_for(handled.wait(), 30)

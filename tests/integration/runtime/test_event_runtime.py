@@ -583,7 +583,7 @@ async def test_a_partition_is_silent_only_while_the_broker_answers_no_fetch_of_i
         await asyncio.wait_for(consumer.assigned.wait(), 60)
         assert consumer.partitions
         for _ in range(10):
-            assert consumer.silent_partitions(1.0) == frozenset()
+            assert consumer.silent_partitions(3.0) == frozenset()
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.1)
         assert consumer.silent_partitions(0.0) == consumer.partitions
@@ -592,13 +592,15 @@ async def test_a_partition_is_silent_only_while_the_broker_answers_no_fetch_of_i
         other = second.consumer
         assert other is not None
         await wait_until(
-            lambda: consumer.assigned.is_set()
-            and other.assigned.is_set()
-            and bool(other.partitions)
-            and len(consumer.partitions) + len(other.partitions) == held
+            lambda: (
+                consumer.assigned.is_set()
+                and other.assigned.is_set()
+                and bool(other.partitions)
+                and len(consumer.partitions) + len(other.partitions) == held
+            )
         )
-        assert consumer.silent_partitions(1.0) == frozenset()
-        assert other.silent_partitions(1.0) == frozenset()
+        assert consumer.silent_partitions(3.0) == frozenset()
+        assert other.silent_partitions(3.0) == frozenset()
     finally:
         await second.stop()
         await first.stop()
