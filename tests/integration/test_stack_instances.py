@@ -85,6 +85,21 @@ def wait_final(api: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[s
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
+def submit(api: httpx.Client, prompt: str, delay_s: float) -> str:
+    """A sandbox image job; its id."""
+    created = api.post(
+        "/jobs",
+        json={
+            "model": "kiln/prompt-to-image",
+            "input": {"prompt": prompt},
+            "sandbox": {"delay_s": delay_s},
+        },
+    )
+    assert created.status_code == 202, created.text
+    job_id: str = created.json()["data"]["id"]
+    return job_id
+
+
 def wait_status(api: httpx.Client, job_id: str, wanted: set[str], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     status = ""
@@ -191,16 +206,7 @@ def test_two_inference_workers_and_two_billing_processes_share_the_work() -> Non
             submitted: list[tuple[httpx.Client, str]] = []
             for n in range(JOBS):
                 api = clients[n % len(clients)]
-                created = api.post(
-                    "/jobs",
-                    json={
-                        "model": "kiln/prompt-to-image",
-                        "input": {"prompt": f"scaled {n}"},
-                        "sandbox": {"delay_s": 0},
-                    },
-                )
-                assert created.status_code == 202, created.text
-                submitted.append((api, created.json()["data"]["id"]))
+                submitted.append((api, submit(api, f"scaled {n}", delay_s=0)))
             finals = [wait_final(api, job_id) for api, job_id in submitted]
             assert [job["status"] for job in finals] == ["completed"] * JOBS, finals
             log(f"{JOBS} jobs completed")
@@ -223,33 +229,14 @@ def test_two_inference_workers_and_two_billing_processes_share_the_work() -> Non
             assert local.service_port("inference", 2) is not None  # kept for a later scale-up
             wait_group(local.kafka_bootstrap, "inference", 1)
             api = clients[0]
-            created = api.post(
-                "/jobs",
-                json={
-                    "model": "kiln/prompt-to-image",
-                    "input": {"prompt": "after scaling down"},
-                    "sandbox": {"delay_s": 0},
-                },
-            )
-            assert created.status_code == 202, created.text
-            assert wait_final(api, created.json()["data"]["id"])["status"] == "completed"
+            assert wait_final(api, submit(api, "after scaling down", 0))["status"] == "completed"
             log("a job completed on the one worker left")
 
             # Partitions move away from a worker while its attempts run (scaling up): each
             # job's cancel reaches whichever worker reads its partition now, and the worker
             # that runs the attempt still ends it.
-            long_jobs: list[tuple[httpx.Client, str]] = []
-            for api in clients:  # one account per partition, all on the one worker
-                created = api.post(
-                    "/jobs",
-                    json={
-                        "model": "kiln/prompt-to-image",
-                        "input": {"prompt": "canceled after a move"},
-                        "sandbox": {"delay_s": 300},
-                    },
-                )
-                assert created.status_code == 202, created.text
-                long_jobs.append((api, created.json()["data"]["id"]))
+            # one account per partition, all on the one worker
+            long_jobs = [(api, submit(api, "canceled after a move", 300)) for api in clients]
             for api, job_id in long_jobs:
                 wait_status(api, job_id, {"running"})
             started, stopped = local.scale("inference", 2)

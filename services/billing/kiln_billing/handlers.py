@@ -47,12 +47,6 @@ JobEndMessage = jobs_pb2.JobCompleted | jobs_pb2.JobFailed | jobs_pb2.JobCancele
 UNKNOWN = object()
 
 
-def _balance_message(b: Balances, version: int) -> common_pb2.Balance:
-    return common_pb2.Balance(
-        available_millicredits=b.available, reserved_millicredits=b.reserved, version=version
-    )
-
-
 def _catalog_price(catalog: Catalog, spec: common_pb2.JobSpec) -> int | None:
     """The catalog's price of the job now, options included; None for an unknown model."""
     try:
@@ -71,8 +65,7 @@ class Billing:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._unit: Unit | None = None
-        self._balances: dict[str, Balances] = {}
-        self._versions: dict[str, int] = {}
+        self._balances: dict[str, tuple[Balances, int]] = {}  # with their version
         self._charges: dict[str, tuple[str, JobCharge] | None] = {}
 
     def handlers(self) -> EventHandlers:
@@ -93,12 +86,13 @@ class Billing:
         if self._unit is not unit:  # a new transaction: forget the last one's reads
             self._unit = unit
             self._balances = {}
-            self._versions = {}
             self._charges = {}
 
     def before_batch(self, unit: Unit, events: Sequence[Event]) -> None:
         self._fresh(unit)
-        self._locked(repository.lock_balances(unit.connection, {e.account_id for e in events}))
+        self._balances.update(
+            repository.lock_balances(unit.connection, {e.account_id for e in events})
+        )
         job_ids = {e.job_id for e in events if e.job_id}
         known = repository.job_charges(unit.connection, job_ids)
         for job_id in job_ids:
@@ -107,22 +101,20 @@ class Billing:
     def _balance(self, unit: Unit, account_id: str) -> Balances:
         self._fresh(unit)
         if account_id not in self._balances:
-            self._locked(repository.lock_balances(unit.connection, [account_id]))
-        return self._balances[account_id]
-
-    def _locked(self, found: dict[str, tuple[Balances, int]]) -> None:
-        for account_id, (balances, version) in found.items():
-            self._balances[account_id] = balances
-            self._versions[account_id] = version
+            self._balances.update(repository.lock_balances(unit.connection, [account_id]))
+        return self._balances[account_id][0]
 
     def _save_balance(self, unit: Unit, account_id: str, balances: Balances) -> None:
         version = repository.save_balances(unit.connection, account_id, balances)
-        self._balances[account_id] = balances
-        self._versions[account_id] = version
+        self._balances[account_id] = (balances, version)
 
     def _announced(self, account_id: str, balances: Balances) -> common_pb2.Balance:
         """The balance message of an event: the balances and the version they were saved as."""
-        return _balance_message(balances, self._versions[account_id])
+        return common_pb2.Balance(
+            available_millicredits=balances.available,
+            reserved_millicredits=balances.reserved,
+            version=self._balances[account_id][1],
+        )
 
     def _known_charge(self, unit: Unit, event: Event) -> tuple[bool, JobCharge | None]:
         """(usable, the job's charge). A job id that belongs to another account is not usable."""

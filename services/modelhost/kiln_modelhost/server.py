@@ -233,7 +233,7 @@ STUB_STOP_CHECK_S = 0.2
 _PYTRITON_STOP_CHECK = b"flag_check_interval_s = 1.0"
 
 
-def lengthen_handshake_wait() -> None:
+def patch_stub_code() -> None:
     """Make the stub code PyTriton sends to Triton wait HANDSHAKE_WAIT_S for the handshake
     socket, try a refused connect again within that wait, and look for a stop every
     STUB_STOP_CHECK_S. The stub's files are sent as bytes with each model's load request
@@ -242,7 +242,7 @@ def lengthen_handshake_wait() -> None:
     from pytriton.models.model import Model
 
     original = Model.get_proxy_model_files
-    if getattr(original, "_kiln_wait", False):
+    if getattr(original, "_kiln_patched", False):
         return
     wanted = _PYTRITON_WAIT.replace(b"1.0)", f"{HANDSHAKE_WAIT_S})".encode())
     stop_check = _PYTRITON_STOP_CHECK.replace(b"1.0", str(STUB_STOP_CHECK_S).encode())
@@ -264,7 +264,7 @@ def lengthen_handshake_wait() -> None:
                 files[name] = content
         return files
 
-    get_proxy_model_files._kiln_wait = True  # type: ignore[attr-defined]
+    get_proxy_model_files._kiln_patched = True  # type: ignore[attr-defined]
     Model.get_proxy_model_files = get_proxy_model_files
 
 
@@ -276,7 +276,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(options: ServerOptions) -> None:
     """Start Triton with the reference models and serve until SIGINT or SIGTERM."""
     use_own_libpython()
-    lengthen_handshake_wait()
+    patch_stub_code()
     from pytriton.triton import Triton, TritonConfig
 
     if not speech.espeak_available():

@@ -1,9 +1,9 @@
 """The stub code sent to Triton waits long enough for the first instance's handshake socket and
-looks for a stop often (kiln_modelhost.server.lengthen_handshake_wait)."""
+looks for a stop often (kiln_modelhost.server.patch_stub_code)."""
 
 from types import SimpleNamespace
 
-from kiln_modelhost.server import HANDSHAKE_WAIT_S, STUB_STOP_CHECK_S, lengthen_handshake_wait
+from kiln_modelhost.server import HANDSHAKE_WAIT_S, STUB_STOP_CHECK_S, patch_stub_code
 
 
 def test_the_stub_waits_for_the_handshake_socket() -> None:
@@ -11,8 +11,8 @@ def test_the_stub_waits_for_the_handshake_socket() -> None:
 
     fake_model = SimpleNamespace(SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY, model_version=1)
     before = Model.get_proxy_model_files(fake_model)
-    lengthen_handshake_wait()
-    lengthen_handshake_wait()  # twice changes nothing more
+    patch_stub_code()
+    patch_stub_code()  # twice changes nothing more
     after = Model.get_proxy_model_files(fake_model)
     source = after["file:1/communication.py"].decode()
     assert f"timeout_s: float = {HANDSHAKE_WAIT_S})" in source
