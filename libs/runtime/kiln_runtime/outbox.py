@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +32,7 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-from sqlalchemy import Connection, delete, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Delete, Table, bindparam, delete, func, or_, select, update
 
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
@@ -46,11 +47,20 @@ log = logging.getLogger(__name__)
 AckedRow = tuple[int, str]
 
 
+@functools.cache
+def _delete_acked_statement(outbox: Table) -> Delete:
+    # Built once per table: constructing a tuple IN per batch cost more than running it.
+    return delete(outbox).where(
+        outbox.c.id == bindparam("row_id"), outbox.c.event_id == bindparam("row_event")
+    )
+
+
 def delete_acked(connection: Connection, tables: MessagingTables, rows: Sequence[AckedRow]) -> None:
     if rows:
-        outbox = tables.outbox
+        arguments = [{"row_id": row_id, "row_event": event_id} for row_id, event_id in rows]
         connection.execute(
-            delete(outbox).where(tuple_(outbox.c.id, outbox.c.event_id).in_(list(rows)))
+            _delete_acked_statement(tables.outbox),
+            arguments[0] if len(arguments) == 1 else arguments,
         )
 
 

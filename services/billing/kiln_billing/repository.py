@@ -61,6 +61,21 @@ _UPDATE_CHARGE = (
     )
 )
 _INSERT_CHARGE = insert(reservations_table)
+_CHARGES = select(reservations_table).where(
+    reservations_table.c.job_id.in_(bindparam("job_ids", expanding=True))
+)
+_BALANCES = select(balances_table).where(
+    balances_table.c.account_id.in_(bindparam("accounts", expanding=True))
+)
+# PostgreSQL locks the rows, in one order, so that two transactions locking accounts never
+# deadlock (on SQLite the writer holds the database's write lock from BEGIN IMMEDIATE).
+_BALANCES_FOR_UPDATE = _BALANCES.order_by(balances_table.c.account_id).with_for_update()
+_NEW_BALANCES = {
+    dialect: upsert_insert(dialect)(balances_table).on_conflict_do_nothing(
+        index_elements=["account_id"]
+    )
+    for dialect in ("sqlite", "postgresql")
+}
 
 
 # ------------------------------------------------------------------------------ balances
@@ -85,11 +100,9 @@ def lock_balances(
     wanted = sorted(set(account_ids))
     if not wanted:
         return {}
-    postgres = connection.dialect.name == "postgresql"
+    dialect = connection.dialect.name
     connection.execute(
-        upsert_insert(connection.dialect.name)(balances_table).on_conflict_do_nothing(
-            index_elements=["account_id"]
-        ),
+        _NEW_BALANCES[dialect],
         [
             {
                 "account_id": a,
@@ -101,10 +114,9 @@ def lock_balances(
             for a in wanted
         ],
     )
-    query = select(balances_table).where(balances_table.c.account_id.in_(wanted))
-    if postgres:  # in one order, so that two transactions locking accounts never deadlock
-        query = query.order_by(balances_table.c.account_id).with_for_update()
-    return {row.account_id: (_balances(row), int(row.version)) for row in connection.execute(query)}
+    query = _BALANCES_FOR_UPDATE if dialect == "postgresql" else _BALANCES
+    rows = connection.execute(query, {"accounts": wanted})
+    return {row.account_id: (_balances(row), int(row.version)) for row in rows}
 
 
 def save_balances(connection: Connection, account_id: str, balances: Balances) -> int:
@@ -277,9 +289,7 @@ def job_charges(connection: Connection, job_ids: Iterable[str]) -> dict[str, tup
     wanted = sorted(set(job_ids))
     if not wanted:
         return {}
-    rows = connection.execute(
-        select(reservations_table).where(reservations_table.c.job_id.in_(wanted))
-    )
+    rows = connection.execute(_CHARGES, {"job_ids": wanted})
     return {row.job_id: (row.account_id, _charge(row)) for row in rows}
 
 

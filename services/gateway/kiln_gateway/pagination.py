@@ -26,7 +26,7 @@ class PageRequest:
         return (self.page - 1) * self.per_page
 
 
-def page_request(
+async def page_request(
     page: int = Query(default=1, ge=1, le=MAX_PAGE),
     per_page: int = Query(default=DEFAULT_PER_PAGE, ge=1, le=MAX_PER_PAGE),
 ) -> PageRequest:
