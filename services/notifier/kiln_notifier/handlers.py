@@ -9,6 +9,7 @@ transaction, no poll); otherwise they are written due and the sender claims them
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -156,6 +157,19 @@ class Notifier:
             now=unit.now,
             claim_until=self._claim_until(unit),
         )
+        # The first attempts go right after the commit: their secrets are read here, in the
+        # batch's transaction, rather than in a read transaction of their own per delivery.
+        claims = [
+            dataclasses.replace(
+                c,
+                secret=repository.signing_secret(
+                    unit.connection, self.tables, account_id=c.account_id, endpoint_id=c.endpoint_id
+                ),
+            )
+            if c.claimed
+            else c
+            for c in claims
+        ]
         self._send_after_commit(unit, claims)
 
     def handle_redelivery_requested(self, unit: Unit, event: Event) -> None:

@@ -296,6 +296,9 @@ class ClaimedDelivery:
     attempt_base: int = 0
     created_at: datetime | None = None
     claimed: bool = True  # this process holds its lease (False: it waits to be claimed)
+    # The signing secret as the claiming transaction read it, for an attempt sent right after
+    # that commit (None: the attempt reads it itself, as a retry later must).
+    secret: SecretLookup | None = None
 
     @property
     def schedule_attempt(self) -> int:

@@ -355,11 +355,13 @@ class WebhookSender:
     async def deliver(self, claim: ClaimedDelivery) -> AttemptOutcome | None:
         """One attempt of a claimed delivery, recorded. None if someone else recorded it."""
         tables = self._tables
-        lookup = await self._runtime.read(
-            lambda c: repository.signing_secret(
-                c, tables, account_id=claim.account_id, endpoint_id=claim.endpoint_id
+        lookup = claim.secret
+        if lookup is None:
+            lookup = await self._runtime.read(
+                lambda c: repository.signing_secret(
+                    c, tables, account_id=claim.account_id, endpoint_id=claim.endpoint_id
+                )
             )
-        )
         attempted_at = self._clock()
         if lookup.disabled:
             # After a 410 Gone, or by the account (the console's "Disable").

@@ -8,6 +8,7 @@ import base64
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,7 +17,9 @@ from standardwebhooks import Webhook
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
+from kiln_notifier import repository
 from kiln_notifier.tables import DELIVERED, FAILED
+from kiln_runtime.db import WRITE_INTENT
 from tests.integration.notifier.conftest import (
     ACCOUNT,
     DEFAULT_SECRET,
@@ -363,3 +366,42 @@ async def test_a_recorded_delivery_is_sent_at_once_not_at_the_next_poll(
     await notifier.run_until(sent, timeout_s=15, sender=sender)
     await feeding
     assert len(hook.got()) == 1
+
+
+async def test_a_first_attempt_signs_with_the_secret_its_batch_read_and_a_retry_reads_it_again(
+    notifier: Notifier, receiver: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handler reads the secret inside the batch's transaction, so the attempt sent right
+    # after the commit needs no read transaction of its own; a retry reads the secret again and
+    # signs with what is current then (here: the account's default secret, rotated meanwhile).
+    lookups: list[bool] = []  # per lookup: whether it ran in a write (the batch's) transaction
+    signing_secret = repository.signing_secret
+
+    def counted(connection: Any, *args: Any, **kwargs: Any) -> repository.SecretLookup:
+        lookups.append(bool(connection.info.get(WRITE_INTENT)))
+        return signing_secret(connection, *args, **kwargs)
+
+    monkeypatch.setattr(repository, "signing_secret", counted)
+    sender = notifier.sender(notifier.settings.model_copy(update={"retry_schedule_s": [1.0]}))
+    hook = receiver(500, 204)
+    rotated = "whsec_" + base64.b64encode(b"\x09" * 32).decode()
+
+    async def complete_then_rotate() -> None:
+        await notifier.feed(job_event("job.completed", job_id(), hook.url))
+        for _ in range(500):  # up to 10 s for the first attempt
+            if hook.got():
+                break
+            await asyncio.sleep(0.02)
+        assert lookups == [True]
+        await notifier.feed(endpoint_event(f"default_{ACCOUNT}", secret=rotated, is_default=True))
+
+    async def delivered() -> bool:
+        return any(d.status == DELIVERED for d in await notifier.deliveries())
+
+    feeding = asyncio.create_task(complete_then_rotate())
+    await notifier.run_until(delivered, sender=sender)
+    await feeding
+    first, second = hook.got()
+    Webhook(DEFAULT_SECRET).verify(first.body, first.headers)
+    Webhook(rotated).verify(second.body, second.headers)
+    assert lookups == [True, False]
