@@ -87,7 +87,9 @@ class KilnBenchStack:
         self.accounts = self._make_accounts(self.accounts_wanted)
 
     def down(self) -> None:
-        self.local.down()
+        # The bench's stacks are thrown away: killed at once, not shut down (Triton alone takes
+        # its whole 15 s grace to unload the sandbox's instances). The logs stay in the folder.
+        self.local.down(discard=True)
 
     def _make_accounts(self, count: int) -> list[BenchAccount]:
         headers = {"Authorization": f"Bearer {self.admin_token}"}

@@ -55,7 +55,7 @@ def triton_grpc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        stack.down()
+        stack.down(discard=True)
 
 
 def sandbox_ready(url: str) -> bool:

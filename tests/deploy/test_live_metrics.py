@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import re
 import threading
 import time
@@ -89,7 +90,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
         yield stack, prometheus
     finally:
         prometheus.stop()
-        stack.down()
+        stack.down(discard=not os.environ.get("KILN_KEEP_STACK"))
 
 
 def wait_job(client: httpx.Client, key: str, job_id: str, timeout_s: float = 180.0) -> str:

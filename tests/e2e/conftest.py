@@ -113,7 +113,7 @@ def local_stack(
         local.up()
         yield local
     finally:
-        local.down()
+        local.down(discard=not os.environ.get("KILN_KEEP_STACK"))
 
 
 # What billing's crash test (test_billing_crash.py) asks of a stack: the gateway waits for
