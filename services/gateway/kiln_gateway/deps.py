@@ -81,10 +81,15 @@ async def current_caller(
 
 
 async def rate_limited_caller(
-    request: Request, state: StateDep, caller: Annotated[Caller, Depends(current_caller)]
+    request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
     """The caller, once this request is counted against its key's rate limit (429 when over;
-    the X-RateLimit-* headers go on the response either way)."""
+    the X-RateLimit-* headers go on the response either way).
+
+    One dependency, not one on `current_caller` and `get_state`: FastAPI works out each
+    sub-dependency again for every request, which cost more than checking the key."""
+    state = await get_state(request)
+    caller = await current_caller(state, authorization)
     await limit_api_key(request, state.settings, state.rate_limiter, caller.key)
     return caller
 

@@ -52,7 +52,7 @@ SECURITY_ERRORS = {"apiKey": (401, 403, 429), "sessionToken": (401, 403), "admin
 # The dependencies (in deps.py) that ask for each kind; looked up by name so that a dependency
 # not written yet simply does not count.
 _SECURITY_DEPENDENCIES = {
-    "apiKey": ("current_caller",),
+    "apiKey": ("current_caller", "rate_limited_caller"),
     "sessionToken": ("current_account_from_session", "current_session_account"),
     "adminToken": ("require_admin",),
 }
