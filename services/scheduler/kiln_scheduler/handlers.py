@@ -11,7 +11,6 @@ with other instances (a counter row, moved in the same transaction).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -92,8 +91,6 @@ class Scheduler:
         self._watched_since: dict[int, datetime] = {}
         self._given_up: dict[int, tuple[datetime, datetime]] = {}
         self.queue = QueueIndex()
-        # This instance in the partitions' owner table (tables.PartitionOwner).
-        self.member = f"scheduler-{uuid.uuid4().hex[:16]}"
         self.means: dict[str, float | None] = {}
         self._partitions: frozenset[int] | None = None  # None: every partition (tests)
         self._partition_count = 1
@@ -157,27 +154,7 @@ class Scheduler:
                 self._given_up[p] = (since, now)
         self._watched_since = {p: self._watch_from(p, now) for p in partitions}
         self._partitions, self._partition_count = partitions, max(count, 1)
-        repository.claim_partitions(connection, partitions, self.member, now)
         repository.recount_slots(connection)
-        self._reload(connection)
-
-    def _leave_taken(self, connection: Connection) -> None:
-        """Give up the partitions another instance claimed since this one got them: this one
-        was cut off from the group (a broker outage, a long pause) and the group gave them to
-        another, which judges their jobs now. Two instances judging one job would both fail it
-        at its deadline, or retry it twice, each with events of its own."""
-        if not self._partitions:
-            return
-        taken = repository.partitions_taken(connection, self._partitions, self.member)
-        if not taken:
-            return
-        log.warning(
-            "partitions %s were taken by another scheduler instance; leaving their jobs to it",
-            sorted(taken),
-        )
-        self._partitions = self._partitions - taken
-        for partition in taken:
-            self._watched_since.pop(partition, None)
         self._reload(connection)
 
     def watch_again(self, partitions: frozenset[int] | None = None) -> None:
@@ -560,9 +537,6 @@ class Scheduler:
         """Fail jobs past their deadline (TIMEOUT; a canceling one is canceled), retry attempts
         whose worker is lost (WORKER_LOST), dispatch retries whose backoff ended, and refresh
         the queue metrics. Runs in its own transaction (the runtime's group commit)."""
-        # Before `_begin` counts each pool's jobs in flight: the jobs of a partition left here
-        # are still in flight, and their slots must not move.
-        self._leave_taken(unit.connection)
         self._begin(unit)
         now = unit.now
         pools = set(self.queue.pools_with_waiting())

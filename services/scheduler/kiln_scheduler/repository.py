@@ -12,12 +12,11 @@ from sqlalchemy import Connection, Table, bindparam, func, insert, select, updat
 from kiln_runtime.db import upsert_insert
 from kiln_scheduler.decisions import ACTIVE_STATUSES, FINISHED
 from kiln_scheduler.queue import COLUMNS, QueuedJobState
-from kiln_scheduler.tables import PartitionOwner, PoolSlots, PoolStats, QueuedJob
+from kiln_scheduler.tables import PoolSlots, PoolStats, QueuedJob
 
 jobs_table = cast(Table, QueuedJob.__table__)
 stats_table = cast(Table, PoolStats.__table__)
 slots_table = cast(Table, PoolSlots.__table__)
-owners_table = cast(Table, PartitionOwner.__table__)
 
 _MUTABLE = tuple(c for c in COLUMNS if c not in ("job_id", "seq"))
 _INSERT_JOBS = insert(jobs_table).returning(jobs_table.c.seq, sort_by_parameter_order=True)
@@ -108,48 +107,6 @@ def move_slots(connection: Connection, pool: str, delta: int) -> int:
         .on_conflict_do_nothing(index_elements=["pool"])
     )
     return int(connection.execute(_MOVE_SLOTS, {"s_pool": pool, "delta": delta}).scalar_one())
-
-
-@cache
-def _claim_statement(dialect: str) -> Any:
-    statement = upsert_insert(dialect)(owners_table)
-    return statement.on_conflict_do_update(
-        index_elements=["partition"],
-        set_={"owner": statement.excluded.owner, "claimed_at": statement.excluded.claimed_at},
-    )
-
-
-_OWNERS = (
-    select(owners_table.c.partition, owners_table.c.owner)
-    .where(owners_table.c.partition.in_(bindparam("partitions", expanding=True)))
-    .order_by(owners_table.c.partition)
-)
-# PostgreSQL: a claim by another instance waits until this transaction ends (and so does this
-# one for a claim in progress), in one order so that two instances never deadlock.
-_OWNERS_FOR_UPDATE = _OWNERS.with_for_update()
-
-
-def claim_partitions(
-    connection: Connection, partitions: frozenset[int], member: str, now: datetime
-) -> None:
-    """This instance owns `partitions` from now (it was given them by the group)."""
-    if partitions:
-        connection.execute(
-            _claim_statement(connection.dialect.name),
-            [{"partition": p, "owner": member, "claimed_at": now} for p in sorted(partitions)],
-        )
-
-
-def partitions_taken(
-    connection: Connection, partitions: frozenset[int], member: str
-) -> frozenset[int]:
-    """Which of `partitions` another instance claimed since this one did (locked until the
-    transaction ends on PostgreSQL)."""
-    if not partitions:
-        return frozenset()
-    query = _OWNERS_FOR_UPDATE if connection.dialect.name == "postgresql" else _OWNERS
-    rows = connection.execute(query, {"partitions": sorted(partitions)})
-    return frozenset(int(row.partition) for row in rows if row.owner != member)
 
 
 def recount_slots(connection: Connection) -> None:

@@ -1,8 +1,7 @@
 """The scheduler's tables: its durable queue (one row per reserved job; finished rows stay as
-history), per-pool duration statistics, per-pool slots in use (shared by every scheduler
-instance on the database), and which instance last took each partition. The schema changes
-only through the Alembic migrations of `kiln_scheduler/migrations/`; a test holds them equal
-to these models."""
+history), per-pool duration statistics, and per-pool slots in use (shared by every scheduler
+instance on the database). The schema changes only through the Alembic migrations of
+`kiln_scheduler/migrations/`; a test holds them equal to these models."""
 
 from datetime import datetime
 
@@ -70,16 +69,3 @@ class PoolSlots(Base):
 
     pool: Mapped[str] = mapped_column(String(64), primary_key=True)
     in_flight: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class PartitionOwner(Base):
-    """Per partition of the job topics: the scheduler instance that took it last. Written when
-    an instance gets partitions; its timer acts only on partitions it still owns here, so an
-    instance cut off from the group stops judging jobs once another took them
-    (docs/architecture.md, "Scheduler")."""
-
-    __tablename__ = "partition_owners"
-
-    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    owner: Mapped[str] = mapped_column(String(64))
-    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

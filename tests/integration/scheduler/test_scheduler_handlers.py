@@ -5,11 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from kiln_contracts.v1 import jobs_pb2
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
-from kiln_scheduler import repository
 from kiln_scheduler.config import SchedulerSettings
 from kiln_scheduler.migrate import upgrade_connection
 from tests.integration.scheduler.scheduler_events import (
@@ -235,36 +234,6 @@ async def test_a_rebalance_does_not_restart_the_lost_worker_clock(
     await h.tick(back + timedelta(seconds=31))  # 30 s start timeout from `back`, not from +12
     row = await h.row(job)
     assert (row.status, row.last_error_code) == ("queued", "WORKER_LOST")
-
-
-async def test_an_instance_cut_off_from_the_group_leaves_a_partition_another_took(
-    sessions: SessionFactory,
-) -> None:
-    """Instance A holds partition 0 and is cut off from the broker; the group gives the
-    partition to B. A's timer still runs: past the job's deadline only B fails it (before, both
-    did, each with a job.failed of its own), and A does not release the slot B's job holds."""
-    a = Harness(sessions, settings(deadline_grace_s=30.0))
-    await a.assign(frozenset({0}), 1, at=a.now)
-    job = await a.reserve("acct_a", deadline_s=5)
-    assert (await a.row(job)).status == "dispatched"
-    b = Harness(sessions, settings(deadline_grace_s=30.0))
-    await b.assign(frozenset({0}), 1, at=a.now + timedelta(seconds=1))
-    late = a.now + timedelta(seconds=60)
-    assert of_type(await a.tick(late), "job.failed") == []
-    assert (await a.row(job)).status == "dispatched"
-    slots = repository.slots_table
-    in_flight = select(slots.c.in_flight).where(slots.c.pool == POOL)
-    assert await a.db.read(lambda c: c.execute(in_flight).scalar_one()) == 1
-    [failed] = of_type(await b.tick(late), "job.failed")
-    assert (failed.job_id, failed.message.error_code) == (job, "TIMEOUT")
-    await a.drain()  # the instances share the outbox: past B's events
-    assert of_type(await a.tick(late + timedelta(seconds=5)), "job.failed") == []
-    # A given the partition again by the group (a rebalance once it is back) owns it again.
-    await a.assign(frozenset({0}), 1, at=late + timedelta(seconds=10))
-    assert a.scheduler.member != b.scheduler.member
-    assert await a.db.read(
-        lambda c: repository.partitions_taken(c, frozenset({0}), b.scheduler.member)
-    ) == frozenset({0})
 
 
 async def test_a_hold_of_the_consumer_restarts_the_lost_worker_clock(
