@@ -87,7 +87,8 @@ async def rate_limited_caller(
     the X-RateLimit-* headers go on the response either way).
 
     One dependency, not one on `current_caller` and `get_state`: FastAPI works out each
-    sub-dependency again for every request, which cost more than checking the key."""
+    sub-dependency again for every request, which cost more than checking the key. (So
+    `app.dependency_overrides` of those two do not reach the API-key routes: override this.)"""
     state = await get_state(request)
     caller = await current_caller(state, authorization)
     await limit_api_key(request, state.settings, state.rate_limiter, caller.key)

@@ -63,6 +63,8 @@ class Notifier:
         self.lease = lease
         self.keyring = keyring
         self.sender = sender
+        # The batch's deliveries whose first attempt goes once it commits (see after_batch).
+        self._first_attempts: tuple[Unit, list[ClaimedDelivery]] | None = None
 
     def handlers(self) -> EventHandlers:
         handlers = {
@@ -72,7 +74,7 @@ class Notifier:
         }
         for event_type in WEBHOOK_TYPES:
             handlers[event_type] = self.handle_job_finished
-        return EventHandlers(handlers)
+        return EventHandlers(handlers, after_batch=self.after_batch)
 
     def _claim_until(self, unit: Unit) -> Callable[[DeliveryTarget], datetime | None]:
         sender = self.sender
@@ -87,9 +89,32 @@ class Notifier:
             return
         ready = [c for c in claims if c.claimed]
         waiting = len(claims) - len(ready)
-        unit.after_commit(lambda: sender.start(ready))
+        if ready:
+            if self._first_attempts is None or self._first_attempts[0] is not unit:
+                self._first_attempts = (unit, [])
+            self._first_attempts[1].extend(ready)
         if waiting:
             unit.after_commit(sender.wake)
+
+    def after_batch(self, unit: Unit) -> None:
+        """Hand the batch's first attempts to the sender once it commits, each with its signing
+        secret read here, after every handler of the batch ran (so an endpoint deleted,
+        disabled or given a new secret later in the same batch counts), rather than in a read
+        transaction of its own per delivery. A later attempt reads the secret itself."""
+        pending, self._first_attempts = self._first_attempts, None
+        sender = self.sender
+        if pending is None or pending[0] is not unit or sender is None:
+            return
+        claims = [
+            dataclasses.replace(
+                c,
+                secret=repository.signing_secret(
+                    unit.connection, self.tables, account_id=c.account_id, endpoint_id=c.endpoint_id
+                ),
+            )
+            for c in pending[1]
+        ]
+        unit.after_commit(lambda: sender.start(claims))
 
     def sealed_secret(self, message: webhooks_pb2.WebhookEndpointChanged) -> str:
         """The secret of a change as this service stores it: sealed with the first key ("" when
@@ -157,19 +182,6 @@ class Notifier:
             now=unit.now,
             claim_until=self._claim_until(unit),
         )
-        # The first attempts go right after the commit: their secrets are read here, in the
-        # batch's transaction, rather than in a read transaction of their own per delivery.
-        claims = [
-            dataclasses.replace(
-                c,
-                secret=repository.signing_secret(
-                    unit.connection, self.tables, account_id=c.account_id, endpoint_id=c.endpoint_id
-                ),
-            )
-            if c.claimed
-            else c
-            for c in claims
-        ]
         self._send_after_commit(unit, claims)
 
     def handle_redelivery_requested(self, unit: Unit, event: Event) -> None:

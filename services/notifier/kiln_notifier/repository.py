@@ -3,7 +3,7 @@
 import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -296,9 +296,10 @@ class ClaimedDelivery:
     attempt_base: int = 0
     created_at: datetime | None = None
     claimed: bool = True  # this process holds its lease (False: it waits to be claimed)
-    # The signing secret as the claiming transaction read it, for an attempt sent right after
-    # that commit (None: the attempt reads it itself, as a retry later must).
-    secret: SecretLookup | None = None
+    # The signing secret as the claiming batch left it, for an attempt sent right after that
+    # commit (None: the attempt reads it itself, as a retry later must). Not in the repr: a
+    # secret from before sealed secrets is in clear.
+    secret: SecretLookup | None = field(default=None, repr=False)
 
     @property
     def schedule_attempt(self) -> int:

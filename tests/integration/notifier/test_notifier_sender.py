@@ -405,3 +405,31 @@ async def test_a_first_attempt_signs_with_the_secret_its_batch_read_and_a_retry_
     Webhook(DEFAULT_SECRET).verify(first.body, first.headers)
     Webhook(rotated).verify(second.body, second.headers)
     assert lookups == [True, False]
+
+
+async def test_an_endpoint_deleted_later_in_the_same_batch_gets_no_first_attempt(
+    notifier: Notifier, receiver: Callable[..., Receiver]
+) -> None:
+    # The first attempt's secret is read once every handler of the batch ran, so an endpoint
+    # the batch deletes after the job's event is seen deleted, as when each attempt read it
+    # after the commit. (Read by the job's handler itself, the delivery went out.)
+    hook = receiver(204)
+    endpoint = "ep_deleted_in_batch"
+    await notifier.feed(
+        endpoint_event(endpoint, hook.url, DEFAULT_SECRET, event_types=("job.completed",))
+    )
+
+    async def complete_then_delete() -> None:
+        await notifier.driver.process_batch(
+            [job_event("job.completed", job_id()), endpoint_event(endpoint, hook.url, deleted=True)]
+        )
+
+    async def failed() -> bool:
+        return any(
+            d.endpoint_id == endpoint and d.status == FAILED for d in await notifier.deliveries()
+        )
+
+    feeding = asyncio.create_task(complete_then_delete())
+    await notifier.run_until(failed)
+    await feeding
+    assert hook.got() == []
