@@ -39,6 +39,7 @@ class LocalPrometheus:
         self.rules_file = self.folder / "rules.yml"
         self.pid_file = Path(stack.run_dir) / "prometheus.pid"
         self.log_file = Path(stack.logs_dir) / "prometheus.log"
+        self._proc: subprocess.Popen[bytes] | None = None  # when this object started it
 
     @property
     def url(self) -> str:
@@ -77,6 +78,11 @@ class LocalPrometheus:
             os.kill(pid, 0)
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
+        if self._proc is not None and self._proc.pid == pid:
+            # Our own child: asked directly. Its /proc cmdline is empty for a moment after the
+            # exec (the kernel sets the arguments after it lets the parent go on), which read as
+            # "not prometheus" and failed a start on a loaded machine.
+            return pid if self._proc.poll() is None else None
         cmdline = Path(f"/proc/{pid}/cmdline")
         if cmdline.exists() and str(self.config_file).encode() not in cmdline.read_bytes():
             return None
@@ -111,6 +117,7 @@ class LocalPrometheus:
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )  # fmt: skip
+            self._proc = proc
             self.pid_file.write_text(f"{proc.pid}\n")
             pid = proc.pid
         deadline = time.monotonic() + timeout_s
