@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sysconfig
 from pathlib import Path
+
+from tests.stack_support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODELHOST_SRC = REPO / "services" / "modelhost"
@@ -19,16 +20,8 @@ STOP_TIMEOUT_S = 60.0
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Distinct free ports outside the ephemeral range (kiln_stack's `free_port`)."""
+    return [free_port() for _ in range(count)]
 
 
 def server_env() -> dict[str, str]:

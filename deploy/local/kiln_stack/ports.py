@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import port_for
 
 from kiln_stack.components import SERVICES
 from kiln_stack.errors import StackError
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server started later.
+
+    It comes from outside the kernel's ephemeral range (port-for's "good" ports): a port the
+    kernel picked for `bind(0)` is one it may give any program's next outgoing connection or
+    `bind(0)` before our server binds it, which made a test stack's service find its port
+    taken. A port is handed out once per process, so two stacks chosen before either starts
+    never share one."""
+    with _handed_out_lock:
+        port: int = port_for.select_random(exclude_ports=_handed_out)
+        _handed_out.add(port)
+    return port
 
 
 @dataclass(frozen=True)
@@ -57,14 +68,7 @@ class StackPorts:
     @classmethod
     def free(cls) -> StackPorts:
         """Distinct ports that are free right now (for a test stack next to a running one)."""
-        names = [field.name for field in dataclasses.fields(cls)]
-        with contextlib.ExitStack() as held:
-            ports: list[int] = []
-            for _ in names:
-                sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind(("127.0.0.1", 0))
-                ports.append(sock.getsockname()[1])
-        return cls(**dict(zip(names, ports, strict=True)))
+        return cls(**{field.name: free_port() for field in dataclasses.fields(cls)})
 
     def service(self, name: str) -> int:
         if name not in SERVICES:

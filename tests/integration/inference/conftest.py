@@ -10,7 +10,6 @@ store too.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+
+from tests.stack_support import free_port
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,10 @@ class S3Server:
         return name
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     # boto3 in this process (the tests) signs with these; moto accepts any
     for name, value in {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from kiln_inference.worker import store_encrypted_result
 from kiln_runtime.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from kiln_runtime.file_tokens import FileGrant, sign_file_token
 from tests.integration.inference.conftest import S3Server
+from tests.stack_support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +54,7 @@ def serve_files(blobs: BlobStore) -> Iterator[str]:
     app.include_router(files_router, prefix="/api/v1")
     state = SimpleNamespace(settings=SimpleNamespace(files_signing_key=SIGNING_KEY), blobs=blobs)
     app.dependency_overrides[get_state] = lambda: state
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -10,7 +10,6 @@ so they pass every middleware, dependency and exception handler of the real app;
 import asyncio
 import contextlib
 import secrets
-import socket
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from kiln_gateway.ids import new_id
 from kiln_gateway.keys.service import new_api_secret, secret_sha256
 from kiln_gateway.tables import ApiKey
 from kiln_runtime.db import transaction
+from tests.stack_support import free_port
 
 ADMIN_TOKEN = "hostile-admin-token-" + "a" * 20
 
@@ -142,9 +142,7 @@ class ServedGateway(threading.Thread):
         self.tmp_path = tmp_path
         self.http = http
         self.overrides = overrides
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.server: uvicorn.Server | None = None
         self.gateway: GatewayUnderTest | None = None
         self.counter: StatusCounter | None = None

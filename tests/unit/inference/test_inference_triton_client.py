@@ -15,6 +15,7 @@ from kiln_modelhost.reference_models.errors import (
     ModelRuntimeError,
     SandboxFailedError,
 )
+from tests.stack_support import free_port
 
 
 def _server_error(message: str, status: str) -> InferenceServerException:
@@ -100,12 +101,7 @@ def test_error_repr_and_defaults() -> None:
 
 
 async def test_unreachable_server_is_retryable() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"127.0.0.1:{port}"
+    url = f"127.0.0.1:{free_port()}"
     try:
         assert not await triton_client.triton_ready(url, timeout_s=1.0)
         with pytest.raises(TritonInferenceError) as caught:

@@ -20,10 +20,16 @@ def test_ports_come_from_kiln_port_variables() -> None:
         stack.StackPorts.from_env({"KILN_GATEWAY_PORT": "http"})
 
 
-def test_free_ports_are_distinct() -> None:
-    ports = stack.StackPorts.free()
-    values = [getattr(ports, name) for name in ports.__dataclass_fields__]
+def test_free_ports_are_distinct_across_stacks_and_outside_the_ephemeral_range() -> None:
+    """Two stacks chosen before either starts share no port, and no port is one the kernel
+    may hand any program for an outgoing connection or `bind(0)` in the meantime."""
+    values = []
+    for ports in (stack.StackPorts.free(), stack.StackPorts.free()):
+        values += [getattr(ports, name) for name in ports.__dataclass_fields__]
     assert len(set(values)) == len(values)
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert not [port for port in values if low <= port <= high]
+    assert all(port > 1024 for port in values)
 
 
 def test_instance_names() -> None:
