@@ -9,9 +9,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
 
 from kiln_runtime.db import Database
 from kiln_runtime.failures import TransientError
@@ -80,18 +82,44 @@ async def test_a_transient_failure_undoes_every_write_of_the_group_before_the_re
 
 
 async def test_a_write_that_fails_alone_is_undone_alone(group_commit: GroupCommit) -> None:
+    """The group ran without savepoints first; the failure sent it again with one per write,
+    where the other write commits (undone once with the first run, then done again)."""
     kept, failing = Counter("acct_a"), Counter("acct_a")  # the second row's key is taken
-
-    async def second() -> int:
-        await asyncio.sleep(0)  # queued behind the first: the same group
-        return await group_commit(failing.add)
-
-    results = await asyncio.gather(group_commit(kept.add), second(), return_exceptions=True)
+    statements = _statements(group_commit)
+    # Both are asked for before the group starts: the same group, the failing write second.
+    results = await asyncio.gather(
+        group_commit(kept.add), group_commit(failing.add), return_exceptions=True
+    )
     assert results[0] == 1
-    assert isinstance(results[1], Exception)
-    assert (kept.value, kept.undone) == (1, 0)
-    assert (failing.value, failing.undone) == (0, 1)
+    assert isinstance(results[1], IntegrityError)
+    assert (kept.value, kept.undone) == (1, 1)
+    assert (failing.value, failing.undone) == (0, 2)
     assert await rows(group_commit) == 1
+    assert sum(s.startswith("SAVEPOINT") for s in statements) == 2, statements
+
+
+async def test_a_group_whose_writes_all_succeed_runs_without_savepoints(
+    group_commit: GroupCommit,
+) -> None:
+    counters = [Counter(f"acct_{n}") for n in range(5)]
+    statements = _statements(group_commit)
+    results = await asyncio.gather(*(group_commit(c.add) for c in counters))
+    assert results == [1] * 5
+    assert await rows(group_commit) == 5
+    assert [c.undone for c in counters] == [0] * 5
+    assert not [s for s in statements if s.startswith(("SAVEPOINT", "RELEASE"))], statements
+    assert sum(s.startswith("BEGIN") for s in statements) <= 2, "the writes shared transactions"
+
+
+def _statements(group_commit: GroupCommit) -> list[str]:
+    """Every statement the group commit's engine runs from now on."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.lstrip().upper())
+
+    event.listen(group_commit._db.engine, "before_cursor_execute", record)
+    return seen
 
 
 async def rows(group_commit: GroupCommit) -> int:
