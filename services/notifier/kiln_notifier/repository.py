@@ -38,11 +38,14 @@ def as_utc(value: datetime) -> datetime:
 @dataclass(frozen=True)
 class _Statements:
     account_endpoints: Select[Any]
+    accounts_endpoints: Select[Any]
     default_secret: Select[Any]
     endpoint_secret: Select[Any]
     endpoint_disabled: Select[Any]
     known_targets: Select[Any]
     terminal_targets: Select[Any]
+    webhooks_targets: Select[Any]
+    jobs_terminal_targets: Select[Any]
     add_deliveries: Insert
     record_outcome: Update
     record_attempt: Insert
@@ -57,17 +60,22 @@ def _built(tables: NotifierTables) -> _Statements:
         return cached[1]
     endpoints, deliveries = tables.endpoints, tables.deliveries
     disabled = tables.disabled_endpoints
+    live_endpoints = select(
+        endpoints.c.account_id,
+        endpoints.c.endpoint_id,
+        endpoints.c.url,
+        endpoints.c.event_types,
+        endpoints.c.is_default,
+        endpoints.c.deleted,
+    ).where(
+        endpoints.c.deleted.is_(False),
+        endpoints.c.endpoint_id.not_in(select(disabled.c.endpoint_id)),
+    )
+    terminal_types = sorted(TERMINAL_TYPES)
     made = _Statements(
-        account_endpoints=select(
-            endpoints.c.endpoint_id,
-            endpoints.c.url,
-            endpoints.c.event_types,
-            endpoints.c.is_default,
-            endpoints.c.deleted,
-        ).where(
-            endpoints.c.account_id == bindparam("account_id"),
-            endpoints.c.deleted.is_(False),
-            endpoints.c.endpoint_id.not_in(select(disabled.c.endpoint_id)),
+        account_endpoints=live_endpoints.where(endpoints.c.account_id == bindparam("account_id")),
+        accounts_endpoints=live_endpoints.where(
+            endpoints.c.account_id.in_(bindparam("account_ids", expanding=True))
         ),
         default_secret=select(endpoints.c.sealed_secret, endpoints.c.secret)
         .where(
@@ -92,7 +100,16 @@ def _built(tables: NotifierTables) -> _Statements:
         terminal_targets=select(deliveries.c.endpoint_id).where(
             deliveries.c.job_id == bindparam("job_id"),
             deliveries.c.account_id == bindparam("account_id"),
-            deliveries.c.event_type.in_(sorted(TERMINAL_TYPES)),
+            deliveries.c.event_type.in_(terminal_types),
+        ),
+        webhooks_targets=select(deliveries.c.webhook_id, deliveries.c.endpoint_id).where(
+            deliveries.c.webhook_id.in_(bindparam("webhook_ids", expanding=True))
+        ),
+        jobs_terminal_targets=select(
+            deliveries.c.job_id, deliveries.c.account_id, deliveries.c.endpoint_id
+        ).where(
+            deliveries.c.job_id.in_(bindparam("job_ids", expanding=True)),
+            deliveries.c.event_type.in_(terminal_types),
         ),
         add_deliveries=insert(deliveries),
         record_outcome=update(deliveries)
@@ -181,20 +198,77 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
     )
 
 
+def _endpoint_record(row: Any) -> EndpointRecord:
+    return EndpointRecord(
+        endpoint_id=row.endpoint_id,
+        url=row.url,
+        event_types=tuple(row.event_types or ()),
+        is_default=row.is_default,
+        deleted=row.deleted,
+    )
+
+
 def account_endpoints(
     connection: Connection, tables: NotifierTables, account_id: str
 ) -> list[EndpointRecord]:
     rows = connection.execute(_built(tables).account_endpoints, {"account_id": account_id}).all()
-    return [
-        EndpointRecord(
-            endpoint_id=row.endpoint_id,
-            url=row.url,
-            event_types=tuple(row.event_types or ()),
-            is_default=row.is_default,
-            deleted=row.deleted,
-        )
-        for row in rows
-    ]
+    return [_endpoint_record(row) for row in rows]
+
+
+@dataclass
+class KnownTargets:
+    """What `add_deliveries` must know, read for a whole batch of jobs' ends at once: each
+    account's live endpoints, the targets each webhook (message) was recorded for, and the
+    targets each job already has a terminal webhook for (by job id and account)."""
+
+    endpoints: dict[str, list[EndpointRecord]]
+    by_webhook: dict[str, set[str]]
+    terminal: dict[tuple[str, str], set[str]]
+
+    def known(self, webhook_id: str, job_id: str, account_id: str, event_type: str) -> set[str]:
+        known = set(self.by_webhook.get(webhook_id, ()))
+        if job_id and event_type in TERMINAL_TYPES:
+            known |= self.terminal.get((job_id, account_id), set())
+        return known
+
+    def added(self, claims: Sequence["ClaimedDelivery"]) -> None:
+        """Deliveries this batch added count for the batch's later events."""
+        for claim in claims:
+            self.by_webhook.setdefault(claim.webhook_id, set()).add(claim.endpoint_id)
+            if claim.job_id and claim.event_type in TERMINAL_TYPES:
+                key = (claim.job_id, claim.account_id)
+                self.terminal.setdefault(key, set()).add(claim.endpoint_id)
+
+
+def known_targets_of_batch(
+    connection: Connection,
+    tables: NotifierTables,
+    *,
+    account_ids: Sequence[str],
+    webhook_ids: Sequence[str],
+    job_ids: Sequence[str],
+) -> KnownTargets:
+    """`KnownTargets` of a batch: three queries, whatever the batch's size."""
+    statements = _built(tables)
+    endpoints: dict[str, list[EndpointRecord]] = {account: [] for account in account_ids}
+    if account_ids:
+        for row in connection.execute(
+            statements.accounts_endpoints, {"account_ids": sorted(set(account_ids))}
+        ):
+            endpoints[row.account_id].append(_endpoint_record(row))
+    by_webhook: dict[str, set[str]] = {}
+    if webhook_ids:
+        for row in connection.execute(
+            statements.webhooks_targets, {"webhook_ids": sorted(set(webhook_ids))}
+        ):
+            by_webhook.setdefault(row.webhook_id, set()).add(row.endpoint_id)
+    terminal: dict[tuple[str, str], set[str]] = {}
+    if job_ids:
+        for row in connection.execute(
+            statements.jobs_terminal_targets, {"job_ids": sorted(set(job_ids))}
+        ):
+            terminal.setdefault((row.job_id, row.account_id), set()).add(row.endpoint_id)
+    return KnownTargets(endpoints, by_webhook, terminal)
 
 
 @dataclass(frozen=True)
@@ -325,20 +399,26 @@ def add_deliveries(
     trace_id: str,
     now: datetime,
     claim_until: Callable[[DeliveryTarget], datetime | None] = lambda _t: None,
+    known: set[str] | None = None,
 ) -> list[ClaimedDelivery]:
     """Insert one pending delivery per target not already recorded for this message, due now;
     or, for a target `claim_until` gives a time, claimed by this process until then (it sends
-    them as soon as the transaction commits). Returns the new deliveries."""
+    them as soon as the transaction commits). Returns the new deliveries. `known`: the targets
+    recorded already (`KnownTargets.known`), when the caller read them for a whole batch."""
     statements = _built(tables)
-    known = set(connection.execute(statements.known_targets, {"webhook_id": webhook_id}).scalars())
-    if job_id and event_type in TERMINAL_TYPES:
-        # One terminal webhook per job and target: whichever of completed / failed / canceled
-        # came first. A late, contradicting one (job.completed after job.failed) is not sent.
-        known |= set(
-            connection.execute(
-                statements.terminal_targets, {"job_id": job_id, "account_id": account_id}
-            ).scalars()
+    if known is None:
+        known = set(
+            connection.execute(statements.known_targets, {"webhook_id": webhook_id}).scalars()
         )
+        if job_id and event_type in TERMINAL_TYPES:
+            # One terminal webhook per job and target: whichever of completed / failed /
+            # canceled came first. A late, contradicting one (job.completed after job.failed)
+            # is not sent.
+            known |= set(
+                connection.execute(
+                    statements.terminal_targets, {"job_id": job_id, "account_id": account_id}
+                ).scalars()
+            )
     rows: list[dict[str, Any]] = []
     claims: list[ClaimedDelivery] = []
     for target in targets:

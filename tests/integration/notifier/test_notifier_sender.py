@@ -433,3 +433,35 @@ async def test_an_endpoint_deleted_later_in_the_same_batch_gets_no_first_attempt
     await notifier.run_until(failed)
     await feeding
     assert hook.got() == []
+
+
+async def test_one_terminal_webhook_per_job_when_both_ends_come_in_one_batch(
+    notifier: Notifier, receiver: Callable[..., Receiver]
+) -> None:
+    # The batch reads what is recorded once, at its start: the first end's delivery must still
+    # count for the second (a late job.completed of a worker after the job was failed).
+    hook = receiver(204)
+    job = job_id()
+    await notifier.driver.process_batch(
+        [job_event("job.failed", job, hook.url), job_event("job.completed", job, hook.url)]
+    )
+    [delivery] = await notifier.deliveries()
+    assert delivery.event_type == "job.failed"
+
+
+async def test_an_endpoint_added_earlier_in_the_same_batch_gets_the_jobs_end(
+    notifier: Notifier, receiver: Callable[..., Receiver]
+) -> None:
+    # The batch reads the account's endpoints at its start; an endpoint the batch adds before
+    # the job's end counts, as when each end read them itself.
+    hook = receiver(204)
+    endpoint = "ep_added_in_batch"
+    job = job_id()
+    await notifier.driver.process_batch(
+        [
+            endpoint_event(endpoint, hook.url, DEFAULT_SECRET, event_types=("job.completed",)),
+            job_event("job.completed", job),
+        ]
+    )
+    [delivery] = await notifier.deliveries()
+    assert (delivery.endpoint_id, delivery.job_id) == (endpoint, job)
