@@ -24,7 +24,7 @@ import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
@@ -505,32 +505,7 @@ class Worker:
                 log.warning("heartbeat not written; next round", exc_info=True)
 
     def _beat(self, unit: Unit, attempts: list[_Attempt]) -> None:
-        for a in attempts:
-            if a.ending:
-                continue  # it ended while this round waited for its transaction
-            item = a.item
-            if not a.announced:
-                a.announced = True
-                unit.emit(
-                    "job.started",
-                    jobs_pb2.JobStarted(
-                        attempt=item.attempt,
-                        worker_id=self._settings.worker_id,
-                        started_at=timestamp(a.started_at),
-                    ),
-                    account_id=item.account_id,
-                    job_id=item.job_id,
-                )
-            else:
-                progress = a.estimate() if a.estimate is not None else a.progress
-                unit.emit(
-                    "job.progress",
-                    jobs_pb2.JobProgress(
-                        attempt=item.attempt, progress=max(0.0, min(progress, 1.0))
-                    ),
-                    account_id=item.account_id,
-                    job_id=item.job_id,
-                )
+        announce_attempts(unit, attempts, self._settings.worker_id)
 
     # --- retention ----------------------------------------------------------------------------
 
@@ -559,6 +534,38 @@ class Worker:
             except Exception:
                 log.exception("the result retention sweep failed; it runs again later")
             await asyncio.sleep(self._settings.retention_sweep_interval_s)
+
+
+def announce_attempts(unit: Unit, attempts: Sequence[_Attempt], worker_id: str) -> None:
+    """One heartbeat round: `job.started` for an attempt not announced yet, `job.progress` for
+    the others (an attempt whose end is on its way says nothing). An attempt counts as
+    announced once the round's transaction commits: if it rolls back (and the group commit
+    runs it again), the next try announces it again rather than skip its `job.started`."""
+    for a in attempts:
+        if a.ending:
+            continue  # it ended while this round waited for its transaction
+        item = a.item
+        if not a.announced:
+            a.announced = True
+            unit.on_rollback(functools.partial(setattr, a, "announced", False))
+            unit.emit(
+                "job.started",
+                jobs_pb2.JobStarted(
+                    attempt=item.attempt,
+                    worker_id=worker_id,
+                    started_at=timestamp(a.started_at),
+                ),
+                account_id=item.account_id,
+                job_id=item.job_id,
+            )
+        else:
+            progress = a.estimate() if a.estimate is not None else a.progress
+            unit.emit(
+                "job.progress",
+                jobs_pb2.JobProgress(attempt=item.attempt, progress=max(0.0, min(progress, 1.0))),
+                account_id=item.account_id,
+                job_id=item.job_id,
+            )
 
 
 def _deadline_of(dispatch: jobs_pb2.JobDispatched) -> datetime:

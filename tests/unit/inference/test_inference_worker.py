@@ -6,7 +6,7 @@ import asyncio
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from PIL import Image
@@ -15,9 +15,13 @@ from sqlalchemy import update
 from kiln_contracts.v1 import jobs_pb2
 from kiln_crypto import decrypt_bytes
 from kiln_inference import repository
+from kiln_inference import worker as worker_module
+from kiln_inference.repository import WorkItemRow
 from kiln_inference.tables import StoredResult
 from kiln_inference.triton_client import TritonInferenceError
+from kiln_inference.worker import announce_attempts
 from kiln_modelhost.reference_models.image import render_image
+from kiln_runtime.unit import Unit
 from tests.unit.inference.worker_support import (
     SECRET,
     cancel_requested,
@@ -373,3 +377,21 @@ async def test_a_cancel_as_the_model_returns_wins(tmp_path: Path, monkeypatch: A
         assert await h.emitted("job.completed") == []
         assert h.blobs.size(f"results/{event.account_id}/job_late.1") is None
         assert await h.db.read(lambda c: repository.items_of_job(c, "job_late")) == []
+
+
+def test_a_start_announced_in_a_transaction_that_rolled_back_is_announced_again() -> None:
+    """A heartbeat round shares a group commit; when the group rolls back and runs again (a
+    transient failure, or another write of the group failing), the attempt's `job.started`
+    goes out with the second run instead of turning into a `job.progress`."""
+    item = WorkItemRow("item_1", "job_1", "acct_worker", b"", 1)
+    attempt = worker_module._Attempt(item, jobs_pb2.JobDispatched())
+    first = Unit(cast(Any, None), datetime.now(UTC), "inference")
+    announce_attempts(first, [attempt], "worker-1")
+    assert [e.topic for e in first.outgoing] == ["job.started"]
+    first.rolled_back()
+    second = Unit(cast(Any, None), datetime.now(UTC), "inference")
+    announce_attempts(second, [attempt], "worker-1")
+    assert [e.topic for e in second.outgoing] == ["job.started"]
+    third = Unit(cast(Any, None), datetime.now(UTC), "inference")
+    announce_attempts(third, [attempt], "worker-1")  # committed: now only progress
+    assert [e.topic for e in third.outgoing] == ["job.progress"]
