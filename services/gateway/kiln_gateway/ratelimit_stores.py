@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,21 +61,43 @@ class MemoryCounterStore:
         self._counts.pop((bucket, start), None)
 
 
-def increment_statement(
-    dialect: str, bucket: str, start: int, expires_at: int, amount: int = 1
-) -> Any:
-    """`INSERT … ON CONFLICT (bucket, window_start) DO UPDATE SET hits = hits + amount
-    RETURNING hits`: one atomic statement on SQLite (3.35+) and PostgreSQL alike."""
+def _increment(dialect: str) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         insert(RateLimitWindow)
-        .values(bucket=bucket, window_start=start, hits=amount, expires_at=expires_at)
+        .values(
+            bucket=bindparam("bucket"),
+            window_start=bindparam("start"),
+            hits=bindparam("amount"),
+            expires_at=bindparam("expires_at"),
+        )
         .on_conflict_do_update(
             index_elements=[RateLimitWindow.bucket, RateLimitWindow.window_start],
-            set_={"hits": RateLimitWindow.hits + amount},
+            set_={"hits": RateLimitWindow.hits + bindparam("added")},
         )
         .returning(RateLimitWindow.hits)
     )
+
+
+# Built once per dialect: building the statement cost more than running it, once per bucket
+# at every sync.
+_INCREMENTS = {dialect: _increment(dialect) for dialect in ("sqlite", "postgresql")}
+
+
+def increment_statement(
+    dialect: str, bucket: str, start: int, expires_at: int, amount: int = 1
+) -> tuple[Any, dict[str, Any]]:
+    """`INSERT … ON CONFLICT (bucket, window_start) DO UPDATE SET hits = hits + amount
+    RETURNING hits`: one atomic statement on SQLite (3.35+) and PostgreSQL alike; the
+    statement and its parameters."""
+    params = {
+        "bucket": bucket,
+        "start": start,
+        "amount": amount,
+        "expires_at": expires_at,
+        "added": amount,
+    }
+    return _INCREMENTS["postgresql" if dialect == "postgresql" else "sqlite"], params
 
 
 class DatabaseCounterStore:
@@ -97,8 +119,10 @@ class DatabaseCounterStore:
         async with engine.begin() as conn:
             if dialect == "postgresql":
                 await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            statement = increment_statement(dialect, bucket, start, start + window_s, amount)
-            count = int((await conn.execute(statement)).scalar_one())
+            statement, params = increment_statement(
+                dialect, bucket, start, start + window_s, amount
+            )
+            count = int((await conn.execute(statement, params)).scalar_one())
         if start >= self._next_prune:  # now and then, the rows of windows that have ended
             self._next_prune = start + self._prune_every_s
             async with engine.begin() as conn:
@@ -207,8 +231,8 @@ class SharedCounterStore:
             totals = {}
             for (bucket, start), amount in sorted(pending.items()):
                 end = ends.get((bucket, start), start)
-                statement = increment_statement(dialect, bucket, start, end, amount)
-                totals[(bucket, start)] = int(connection.execute(statement).scalar_one())
+                statement, params = increment_statement(dialect, bucket, start, end, amount)
+                totals[(bucket, start)] = int(connection.execute(statement, params).scalar_one())
             if prune:  # now and then, the rows of windows that have ended
                 connection.execute(
                     delete(RateLimitWindow).where(RateLimitWindow.expires_at <= int(now))

@@ -129,7 +129,8 @@ async def test_the_memory_store_forgets_ended_windows() -> None:
 
 @pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.dialect()])
 def test_the_database_increment_is_one_upsert_statement(dialect: Any) -> None:
-    statement = increment_statement(dialect.name, "b", 0, 60, 1)
+    statement, params = increment_statement(dialect.name, "b", 0, 60, 1)
+    assert params == {"bucket": "b", "start": 0, "amount": 1, "expires_at": 60, "added": 1}
     sql = " ".join(str(statement.compile(dialect=dialect)).split())
     assert sql.startswith("INSERT INTO rate_limit_windows")
     assert "ON CONFLICT (bucket, window_start) DO UPDATE SET hits = (rate_limit_windows.hits" in sql
