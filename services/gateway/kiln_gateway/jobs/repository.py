@@ -17,6 +17,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import instrumentation
 from sqlalchemy.orm.attributes import set_committed_value
 
 from kiln_contracts.v1 import common_pb2, jobs_pb2
@@ -204,12 +205,21 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+# A `Job` made without its constructor: the declarative constructor sets each attribute through
+# SQLAlchemy's instrumentation (about 19 µs a job against 1 µs), and the read model loads a job
+# for every event it projects. These objects are read and changed in memory and written back
+# with Core statements, never flushed through a session.
+_new_job = instrumentation.manager_of_class(Job).new_instance
+
+
 def job_from_row(row: Any) -> Job:
     """A detached `Job` from a Core row (`metadata` is `job_metadata` on the class)."""
     values = {_ATTRIBUTES[name]: value for name, value in row._mapping.items()}
     for name in ("created_at", "started_at", "completed_at", "estimated_start_at"):
         values[name] = _aware(values[name])
-    return Job(**values)
+    job = _new_job()
+    job.__dict__.update(values)
+    return job
 
 
 def read_job(connection: Connection, job_id: str) -> Job | None:
