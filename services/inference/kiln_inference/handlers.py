@@ -126,7 +126,7 @@ class Inference:
                 retryable=False,
                 worker_id=self.worker_id,
             )
-            ATTEMPTS.labels(model_of(item.dispatch), "canceled").inc()
+            unit.after_commit(ATTEMPTS.labels(model_of(item.dispatch), "canceled").inc)
         runner = self.runner
         if runner is not None:
             job_id = event.job_id

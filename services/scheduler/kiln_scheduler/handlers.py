@@ -372,14 +372,14 @@ class Scheduler:
         if isinstance(decision, Cancel):
             self.cancel(unit, job)
         elif isinstance(decision, Retry):
-            RETRIES.labels(job.pool, code).inc()
+            unit.after_commit(RETRIES.labels(job.pool, code).inc)
             self.queue.update(
                 job, status="queued", ready_at=decision.at, started_at=None, last_seen_at=None
             )
         else:
             assert isinstance(decision, GiveUp)
             if decision.error_code == "TIMEOUT":  # the worker's own deadline, or past it
-                TIMEOUTS.labels(job.pool, job.status).inc()
+                unit.after_commit(TIMEOUTS.labels(job.pool, job.status).inc)
             outcome = "timeout" if decision.error_code == "TIMEOUT" else "failed"
             self.fail(unit, job, decision.error_code, decision.error_message, outcome)
 
@@ -542,7 +542,7 @@ class Scheduler:
         pools = set(self.queue.pools_with_waiting())
         for job in list(self.queue.past_deadline(now)):
             pools.add(job.pool)
-            TIMEOUTS.labels(job.pool, job.status).inc()
+            unit.after_commit(TIMEOUTS.labels(job.pool, job.status).inc)
             self.fail(
                 unit, job, "TIMEOUT", "The job did not finish before its deadline.", "timeout"
             )
@@ -569,7 +569,7 @@ class Scheduler:
                 if job.status == "canceling":
                     self.cancel(unit, job)
                 else:
-                    TIMEOUTS.labels(job.pool, job.status).inc()
+                    unit.after_commit(TIMEOUTS.labels(job.pool, job.status).inc)
                     self.fail(
                         unit,
                         job,
@@ -579,7 +579,7 @@ class Scheduler:
                     )
             elif lost_worker(tracked, now, self.liveness):
                 pools.add(job.pool)
-                WORKERS_LOST.labels(job.pool).inc()
+                unit.after_commit(WORKERS_LOST.labels(job.pool).inc)
                 self.attempt_failed(
                     unit,
                     job,

@@ -173,11 +173,16 @@ async def create_job(
     scope = f"{caller.account_id}:POST /jobs"
     print_ = fingerprint(body.model_dump(mode="json")) if key is not None else ""
 
-    def submit(unit: Unit) -> str | None:
+    def submit(unit: Unit) -> str | Conflict | None:
         """The job, its feed entry, `job.submitted` and the key's record; or the job an
-        earlier request with the key made (nothing written)."""
+        earlier request with the key made, or the 409 of a key reused with another body
+        (nothing written). The 409 is returned, not raised: a write that raises makes its whole
+        group commit run again (docs/architecture.md, "Group commit")."""
         if key is not None:
-            earlier = earlier_job(unit.connection, scope, key, print_, unit.now)
+            try:
+                earlier = earlier_job(unit.connection, scope, key, print_, unit.now)
+            except Conflict as conflict:
+                return conflict
             if earlier is not None:
                 return earlier
         repository.insert_submitted_job(unit, job, spec)
@@ -188,7 +193,10 @@ async def create_job(
     waiter = state.waiters.register(job.id)  # before the commit: no wake-up can be missed
     try:
         try:
-            earlier = await state.runtime.write(submit)
+            made = await state.runtime.write(submit)
+            if isinstance(made, Conflict):
+                raise made
+            earlier = made
         except IntegrityError:
             if await state.runtime.read(lambda c: repository.read_job(c, job.id)) is not None:
                 # Our own insert committed, then its connection dropped before the answer, and
