@@ -27,9 +27,20 @@ def free_port() -> int:
     taken. A port is handed out once per process, so two stacks chosen before either starts
     never share one."""
     with _handed_out_lock:
-        port: int = port_for.select_random(exclude_ports=_handed_out)
+        try:
+            port: int = port_for.select_random(exclude_ports=_handed_out)
+        except port_for.PortForException:
+            # An ephemeral range that leaves no good ports (`1024 65535`): the kernel's choice.
+            port = _kernel_port()
         _handed_out.add(port)
     return port
+
+
+def _kernel_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True)

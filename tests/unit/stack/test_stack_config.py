@@ -120,3 +120,16 @@ def test_services_get_plain_postgresql_urls_with_the_password_escaped(tmp_path: 
     assert server.url("billing", "asyncpg").startswith("postgresql+asyncpg://kiln:")
     trusted = stack.PostgresServer(bin_dir=tmp_path, root=tmp_path, port=5432)
     assert trusted.url() == "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def test_a_free_port_comes_from_the_kernel_when_no_good_port_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import port_for
+
+    def none_left(**_kwargs: object) -> int:
+        raise port_for.PortForException("Can't select a port")
+
+    monkeypatch.setattr(port_for, "select_random", none_left)
+    port = stack.free_port()
+    assert 1024 < port < 65536 and port != stack.free_port()
