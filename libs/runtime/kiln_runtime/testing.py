@@ -20,6 +20,10 @@ from kiln_runtime.unit import Unit, write_outbox
 T = TypeVar("T")
 
 
+class _Rehearsed(Exception):
+    """Rolls back a write's rehearsal (`EventDriver.write`)."""
+
+
 # Every call of every driver reads a partition of its own: no two share a position.
 _PARTITIONS = itertools.count(1)
 
@@ -52,6 +56,7 @@ class EventDriver:
             return_acked=lambda _ids: None,
         )
         self.callbacks_run = 0
+        self.rehearse_writes = True
 
     async def process(self, event: Event) -> bool:
         """Handle one event in its own transaction; False when it was a duplicate or is not
@@ -90,7 +95,14 @@ class EventDriver:
 
     async def write(self, work: Callable[[Unit], T]) -> T:
         """Run `work(unit)` in its own transaction with its outbox rows, as the runtime's
-        group commit does for writes no event caused (a timer, an HTTP request)."""
+        group commit does for writes no event caused (a timer, an HTTP request).
+
+        With `rehearse_writes` (the default) `work` runs first in a transaction that rolls
+        back, its units told so: the group commit runs a write again when another write of its
+        group failed or the database failed transiently, and a write must come out of that as
+        if it ran once (docs/architecture.md, "Group commit")."""
+        if self.rehearse_writes:
+            await self._rehearse(work)
 
         def run(connection: object) -> T:
             unit = Unit(connection, self._clock(), self.group)  # type: ignore[arg-type]
@@ -112,6 +124,22 @@ class EventDriver:
             return result
 
         return await self.db.write(run)
+
+    async def _rehearse(self, work: Callable[[Unit], T]) -> None:
+        def run(connection: object) -> None:
+            unit = Unit(connection, self._clock(), self.group)  # type: ignore[arg-type]
+            try:
+                work(unit)
+            finally:
+                unit.rolled_back()
+            raise _Rehearsed
+
+        try:
+            await self.db.write(run)
+        except _Rehearsed:
+            pass
+        except Exception:
+            pass  # the real run meets the same error, or does not: it decides
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         return await self.db.read(work)
