@@ -68,17 +68,23 @@ class EventDriver:
         """Handle events as one polled batch (one transaction); their outcomes in order. Each
         call reads a partition of its own, so calls may run side by side."""
         partition = next(_PARTITIONS)
-        deliveries = [
-            Delivery(
-                topic=event.type,
-                partition=partition,
-                offset=offset,
-                key=event.account_id.encode(),
-                value=encode(event.envelope),
-            )
-            for offset, event in enumerate(events)
-        ]
-        decoded = decode_deliveries(deliveries, group=self.group, topics=self._handlers.topics)
+
+        def decoded_batch() -> list[Delivery]:
+            deliveries = [
+                Delivery(
+                    topic=event.type,
+                    partition=partition,
+                    offset=offset,
+                    key=event.account_id.encode(),
+                    value=encode(event.envelope),
+                )
+                for offset, event in enumerate(events)
+            ]
+            return decode_deliveries(deliveries, group=self.group, topics=self._handlers.topics)
+
+        if self.rehearse_writes:
+            await self._rehearse_batch(decoded_batch())
+        decoded = decoded_batch()
         result = await self.db.write(lambda c: self._batch.handle(c, decoded, {}))
         for callback in result.callbacks:
             callback()
@@ -100,7 +106,8 @@ class EventDriver:
         With `rehearse_writes` (the default) `work` runs first in a transaction that rolls
         back, its units told so: the group commit runs a write again when another write of its
         group failed or the database failed transiently, and a write must come out of that as
-        if it ran once (docs/architecture.md, "Group commit")."""
+        if it ran once (docs/architecture.md, "Group commit"). `process_batch` rehearses each
+        batch the same way (the consumer handles a batch again after a transient failure)."""
         if self.rehearse_writes:
             await self._rehearse(work)
 
@@ -124,6 +131,22 @@ class EventDriver:
             return result
 
         return await self.db.write(run)
+
+    async def _rehearse_batch(self, decoded: list[Delivery]) -> None:
+        """The batch once in a transaction that rolls back, its handlers told so (`on_rollback`),
+        as when the consumer handles a batch again after a transient failure."""
+
+        def run(connection: Connection) -> None:
+            self._batch.handle(connection, decoded, {})
+            self._batch.rolled_back()
+            raise _Rehearsed
+
+        try:
+            await self.db.write(run)
+        except _Rehearsed:
+            pass
+        except Exception:
+            pass  # the real run meets the same error, or does not: it decides
 
     async def _rehearse(self, work: Callable[[Unit], T]) -> None:
         def run(connection: object) -> None:

@@ -5,11 +5,13 @@ the handlers keep them current as they book."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC
+from typing import Any
 
 from kiln_billing import repository
 from kiln_billing.ledger import (
@@ -57,6 +59,16 @@ def _catalog_price(catalog: Catalog, spec: common_pb2.JobSpec) -> int | None:
         return catalog.price_millicredits(spec.model, options, spec.sandbox)
     except KeyError:
         return None
+
+
+def _count(unit: Unit, counter: Any, amount: float = 1) -> None:
+    """Counted once the batch commits: a batch handled again after a transient failure (its
+    first run rolled back) counts once."""
+    unit.after_commit(functools.partial(counter.inc, amount))
+
+
+def _observe(unit: Unit, histogram: Any, value: float) -> None:
+    unit.after_commit(functools.partial(histogram.observe, value))
 
 
 class Billing:
@@ -134,7 +146,7 @@ class Billing:
                 event.account_id,
                 account_id,
             )
-            UNCHANGED.labels(event.type, "foreign_account").inc()
+            _count(unit, UNCHANGED.labels(event.type, "foreign_account"))
             return False, None
         return True, charge
 
@@ -143,7 +155,7 @@ class Billing:
     ) -> Balances:
         """Write what `decision` says: the booking, the new balances, the job's new state."""
         if decision.charge is None:
-            UNCHANGED.labels(event.type, decision.reason).inc()
+            _count(unit, UNCHANGED.labels(event.type, decision.reason))
             return balances
         if decision.booking is not None:
             balances = apply_postings(balances, decision.booking.postings)
@@ -155,7 +167,7 @@ class Billing:
                 job_id=event.job_id,
             )
             self._save_balance(unit, event.account_id, balances)
-            MILLICREDITS.labels(decision.booking.kind).inc(decision.booking.amount)
+            _count(unit, MILLICREDITS.labels(decision.booking.kind), decision.booking.amount)
         repository.save_job_charge(
             unit.connection,
             event.job_id,
@@ -166,7 +178,7 @@ class Billing:
         )
         self._charges[event.job_id] = (event.account_id, decision.charge)
         if decision.emit is None:
-            UNCHANGED.labels(event.type, decision.reason).inc()
+            _count(unit, UNCHANGED.labels(event.type, decision.reason))
             log.warning("%s for job %s: %s", event.type, event.job_id, decision.reason)
         return balances
 
@@ -180,15 +192,15 @@ class Billing:
         balances = self._balance(unit, account)
         booking = grant_booking(grant.grant_id, grant.amount_millicredits, balances.available)
         if repository.booking_exists(unit.connection, booking.entry_key):
-            UNCHANGED.labels(event.type, "duplicate").inc()
+            _count(unit, UNCHANGED.labels(event.type, "duplicate"))
             return  # the same grant under another event id: booked once already
         balances = apply_postings(balances, booking.postings)
         repository.add_booking(
             unit.connection, account, booking, now=unit.now, grant_id=grant.grant_id
         )
         self._save_balance(unit, account, balances)
-        MILLICREDITS.labels(booking.kind).inc(booking.amount)
-        DECISION_LATENCY.labels(event.type).observe(time.perf_counter() - started)
+        _count(unit, MILLICREDITS.labels(booking.kind), booking.amount)
+        _observe(unit, DECISION_LATENCY.labels(event.type), time.perf_counter() - started)
         unit.emit(
             "credits.applied",
             credits_pb2.CreditsApplied(
@@ -214,15 +226,15 @@ class Billing:
             job_id, current, available=balances.available, price=price, sandbox=spec.sandbox
         )
         balances = self._apply(unit, event, balances, decision, known=current is not None)
-        DECISION_LATENCY.labels(event.type).observe(time.perf_counter() - started)
+        _observe(unit, DECISION_LATENCY.labels(event.type), time.perf_counter() - started)
         job_mode = mode(spec.sandbox)
         if decision.emit in ("reserved", "rejected"):
             submitted_at = event.envelope.occurred_at.ToDatetime(tzinfo=UTC)
             delay = (unit.now - submitted_at).total_seconds()
-            DECISION_DELAY.labels(job_mode).observe(max(delay, 0.0))
+            _observe(unit, DECISION_DELAY.labels(job_mode), max(delay, 0.0))
         if decision.emit == "reserved":
             assert decision.charge is not None
-            RESERVATIONS.labels(job_mode).inc()
+            _count(unit, RESERVATIONS.labels(job_mode))
             unit.emit(
                 "credits.reserved",
                 credits_pb2.CreditsReserved(
@@ -234,7 +246,7 @@ class Billing:
                 job_id=job_id,
             )
         elif decision.emit == "rejected":
-            REJECTIONS.labels(job_mode).inc()
+            _count(unit, REJECTIONS.labels(job_mode))
             unit.emit(
                 "credits.rejected",
                 credits_pb2.CreditsRejected(
@@ -247,7 +259,7 @@ class Billing:
             )
         elif decision.emit == "captured":  # the job had completed before its submission
             assert decision.charge is not None
-            CAPTURES.labels(job_mode).inc()
+            _count(unit, CAPTURES.labels(job_mode))
             unit.emit(
                 "credits.captured",
                 credits_pb2.CreditsCaptured(
@@ -270,7 +282,7 @@ class Billing:
             return
         decision = decide_end(job_id, current, end, sandbox=ended.spec.sandbox)
         balances = self._apply(unit, event, balances, decision, known=current is not None)
-        DECISION_LATENCY.labels(event.type).observe(time.perf_counter() - started)
+        _observe(unit, DECISION_LATENCY.labels(event.type), time.perf_counter() - started)
         if decision.charge is None or decision.emit is None:
             return
         amount = decision.charge.amount
@@ -286,7 +298,7 @@ class Billing:
             )
         job_mode = mode(decision.charge.sandbox)
         if decision.emit == "captured":
-            CAPTURES.labels(job_mode).inc()
+            _count(unit, CAPTURES.labels(job_mode))
             unit.emit(
                 "credits.captured",
                 credits_pb2.CreditsCaptured(
@@ -296,7 +308,7 @@ class Billing:
                 job_id=job_id,
             )
         else:
-            RELEASES.labels(job_mode, end).inc()
+            _count(unit, RELEASES.labels(job_mode, end))
             unit.emit(
                 "credits.released",
                 credits_pb2.CreditsReleased(
