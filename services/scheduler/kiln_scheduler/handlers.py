@@ -10,6 +10,7 @@ with other instances (a counter row, moved in the same transaction).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -275,9 +276,10 @@ class Scheduler:
                 account_id=job.account_id,
                 job_id=job.job_id,
             )
-            DISPATCHED.labels(pool).inc()
+            unit.after_commit(DISPATCHED.labels(pool).inc)
             if job.enqueued_at is not None and attempt == 1:
-                QUEUE_WAIT.labels(pool).observe(max((now - job.enqueued_at).total_seconds(), 0.0))
+                waited = max((now - job.enqueued_at).total_seconds(), 0.0)
+                unit.after_commit(functools.partial(QUEUE_WAIT.labels(pool).observe, waited))
         self._settle_slots(unit, pool, count=False)
         still = [j for j in waiting_jobs if j.status == "queued"]
         busy = self.queue.in_flight_by_account(pool)
@@ -317,14 +319,14 @@ class Scheduler:
                 job_id=job.job_id,
             )
 
-    def finish(self, job: QueuedJobState, outcome: str, now: datetime) -> None:
-        FINISHED_JOBS.labels(job.pool, outcome).inc()
+    def finish(self, unit: Unit, job: QueuedJobState, outcome: str) -> None:
+        unit.after_commit(FINISHED_JOBS.labels(job.pool, outcome).inc)
         self.queue.update(
-            job, status=FINISHED, finished_at=now, outcome=outcome, queue_position=None
+            job, status=FINISHED, finished_at=unit.now, outcome=outcome, queue_position=None
         )
 
     def cancel(self, unit: Unit, job: QueuedJobState) -> None:
-        self.finish(job, "canceled", unit.now)
+        self.finish(unit, job, "canceled")
         unit.emit(
             "job.canceled",
             jobs_pb2.JobCanceled(
@@ -338,7 +340,7 @@ class Scheduler:
 
     def fail(self, unit: Unit, job: QueuedJobState, code: str, message: str, outcome: str) -> None:
         self.queue.update(job, last_error_code=code)
-        self.finish(job, outcome, unit.now)
+        self.finish(unit, job, outcome)
         unit.emit(
             "job.failed",
             jobs_pb2.JobFailed(
@@ -500,7 +502,7 @@ class Scheduler:
             mean = updated_mean(self.means.get(job.pool), sample, self.settings.duration_ewma_alpha)
             self.means[job.pool] = mean
             self._samples[job.pool] = self._samples.get(job.pool, 0) + 1  # written by after_batch
-        self.finish(job, "completed", unit.now)
+        self.finish(unit, job, "completed")
         self._touched.add(job.pool)
 
     def handle_attempt_failed(self, unit: Unit, event: Event) -> None:
@@ -528,7 +530,7 @@ class Scheduler:
         job = self.queue.get(event.job_id)
         if job is None or job.status == "cancel_requested":
             return
-        self.finish(job, "failed", unit.now)
+        self.finish(unit, job, "failed")
         self._touched.add(job.pool)
 
     # --- the timer --------------------------------------------------------------------------
