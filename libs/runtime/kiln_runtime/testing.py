@@ -4,6 +4,7 @@ database. The consumer itself is tested on a real broker (tests/integration/runt
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -139,30 +140,27 @@ class EventDriver:
         def run(connection: Connection) -> None:
             self._batch.handle(connection, decoded, {})
             self._batch.rolled_back()
-            raise _Rehearsed
 
-        try:
-            await self.db.write(run)
-        except _Rehearsed:
-            pass
-        except Exception:
-            pass  # the real run meets the same error, or does not: it decides
+        await self._rolled_back(run)
 
     async def _rehearse(self, work: Callable[[Unit], T]) -> None:
-        def run(connection: object) -> None:
-            unit = Unit(connection, self._clock(), self.group)  # type: ignore[arg-type]
+        def run(connection: Connection) -> None:
+            unit = Unit(connection, self._clock(), self.group)
             try:
                 work(unit)
             finally:
                 unit.rolled_back()
+
+        await self._rolled_back(run)
+
+    async def _rolled_back(self, run: Callable[[Connection], None]) -> None:
+        def rehearsal(connection: Connection) -> None:
+            run(connection)
             raise _Rehearsed
 
-        try:
-            await self.db.write(run)
-        except _Rehearsed:
-            pass
-        except Exception:
-            pass  # the real run meets the same error, or does not: it decides
+        # _Rehearsed, or an error of the work: the real run meets it again, or does not.
+        with contextlib.suppress(Exception):
+            await self.db.write(rehearsal)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         return await self.db.read(work)
