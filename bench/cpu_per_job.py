@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,9 +22,8 @@ import psutil
 
 from bench.footprint import group_processes, stack_processes
 from bench.hops import counters
-from bench.kiln_stack import KilnBenchStack
+from bench.kiln_stack import tool_stack
 from bench.profiling import py_spy
-from bench.receiver import WebhookReceiver
 from bench.sustained import sustained
 from bench.throughput import body_maker
 
@@ -92,11 +90,7 @@ def main() -> None:
     parser.add_argument("--stacks", default="/tmp/stacks.txt")
     parser.add_argument("--workdir", default="")
     args = parser.parse_args()
-    folder = args.workdir or tempfile.mkdtemp(prefix="kiln-cpu-")
-    stack = KilnBenchStack(Path(folder) / "kiln")
-    receiver = WebhookReceiver().start()
-    try:
-        stack.up()
+    with tool_stack(args.workdir, "kiln-cpu-") as (stack, receiver):
         keys = [a.sandbox_key for a in stack.accounts]
         groups = stack_processes(stack.local)
         body = body_maker(receiver)
@@ -156,9 +150,6 @@ def main() -> None:
                 text = Path(args.stacks).read_text()
                 Path(args.stacks + ".summary").write_text(leaf_summary(text))
                 print(f"stacks: {args.stacks}(.summary)", flush=True)
-    finally:
-        receiver.stop()
-        stack.down()
 
 
 if __name__ == "__main__":

@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.kiln_stack import KilnBenchStack, sandbox_job
-from bench.receiver import WebhookReceiver
+from bench.kiln_stack import KilnBenchStack, sandbox_job, tool_stack
 from kiln_contracts import decode
 
 # A job's events on the happy path, in the order they are made.
@@ -115,11 +112,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two POSTs")
     parser.add_argument("--workdir", default="")
     args = parser.parse_args()
-    folder = args.workdir or tempfile.mkdtemp(prefix="kiln-hops-")
-    stack = KilnBenchStack(Path(folder) / "kiln")
-    receiver = WebhookReceiver().start()
-    try:
-        stack.up()
+    with tool_stack(args.workdir, "kiln-hops-") as (stack, receiver):
         left_at, answered_at = submit(stack, sandbox_job(0.0, receiver.url), args.jobs, args.gap)
         steps = Steps(left_at)
         for job_id, at in answered_at.items():
@@ -130,9 +123,6 @@ def main() -> None:
         asyncio.run(read_events(f"127.0.0.1:{stack.local.ports.kafka}", steps, wait_s=8.0))
         print(f"{len(left_at)} zero-delay sandbox jobs, one every {args.gap} s; ms after the POST:")
         print("\n".join(steps.table()))
-    finally:
-        receiver.stop()
-        stack.down()
 
 
 if __name__ == "__main__":

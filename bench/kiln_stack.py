@@ -7,15 +7,18 @@ hash collisions)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.receiver import WebhookReceiver
 from tests.stack_support import LocalStack, StackPorts
 
 # Settings of every bench stack (and why).
@@ -123,6 +126,22 @@ class KilnBenchStack:
                 ]
                 made.append(BenchAccount(account_id, sandbox_key=keys[0], live_key=keys[1]))
         return made
+
+
+@contextlib.contextmanager
+def tool_stack(workdir: str, prefix: str) -> Iterator[tuple[KilnBenchStack, WebhookReceiver]]:
+    """A running bench stack and a webhook receiver for a working tool (`bench.cpu_per_job`,
+    `bench.hop_latency`): in `workdir`, or a new temporary folder named `prefix…`; both are
+    stopped on the way out."""
+    folder = workdir or tempfile.mkdtemp(prefix=prefix)
+    stack = KilnBenchStack(Path(folder) / "kiln")
+    receiver = WebhookReceiver().start()
+    try:
+        stack.up()
+        yield stack, receiver
+    finally:
+        receiver.stop()
+        stack.down()
 
 
 def _data(response: httpx.Response) -> Any:
