@@ -16,11 +16,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kiln_gateway.tables import RateLimitWindow
-from kiln_runtime.db import Database
+from kiln_runtime.db import Database, upsert_insert
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,8 @@ class MemoryCounterStore:
 
 
 def _increment(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert(RateLimitWindow)
+        upsert_insert(dialect)(RateLimitWindow)
         .values(
             bucket=bindparam("bucket"),
             window_start=bindparam("start"),
