@@ -101,6 +101,16 @@ class Notifier:
             return None
         return self._known[1]
 
+    def _known_for_end(self, unit: Unit, event: Event) -> KnownTargets:
+        """The batch's `KnownTargets`; read for this event alone when the handler runs outside
+        a batch (its `before_batch` did not)."""
+        known = self._known_for(unit)
+        if known is None:
+            self.before_batch(unit, [event])
+            known = self._known_for(unit)
+            assert known is not None
+        return known
+
     def _claim_until(self, unit: Unit) -> Callable[[DeliveryTarget], datetime | None]:
         sender = self.sender
         if sender is None:
@@ -194,10 +204,11 @@ class Notifier:
         target (the job's webhook_url, the matching account endpoints)."""
         kind = webhook_type(event.type)
         spec = job_spec(event)
-        batch = self._known_for(unit)
-        endpoints = batch.endpoints.get(event.account_id) if batch is not None else None
-        if endpoints is None:
+        batch = self._known_for_end(unit, event)
+        endpoints = batch.endpoints.get(event.account_id)
+        if endpoints is None:  # an endpoint of the account changed earlier in the batch
             endpoints = repository.account_endpoints(unit.connection, self.tables, event.account_id)
+            batch.endpoints[event.account_id] = endpoints
         targets = delivery_targets(kind, spec.webhook_url, endpoints)
         if not targets:
             return
@@ -213,14 +224,9 @@ class Notifier:
             trace_id=event.envelope.trace_id,
             now=unit.now,
             claim_until=self._claim_until(unit),
-            known=(
-                batch.known(event.event_id, event.job_id, event.account_id, kind)
-                if batch is not None
-                else None
-            ),
+            known=batch.known(event.event_id, event.job_id, event.account_id, kind),
         )
-        if batch is not None:
-            batch.added(claims)
+        batch.added(claims)
         self._send_after_commit(unit, claims)
 
     def handle_redelivery_requested(self, unit: Unit, event: Event) -> None:
