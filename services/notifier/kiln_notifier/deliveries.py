@@ -331,9 +331,6 @@ def decide_after_attempt(
 # ---------------------------------------------------------------------------------------------
 # Terminal events of one job, and test events
 
-# Every terminal webhook type: a job gets one of them per target, whichever comes first (a
-# late job.completed after a job.failed, e.g. from a retried worker, announces nothing).
-TERMINAL_TYPES = frozenset({"job.completed", "job.failed", "job.canceled"})
 TEST_TYPE = "webhook.test"
 
 

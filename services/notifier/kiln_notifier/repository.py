@@ -21,8 +21,9 @@ from sqlalchemy import (
     update,
 )
 
-from kiln_notifier.deliveries import TERMINAL_TYPES, DeliveryTarget, EndpointRecord
-from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
+from kiln_notifier.deliveries import DeliveryTarget, EndpointRecord
+from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, TERMINAL_TYPES, NotifierTables
+from kiln_runtime.db import upsert_insert
 
 
 def as_utc(value: datetime) -> datetime:
@@ -46,7 +47,8 @@ class _Statements:
     terminal_targets: Select[Any]
     webhooks_targets: Select[Any]
     jobs_terminal_targets: Select[Any]
-    add_deliveries: Insert
+    # per dialect: skips a row the unique constraints already hold, and names the rows it added
+    add_deliveries: dict[str, Insert]
     record_outcome: Update
     record_attempt: Insert
 
@@ -111,7 +113,12 @@ def _built(tables: NotifierTables) -> _Statements:
             deliveries.c.job_id.in_(bindparam("job_ids", expanding=True)),
             deliveries.c.event_type.in_(terminal_types),
         ),
-        add_deliveries=insert(deliveries),
+        add_deliveries={
+            dialect: upsert_insert(dialect)(deliveries)
+            .on_conflict_do_nothing()
+            .returning(deliveries.c.id)
+            for dialect in ("sqlite", "postgresql")
+        },
         record_outcome=update(deliveries)
         .where(
             deliveries.c.id == bindparam("b_id"),
@@ -459,9 +466,15 @@ def add_deliveries(
                 claimed=until is not None,
             )
         )
-    if rows:
-        connection.execute(statements.add_deliveries, rows)
-    return claims
+    if not rows:
+        return claims
+    # A row another member recorded since `known` was read (one job's ends handled by two
+    # members at once) is skipped by the unique constraints, and so is its claim: nothing is
+    # sent for a delivery that was not recorded.
+    added = set(
+        connection.execute(statements.add_deliveries[connection.dialect.name], rows).scalars()
+    )
+    return claims if len(added) == len(claims) else [c for c in claims if c.id in added]
 
 
 def claim_due_deliveries(

@@ -39,6 +39,11 @@ FAILED = "failed"
 # secret); the same "" that proto3 carries for "no endpoint" in webhook.delivered/failed.
 JOB_WEBHOOK_URL = ""
 
+# Every terminal webhook type: a job gets one of them per target, whichever comes first (a
+# late job.completed after a job.failed, e.g. from a retried worker, announces nothing). The
+# index `uq_deliveries_job_terminal` holds it even when two members record a job's ends at once.
+TERMINAL_TYPES = frozenset({"job.completed", "job.failed", "job.canceled"})
+
 
 @dataclass(frozen=True)
 class NotifierTables:
@@ -97,6 +102,19 @@ def make_tables() -> NotifierTables:
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_account_created", "account_id", "created_at"),
         Index("ix_deliveries_job", "job_id"),
+    )
+    # One terminal delivery per job and target, whichever end was recorded first. The notifier
+    # reads what is recorded before it adds a delivery; this index is what holds when two
+    # members handle one job's `job.failed` and `job.completed` at once (a zombie member during
+    # a rebalance): the second insert skips the row (docs/architecture.md, "Webhooks").
+    terminal = deliveries.c.event_type.in_(sorted(TERMINAL_TYPES))
+    Index(
+        "uq_deliveries_job_terminal",
+        deliveries.c.job_id,
+        deliveries.c.endpoint_id,
+        unique=True,
+        sqlite_where=terminal,
+        postgresql_where=terminal,
     )
     delivery_attempts = Table(
         "delivery_attempts",

@@ -1,0 +1,134 @@
+"""One terminal webhook per job and target, held by the database, on SQLite and PostgreSQL: the
+migrations build exactly the notifier's tables (the partial unique index included); a member
+that read the recorded targets before another member recorded the job's other end adds no
+second terminal delivery and claims nothing; migration 0004 refuses a database that already
+holds two, changing nothing."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from kiln_notifier import repository
+from kiln_notifier.deliveries import DeliveryTarget
+from kiln_notifier.migrate import upgrade_connection
+from kiln_notifier.tables import JOB_WEBHOOK_URL, make_tables
+from kiln_runtime.db import make_sync_engine
+from kiln_runtime.migrations import current_revision
+from tests.integration.billing.postgres_cluster import PostgresCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+TABLES = make_tables()
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+TARGETS = [
+    DeliveryTarget(endpoint_id="we_1", url="https://hooks.example/a"),
+    DeliveryTarget(endpoint_id=JOB_WEBHOOK_URL, url="https://hooks.example/job"),
+]
+
+
+@pytest.fixture(params=("sqlite", "postgresql"))
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/notifier.db"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = f"notifier_{tmp_path.name[-12:].lower().replace('-', '_')}"
+    admin = make_sync_engine(cluster.url("postgres", "psycopg"))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return cluster.url(name, "psycopg")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    made = make_sync_engine(database_url)
+    try:
+        yield made
+    finally:
+        made.dispose()
+
+
+def add_end(connection: sa.Connection, *, webhook_id: str, kind: str) -> list[Any]:
+    """A job's end as a member adds it whose batch read no recorded targets (`known` empty):
+    what a member sees that read before another member's commit."""
+    return repository.add_deliveries(
+        connection,
+        TABLES,
+        webhook_id=webhook_id,
+        account_id="acct_1",
+        job_id="job_1",
+        event_type=kind,
+        payload="{}",
+        targets=TARGETS,
+        trace_id="",
+        now=NOW,
+        claim_until=lambda _t: NOW,
+        known=set(),
+    )
+
+
+def terminal_rows(engine: sa.Engine) -> list[tuple[str, str]]:
+    deliveries = TABLES.deliveries
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(deliveries.c.endpoint_id, deliveries.c.event_type)
+            .where(deliveries.c.job_id == "job_1")
+            .order_by(deliveries.c.endpoint_id)
+        )
+        return [(row.endpoint_id, row.event_type) for row in rows]
+
+
+def test_the_migrations_build_exactly_the_tables(engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        upgrade_connection(connection)
+    with engine.connect() as connection:
+        assert current_revision(connection) == "0004"
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert list(compare_metadata(context, TABLES.metadata)) == []
+        indexes = {i["name"]: i for i in sa.inspect(connection).get_indexes("deliveries")}
+    assert indexes["uq_deliveries_job_terminal"]["unique"]
+
+
+def test_a_second_member_adds_no_second_terminal_delivery(engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        upgrade_connection(connection)
+    with engine.begin() as connection:
+        first = add_end(connection, webhook_id="evt_failed", kind="job.failed")
+    assert len(first) == 2
+    with engine.begin() as connection:
+        second = add_end(connection, webhook_id="evt_completed", kind="job.completed")
+    assert second == []  # nothing recorded, so nothing to send
+    assert terminal_rows(engine) == [("", "job.failed"), ("we_1", "job.failed")]
+    with engine.begin() as connection:  # a non-terminal event of the job is not held back
+        progress = add_end(connection, webhook_id="evt_progress", kind="job.progress")
+    assert [claim.endpoint_id for claim in progress] == ["we_1", ""]
+
+
+def test_the_migration_refuses_two_terminal_deliveries_of_one_job(engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        upgrade_connection(connection, "0003")
+    for webhook_id, kind in (("evt_failed", "job.failed"), ("evt_completed", "job.completed")):
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO deliveries (id, webhook_id, account_id, job_id, endpoint_id, "
+                    "url, event_type, payload, status, attempts, trace_id, created_at) VALUES "
+                    "(:id, :webhook_id, 'acct_1', 'job_1', 'we_1', 'https://hooks.example/a', "
+                    ":kind, '{}', 'delivered', 1, '', :now)"
+                ),
+                {"id": f"dlv_{webhook_id}", "webhook_id": webhook_id, "kind": kind, "now": NOW},
+            )
+    with pytest.raises(RuntimeError, match=r"1 job\(s\).*job_1 → we_1"):
+        with engine.begin() as connection:
+            upgrade_connection(connection)
+    with engine.connect() as connection:
+        assert current_revision(connection) == "0003"
+    assert len(terminal_rows(engine)) == 2
