@@ -15,6 +15,7 @@ from kiln_runtime.service import ServiceRuntime
 from kiln_scheduler.config import SchedulerSettings
 from kiln_scheduler.handlers import Scheduler
 from kiln_scheduler.migrate import upgrade_connection
+from kiln_scheduler.repository import ChangedElsewhere
 from kiln_scheduler.tables import MESSAGING, Base
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ async def run_timer(
             await runtime.write(scheduler.tick)
         except asyncio.CancelledError:
             raise
+        except ChangedElsewhere as stale:
+            scheduler.forget()
+            log.warning("tick rolled back, its queue read again: %s", stale)
         except Exception:
             scheduler.forget()
             log.exception("scheduler tick failed; next one in %.2f s", interval_s)

@@ -449,8 +449,18 @@ class Scheduler:
         elif job.status in ("dispatched", "running"):
             self.queue.update(job, status="canceling")
 
-    def _current_attempt(self, event: Event, attempt: int) -> QueuedJobState | None:
+    def _current_attempt(self, unit: Unit, event: Event, attempt: int) -> QueuedJobState | None:
         job = self.queue.get(event.job_id)
+        if job is not None and attempt > job.attempt:
+            # Only a scheduler dispatches an attempt, and this one's copy knows of none so
+            # late: another instance may have dispatched it while this copy went stale. Then
+            # the queue is read again rather than the report called stale; a row as this copy
+            # knows it means the report is wrong, and it is ignored below.
+            stored = repository.job(unit.connection, job.job_id)
+            if stored is not None and stored.version != job.version:
+                raise repository.ChangedElsewhere(
+                    f"{event.job_id}: attempt {attempt} reported, {job.attempt} known here"
+                )
         if job is None or job.status not in ACTIVE_STATUSES or attempt != job.attempt:
             return None
         return job
@@ -459,7 +469,7 @@ class Scheduler:
         started = event.message
         assert isinstance(started, jobs_pb2.JobStarted)
         self._begin(unit)
-        job = self._current_attempt(event, started.attempt)
+        job = self._current_attempt(unit, event, started.attempt)
         if job is None:
             return
         self.queue.update(
@@ -473,7 +483,7 @@ class Scheduler:
         progress = event.message
         assert isinstance(progress, jobs_pb2.JobProgress)
         self._begin(unit)
-        job = self._current_attempt(event, progress.attempt)
+        job = self._current_attempt(unit, event, progress.attempt)
         if job is None:
             return
         if job.started_at is None:  # progress before (or instead of) job.started
@@ -510,7 +520,7 @@ class Scheduler:
         assert isinstance(failed, jobs_pb2.JobAttemptFailed)
         self._begin(unit)
         # Stale: an attempt the scheduler already gave up on (lost, timed out) or a finished job.
-        job = self._current_attempt(event, failed.attempt)
+        job = self._current_attempt(unit, event, failed.attempt)
         if job is None:
             return
         self.attempt_failed(

@@ -11,6 +11,8 @@ from kiln_scheduler.tables import QueuedJob
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BASELINE = ("0001", "queued_jobs")
 MIGRATION_LOCK_KEY = 0x6B696C6E_0005  # "kiln", the scheduler
+# Columns a migration after the baseline adds: that migration adds them, not the adoption.
+_AFTER_BASELINE = frozenset({"version"})  # 0003
 
 
 def _add_missing_columns(connection: Connection) -> None:
@@ -21,7 +23,7 @@ def _add_missing_columns(connection: Connection) -> None:
         return
     present = {c["name"] for c in inspect(connection).get_columns("queued_jobs")}
     for column in QueuedJob.__table__.columns:
-        if column.name not in present:
+        if column.name not in present and column.name not in _AFTER_BASELINE:
             sql_type = column.type.compile(dialect=connection.dialect)
             connection.execute(text(f"ALTER TABLE queued_jobs ADD COLUMN {column.name} {sql_type}"))
 

@@ -40,6 +40,7 @@ class QueuedJobState:
     queue_reason: str | None = None
     last_error_code: str | None = None
     outcome: str | None = None
+    version: int = 0  # the row's version this copy was read or last written at
 
     @property
     def active(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
 from kiln_runtime.db import upsert_insert
+from kiln_runtime.failures import TransientError
 from kiln_scheduler.decisions import ACTIVE_STATUSES, FINISHED
 from kiln_scheduler.queue import COLUMNS, QueuedJobState
 from kiln_scheduler.tables import PoolSlots, PoolStats, QueuedJob
@@ -18,13 +19,27 @@ jobs_table = cast(Table, QueuedJob.__table__)
 stats_table = cast(Table, PoolStats.__table__)
 slots_table = cast(Table, PoolSlots.__table__)
 
-_MUTABLE = tuple(c for c in COLUMNS if c not in ("job_id", "seq"))
+_MUTABLE = tuple(c for c in COLUMNS if c not in ("job_id", "seq", "version"))
 _INSERT_JOBS = insert(jobs_table).returning(jobs_table.c.seq, sort_by_parameter_order=True)
 _UPDATE_JOB = (
     update(jobs_table)
-    .where(jobs_table.c.job_id == bindparam("key_job_id"))
-    .values({name: bindparam(f"v_{name}") for name in _MUTABLE})
+    .where(
+        jobs_table.c.job_id == bindparam("key_job_id"),
+        jobs_table.c.version == bindparam("key_version"),
+    )
+    .values(
+        {name: bindparam(f"v_{name}") for name in _MUTABLE} | {"version": jobs_table.c.version + 1}
+    )
 )
+
+
+class ChangedElsewhere(TransientError):
+    """Another scheduler instance changed jobs this one holds in memory: this instance lost
+    their partition without knowing it yet (cut off from the broker, or paused past its
+    session). Its transaction rolls back, so nothing it decided from the stale copy is
+    written or sent; the queue in memory is read again (docs/architecture.md, "Scheduler")."""
+
+
 _MOVE_SLOTS = (
     update(slots_table)
     .where(slots_table.c.pool == bindparam("s_pool"))
@@ -84,13 +99,23 @@ def insert_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
 def update_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
     if not jobs:
         return
-    connection.execute(
+    updated = connection.execute(
         _UPDATE_JOB,
         [
-            {"key_job_id": j.job_id, **{f"v_{name}": getattr(j, name) for name in _MUTABLE}}
+            {
+                "key_job_id": j.job_id,
+                "key_version": j.version,
+                **{f"v_{name}": getattr(j, name) for name in _MUTABLE},
+            }
             for j in jobs
         ],
-    )
+    ).rowcount
+    if updated != len(jobs):
+        raise ChangedElsewhere(
+            f"{len(jobs) - updated} of {len(jobs)} job rows were changed by another instance"
+        )
+    for j in jobs:
+        j.version += 1
 
 
 # ------------------------------------------------------------------------------ pool slots

@@ -48,6 +48,10 @@ class QueuedJob(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     # completed | failed | timeout | canceled, once finished.
     outcome: Mapped[str | None] = mapped_column(String(16))
+    # Moved by every update, which names the version it read: an instance whose copy of the
+    # row is stale (it lost the job's partition and does not know it yet) changes nothing
+    # (docs/architecture.md, "Scheduler").
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class PoolStats(Base):
