@@ -1,0 +1,46 @@
+"""The scheduler's schema comes from its Alembic migrations, on SQLite and PostgreSQL: they
+build exactly the models' tables, and 0003 gives the jobs already queued a version to start
+from."""
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from kiln_runtime.db import make_engine
+from kiln_runtime.migrations import current_revision
+from kiln_scheduler.migrate import upgrade_connection
+from kiln_scheduler.tables import Base
+
+pytestmark = pytest.mark.integration
+
+
+def schema_differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_the_migrations_build_exactly_the_models_tables(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda c: upgrade_connection(c, "0002"))
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO queued_jobs (job_id, account_id, pool, spec, "
+                    "price_millicredits, status, attempt, enqueued_at) VALUES ('j', 'a', 'p', "
+                    ":spec, 0, 'queued', 0, CURRENT_TIMESTAMP)"
+                ),
+                {"spec": b""},
+            )
+        for _ in range(2):  # a second start finds nothing to do
+            async with engine.begin() as connection:
+                await connection.run_sync(upgrade_connection)
+        async with engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == "0003"
+            assert await connection.run_sync(schema_differences) == []
+            version = await connection.scalar(sa.text("SELECT version FROM queued_jobs"))
+        assert version == 0
+    finally:
+        await engine.dispose()
