@@ -51,6 +51,7 @@ async def run_timer(
         except asyncio.CancelledError:
             raise
         except ChangedElsewhere as stale:
+            # Still stale after the group commit's own retries (each reads the queue again).
             scheduler.forget()
             log.warning("tick rolled back, its queue read again: %s", stale)
         except Exception:

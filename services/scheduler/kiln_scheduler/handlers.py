@@ -391,7 +391,7 @@ class Scheduler:
         reserved = event.message
         assert isinstance(reserved, credits_pb2.CreditsReserved)
         self._begin(unit)
-        existing = self.queue.get(event.job_id)
+        existing, ended = self._held(unit, event)
         if existing is not None and existing.status == "cancel_requested":
             self.queue.update(
                 existing,
@@ -401,7 +401,7 @@ class Scheduler:
             )
             self.cancel(unit, existing)
             return
-        if existing is not None or repository.job(unit.connection, event.job_id) is not None:
+        if existing is not None or ended:
             return  # reserved twice (a resubmission), or finished already
         pool = reserved.spec.pool
         self.queue.add(
@@ -426,10 +426,10 @@ class Scheduler:
         CANCELED) or completes (completion wins); a job not yet reserved is canceled when its
         reservation arrives."""
         self._begin(unit)
-        job = self.queue.get(event.job_id)
+        job, ended = self._held(unit, event)
         if job is None:
-            if repository.job(unit.connection, event.job_id) is not None:
-                return  # finished already
+            if ended:
+                return
             self.queue.add(
                 QueuedJobState(
                     job_id=event.job_id,
@@ -449,8 +449,23 @@ class Scheduler:
         elif job.status in ("dispatched", "running"):
             self.queue.update(job, status="canceling")
 
-    def _current_attempt(self, unit: Unit, event: Event, attempt: int) -> QueuedJobState | None:
+    def _held(self, unit: Unit, event: Event) -> tuple[QueuedJobState | None, bool]:
+        """(the event's job as this instance's copy holds it, whether the job has ended). A job
+        the copy lacks is read from its row: a row that has not ended was written by another
+        instance while this copy went stale (see ChangedElsewhere), and the queue is read
+        again rather than the event dropped."""
         job = self.queue.get(event.job_id)
+        if job is not None:
+            return job, False
+        if self.queue.unwritten(event.job_id) is not None:
+            return None, True  # ended earlier in this transaction
+        stored = repository.job(unit.connection, event.job_id)
+        if stored is not None and stored.status != FINISHED:
+            raise repository.ChangedElsewhere(f"{event.job_id}: has a row, not in this copy")
+        return None, stored is not None
+
+    def _current_attempt(self, unit: Unit, event: Event, attempt: int) -> QueuedJobState | None:
+        job, _ended = self._held(unit, event)
         if job is not None and attempt > job.attempt:
             # Only a scheduler dispatches an attempt, and this one's copy knows of none so
             # late: another instance may have dispatched it while this copy went stale. Then
@@ -502,7 +517,7 @@ class Scheduler:
         completed = event.message
         assert isinstance(completed, jobs_pb2.JobCompleted)
         self._begin(unit)
-        job = self.queue.get(event.job_id)
+        job, _ended = self._held(unit, event)
         if job is None or job.status == "cancel_requested":
             return
         started = _when(completed.started_at) or job.started_at
@@ -537,7 +552,7 @@ class Scheduler:
         worker of an older version emitted instead of job.attempt_failed. Either way the job
         has ended for billing and the client, so the scheduler stops holding it."""
         self._begin(unit)
-        job = self.queue.get(event.job_id)
+        job, _ended = self._held(unit, event)
         if job is None or job.status == "cancel_requested":
             return
         self.finish(unit, job, "failed")

@@ -11,8 +11,31 @@ from kiln_scheduler.tables import QueuedJob
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BASELINE = ("0001", "queued_jobs")
 MIGRATION_LOCK_KEY = 0x6B696C6E_0005  # "kiln", the scheduler
-# Columns a migration after the baseline adds: that migration adds them, not the adoption.
-_AFTER_BASELINE = frozenset({"version"})  # 0003
+# The columns of `queued_jobs` at the baseline: the adoption adds only those (a later
+# migration adds its own, and would fail on a column already there).
+_BASELINE_COLUMNS = frozenset(
+    {
+        "seq",
+        "job_id",
+        "account_id",
+        "pool",
+        "spec",
+        "price_millicredits",
+        "status",
+        "attempt",
+        "enqueued_at",
+        "dispatched_at",
+        "finished_at",
+        "deadline_at",
+        "ready_at",
+        "started_at",
+        "last_seen_at",
+        "queue_position",
+        "queue_reason",
+        "last_error_code",
+        "outcome",
+    }
+)
 
 
 def _add_missing_columns(connection: Connection) -> None:
@@ -23,7 +46,7 @@ def _add_missing_columns(connection: Connection) -> None:
         return
     present = {c["name"] for c in inspect(connection).get_columns("queued_jobs")}
     for column in QueuedJob.__table__.columns:
-        if column.name not in present and column.name not in _AFTER_BASELINE:
+        if column.name not in present and column.name in _BASELINE_COLUMNS:
             sql_type = column.type.compile(dialect=connection.dialect)
             connection.execute(text(f"ALTER TABLE queued_jobs ADD COLUMN {column.name} {sql_type}"))
 

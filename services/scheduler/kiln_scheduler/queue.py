@@ -71,6 +71,11 @@ class QueueIndex:
     def get(self, job_id: str) -> QueuedJobState | None:
         return self.jobs.get(job_id)
 
+    def unwritten(self, job_id: str) -> QueuedJobState | None:
+        """The job as changed since `take_changes`, finished ones included (they leave `jobs`
+        at once, their rows only when the transaction writes them)."""
+        return self._changed.get(job_id) or self._new.get(job_id)
+
     def waiting_in(self, pool: str) -> list[QueuedJobState]:
         return list(self._waiting.get(pool, {}).values())
 

@@ -19,6 +19,14 @@ jobs_table = cast(Table, QueuedJob.__table__)
 stats_table = cast(Table, PoolStats.__table__)
 slots_table = cast(Table, PoolSlots.__table__)
 
+
+class ChangedElsewhere(TransientError):
+    """Another scheduler instance wrote jobs this one's copy of the queue holds (or lacks):
+    one of them lost the jobs' partition without knowing it yet (cut off from the broker, or
+    paused past its session). The transaction rolls back, so nothing decided from the stale
+    copy is written or sent, and the copy is read again (docs/architecture.md, "Scheduler")."""
+
+
 _MUTABLE = tuple(c for c in COLUMNS if c not in ("job_id", "seq", "version"))
 _INSERT_JOBS = insert(jobs_table).returning(jobs_table.c.seq, sort_by_parameter_order=True)
 _UPDATE_JOB = (
@@ -31,14 +39,6 @@ _UPDATE_JOB = (
         {name: bindparam(f"v_{name}") for name in _MUTABLE} | {"version": jobs_table.c.version + 1}
     )
 )
-
-
-class ChangedElsewhere(TransientError):
-    """Another scheduler instance changed jobs this one holds in memory: this instance lost
-    their partition without knowing it yet (cut off from the broker, or paused past its
-    session). Its transaction rolls back, so nothing it decided from the stale copy is
-    written or sent; the queue in memory is read again (docs/architecture.md, "Scheduler")."""
-
 
 _MOVE_SLOTS = (
     update(slots_table)
@@ -99,6 +99,8 @@ def insert_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
 def update_jobs(connection: Connection, jobs: Sequence[QueuedJobState]) -> None:
     if not jobs:
         return
+    # In one order on every instance: two transactions on PostgreSQL then lock rows alike.
+    jobs = sorted(jobs, key=lambda j: j.job_id)
     updated = connection.execute(
         _UPDATE_JOB,
         [

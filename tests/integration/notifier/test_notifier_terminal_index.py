@@ -4,6 +4,7 @@ that read the recorded targets before another member recorded the job's other en
 second terminal delivery and claims nothing; migration 0004 refuses a database that already
 holds two, changing nothing."""
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/notifier.db"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"notifier_{tmp_path.name[-12:].lower().replace('-', '_')}"
+    name = f"notifier_{uuid.uuid4().hex[:12]}"
     admin = make_sync_engine(cluster.url("postgres", "psycopg"))
     try:
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:

@@ -10,12 +10,20 @@ import pytest
 from sqlalchemy import select
 
 from kiln_contracts import decode
+from kiln_contracts.v1 import jobs_pb2
 from kiln_runtime.db import SessionFactory
 from kiln_runtime.failures import is_transient
 from kiln_scheduler.config import SchedulerSettings
 from kiln_scheduler.repository import ChangedElsewhere
 from kiln_scheduler.tables import MESSAGING
-from tests.integration.scheduler.scheduler_events import POOL, Harness, started
+from tests.integration.scheduler.scheduler_events import (
+    POOL,
+    Harness,
+    completed,
+    event,
+    spec,
+    started,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +104,34 @@ async def test_the_owner_does_not_act_on_a_job_a_stale_instance_changed_first(
     await owner.deliver(started("acct_a", job, 2))
     row = await owner.row(job)
     assert (row.status, row.attempt) == ("running", 2)
+
+
+async def test_a_job_a_stale_instance_took_in_is_not_lost_to_the_owner(
+    sessions: SessionFactory,
+) -> None:
+    """The zombie's batch of a reservation commits before the owner moved that partition (the
+    positions cannot fence it yet): the owner's copy, read before, lacks the job. Its worker's
+    reports then read the queue again instead of being dropped as a finished job's."""
+    owner, zombie = instances(sessions)
+    await owner.tick(owner.now)  # the owner reads its queue
+    job = await zombie.reserve("acct_a")
+    with pytest.raises(ChangedElsewhere):
+        await owner.deliver(started("acct_a", job, 1))
+    await owner.deliver(started("acct_a", job, 1))
+    assert (await owner.row(job)).status == "running"
+
+
+async def test_both_ends_of_a_job_in_one_batch_need_no_second_read(
+    sessions: SessionFactory,
+) -> None:
+    """A job that ended earlier in the batch is not in the copy any more and its row is not
+    written yet: the batch's later event of it is not taken for another instance's work."""
+    owner, _zombie = instances(sessions)
+    job = await owner.reserve("acct_a")
+    await owner.deliver(started("acct_a", job, 1))
+    failed = jobs_pb2.JobFailed(spec=spec(), attempt=1, error_code="INFERENCE_ERROR")
+    outcomes = await owner.driver.process_batch(
+        [completed("acct_a", job, 1), event("job.failed", failed, "acct_a", job)]
+    )
+    assert outcomes == ["processed", "processed"]
+    assert (await owner.row(job)).outcome == "completed"

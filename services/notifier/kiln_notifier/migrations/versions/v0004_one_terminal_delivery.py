@@ -28,6 +28,10 @@ _INDEX = "uq_deliveries_job_terminal"
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        # Writers wait from here on, not only while the index is built: a duplicate committed
+        # between the check and the build would fail it without the message below.
+        op.execute("LOCK TABLE deliveries IN SHARE MODE")
     twice = (
         op.get_bind()
         .execute(
@@ -44,8 +48,8 @@ def upgrade() -> None:
         ) + (", …" if len(twice) > 10 else "")
         raise RuntimeError(
             f"{len(twice)} job(s) have two terminal deliveries to one target ({listed}); "
-            "delete the later row of each from `deliveries` (and its `delivery_attempts`) "
-            "and start the notifier again"
+            "delete the later row of each from `deliveries` (and its rows in "
+            "`delivery_attempts` and `redeliveries`) and start the notifier again"
         )
     op.create_index(
         _INDEX,
