@@ -23,13 +23,14 @@ from kiln_notifier.deliveries import (
     TEST_TYPE,
     WEBHOOK_TYPES,
     DeliveryTarget,
+    EndpointRecord,
     delivery_targets,
     job_spec,
     payload_for_event,
     payload_for_test_event,
     webhook_type,
 )
-from kiln_notifier.repository import ClaimedDelivery, KnownTargets
+from kiln_notifier.repository import ClaimedDelivery
 from kiln_notifier.tables import NotifierTables
 from kiln_runtime.batches import EventHandlers
 from kiln_runtime.job_object import FileLinks
@@ -65,8 +66,8 @@ class Notifier:
         self.sender = sender
         # The batch's deliveries whose first attempt goes once it commits (see after_batch).
         self._first_attempts: tuple[Unit, list[ClaimedDelivery]] | None = None
-        # What the batch's jobs' ends need to know, read at its start (see before_batch).
-        self._known: tuple[Unit, KnownTargets] | None = None
+        # The live endpoints of the batch's jobs' accounts, read at its start (see before_batch).
+        self._endpoints: tuple[Unit, dict[str, list[EndpointRecord]]] | None = None
 
     def handlers(self) -> EventHandlers:
         handlers = {
@@ -79,37 +80,31 @@ class Notifier:
         return EventHandlers(handlers, before_batch=self.before_batch, after_batch=self.after_batch)
 
     def before_batch(self, unit: Unit, events: Sequence[Event]) -> None:
-        """Read, for every job's end in the batch at once, the accounts' endpoints and the
-        targets already recorded (three queries instead of three per event). The handlers keep
-        it current: an endpoint change drops its account's endpoints (read again when needed),
-        and each delivery added counts for the batch's later events."""
-        ends = [e for e in events if e.type in WEBHOOK_TYPES]
-        self._known = None
-        if not ends:
-            return
-        known = repository.known_targets_of_batch(
-            unit.connection,
-            self.tables,
-            account_ids=[e.account_id for e in ends],
-            webhook_ids=[e.event_id for e in ends],
-            job_ids=[e.job_id for e in ends if e.job_id],
-        )
-        self._known = (unit, known)
+        """Read the endpoints of every account with a job's end in the batch at once (one
+        query instead of one per event). An endpoint change in the batch drops its account's,
+        read again when a later job's end needs them."""
+        accounts = [e.account_id for e in events if e.type in WEBHOOK_TYPES]
+        self._endpoints = None
+        if accounts:
+            found = repository.endpoints_of_accounts(unit.connection, self.tables, accounts)
+            self._endpoints = (unit, found)
 
-    def _known_for(self, unit: Unit) -> KnownTargets | None:
-        if self._known is None or self._known[0] is not unit:
+    def _batch_endpoints(self, unit: Unit) -> dict[str, list[EndpointRecord]] | None:
+        if self._endpoints is None or self._endpoints[0] is not unit:
             return None
-        return self._known[1]
+        return self._endpoints[1]
 
-    def _known_for_end(self, unit: Unit, event: Event) -> KnownTargets:
-        """The batch's `KnownTargets`; read for this event alone when the handler runs outside
-        a batch (its `before_batch` did not)."""
-        known = self._known_for(unit)
-        if known is None:
-            self.before_batch(unit, [event])
-            known = self._known_for(unit)
-            assert known is not None
-        return known
+    def _endpoints_of(self, unit: Unit, account_id: str) -> list[EndpointRecord]:
+        """The account's live endpoints: as the batch read them, or read now (an endpoint of
+        the account changed earlier in the batch, or the handler runs outside a batch)."""
+        batch = self._batch_endpoints(unit)
+        if batch is None:
+            return repository.account_endpoints(unit.connection, self.tables, account_id)
+        endpoints = batch.get(account_id)
+        if endpoints is None:
+            endpoints = repository.account_endpoints(unit.connection, self.tables, account_id)
+            batch[account_id] = endpoints
+        return endpoints
 
     def _claim_until(self, unit: Unit) -> Callable[[DeliveryTarget], datetime | None]:
         sender = self.sender
@@ -137,7 +132,7 @@ class Notifier:
         disabled or given a new secret later in the same batch counts), rather than in a read
         transaction of its own per delivery. A later attempt reads the secret itself."""
         pending, self._first_attempts = self._first_attempts, None
-        self._known = None
+        self._endpoints = None
         sender = self.sender
         if pending is None or pending[0] is not unit or sender is None:
             return
@@ -180,9 +175,9 @@ class Notifier:
         message = event.message
         if not isinstance(message, webhooks_pb2.WebhookEndpointChanged):
             raise TypeError(f"expected WebhookEndpointChanged, got {type(message).__name__}")
-        batch = self._known_for(unit)
+        batch = self._batch_endpoints(unit)
         if batch is not None:
-            batch.endpoints.pop(event.account_id, None)  # read again by a later job's end
+            batch.pop(event.account_id, None)  # read again by a later job's end
         repository.upsert_endpoint(
             unit.connection,
             self.tables,
@@ -204,11 +199,7 @@ class Notifier:
         target (the job's webhook_url, the matching account endpoints)."""
         kind = webhook_type(event.type)
         spec = job_spec(event)
-        batch = self._known_for_end(unit, event)
-        endpoints = batch.endpoints.get(event.account_id)
-        if endpoints is None:  # an endpoint of the account changed earlier in the batch
-            endpoints = repository.account_endpoints(unit.connection, self.tables, event.account_id)
-            batch.endpoints[event.account_id] = endpoints
+        endpoints = self._endpoints_of(unit, event.account_id)
         targets = delivery_targets(kind, spec.webhook_url, endpoints)
         if not targets:
             return
@@ -224,9 +215,7 @@ class Notifier:
             trace_id=event.envelope.trace_id,
             now=unit.now,
             claim_until=self._claim_until(unit),
-            known=batch.known(event.event_id, event.job_id, event.account_id, kind),
         )
-        batch.added(claims)
         self._send_after_commit(unit, claims)
 
     def handle_redelivery_requested(self, unit: Unit, event: Event) -> None:

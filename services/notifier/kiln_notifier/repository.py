@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from kiln_notifier.deliveries import DeliveryTarget, EndpointRecord
-from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, TERMINAL_TYPES, NotifierTables
+from kiln_notifier.tables import JOB_WEBHOOK_URL, PENDING, NotifierTables
 from kiln_runtime.db import upsert_insert
 
 
@@ -43,10 +43,6 @@ class _Statements:
     default_secret: Select[Any]
     endpoint_secret: Select[Any]
     endpoint_disabled: Select[Any]
-    known_targets: Select[Any]
-    terminal_targets: Select[Any]
-    webhooks_targets: Select[Any]
-    jobs_terminal_targets: Select[Any]
     # per dialect: skips a row the unique constraints already hold, and names the rows it added
     add_deliveries: dict[str, Insert]
     record_outcome: Update
@@ -73,7 +69,6 @@ def _built(tables: NotifierTables) -> _Statements:
         endpoints.c.deleted.is_(False),
         endpoints.c.endpoint_id.not_in(select(disabled.c.endpoint_id)),
     )
-    terminal_types = sorted(TERMINAL_TYPES)
     made = _Statements(
         account_endpoints=live_endpoints.where(endpoints.c.account_id == bindparam("account_id")),
         accounts_endpoints=live_endpoints.where(
@@ -95,23 +90,6 @@ def _built(tables: NotifierTables) -> _Statements:
         ),
         endpoint_disabled=select(disabled.c.endpoint_id).where(
             disabled.c.endpoint_id == bindparam("endpoint_id")
-        ),
-        known_targets=select(deliveries.c.endpoint_id).where(
-            deliveries.c.webhook_id == bindparam("webhook_id")
-        ),
-        terminal_targets=select(deliveries.c.endpoint_id).where(
-            deliveries.c.job_id == bindparam("job_id"),
-            deliveries.c.account_id == bindparam("account_id"),
-            deliveries.c.event_type.in_(terminal_types),
-        ),
-        webhooks_targets=select(deliveries.c.webhook_id, deliveries.c.endpoint_id).where(
-            deliveries.c.webhook_id.in_(bindparam("webhook_ids", expanding=True))
-        ),
-        jobs_terminal_targets=select(
-            deliveries.c.job_id, deliveries.c.account_id, deliveries.c.endpoint_id
-        ).where(
-            deliveries.c.job_id.in_(bindparam("job_ids", expanding=True)),
-            deliveries.c.event_type.in_(terminal_types),
         ),
         add_deliveries={
             dialect: upsert_insert(dialect)(deliveries)
@@ -222,60 +200,17 @@ def account_endpoints(
     return [_endpoint_record(row) for row in rows]
 
 
-@dataclass
-class KnownTargets:
-    """What `add_deliveries` must know, read for a whole batch of jobs' ends at once: each
-    account's live endpoints, the targets each webhook (message) was recorded for, and the
-    targets each job already has a terminal webhook for (by job id and account)."""
-
-    endpoints: dict[str, list[EndpointRecord]]
-    by_webhook: dict[str, set[str]]
-    terminal: dict[tuple[str, str], set[str]]
-
-    def known(self, webhook_id: str, job_id: str, account_id: str, event_type: str) -> set[str]:
-        known = set(self.by_webhook.get(webhook_id, ()))
-        if job_id and event_type in TERMINAL_TYPES:
-            known |= self.terminal.get((job_id, account_id), set())
-        return known
-
-    def added(self, claims: Sequence["ClaimedDelivery"]) -> None:
-        """Deliveries this batch added count for the batch's later events."""
-        for claim in claims:
-            self.by_webhook.setdefault(claim.webhook_id, set()).add(claim.endpoint_id)
-            if claim.job_id and claim.event_type in TERMINAL_TYPES:
-                key = (claim.job_id, claim.account_id)
-                self.terminal.setdefault(key, set()).add(claim.endpoint_id)
-
-
-def known_targets_of_batch(
-    connection: Connection,
-    tables: NotifierTables,
-    *,
-    account_ids: Sequence[str],
-    webhook_ids: Sequence[str],
-    job_ids: Sequence[str],
-) -> KnownTargets:
-    """`KnownTargets` of a batch: three queries, whatever the batch's size."""
-    statements = _built(tables)
+def endpoints_of_accounts(
+    connection: Connection, tables: NotifierTables, account_ids: Sequence[str]
+) -> dict[str, list[EndpointRecord]]:
+    """Each account's live endpoints, in one query for a whole batch of jobs' ends."""
     endpoints: dict[str, list[EndpointRecord]] = {account: [] for account in account_ids}
     if account_ids:
         for row in connection.execute(
-            statements.accounts_endpoints, {"account_ids": sorted(set(account_ids))}
+            _built(tables).accounts_endpoints, {"account_ids": sorted(set(account_ids))}
         ):
             endpoints[row.account_id].append(_endpoint_record(row))
-    by_webhook: dict[str, set[str]] = {}
-    if webhook_ids:
-        for row in connection.execute(
-            statements.webhooks_targets, {"webhook_ids": sorted(set(webhook_ids))}
-        ):
-            by_webhook.setdefault(row.webhook_id, set()).add(row.endpoint_id)
-    terminal: dict[tuple[str, str], set[str]] = {}
-    if job_ids:
-        for row in connection.execute(
-            statements.jobs_terminal_targets, {"job_ids": sorted(set(job_ids))}
-        ):
-            terminal.setdefault((row.job_id, row.account_id), set()).add(row.endpoint_id)
-    return KnownTargets(endpoints, by_webhook, terminal)
+    return endpoints
 
 
 @dataclass(frozen=True)
@@ -406,31 +341,20 @@ def add_deliveries(
     trace_id: str,
     now: datetime,
     claim_until: Callable[[DeliveryTarget], datetime | None] = lambda _t: None,
-    known: set[str] | None = None,
 ) -> list[ClaimedDelivery]:
     """Insert one pending delivery per target not already recorded for this message, due now;
     or, for a target `claim_until` gives a time, claimed by this process until then (it sends
-    them as soon as the transaction commits). Returns the new deliveries. `known`: the targets
-    recorded already (`KnownTargets.known`), when the caller read them for a whole batch."""
+    them as soon as the transaction commits). Returns the deliveries added.
+
+    The database says what is recorded already, with no read first: a message's target that
+    has its delivery (a redelivered event the inbox no longer remembers) is skipped by
+    `uq_deliveries_message_endpoint`, and a job's target that has its terminal webhook (a
+    late job.completed after job.failed, here or on another member) by
+    `uq_deliveries_job_terminal`; whichever end was recorded first is the one sent."""
     statements = _built(tables)
-    if known is None:
-        known = set(
-            connection.execute(statements.known_targets, {"webhook_id": webhook_id}).scalars()
-        )
-        if job_id and event_type in TERMINAL_TYPES:
-            # One terminal webhook per job and target: whichever of completed / failed /
-            # canceled came first. A late, contradicting one (job.completed after job.failed)
-            # is not sent.
-            known |= set(
-                connection.execute(
-                    statements.terminal_targets, {"job_id": job_id, "account_id": account_id}
-                ).scalars()
-            )
     rows: list[dict[str, Any]] = []
     claims: list[ClaimedDelivery] = []
     for target in targets:
-        if target.endpoint_id in known:
-            continue
         delivery_id = f"dlv_{uuid.uuid4().hex}"
         until = claim_until(target)
         rows.append(
@@ -468,9 +392,7 @@ def add_deliveries(
         )
     if not rows:
         return claims
-    # A row another member recorded since `known` was read (one job's ends handled by two
-    # members at once) is skipped by the unique constraints, and so is its claim: nothing is
-    # sent for a delivery that was not recorded.
+    # Nothing is sent for a delivery that was not recorded.
     added = set(
         connection.execute(statements.add_deliveries[connection.dialect.name], rows).scalars()
     )

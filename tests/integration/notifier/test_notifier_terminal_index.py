@@ -58,8 +58,8 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 def add_end(connection: sa.Connection, *, webhook_id: str, kind: str) -> list[Any]:
-    """A job's end as a member adds it whose batch read no recorded targets (`known` empty):
-    what a member sees that read before another member's commit."""
+    """A job's end as a member adds it: nothing is read first, the database skips what is
+    recorded already (also when another member recorded it a moment before)."""
     return repository.add_deliveries(
         connection,
         TABLES,
@@ -72,7 +72,6 @@ def add_end(connection: sa.Connection, *, webhook_id: str, kind: str) -> list[An
         trace_id="",
         now=NOW,
         claim_until=lambda _t: NOW,
-        known=set(),
     )
 
 
