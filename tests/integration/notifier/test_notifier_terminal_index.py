@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 
 from kiln_notifier import repository
 from kiln_notifier.deliveries import DeliveryTarget
-from kiln_notifier.migrate import upgrade_connection
+from kiln_notifier.migrate import downgrade_connection, upgrade_connection
 from kiln_notifier.tables import JOB_WEBHOOK_URL, make_tables
 from kiln_runtime.db import make_sync_engine
 from kiln_runtime.migrations import current_revision
@@ -57,7 +57,13 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
         made.dispose()
 
 
-def add_end(connection: sa.Connection, *, webhook_id: str, kind: str) -> list[Any]:
+def add_end(
+    connection: sa.Connection,
+    *,
+    webhook_id: str,
+    kind: str,
+    targets: list[DeliveryTarget] = TARGETS,
+) -> list[Any]:
     """A job's end as a member adds it: nothing is read first, the database skips what is
     recorded already (also when another member recorded it a moment before)."""
     return repository.add_deliveries(
@@ -68,7 +74,7 @@ def add_end(connection: sa.Connection, *, webhook_id: str, kind: str) -> list[An
         job_id="job_1",
         event_type=kind,
         payload="{}",
-        targets=TARGETS,
+        targets=targets,
         trace_id="",
         now=NOW,
         claim_until=lambda _t: NOW,
@@ -132,3 +138,30 @@ def test_the_migration_refuses_two_terminal_deliveries_of_one_job(engine: sa.Eng
     with engine.connect() as connection:
         assert current_revision(connection) == "0003"
     assert len(terminal_rows(engine)) == 2
+
+
+def test_each_target_keeps_the_end_recorded_for_it_first(engine: sa.Engine) -> None:
+    """Only the targets that already have a terminal delivery are skipped; the others get
+    this end (an endpoint added between the two ends, say)."""
+    with engine.begin() as connection:
+        upgrade_connection(connection)
+    with engine.begin() as connection:
+        add_end(connection, webhook_id="evt_failed", kind="job.failed", targets=TARGETS[:1])
+    with engine.begin() as connection:
+        second = add_end(connection, webhook_id="evt_completed", kind="job.completed")
+    assert [claim.endpoint_id for claim in second] == [JOB_WEBHOOK_URL]
+    assert terminal_rows(engine) == [("", "job.completed"), ("we_1", "job.failed")]
+
+
+def test_the_migration_goes_down_and_up_again(engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        upgrade_connection(connection)
+    with engine.begin() as connection:
+        downgrade_connection(connection, "0003")
+    with engine.connect() as connection:
+        names = {i["name"] for i in sa.inspect(connection).get_indexes("deliveries")}
+    assert "uq_deliveries_job_terminal" not in names
+    with engine.begin() as connection:
+        upgrade_connection(connection)
+    with engine.connect() as connection:
+        assert current_revision(connection) == "0004"
