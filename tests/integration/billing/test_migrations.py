@@ -6,9 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection
 
 from kiln_billing.migrate import current_revision, downgrade_connection, upgrade_database
 from kiln_billing.tables import Base
@@ -22,6 +19,7 @@ from tests.integration.billing.billing_events import (
     processor,
     submitted,
 )
+from tests.integration.schema_support import schema_differences
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +34,6 @@ LEGACY_ENTRY_COLUMNS = (
 )
 
 
-def schema_differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
-
-
 async def test_the_migrations_build_exactly_the_models_tables(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
@@ -48,7 +41,7 @@ async def test_the_migrations_build_exactly_the_models_tables(database_url: str)
         await upgrade_database(engine)  # a second start finds nothing to do
         async with engine.connect() as connection:
             assert await connection.run_sync(current_revision) == "0004"
-            assert await connection.run_sync(schema_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
             tables = await connection.run_sync(lambda c: sa.inspect(c).get_table_names())
         assert {"inbox", "outbox", "ledger_transactions", "ledger_postings"} <= set(tables)
     finally:
@@ -128,7 +121,7 @@ async def test_a_walking_skeleton_database_is_converted_to_double_entry(
         await upgrade_database(engine)
         async with engine.connect() as connection:
             assert await connection.run_sync(current_revision) == "0004"
-            assert await connection.run_sync(schema_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
         report = await verify_ledger_async(database_url)
         assert report.ok, report.render()
         assert report.totals == {

@@ -10,8 +10,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from kiln_crypto import SecretsKeyring, new_secrets_key
@@ -25,6 +23,7 @@ from kiln_gateway.migrate import (
 from kiln_gateway.tables import Base
 from kiln_runtime.db import make_engine
 from tests.integration.billing.postgres_cluster import PostgresCluster
+from tests.integration.schema_support import schema_differences
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +43,6 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return cluster.url(name)
 
 
-def schema_differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
-
-
 def table_names(connection: Connection) -> set[str]:
     return set(sa.inspect(connection).get_table_names())
 
@@ -60,7 +54,7 @@ async def test_the_migrations_build_exactly_the_tables(database_url: str) -> Non
         await upgrade_database(engine)  # a second start finds nothing to do
         async with engine.connect() as connection:
             assert await connection.run_sync(current_revision) == head_revision()
-            assert await connection.run_sync(schema_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
             tables = await connection.run_sync(table_names)
         assert set(Base.metadata.tables) | {"alembic_version"} == tables
     finally:
@@ -93,7 +87,7 @@ async def test_a_database_made_before_migrations_is_adopted_with_its_rows(
         await upgrade_database(engine, keyring=keyring)
         async with engine.connect() as connection:
             assert await connection.run_sync(current_revision) == head_revision()
-            assert await connection.run_sync(schema_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
             rows = (
                 await connection.execute(
                     sa.select(
@@ -140,6 +134,6 @@ async def test_down_to_nothing_and_up_again(database_url: str) -> None:
             assert await connection.run_sync(table_names) == {"alembic_version"}
         await upgrade_database(engine)
         async with engine.connect() as connection:
-            assert await connection.run_sync(schema_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
     finally:
         await engine.dispose()

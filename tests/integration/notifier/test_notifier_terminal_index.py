@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from kiln_notifier import repository
 from kiln_notifier.deliveries import DeliveryTarget
@@ -22,6 +20,7 @@ from kiln_notifier.tables import JOB_WEBHOOK_URL, make_tables
 from kiln_runtime.db import make_sync_engine
 from kiln_runtime.migrations import current_revision
 from tests.integration.billing.postgres_cluster import PostgresCluster
+from tests.integration.schema_support import schema_differences
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -97,8 +96,7 @@ def test_the_migrations_build_exactly_the_tables(engine: sa.Engine) -> None:
         upgrade_connection(connection)
     with engine.connect() as connection:
         assert current_revision(connection) == "0004"
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert list(compare_metadata(context, TABLES.metadata)) == []
+        assert schema_differences(connection, TABLES.metadata) == []
         indexes = {i["name"]: i for i in sa.inspect(connection).get_indexes("deliveries")}
     assert indexes["uq_deliveries_job_terminal"]["unique"]
 

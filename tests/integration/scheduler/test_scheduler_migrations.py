@@ -4,21 +4,14 @@ from."""
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection
 
 from kiln_runtime.db import make_engine
 from kiln_runtime.migrations import current_revision
 from kiln_scheduler.migrate import upgrade_connection
 from kiln_scheduler.tables import Base
+from tests.integration.schema_support import schema_differences
 
 pytestmark = pytest.mark.integration
-
-
-def schema_differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
 
 
 async def test_the_migrations_build_exactly_the_models_tables(database_url: str) -> None:
@@ -39,7 +32,7 @@ async def test_the_migrations_build_exactly_the_models_tables(database_url: str)
                 await connection.run_sync(upgrade_connection)
         async with engine.connect() as connection:
             assert await connection.run_sync(current_revision) == "0003"
-            assert await connection.run_sync(schema_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
             version = await connection.scalar(sa.text("SELECT version FROM queued_jobs"))
         assert version == 0
     finally:
