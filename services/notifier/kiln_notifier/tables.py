@@ -103,10 +103,12 @@ def make_tables() -> NotifierTables:
         Index("ix_deliveries_account_created", "account_id", "created_at"),
         Index("ix_deliveries_job", "job_id"),
     )
-    # One terminal delivery per job and target, whichever end was recorded first. The notifier
-    # reads what is recorded before it adds a delivery; this index is what holds when two
-    # members handle one job's `job.failed` and `job.completed` at once (a zombie member during
-    # a rebalance): the second insert skips the row (docs/architecture.md, "Webhooks").
+    # One terminal delivery per job and target, whichever end was recorded first. With
+    # `uq_deliveries_message_endpoint`, this is all that keeps deliveries from being recorded
+    # twice: the notifier reads nothing first, and an insert skips the rows they refuse, in
+    # its own transaction or when two members handle one job's `job.failed` and
+    # `job.completed` at once (a zombie member during a rebalance) (docs/architecture.md,
+    # "Webhooks").
     terminal = deliveries.c.event_type.in_(sorted(TERMINAL_TYPES))
     Index(
         "uq_deliveries_job_terminal",

@@ -187,8 +187,7 @@ class Scheduler:
     def _reload(self, connection: Connection) -> None:
         rows = repository.unfinished_jobs(connection)
         if self._partitions is not None:
-            mine = self._partitions
-            rows = [r for r in rows if partition_of(r.account_id, self._partition_count) in mine]
+            rows = [r for r in rows if self._holds(r.account_id)]
         self.queue.load(rows)
         self.means = repository.mean_durations(connection)
         self._stale = False
@@ -450,19 +449,38 @@ class Scheduler:
             self.queue.update(job, status="canceling")
 
     def _held(self, unit: Unit, event: Event) -> tuple[QueuedJobState | None, bool]:
-        """(the event's job as this instance's copy holds it, whether the job has ended). A job
-        the copy lacks is read from its row: a row that has not ended was written by another
-        instance while this copy went stale (see ChangedElsewhere), and the queue is read
-        again rather than the event dropped."""
+        """(the event's job as this instance's copy holds it, whether the job has a row the
+        copy is not to act on: it ended, or its account is not this instance's). A job the
+        copy lacks is read from its row: a row of this instance's accounts that has not ended
+        was written by another instance while this copy went stale (see ChangedElsewhere),
+        and the queue is read again rather than the event dropped."""
         job = self.queue.get(event.job_id)
         if job is not None:
             return job, False
         if self.queue.unwritten(event.job_id) is not None:
             return None, True  # ended earlier in this transaction
+        # A read per event of a job the copy does not hold: mostly the scheduler's own
+        # job.failed coming back, and late reports of finished jobs.
         stored = repository.job(unit.connection, event.job_id)
-        if stored is not None and stored.status != FINISHED:
-            raise repository.ChangedElsewhere(f"{event.job_id}: has a row, not in this copy")
-        return None, stored is not None
+        if stored is None:
+            return None, False
+        if stored.status != FINISHED:
+            if self._holds(stored.account_id):
+                raise repository.ChangedElsewhere(f"{event.job_id}: has a row, not in this copy")
+            # A reload would not bring it in either: its account maps to another partition
+            # (partitions were added, and the event was written before the producer knew).
+            log.warning(
+                "%s %s: its job is held for another partition; the event is not handled",
+                event.type,
+                event.job_id,
+            )
+        return None, True
+
+    def _holds(self, account_id: str) -> bool:
+        """Whether this instance's copy of the queue has the account's jobs (see `_reload`)."""
+        if self._partitions is None:
+            return True
+        return partition_of(account_id, self._partition_count) in self._partitions
 
     def _current_attempt(self, unit: Unit, event: Event, attempt: int) -> QueuedJobState | None:
         job, _ended = self._held(unit, event)

@@ -440,8 +440,8 @@ async def test_an_endpoint_deleted_later_in_the_same_batch_gets_no_first_attempt
 async def test_one_terminal_webhook_per_job_when_both_ends_come_in_one_batch(
     notifier: Notifier, receiver: Callable[..., Receiver]
 ) -> None:
-    # The batch reads what is recorded once, at its start: the first end's delivery must still
-    # count for the second (a late job.completed of a worker after the job was failed).
+    # The first end's delivery, recorded earlier in the same transaction, must count for the
+    # second (a late job.completed of a worker after the job was failed).
     hook = receiver(204)
     job = job_id()
     await notifier.driver.process_batch(

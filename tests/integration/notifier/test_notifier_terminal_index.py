@@ -1,8 +1,8 @@
 """One terminal webhook per job and target, held by the database, on SQLite and PostgreSQL: the
-migrations build exactly the notifier's tables (the partial unique index included); a member
-that read the recorded targets before another member recorded the job's other end adds no
-second terminal delivery and claims nothing; migration 0004 refuses a database that already
-holds two, changing nothing."""
+migrations build exactly the notifier's tables (the partial unique index included); a job's
+second end, recorded here or by another member, adds no terminal delivery to a target that has
+one and claims nothing, nor does a message recorded again; migration 0004 refuses a database
+that already holds two, changing nothing."""
 
 import uuid
 from collections.abc import Iterator
@@ -163,3 +163,14 @@ def test_the_migration_goes_down_and_up_again(engine: sa.Engine) -> None:
         upgrade_connection(connection)
     with engine.connect() as connection:
         assert current_revision(connection) == "0004"
+
+
+def test_a_message_recorded_again_adds_nothing(engine: sa.Engine) -> None:
+    """A redelivered event the inbox no longer remembers (or a test event sent again with its
+    test id): the same webhook id and targets."""
+    with engine.begin() as connection:
+        upgrade_connection(connection)
+    with engine.begin() as connection:
+        assert len(add_end(connection, webhook_id="evt_progress", kind="job.progress")) == 2
+    with engine.begin() as connection:
+        assert add_end(connection, webhook_id="evt_progress", kind="job.progress") == []

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from kiln_contracts import decode
 from kiln_contracts.v1 import jobs_pb2
+from kiln_runtime.consumer import partition_of
 from kiln_runtime.db import SessionFactory
 from kiln_runtime.failures import is_transient
 from kiln_scheduler.config import SchedulerSettings
@@ -135,3 +136,18 @@ async def test_both_ends_of_a_job_in_one_batch_need_no_second_read(
     )
     assert outcomes == ["processed", "processed"]
     assert (await owner.row(job)).outcome == "completed"
+
+
+async def test_a_job_of_an_account_now_on_another_partition_does_not_stall_the_batch(
+    sessions: SessionFactory,
+) -> None:
+    """Partitions were added: the account of a job waiting in this instance's old partition now
+    maps to one this instance does not hold, so no reload brings the job in. Its report is
+    left alone (as a finished job's) instead of failing the batch again and again."""
+    owner, _zombie = instances(sessions)
+    await owner.assign(frozenset({0}), 1, owner.now)
+    job = await owner.reserve("acct_a")
+    elsewhere = partition_of("acct_a", 2)
+    await owner.assign(frozenset({1 - elsewhere}), 2, owner.now)
+    assert await owner.driver.process(started("acct_a", job, 1))
+    assert (await owner.row(job)).status == "dispatched"
