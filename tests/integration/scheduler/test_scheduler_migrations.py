@@ -37,3 +37,21 @@ async def test_the_migrations_build_exactly_the_models_tables(database_url: str)
         assert version == 0
     finally:
         await engine.dispose()
+
+
+async def test_the_adoption_list_is_what_revision_0001_builds(database_url: str) -> None:
+    """The adoption of a queue made before migrations adds the baseline's columns only; the
+    list it keeps (`_BASELINE_COLUMNS`) must be exactly revision 0001's columns."""
+    from kiln_scheduler.migrate import _BASELINE_COLUMNS
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda c: upgrade_connection(c, "0001"))
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: {col["name"] for col in sa.inspect(c).get_columns("queued_jobs")}
+            )
+        assert columns == _BASELINE_COLUMNS
+    finally:
+        await engine.dispose()
