@@ -275,9 +275,9 @@ def without_auto_complete(triton_class: type[Any]) -> type[Any]:
     Triton's auto-complete on; the Python backend then starts one more stub process per model
     only to ask it for a configuration. The eleven models load one after another; without those
     stubs they are ready in 6 s instead of 21 (a whole stack in 21 s instead of 33; the served
-    configurations are the same). No PyTriton setting reaches
-    that server option, so its private config step is extended; when a PyTriton release renames
-    that step the server starts as before and a warning says so."""
+    configurations are the same). No PyTriton setting reaches that server option, so its
+    private config step is extended; when a PyTriton release renames that step the server
+    starts as before and a warning says so."""
     if not hasattr(triton_class, "_prepare_triton_config"):
         LOGGER.warning("PyTriton's server config step was not found; auto-complete stays on")
         return triton_class
