@@ -178,7 +178,7 @@ class Notifier:
         batch = self._batch_endpoints(unit)
         if batch is not None:
             batch.pop(event.account_id, None)  # read again by a later job's end
-        repository.upsert_endpoint(
+        stored = repository.upsert_endpoint(
             unit.connection,
             self.tables,
             repository.EndpointChange(
@@ -193,6 +193,12 @@ class Notifier:
                 disabled=message.disabled,
             ),
         )
+        if not stored:
+            log.warning(
+                "endpoint %s: a change older than the one stored was ignored (event %s)",
+                message.endpoint_id,
+                event.event_id,
+            )
 
     def handle_job_finished(self, unit: Unit, event: Event) -> None:
         """job.completed / job.failed / job.canceled / credits.rejected: one delivery per

@@ -134,8 +134,18 @@ class EndpointChange:
     disabled: bool = False
 
 
-def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> None:
+def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> bool:
+    """Store an endpoint as the change describes it; False (nothing written) when the stored
+    copy comes from a later change. Each change carries the endpoint's whole state, so the
+    latest one is all that counts; an older one arrives after it only when it is sent again
+    (`kiln-admin dlq replay` of a change that failed here), and applying it would bring back a
+    deleted endpoint, an old URL or a rotated-out secret."""
     endpoints = tables.endpoints
+    stored_at = connection.scalar(
+        select(endpoints.c.changed_at).where(endpoints.c.endpoint_id == change.endpoint_id)
+    )
+    if stored_at is not None and as_utc(stored_at) > as_utc(change.changed_at):
+        return False
     values: dict[str, Any] = {
         "account_id": change.account_id,
         "url": change.url,
@@ -161,10 +171,7 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
                     reason="disabled by the account",
                 )
             )
-    existing = connection.scalar(
-        select(endpoints.c.endpoint_id).where(endpoints.c.endpoint_id == change.endpoint_id)
-    )
-    if existing is None:
+    if stored_at is None:
         connection.execute(
             insert(endpoints).values(
                 endpoint_id=change.endpoint_id,
@@ -173,7 +180,7 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
                 **values,
             )
         )
-        return
+        return True
     # A deletion (or a change that does not rotate it) may come without the secret: keep ours.
     if change.sealed_secret:
         values["sealed_secret"] = change.sealed_secret
@@ -181,6 +188,7 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
     connection.execute(
         update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id).values(**values)
     )
+    return True
 
 
 def _endpoint_record(row: Any) -> EndpointRecord:
