@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How many writes `_apart` tries alone, all failing, before it calls the database away.
+GIVE_UP_APART = 3
+
 
 @dataclass
 class _Request(Generic[T]):
@@ -86,7 +89,12 @@ class GroupCommit:
         finally:
             self._draining = False
 
-    async def _commit_group(self, group: Sequence[_Request[Any]]) -> None:
+    async def _commit_group(
+        self, group: Sequence[_Request[Any]], attempts: int | None = None
+    ) -> bool:
+        """Commit the group, retrying a transient failure; True if it committed. When the
+        retries run out, each write of a larger group is tried once alone (`_apart`)."""
+        attempts = self._transient_attempts if attempts is None else attempts
         attempt = 0
         savepoints = False
         while True:
@@ -107,7 +115,7 @@ class GroupCommit:
                     savepoints = True
                     attempt -= 1  # not a failure of the transaction: run it again at once
                     continue
-                if is_transient(exc) and attempt < self._transient_attempts:
+                if is_transient(exc) and attempt < attempts:
                     log.warning(
                         "%s: group commit failed transiently; retry %d",
                         self._service,
@@ -116,10 +124,13 @@ class GroupCommit:
                     )
                     await asyncio.sleep(Backoff(0.05, 1.0).delay(attempt))
                     continue
+                if is_transient(exc) and len(group) > 1:
+                    await self._apart(group, exc)
+                    return False
                 for request in group:
                     if not request.future.done():
                         request.future.set_exception(exc)
-                return
+                return False
             break
         for request in group:
             if request.error is None and request.unit is not None:
@@ -139,6 +150,28 @@ class GroupCommit:
                 request.future.set_exception(request.error)
             else:
                 request.future.set_result(request.result)
+        return True
+
+    async def _apart(self, group: Sequence[_Request[Any]], exc: BaseException) -> None:
+        """A transient failure outlasted the group's retries. It may be one write's own (a
+        PostgreSQL lock timeout on a row held elsewhere, a serialization failure on a hot row)
+        rather than the database's, so each write is tried once alone and only those that fail
+        again fail. When the first GIVE_UP_APART alone all fail, the database is away, not one
+        write: the rest fail at once instead of each waiting for its own failure."""
+        log.warning(
+            "%s: group commit still failing after %d attempts; trying its %d writes apart",
+            self._service,
+            self._transient_attempts,
+            len(group),
+        )
+        tried = committed = 0
+        for request in group:
+            if tried >= GIVE_UP_APART and not committed:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+                continue
+            tried += 1
+            committed += await self._commit_group([request], attempts=1)
 
     def _run_all(
         self,

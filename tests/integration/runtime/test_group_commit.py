@@ -1,12 +1,13 @@
 """The group commit on a real SQLite database: writes that share a transaction, a transient
-failure that sends the whole group again, and a write that fails alone. What a write changed
+failure that sends the whole group again, a write that fails alone, and a transient failure
+that outlasts the retries failing only the write it belongs to. What a write changed
 in memory is undone (`Unit.on_rollback`) whenever its part of the transaction rolls back, so
 a retried write starts from what the database holds."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kiln_runtime.db import Database
 from kiln_runtime.failures import TransientError
-from kiln_runtime.group_commit import GroupCommit
+from kiln_runtime.group_commit import GIVE_UP_APART, GroupCommit
 from kiln_runtime.messaging import utcnow
 from kiln_runtime.outbox import OutboxPublisher
 from kiln_runtime.unit import Unit
@@ -109,6 +110,50 @@ async def test_a_group_whose_writes_all_succeed_runs_without_savepoints(
     assert [c.undone for c in counters] == [0] * 5
     assert not [s for s in statements if s.startswith(("SAVEPOINT", "RELEASE"))], statements
     assert sum(s.startswith("BEGIN") for s in statements) <= 2, "the writes shared transactions"
+
+
+async def test_a_write_whose_transient_failure_persists_fails_alone(
+    group_commit: GroupCommit,
+) -> None:
+    """One write keeps failing transiently (as a lock timeout on a row held elsewhere does):
+    once the group's retries run out, each write is tried alone and only that one fails."""
+    first, last = Counter("acct_a"), Counter("acct_b")
+
+    def stuck(unit: Unit) -> str:
+        raise TransientError("lock timeout on a row held elsewhere")
+
+    results = await asyncio.gather(
+        group_commit(first.add), group_commit(stuck), group_commit(last.add),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], TransientError)
+    assert (first.value, last.value) == (1, 1)
+    assert await rows(group_commit) == 2
+
+
+async def test_when_the_database_is_away_the_writes_fail_without_each_trying_alone(
+    group_commit: GroupCommit,
+) -> None:
+    """Every write fails: after the group's retries, the first GIVE_UP_APART writes tried alone
+    fail too, and the others fail at once rather than each waiting for its own failure."""
+    calls = [0] * 6
+
+    def away(index: int) -> Callable[[Unit], None]:
+        def write(unit: Unit) -> None:
+            calls[index] += 1
+            raise TransientError("database away")
+
+        return write
+
+    results = await asyncio.gather(
+        *(group_commit(away(i)) for i in range(6)), return_exceptions=True
+    )
+    assert all(isinstance(r, TransientError) for r in results), results
+    # The group's five attempts stop at the first write; then three are tried alone.
+    assert GIVE_UP_APART == 3
+    assert calls == [5 + 1, 1, 1, 0, 0, 0]
+    assert await rows(group_commit) == 0
 
 
 def _statements(group_commit: GroupCommit) -> list[str]:
