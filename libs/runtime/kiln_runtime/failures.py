@@ -67,6 +67,26 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
+# PostgreSQL's transient failures that can belong to one statement rather than to the
+# database: lock not available (a lock timeout), deadlock, serialization failure, statement
+# timeout or cancel.
+_ONE_WRITE_SQLSTATES = frozenset({"55P03", "40P01", "40001", "57014"})
+
+
+def may_be_one_writes(exc: BaseException) -> bool:
+    """True for a transient failure that may be one write's own, which that write alone would
+    meet again while the others could commit: a `TransientError` the write raised, or one of
+    PostgreSQL's lock and serialization failures. SQLite's busy or locked errors and a lost
+    connection belong to the whole database."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        original = exc.orig
+        sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+        return isinstance(sqlstate, str) and sqlstate in _ONE_WRITE_SQLSTATES
+    return False
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with full jitter, capped."""

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection
 
 from kiln_runtime.db import Database
-from kiln_runtime.failures import Backoff, is_transient
+from kiln_runtime.failures import Backoff, is_transient, may_be_one_writes
 from kiln_runtime.messaging import MessagingTables
 from kiln_runtime.outbox import AckedRow, OutboxPublisher
 from kiln_runtime.unit import Unit, write_outbox
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# How many writes `_apart` tries alone, all failing, before it calls the database away.
+# How many writes tried alone by `_apart` must fail in a row for the database to be called away.
 GIVE_UP_APART = 3
 
 
@@ -124,7 +124,7 @@ class GroupCommit:
                     )
                     await asyncio.sleep(Backoff(0.05, 1.0).delay(attempt))
                     continue
-                if is_transient(exc) and len(group) > 1:
+                if may_be_one_writes(exc) and len(group) > 1:
                     await self._apart(group, exc)
                     return False
                 for request in group:
@@ -153,25 +153,25 @@ class GroupCommit:
         return True
 
     async def _apart(self, group: Sequence[_Request[Any]], exc: BaseException) -> None:
-        """A transient failure outlasted the group's retries. It may be one write's own (a
-        PostgreSQL lock timeout on a row held elsewhere, a serialization failure on a hot row)
-        rather than the database's, so each write is tried once alone and only those that fail
-        again fail. When the first GIVE_UP_APART alone all fail, the database is away, not one
-        write: the rest fail at once instead of each waiting for its own failure."""
+        """A transient failure outlasted the group's retries, and it may be one write's own (a
+        lock timeout on a row held elsewhere, a deadlock, a statement timeout), so each write
+        is tried once alone and only those that fail again fail. After GIVE_UP_APART failures
+        in a row the database is taken to be away, not one write: the rest fail at once
+        instead of each waiting for its own failure."""
         log.warning(
             "%s: group commit still failing after %d attempts; trying its %d writes apart",
             self._service,
             self._transient_attempts,
             len(group),
         )
-        tried = committed = 0
+        failed_in_a_row = 0
         for request in group:
-            if tried >= GIVE_UP_APART and not committed:
+            if failed_in_a_row >= GIVE_UP_APART:
                 if not request.future.done():
                     request.future.set_exception(exc)
                 continue
-            tried += 1
-            committed += await self._commit_group([request], attempts=1)
+            committed = await self._commit_group([request], attempts=1)
+            failed_in_a_row = 0 if committed else failed_in_a_row + 1
 
     def _run_all(
         self,

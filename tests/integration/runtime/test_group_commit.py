@@ -7,6 +7,7 @@ a retried write starts from what the database holds."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from kiln_runtime.db import Database
 from kiln_runtime.failures import TransientError
@@ -135,8 +136,8 @@ async def test_a_write_whose_transient_failure_persists_fails_alone(
 async def test_when_the_database_is_away_the_writes_fail_without_each_trying_alone(
     group_commit: GroupCommit,
 ) -> None:
-    """Every write fails: after the group's retries, the first GIVE_UP_APART writes tried alone
-    fail too, and the others fail at once rather than each waiting for its own failure."""
+    """Every write fails: after the group's retries, GIVE_UP_APART writes tried alone fail in
+    a row, and the others fail at once rather than each waiting for its own failure."""
     calls = [0] * 6
 
     def away(index: int) -> Callable[[Unit], None]:
@@ -154,6 +155,50 @@ async def test_when_the_database_is_away_the_writes_fail_without_each_trying_alo
     assert GIVE_UP_APART == 3
     assert calls == [5 + 1, 1, 1, 0, 0, 0]
     assert await rows(group_commit) == 0
+
+
+async def test_failures_in_a_row_are_counted_from_the_last_write_that_committed(
+    group_commit: GroupCommit,
+) -> None:
+    """A write commits alone, then three fail in a row: the database went away meanwhile, and
+    the write after them fails without being tried."""
+    first, after = Counter("acct_a"), Counter("acct_b")
+    calls = {"stuck": 0}
+
+    def stuck(unit: Unit) -> None:
+        calls["stuck"] += 1
+        raise TransientError("database away")
+
+    results = await asyncio.gather(
+        group_commit(first.add), group_commit(stuck), group_commit(stuck), group_commit(stuck),
+        group_commit(after.add), return_exceptions=True,
+    )  # fmt: skip
+    assert results[0] == 1
+    assert all(isinstance(r, TransientError) for r in results[1:]), results
+    assert calls["stuck"] == 5 + 3  # the group's attempts stop at the first; then each alone
+    assert (first.value, after.value, after.undone) == (1, 0, 0)  # `after` never ran
+    assert await rows(group_commit) == 1
+
+
+async def test_a_locked_database_fails_the_group_without_trying_writes_alone(
+    group_commit: GroupCommit,
+) -> None:
+    """SQLite's "database is locked" belongs to the whole database, never to one write: when
+    it outlasts the retries, the group fails as one."""
+    calls = [0, 0]
+
+    def locked(index: int) -> Callable[[Unit], None]:
+        def write(unit: Unit) -> None:
+            calls[index] += 1
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+
+        return write
+
+    results = await asyncio.gather(
+        group_commit(locked(0)), group_commit(locked(1)), return_exceptions=True
+    )
+    assert all(isinstance(r, OperationalError) for r in results), results
+    assert calls == [5, 0]
 
 
 def _statements(group_commit: GroupCommit) -> list[str]:
