@@ -18,7 +18,13 @@ from kiln_runtime.dead_letters import (
     dead_letter_id,
     replay_target,
 )
-from kiln_runtime.failures import PoisonEvent, TransientError, describe, is_transient
+from kiln_runtime.failures import (
+    PoisonEvent,
+    TransientError,
+    describe,
+    is_transient,
+    may_be_one_writes,
+)
 from kiln_runtime.unit import OutgoingEvent, Unit, headers_from_blob
 
 
@@ -71,6 +77,25 @@ def test_transient_failures_are_the_database_or_the_broker_not_the_event() -> No
     assert not is_transient(PoisonEvent("never"))
     assert describe(ValueError("x" * 5000)).startswith("ValueError: x")
     assert len(describe(ValueError("x" * 5000))) <= 1000
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        self.sqlstate = sqlstate
+
+
+def test_only_a_failure_that_can_be_one_writes_sends_a_group_apart() -> None:
+    def pg(sqlstate: str) -> sa_exc.DBAPIError:
+        return sa_exc.OperationalError("UPDATE", {}, _PgError(sqlstate))
+
+    for one_write in ("55P03", "40P01", "40001", "57014"):  # lock, deadlock, serialization
+        assert is_transient(pg(one_write)) and may_be_one_writes(pg(one_write)), one_write
+    assert may_be_one_writes(TransientError("changed elsewhere"))
+    for whole in ("08006", "57P01", "53300"):  # connection lost, shutdown, too many clients
+        assert is_transient(pg(whole)) and not may_be_one_writes(pg(whole)), whole
+    locked = sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    assert not may_be_one_writes(locked)
+    assert not may_be_one_writes(ConnectionRefusedError())
 
 
 def test_a_dead_letter_names_where_it_came_from() -> None:
