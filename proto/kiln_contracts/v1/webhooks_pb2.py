@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kiln_contracts/v1/webhooks.proto\x12\x0ekiln.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n\x16WebhookEndpointChanged\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\x06secret\x18\x03 \x01(\tB\x02\x18\x01\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x07 \x01(\x08\x12\x15\n\rsealed_secret\x18\x08 \x01(\t\"\xe3\x01\n\x10WebhookDelivered\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x13\n\x0bstatus_code\x18\x07 \x01(\r\x12\x12\n\nlatency_ms\x18\x08 \x01(\r\x12\x36\n\rfinal_attempt\x18\t \x01(\x0b\x32\x1f.kiln.events.v1.DeliveryAttempt\"\xe6\x01\n\rWebhookFailed\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x18\n\x10last_status_code\x18\x08 \x01(\r\x12\x36\n\rfinal_attempt\x18\t \x01(\x0b\x32\x1f.kiln.events.v1.DeliveryAttempt\"\x8b\x01\n\x0f\x44\x65liveryAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\r\x12\x12\n\nlatency_ms\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x30\n\x0c\x61ttempted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x02\n\x10WebhookAttempted\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x13\n\x0bstatus_code\x18\x08 \x01(\r\x12\x12\n\nlatency_ms\x18\t \x01(\r\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0f\n\x07outcome\x18\x0b \x01(\t\x12\x30\n\x0c\x61ttempted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x1aWebhookRedeliveryRequested\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"<\n\x14WebhookTestRequested\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0f\n\x07test_id\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kiln_contracts/v1/webhooks.proto\x12\x0ekiln.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x16WebhookEndpointChanged\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\x06secret\x18\x03 \x01(\tB\x02\x18\x01\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x10\n\x08\x64isabled\x18\x07 \x01(\x08\x12\x15\n\rsealed_secret\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\x04\"\xe3\x01\n\x10WebhookDelivered\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x13\n\x0bstatus_code\x18\x07 \x01(\r\x12\x12\n\nlatency_ms\x18\x08 \x01(\r\x12\x36\n\rfinal_attempt\x18\t \x01(\x0b\x32\x1f.kiln.events.v1.DeliveryAttempt\"\xe6\x01\n\rWebhookFailed\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x18\n\x10last_status_code\x18\x08 \x01(\r\x12\x36\n\rfinal_attempt\x18\t \x01(\x0b\x32\x1f.kiln.events.v1.DeliveryAttempt\"\x8b\x01\n\x0f\x44\x65liveryAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\r\x12\x12\n\nlatency_ms\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x30\n\x0c\x61ttempted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x02\n\x10WebhookAttempted\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x13\n\x0bstatus_code\x18\x08 \x01(\r\x12\x12\n\nlatency_ms\x18\t \x01(\r\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0f\n\x07outcome\x18\x0b \x01(\t\x12\x30\n\x0c\x61ttempted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x1aWebhookRedeliveryRequested\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"<\n\x14WebhookTestRequested\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0f\n\x07test_id\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKENDPOINTCHANGED'].fields_by_name['secret']._loaded_options = None
   _globals['_WEBHOOKENDPOINTCHANGED'].fields_by_name['secret']._serialized_options = b'\030\001'
   _globals['_WEBHOOKENDPOINTCHANGED']._serialized_start=86
-  _globals['_WEBHOOKENDPOINTCHANGED']._serialized_end=263
-  _globals['_WEBHOOKDELIVERED']._serialized_start=266
-  _globals['_WEBHOOKDELIVERED']._serialized_end=493
-  _globals['_WEBHOOKFAILED']._serialized_start=496
-  _globals['_WEBHOOKFAILED']._serialized_end=726
-  _globals['_DELIVERYATTEMPT']._serialized_start=729
-  _globals['_DELIVERYATTEMPT']._serialized_end=868
-  _globals['_WEBHOOKATTEMPTED']._serialized_start=871
-  _globals['_WEBHOOKATTEMPTED']._serialized_end=1193
-  _globals['_WEBHOOKREDELIVERYREQUESTED']._serialized_start=1195
-  _globals['_WEBHOOKREDELIVERYREQUESTED']._serialized_end=1244
-  _globals['_WEBHOOKTESTREQUESTED']._serialized_start=1246
-  _globals['_WEBHOOKTESTREQUESTED']._serialized_end=1306
+  _globals['_WEBHOOKENDPOINTCHANGED']._serialized_end=281
+  _globals['_WEBHOOKDELIVERED']._serialized_start=284
+  _globals['_WEBHOOKDELIVERED']._serialized_end=511
+  _globals['_WEBHOOKFAILED']._serialized_start=514
+  _globals['_WEBHOOKFAILED']._serialized_end=744
+  _globals['_DELIVERYATTEMPT']._serialized_start=747
+  _globals['_DELIVERYATTEMPT']._serialized_end=886
+  _globals['_WEBHOOKATTEMPTED']._serialized_start=889
+  _globals['_WEBHOOKATTEMPTED']._serialized_end=1211
+  _globals['_WEBHOOKREDELIVERYREQUESTED']._serialized_start=1213
+  _globals['_WEBHOOKREDELIVERYREQUESTED']._serialized_end=1262
+  _globals['_WEBHOOKTESTREQUESTED']._serialized_start=1264
+  _globals['_WEBHOOKTESTREQUESTED']._serialized_end=1324
 # @@protoc_insertion_point(module_scope)

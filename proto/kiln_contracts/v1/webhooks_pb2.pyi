@@ -44,6 +44,7 @@ class WebhookEndpointChanged(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
     SEALED_SECRET_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     endpoint_id: _builtins.str
     url: _builtins.str
     @_builtins.property
@@ -68,6 +69,11 @@ class WebhookEndpointChanged(_message.Message):
     """
     sealed_secret: _builtins.str
     """The "whsec_..." secret sealed with the first key of KILN_SECRETS_KEYS (a Fernet token)."""
+    revision: _builtins.int
+    """The endpoint's revision at this change (1, 2, ...), counted by the gateway in the
+    transaction that made it: the notifier keeps the highest it has seen, so a change sent
+    again later (a replayed dead letter) cannot undo a newer one. 0 from gateways before it.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty = every type"""
@@ -83,10 +89,11 @@ class WebhookEndpointChanged(_message.Message):
         is_default: _builtins.bool = ...,
         disabled: _builtins.bool = ...,
         sealed_secret: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "disabled", b"disabled", "endpoint_id", b"endpoint_id", "event_types", b"event_types", "is_default", b"is_default", "sealed_secret", b"sealed_secret", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "disabled", b"disabled", "endpoint_id", b"endpoint_id", "event_types", b"event_types", "is_default", b"is_default", "revision", b"revision", "sealed_secret", b"sealed_secret", "secret", b"secret", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

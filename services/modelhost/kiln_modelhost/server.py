@@ -283,12 +283,15 @@ def without_auto_complete(triton_class: type[Any]) -> type[Any]:
         return triton_class
 
     class TritonAsConfigured(triton_class):  # type: ignore[misc]
-        def _prepare_triton_config(self, workspace: Any) -> None:
-            super()._prepare_triton_config(workspace)
+        def _prepare_triton_config(self, *args: Any, **kwargs: Any) -> None:
+            super()._prepare_triton_config(*args, **kwargs)
             # --disable-auto-complete-config is a bare flag, which PyTriton cannot pass
             # (it writes --key=value); this older spelling takes a value (Triton logs that it
             # is deprecated, and honours it)
-            self._triton_server_config["strict-model-config"] = "true"
+            try:
+                self._triton_server_config["strict-model-config"] = "true"
+            except Exception:
+                LOGGER.warning("PyTriton's server options were not found; auto-complete stays on")
 
     return TritonAsConfigured
 

@@ -191,12 +191,14 @@ class Notifier:
                 deleted=message.deleted,
                 changed_at=event.envelope.occurred_at.ToDatetime(tzinfo=UTC),
                 disabled=message.disabled,
+                revision=message.revision,
             ),
         )
         if not stored:
             log.warning(
-                "endpoint %s: a change older than the one stored was ignored (event %s)",
+                "endpoint %s: revision %d ignored, a later one is stored (event %s)",
                 message.endpoint_id,
+                message.revision,
                 event.event_id,
             )
 

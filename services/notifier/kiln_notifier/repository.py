@@ -132,20 +132,18 @@ class EndpointChange:
     deleted: bool
     changed_at: datetime
     disabled: bool = False
+    revision: int = 0  # the gateway's count of the endpoint's changes; 0 from older gateways
 
 
 def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> bool:
     """Store an endpoint as the change describes it; False (nothing written) when the stored
-    copy comes from a later change. Each change carries the endpoint's whole state, so the
-    latest one is all that counts; an older one arrives after it only when it is sent again
-    (`kiln-admin dlq replay` of a change that failed here), and applying it would bring back a
-    deleted endpoint, an old URL or a rotated-out secret."""
+    copy comes from a later revision. Each change carries the endpoint's whole state and the
+    gateway counts them, so the highest revision is all that counts: a lower one arrives after
+    it when it is sent again (`kiln-admin dlq replay` of a change that failed here) or when
+    gateway replicas' outboxes send in another order, and applying it would bring back a
+    deleted endpoint, an old URL or a rotated-out secret. A change without a revision (from a
+    gateway before revisions) is applied as it comes."""
     endpoints = tables.endpoints
-    stored_at = connection.scalar(
-        select(endpoints.c.changed_at).where(endpoints.c.endpoint_id == change.endpoint_id)
-    )
-    if stored_at is not None and as_utc(stored_at) > as_utc(change.changed_at):
-        return False
     values: dict[str, Any] = {
         "account_id": change.account_id,
         "url": change.url,
@@ -154,6 +152,33 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
         "deleted": change.deleted,
         "changed_at": change.changed_at,
     }
+    if change.revision:
+        values["revision"] = change.revision
+    stored = connection.execute(
+        select(endpoints.c.revision).where(endpoints.c.endpoint_id == change.endpoint_id)
+    ).first()
+    if stored is None:
+        connection.execute(
+            insert(endpoints).values(
+                endpoint_id=change.endpoint_id,
+                sealed_secret=change.sealed_secret or None,
+                secret="",
+                **values,
+            )
+        )
+    else:
+        # A deletion (or a change that does not rotate it) may come without the secret: keep
+        # ours.
+        if change.sealed_secret:
+            values["sealed_secret"] = change.sealed_secret
+            values["secret"] = ""
+        statement = update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id)
+        if change.revision:
+            # In the statement itself: a member that read the row before another stored a
+            # later revision (a rebalance) writes nothing either.
+            statement = statement.where(endpoints.c.revision <= change.revision)
+        if connection.execute(statement.values(**values)).rowcount == 0:
+            return False
     if not change.deleted:
         # Any change the gateway announces (an update after a 410) re-enables the endpoint,
         # unless the change is its disabling by the account.
@@ -171,23 +196,6 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
                     reason="disabled by the account",
                 )
             )
-    if stored_at is None:
-        connection.execute(
-            insert(endpoints).values(
-                endpoint_id=change.endpoint_id,
-                sealed_secret=change.sealed_secret or None,
-                secret="",
-                **values,
-            )
-        )
-        return True
-    # A deletion (or a change that does not rotate it) may come without the secret: keep ours.
-    if change.sealed_secret:
-        values["sealed_secret"] = change.sealed_secret
-        values["secret"] = ""
-    connection.execute(
-        update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id).values(**values)
-    )
     return True
 
 

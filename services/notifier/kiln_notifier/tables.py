@@ -75,6 +75,8 @@ def make_tables() -> NotifierTables:
         Column("deleted", Boolean, nullable=False, default=False),
         # When the gateway made the change (the event's occurred_at): the newest default wins.
         Column("changed_at", DateTime(timezone=True), nullable=False, default=utcnow),
+        # The gateway's revision of the endpoint stored here: a lower one changes nothing.
+        Column("revision", BigInteger, nullable=False, server_default="0"),
     )
     deliveries = Table(
         "deliveries",

@@ -170,6 +170,14 @@ def test_endpoint_lifecycle(gw: Gateway) -> None:
     ]
     assert len(deleted) == 1
     assert account_id
+    # Each change announced under the next revision (made, updated, deleted), which the
+    # notifier uses to keep the latest whatever order they reach it in.
+    revisions = [
+        e.message.revision
+        for e in outbox_events(gw, "webhooks.endpoint_changed")
+        if e.message.endpoint_id == endpoint_id
+    ]
+    assert sorted(revisions) == [1, 2, 3]
 
 
 def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:
@@ -183,7 +191,7 @@ def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:
         for e in outbox_events(gw, "webhooks.endpoint_changed")
         if e.message.endpoint_id == f"default_{account_id}"
     ]
-    assert announced.is_default and not announced.secret
+    assert announced.is_default and not announced.secret and announced.revision == 1
     assert gw.state.keyring.open(announced.sealed_secret) == secret
     [(legacy, sealed)] = execute(
         gw,

@@ -152,6 +152,7 @@ def endpoint_event(
     deleted: bool = False,
     event_types: tuple[str, ...] = (),
     sealed_by: SecretsKeyring | None = KEYRING,
+    revision: int = 0,
 ) -> Event:
     """An endpoint change as the gateway announces it: the secret sealed with KEYRING (or
     `sealed_by`); with `sealed_by=None`, in clear, as gateways before sealed secrets sent it."""
@@ -161,6 +162,7 @@ def endpoint_event(
         is_default=is_default,
         deleted=deleted,
         event_types=list(event_types),
+        revision=revision,
     )
     if secret and sealed_by is not None:
         message.sealed_secret = sealed_by.seal(secret)

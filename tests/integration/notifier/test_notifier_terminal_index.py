@@ -95,7 +95,7 @@ def test_the_migrations_build_exactly_the_tables(engine: sa.Engine) -> None:
     with engine.begin() as connection:
         upgrade_connection(connection)
     with engine.connect() as connection:
-        assert current_revision(connection) == "0004"
+        assert current_revision(connection) == "0005"
         assert schema_differences(connection, TABLES.metadata) == []
         indexes = {i["name"]: i for i in sa.inspect(connection).get_indexes("deliveries")}
     assert indexes["uq_deliveries_job_terminal"]["unique"]
@@ -162,7 +162,7 @@ def test_the_migration_goes_down_and_up_again(engine: sa.Engine) -> None:
     with engine.begin() as connection:
         upgrade_connection(connection)
     with engine.connect() as connection:
-        assert current_revision(connection) == "0004"
+        assert current_revision(connection) == "0005"
 
 
 def test_a_message_recorded_again_adds_nothing(engine: sa.Engine) -> None:

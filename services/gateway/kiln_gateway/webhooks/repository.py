@@ -57,7 +57,9 @@ async def list_endpoints(
 async def save_endpoint(
     session: AsyncSession, endpoint: WebhookEndpoint, *, deleted: bool = False
 ) -> None:
-    """Add or update `endpoint` and tell the notifier, in `session`'s transaction."""
+    """Add or update `endpoint` and tell the notifier, in `session`'s transaction, under the
+    next revision (the row is locked for a change: `account_endpoint(for_update=True)`)."""
+    endpoint.revision = (endpoint.revision or 0) + 1
     session.add(endpoint)
     await emit(
         session,

@@ -100,13 +100,18 @@ def endpoint_changed(
         event_types=list(endpoint.event_types or []),
         deleted=deleted,
         disabled=endpoint.disabled_at is not None,
+        revision=endpoint.revision,
     )
 
 
 def default_endpoint_changed(
     account_id: str, sealed_secret: str
 ) -> webhooks_pb2.WebhookEndpointChanged:
-    """The account's default secret (sealed), for deliveries to jobs' own `webhook_url`s."""
+    """The account's default secret (sealed), for deliveries to jobs' own `webhook_url`s.
+    Announced once, when the account is made: its first and only revision."""
     return webhooks_pb2.WebhookEndpointChanged(
-        endpoint_id=f"default_{account_id}", sealed_secret=sealed_secret, is_default=True
+        endpoint_id=f"default_{account_id}",
+        sealed_secret=sealed_secret,
+        is_default=True,
+        revision=1,
     )
