@@ -70,9 +70,11 @@ class WebhookEndpointChanged(_message.Message):
     sealed_secret: _builtins.str
     """The "whsec_..." secret sealed with the first key of KILN_SECRETS_KEYS (a Fernet token)."""
     revision: _builtins.int
-    """The endpoint's revision at this change (1, 2, ...), counted by the gateway in the
-    transaction that made it: the notifier keeps the highest it has seen, so a change sent
-    again later (a replayed dead letter) cannot undo a newer one. 0 from gateways before it.
+    """The endpoint's revision at this change, set by the gateway in the transaction that made
+    it: above the last one, and at least its clock in milliseconds (1 for an account's
+    default secret, announced once). The notifier keeps the highest it has seen, so a change
+    sent again later (a replayed dead letter) cannot undo a newer one. 0 from gateways
+    before it.
     """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -196,7 +196,8 @@ class Notifier:
         )
         if not stored:
             log.warning(
-                "endpoint %s: revision %d ignored, a later one is stored (event %s)",
+                "endpoint %s: change ignored (revision %d), this one or a later one is stored "
+                "(event %s)",
                 message.endpoint_id,
                 message.revision,
                 event.event_id,

@@ -137,12 +137,13 @@ class EndpointChange:
 
 def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> bool:
     """Store an endpoint as the change describes it; False (nothing written) when the stored
-    copy comes from a later revision. Each change carries the endpoint's whole state and the
-    gateway counts them, so the highest revision is all that counts: a lower one arrives after
-    it when it is sent again (`kiln-admin dlq replay` of a change that failed here) or when
-    gateway replicas' outboxes send in another order, and applying it would bring back a
-    deleted endpoint, an old URL or a rotated-out secret. A change without a revision (from a
-    gateway before revisions) is applied as it comes."""
+    copy is of this revision already or of a later one. Each change carries the endpoint's
+    whole state and the gateway's revision of it, so the highest revision is all that counts:
+    a change arrives again, or after a later one, when it is sent again (`kiln-admin dlq
+    replay` of a change that failed here, a group reading its topic again) or when gateway
+    replicas' outboxes send in another order; applied, it would bring back a deleted endpoint,
+    an old URL, or re-enable an endpoint disabled here after a 410. A change without a
+    revision (a gateway of the release before them, during an upgrade) has only its time."""
     endpoints = tables.endpoints
     values: dict[str, Any] = {
         "account_id": change.account_id,
@@ -167,6 +168,8 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
             )
         )
     else:
+        if change.revision and stored.revision >= change.revision:
+            return False
         # A deletion (or a change that does not rotate it) may come without the secret: keep
         # ours.
         if change.sealed_secret:
@@ -174,9 +177,11 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
             values["secret"] = ""
         statement = update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id)
         if change.revision:
-            # In the statement itself: a member that read the row before another stored a
-            # later revision (a rebalance) writes nothing either.
-            statement = statement.where(endpoints.c.revision <= change.revision)
+            # In the statement too: a member that read the row before another stored this
+            # revision or a later one (a rebalance) writes nothing either.
+            statement = statement.where(endpoints.c.revision < change.revision)
+        else:
+            statement = statement.where(endpoints.c.changed_at <= change.changed_at)
         if connection.execute(statement.values(**values)).rowcount == 0:
             return False
     if not change.deleted:

@@ -1,8 +1,9 @@
 """Each `webhooks.endpoint_changed` carries an endpoint's whole state and the gateway's revision
 of it, and the notifier keeps the highest revision: a lower one (sent again by `kiln-admin dlq
 replay` after it failed here, or sent late by another gateway replica's outbox) changes
-nothing. Without that, such a change brought back a deleted endpoint or a rotated-out signing
-secret. Revisions, not times: gateway replicas' clocks differ."""
+nothing, and neither does the same revision again. Without that, such a change brought back a
+deleted endpoint, an old signing secret, or re-enabled an endpoint disabled after a 410.
+Revisions, not times: gateway replicas' clocks differ."""
 
 import base64
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,13 @@ import sqlalchemy as sa
 
 from kiln_contracts import Event
 from kiln_notifier.tables import make_tables
-from tests.integration.notifier.conftest import KEYRING, Notifier, endpoint_event, job_event
+from tests.integration.notifier.conftest import (
+    ACCOUNT,
+    KEYRING,
+    Notifier,
+    endpoint_event,
+    job_event,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,14 +74,42 @@ async def test_a_higher_revision_wins_whatever_the_clocks_say(notifier: Notifier
     assert (await endpoint_row(notifier, "ep_3")).deleted
 
 
-async def test_the_same_revision_again_and_changes_without_one_still_apply(
+async def test_the_same_revision_again_does_not_re_enable_an_endpoint_disabled_here(
     notifier: Notifier,
 ) -> None:
+    """The notifier disabled the endpoint after a 410; the change that made it arrives again
+    (its group read the topic again after the inbox forgot it): the endpoint stays disabled."""
     await notifier.feed(endpoint_event("ep_4", URL, OLD_SECRET, revision=1))
-    await notifier.feed(endpoint_event("ep_4", URL + "/v2", OLD_SECRET, revision=1))
-    assert (await endpoint_row(notifier, "ep_4")).url == URL + "/v2"
-    # A gateway of the release before revisions, during an upgrade: applied, revision kept.
-    await notifier.feed(endpoint_event("ep_4", URL + "/v3", NEW_SECRET))
-    row = await endpoint_row(notifier, "ep_4")
-    assert row.url == URL + "/v3" and KEYRING.open(row.sealed_secret) == NEW_SECRET
-    assert row.revision == 1
+    disabled = notifier.tables.disabled_endpoints
+    await notifier.db.write(
+        lambda c: c.execute(
+            disabled.insert().values(
+                endpoint_id="ep_4",
+                account_id=ACCOUNT,
+                disabled_at=datetime.now(UTC),
+                reason="410 Gone",
+            )
+        )
+    )
+    await notifier.feed(endpoint_event("ep_4", URL, OLD_SECRET, revision=1))
+    left = await notifier.db.read(lambda c: c.execute(sa.select(disabled.c.reason)).scalars().all())
+    assert left == ["410 Gone"]
+
+
+async def test_a_change_without_a_revision_has_only_its_time(notifier: Notifier) -> None:
+    """From a gateway of the release before revisions, during an upgrade: applied when it is
+    not older than the stored copy, ignored when it is (a dead letter of before the upgrade,
+    replayed after a delete)."""
+    now = datetime.now(UTC)
+    old_change = at(endpoint_event("ep_5", URL + "/old", OLD_SECRET), now - timedelta(hours=1))
+    await notifier.feed(at(endpoint_event("ep_5", URL, OLD_SECRET), now - timedelta(hours=2)))
+    await notifier.feed(at(endpoint_event("ep_5", URL, deleted=True, revision=7), now))
+    await notifier.feed(old_change)
+    row = await endpoint_row(notifier, "ep_5")
+    assert row.deleted and row.url == URL and row.revision == 7
+
+    await notifier.feed(at(endpoint_event("ep_6", URL, OLD_SECRET, revision=2), now))
+    await notifier.feed(at(endpoint_event("ep_6", URL + "/v2", NEW_SECRET), now))
+    row = await endpoint_row(notifier, "ep_6")
+    assert row.url == URL + "/v2" and KEYRING.open(row.sealed_secret) == NEW_SECRET
+    assert row.revision == 2

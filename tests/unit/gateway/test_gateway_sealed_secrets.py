@@ -62,6 +62,7 @@ def test_what_the_notifier_is_told_carries_the_secret_sealed_only() -> None:
         event_types=[],
         created_at=now,
         updated_at=now,
+        revision=1,
     )
     for message in (endpoint_changed(endpoint), default_endpoint_changed("acct_1", sealed)):
         raw = message.SerializeToString()

@@ -1,6 +1,7 @@
 """All SQL of webhooks: account endpoints, the delivery log (the gateway's read model of the
 notifier's `webhook.attempted` events), and the requests to the notifier (outbox rows)."""
 
+import time
 from collections.abc import Sequence
 
 from google.protobuf.message import Message
@@ -58,8 +59,13 @@ async def save_endpoint(
     session: AsyncSession, endpoint: WebhookEndpoint, *, deleted: bool = False
 ) -> None:
     """Add or update `endpoint` and tell the notifier, in `session`'s transaction, under the
-    next revision (the row is locked for a change: `account_endpoint(for_update=True)`)."""
-    endpoint.revision = (endpoint.revision or 0) + 1
+    next revision (the row is locked for a change: `account_endpoint(for_update=True)`).
+
+    A revision is above the last one and at least the clock in milliseconds: it keeps rising
+    after the gateway's database is restored from a backup (or its migration 0006 is taken
+    down and up again), where a plain count would start again below what the notifier holds
+    and every later change would be ignored there."""
+    endpoint.revision = max((endpoint.revision or 0) + 1, int(time.time() * 1000))
     session.add(endpoint)
     await emit(
         session,

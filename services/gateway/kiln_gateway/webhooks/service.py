@@ -90,7 +90,10 @@ def new_endpoint(
 def endpoint_changed(
     endpoint: WebhookEndpoint, *, deleted: bool = False
 ) -> webhooks_pb2.WebhookEndpointChanged:
-    """The notifier's copy of an endpoint (`webhooks.endpoint_changed`)."""
+    """The notifier's copy of an endpoint (`webhooks.endpoint_changed`), under the revision
+    `repository.save_endpoint` gave it."""
+    if not endpoint.revision:
+        raise ValueError(f"endpoint {endpoint.id} has no revision: save it with save_endpoint")
     return webhooks_pb2.WebhookEndpointChanged(
         endpoint_id=endpoint.id,
         url=endpoint.url,
