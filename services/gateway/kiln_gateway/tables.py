@@ -193,8 +193,9 @@ class WebhookEndpoint(Base):
     # Set when the receiver answered 410 Gone (from webhook.attempted); an update clears it.
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Counts the changes announced to the notifier (`webhooks.endpoint_changed`'s `revision`),
-    # which keeps the highest: a change sent again later cannot undo a newer one.
+    # Rises with every change announced to the notifier (`webhooks.endpoint_changed`'s
+    # `revision`, set by `save_endpoint`), which keeps the highest: a change sent again later
+    # cannot undo a newer one.
     revision: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 

@@ -132,7 +132,7 @@ class EndpointChange:
     deleted: bool
     changed_at: datetime
     disabled: bool = False
-    revision: int = 0  # the gateway's count of the endpoint's changes; 0 from older gateways
+    revision: int = 0  # the gateway's revision of the endpoint; 0 from older gateways
 
 
 def upsert_endpoint(connection: Connection, tables: NotifierTables, change: EndpointChange) -> bool:

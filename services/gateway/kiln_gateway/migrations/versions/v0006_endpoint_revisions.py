@@ -1,6 +1,6 @@
-"""`webhook_endpoints.revision`: the count of an endpoint's changes announced to the notifier,
-which keeps the highest it has seen (docs/architecture.md, "Webhooks"). Endpoints made before
-start at 0; their next change is revision 1.
+"""`webhook_endpoints.revision`: it rises with every change of an endpoint announced to the
+notifier, which keeps the highest it has seen (docs/architecture.md, "Webhooks"). Endpoints
+made before start at 0 until their next change.
 
 Revision ID: 0006
 Revises: 0005
