@@ -58,8 +58,8 @@ def is_transient(exc: BaseException) -> bool:
             text = str(original).lower()
             return "locked" in text or "busy" in text or "disk i/o" in text
         # PostgreSQL: lost connections, serialization failures, lock timeouts, shutdowns.
-        sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-        if isinstance(sqlstate, str):
+        sqlstate = _sqlstate(exc)
+        if sqlstate is not None:
             return sqlstate[:2] in ("08", "40", "53", "57") or sqlstate == "55P03"
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     if isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError):
@@ -80,11 +80,16 @@ def may_be_one_writes(exc: BaseException) -> bool:
     connection belong to the whole database."""
     if isinstance(exc, TransientError):
         return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        original = exc.orig
-        sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-        return isinstance(sqlstate, str) and sqlstate in _ONE_WRITE_SQLSTATES
-    return False
+    return _sqlstate(exc) in _ONE_WRITE_SQLSTATES
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a database error (asyncpg's `sqlstate`, psycopg's `pgcode`)."""
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    original = exc.orig
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    return sqlstate if isinstance(sqlstate, str) else None
 
 
 @dataclass(frozen=True)

@@ -155,9 +155,9 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
     }
     if change.revision:
         values["revision"] = change.revision
-    stored = connection.execute(
-        select(endpoints.c.revision).where(endpoints.c.endpoint_id == change.endpoint_id)
-    ).first()
+    stored = connection.scalar(
+        select(endpoints.c.endpoint_id).where(endpoints.c.endpoint_id == change.endpoint_id)
+    )
     if stored is None:
         connection.execute(
             insert(endpoints).values(
@@ -168,8 +168,6 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
             )
         )
     else:
-        if change.revision and stored.revision >= change.revision:
-            return False
         # A deletion (or a change that does not rotate it) may come without the secret: keep
         # ours.
         if change.sealed_secret:
@@ -177,7 +175,7 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
             values["secret"] = ""
         statement = update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id)
         if change.revision:
-            # In the statement too: a member that read the row before another stored this
+            # In the statement, so that a member that read the row before another stored this
             # revision or a later one (a rebalance) writes nothing either.
             statement = statement.where(endpoints.c.revision < change.revision)
         else:
