@@ -4,14 +4,17 @@ dispatch → Triton → capture → webhook) against the same steps as a Celery 
 other on the same machine, alternating within each repeat.
 
 It also takes item 5's footprint under load (RSS of each process while the load runs) and,
-once, a py-spy profile of Kiln's services in the middle of the run (what limits the number)."""
+once, a py-spy profile of Kiln's services under the same load (what limits the number). The
+profile has a load span of its own after the measured ones: five samplers take CPU from the
+services they sample, and Celery's run has none, so a profile inside a measured span would
+lower Kiln's number alone."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
 from bench.baselines.celery_pipeline.launcher import CeleryBaseline
@@ -52,38 +55,49 @@ def measure(
     receiver: WebhookReceiver,
     groups: dict[str, list[int]],
     size: Sizes,
-    *,
-    profile_pids: dict[str, int] | None = None,
-) -> tuple[SustainedRun, dict[str, RssSummary], str, dict[str, Profile]]:
-    """One sustained run with its RSS samples, CPU shares and (when asked) py-spy profiles."""
+) -> tuple[SustainedRun, dict[str, RssSummary], str]:
+    """One sustained run with its RSS samples and CPU shares."""
+    cpu_groups: dict[str, list[int]] = {**groups, BENCH_CLIENT: [os.getpid()]}
+    with RssSampler(groups) as sampler, CpuMeter(cpu_groups, frozenset({BENCH_CLIENT})) as cpu:
+        run = asyncio.run(load(jobs_url, keys, receiver, size, size.duration_s))
+    return run, sampler.summary(), cpu.describe()
+
+
+def load(
+    jobs_url: str, keys: Sequence[str], receiver: WebhookReceiver, size: Sizes, duration_s: float
+) -> Coroutine[None, None, SustainedRun]:
+    """`size.window` jobs in flight for the warm-up and then `duration_s`."""
+    return sustained(
+        jobs_url,
+        keys,
+        receiver,
+        body_maker(receiver),
+        window=size.window,
+        duration_s=duration_s,
+        warmup_s=size.warmup_s,
+    )
+
+
+def profile_under_load(
+    jobs_url: str,
+    keys: Sequence[str],
+    receiver: WebhookReceiver,
+    pids: dict[str, int],
+    size: Sizes,
+) -> dict[str, Profile]:
+    """py-spy profiles of `pids` under the measured runs' load, in a span of its own that no
+    number comes from."""
     profiles: dict[str, Profile] = {}
 
     def profile() -> None:
-        assert profile_pids is not None
-        profiles.update(record(profile_pids, size.profile_s))
+        profiles.update(record(pids, size.profile_s))
 
-    profiler = None
-    if profile_pids:
-        # Start after the warm-up, in the middle of the measured span.
-        delay = size.warmup_s + max(0.0, (size.duration_s - size.profile_s) / 2)
-        profiler = threading.Timer(delay, profile)
-        profiler.start()
-    cpu_groups: dict[str, list[int]] = {**groups, BENCH_CLIENT: [os.getpid()]}
-    with RssSampler(groups) as sampler, CpuMeter(cpu_groups, frozenset({BENCH_CLIENT})) as cpu:
-        run = asyncio.run(
-            sustained(
-                jobs_url,
-                keys,
-                receiver,
-                body_maker(receiver),
-                window=size.window,
-                duration_s=size.duration_s,
-                warmup_s=size.warmup_s,
-            )
-        )
-    if profiler is not None:
-        profiler.join()
-    return run, sampler.summary(), cpu.describe(), profiles
+    profiler = threading.Timer(size.warmup_s, profile)
+    profiler.start()
+    # Load until the samplers are done (they stop `profile_s` after the warm-up).
+    asyncio.run(load(jobs_url, keys, receiver, size, size.profile_s + 1.0))
+    profiler.join()
+    return profiles
 
 
 def run(ctx: BenchContext) -> None:
@@ -103,21 +117,24 @@ def run(ctx: BenchContext) -> None:
         for repeat in range(ctx.repeats):
             want_profile = ctx.config.profile and repeat == 0
             pids = {name: stack.local.pid(name) for name in SERVICES}
-            kiln_run, rss, shares, profiles = measure(
-                stack.jobs_url,
-                kiln_keys,
-                receiver,
-                stack_processes(stack.local),
-                size,
-                profile_pids={n: p for n, p in pids.items() if p} if want_profile else None,
+            kiln_run, rss, shares = measure(
+                stack.jobs_url, kiln_keys, receiver, stack_processes(stack.local), size
             )
             kiln_runs.append(kiln_run)
             kiln_rss.append(rss)
             ctx.echo(f"throughput: Kiln {kiln_run}")
             ctx.report.note_limit(BENCH, f"Kiln run {repeat + 1}: {shares}")
-            for profile in profiles.values():
-                ctx.report.note_limit(BENCH, f"profile (py-spy) {profile.summary()}")
-            celery_run, rss, shares, _ = measure(
+            if want_profile:
+                profiles = profile_under_load(
+                    stack.jobs_url,
+                    kiln_keys,
+                    receiver,
+                    {n: p for n, p in pids.items() if p},
+                    size,
+                )
+                for profile in profiles.values():
+                    ctx.report.note_limit(BENCH, f"profile (py-spy) {profile.summary()}")
+            celery_run, rss, shares = measure(
                 f"{baseline.url}/jobs", celery_keys, receiver, celery_groups, size
             )
             celery_runs.append(celery_run)
