@@ -155,19 +155,20 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
     }
     if change.revision:
         values["revision"] = change.revision
-    stored = connection.scalar(
-        select(endpoints.c.endpoint_id).where(endpoints.c.endpoint_id == change.endpoint_id)
-    )
-    if stored is None:
-        connection.execute(
-            insert(endpoints).values(
-                endpoint_id=change.endpoint_id,
-                sealed_secret=change.sealed_secret or None,
-                secret="",
-                **values,
-            )
+    # Insert when new; a row that is there already (or that another member inserted a moment
+    # ago, during a rebalance) makes the insert a no-op, and the update below judges it.
+    inserted = connection.execute(
+        upsert_insert(connection.dialect.name)(endpoints)
+        .values(
+            endpoint_id=change.endpoint_id,
+            sealed_secret=change.sealed_secret or None,
+            secret="",
+            **values,
         )
-    else:
+        .on_conflict_do_nothing(index_elements=["endpoint_id"])
+        .returning(endpoints.c.endpoint_id)  # rowcount is -1 for this insert on psycopg
+    ).first()
+    if inserted is None:
         # A deletion (or a change that does not rotate it) may come without the secret: keep
         # ours.
         if change.sealed_secret:
@@ -175,8 +176,8 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
             values["secret"] = ""
         statement = update(endpoints).where(endpoints.c.endpoint_id == change.endpoint_id)
         if change.revision:
-            # In the statement, so that a member that read the row before another stored this
-            # revision or a later one (a rebalance) writes nothing either.
+            # Judged in the statement, on the row as it is when written, so that two members
+            # handling changes of one endpoint at once (a rebalance) cannot both win.
             statement = statement.where(endpoints.c.revision < change.revision)
         else:
             statement = statement.where(endpoints.c.changed_at <= change.changed_at)

@@ -17,6 +17,7 @@ import json
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from google.protobuf.message import Message
 from sqlalchemy import select
 
@@ -36,9 +38,10 @@ from kiln_notifier.config import NotifierSettings
 from kiln_notifier.migrate import upgrade_connection
 from kiln_notifier.sender import WebhookSender
 from kiln_notifier.tables import NotifierTables, make_tables
-from kiln_runtime.db import Database
+from kiln_runtime.db import Database, make_sync_engine
 from kiln_runtime.job_object import FileLinks
 from kiln_runtime.testing import EventDriver
+from tests.integration.billing.postgres_cluster import PostgresCluster
 
 LINKS = FileLinks(public_url="http://127.0.0.1:8000/", signing_key="k" * 32, ttl_s=3600)
 ACCOUNT = "acct_test"
@@ -274,3 +277,28 @@ async def notifier(tmp_path: Path) -> AsyncIterator[Notifier]:
         yield made
     finally:
         await db.dispose()
+
+
+# A bare notifier database on SQLite and on PostgreSQL, for tests of its statements (no sender).
+@pytest.fixture(params=("sqlite", "postgresql"))
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/notifier.db"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = f"notifier_{uuid.uuid4().hex[:12]}"
+    admin = make_sync_engine(cluster.url("postgres", "psycopg"))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return cluster.url(name, "psycopg")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    made = make_sync_engine(database_url)
+    try:
+        yield made
+    finally:
+        made.dispose()

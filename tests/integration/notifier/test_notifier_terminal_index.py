@@ -4,10 +4,7 @@ second end, recorded here or by another member, adds no terminal delivery to a t
 one and claims nothing, nor does a message recorded again; migration 0004 refuses a database
 that already holds two, changing nothing."""
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +14,7 @@ from kiln_notifier import repository
 from kiln_notifier.deliveries import DeliveryTarget
 from kiln_notifier.migrate import downgrade_connection, upgrade_connection
 from kiln_notifier.tables import JOB_WEBHOOK_URL, make_tables
-from kiln_runtime.db import make_sync_engine
 from kiln_runtime.migrations import current_revision
-from tests.integration.billing.postgres_cluster import PostgresCluster
 from tests.integration.schema_support import schema_differences
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -30,30 +25,6 @@ TARGETS = [
     DeliveryTarget(endpoint_id="we_1", url="https://hooks.example/a"),
     DeliveryTarget(endpoint_id=JOB_WEBHOOK_URL, url="https://hooks.example/job"),
 ]
-
-
-@pytest.fixture(params=("sqlite", "postgresql"))
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/notifier.db"
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"notifier_{uuid.uuid4().hex[:12]}"
-    admin = make_sync_engine(cluster.url("postgres", "psycopg"))
-    try:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return cluster.url(name, "psycopg")
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    made = make_sync_engine(database_url)
-    try:
-        yield made
-    finally:
-        made.dispose()
 
 
 def add_end(
