@@ -198,6 +198,12 @@ class WebhookEndpoint(Base):
     # cannot undo a newer one.
     revision: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
+    # An update is made only if the row still has the revision it was read with (the ORM
+    # raises StaleDataError otherwise), so that two changes of one endpoint at once cannot
+    # announce one revision for two states. PostgreSQL's row lock already orders them; SQLite
+    # has none. `save_endpoint` sets the next revision itself (it has the clock as a floor).
+    __mapper_args__ = {"version_id_col": revision, "version_id_generator": False}  # noqa: RUF012
+
 
 class WebhookDeliveryRecord(Base):
     """The delivery log's deliveries, built from the notifier's `webhook.attempted` events

@@ -3,7 +3,9 @@ guard, event filter, other accounts' ids are 404), the events they announce to t
 the public key, and the delivery log built from `webhook.attempted` events."""
 
 import base64
+import contextlib
 import secrets
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,13 +16,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select, text
+from sqlalchemy import make_url, select, text
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_crypto import SecretsKeyring, new_secrets_key
 from kiln_gateway.handlers import ReadModel
-from kiln_gateway.tables import MESSAGING
+from kiln_gateway.tables import MESSAGING, WebhookEndpoint
+from kiln_gateway.webhooks import repository as webhooks_repository
 from kiln_runtime.testing import EventDriver
 from tests.integration.gateway.conftest import Gateway, bearer, gateway_without_kafka, make_settings
 
@@ -182,6 +185,56 @@ def test_endpoint_lifecycle(gw: Gateway) -> None:
     ]
     assert len(set(revisions)) == 3 and deleted[0].revision == max(revisions)
     assert min(revisions) >= started_ms
+
+
+def test_a_change_overtaken_by_another_is_made_again_on_the_row_as_it_now_is(
+    gw: Gateway,
+) -> None:
+    """On SQLite (no row lock) another replica's change may commit between this change's read
+    and its write. The overtaken change is made again on the row as it now is: the row keeps
+    both, and the change is announced under a revision above the other's. Before, it wrote its
+    own state over the other's under a revision the notifier might already hold."""
+    account_id, auth = account_with_key(gw, "cid@example.com")
+    created = gw.client.post("/webhooks", headers=auth, json={"url": "http://127.0.0.1:9/a"})
+    endpoint_id = created.json()["data"]["id"]
+    database = make_url(gw.settings.database_url).database
+    other_revision = 0
+    tries = 0
+
+    def describe(endpoint: WebhookEndpoint) -> None:
+        nonlocal tries, other_revision
+        tries += 1
+        if tries == 1:  # read, not yet written: another replica's change commits now
+            with contextlib.closing(sqlite3.connect(str(database))) as other:
+                other.execute(
+                    "UPDATE webhook_endpoints SET url = 'http://127.0.0.1:9/b', "
+                    "revision = revision + 1 WHERE id = ?",
+                    (endpoint_id,),
+                )
+                other.commit()
+                [(other_revision,)] = other.execute(
+                    "SELECT revision FROM webhook_endpoints WHERE id = ?", (endpoint_id,)
+                )
+        endpoint.description = "billing hooks"
+
+    async def change() -> None:
+        await webhooks_repository.change_endpoint(
+            gw.state.runtime.sessions, account_id, endpoint_id, describe
+        )
+
+    gw.client.portal.call(change)  # type: ignore[union-attr]
+    assert tries == 2  # made again after the other change
+    shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
+    assert (shown["url"], shown["description"]) == ("http://127.0.0.1:9/b", "billing hooks")
+    announced = max(
+        (
+            e.message
+            for e in outbox_events(gw, "webhooks.endpoint_changed")
+            if e.message.endpoint_id == endpoint_id
+        ),
+        key=lambda m: m.revision,
+    )
+    assert announced.revision > other_revision and announced.url == "http://127.0.0.1:9/b"
 
 
 def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:

@@ -17,9 +17,11 @@ from kiln_gateway.console.errors import ConsoleError
 from kiln_gateway.console.listing import checked_id, notice, page_of
 from kiln_gateway.console.pages import render
 from kiln_gateway.deps import StateDep
+from kiln_gateway.errors import Conflict
 from kiln_gateway.ids import new_id
 from kiln_gateway.pagination import pagination
 from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import WebhookEndpoint
 from kiln_gateway.webhooks import repository
 from kiln_gateway.webhooks.schemas import EndpointCreate, EventType
 from kiln_gateway.webhooks.service import new_endpoint
@@ -155,21 +157,30 @@ async def _change_endpoint(
 ) -> None:
     checked_id(endpoint_id, "we")
     now = datetime.now(UTC)
-    async with transaction(state.runtime.sessions) as session:
-        endpoint = await repository.account_endpoint(
-            session, account_id, endpoint_id, for_update=change != "test"
-        )
-        if endpoint is None:
-            raise ConsoleError(404, NO_ENDPOINT)
-        if change == "test":
+    if change == "test":
+        async with transaction(state.runtime.sessions) as session:
+            endpoint = await repository.account_endpoint(session, account_id, endpoint_id)
+            if endpoint is None:
+                raise ConsoleError(404, NO_ENDPOINT)
             await repository.request_test_event(session, endpoint, new_id("msg"))
+        state.runtime.publisher.wake()
+        return
+
+    def apply(endpoint: WebhookEndpoint) -> None:
+        if change == "delete":
+            endpoint.deleted_at = now
         else:
-            if change == "delete":
-                endpoint.deleted_at = now
-            else:
-                endpoint.disabled_at = now if change == "disable" else None
-            endpoint.updated_at = now
-            await repository.save_endpoint(session, endpoint, deleted=change == "delete")
+            endpoint.disabled_at = now if change == "disable" else None
+        endpoint.updated_at = now
+
+    try:
+        changed = await repository.change_endpoint(
+            state.runtime.sessions, account_id, endpoint_id, apply, deleted=change == "delete"
+        )
+    except Conflict as exc:
+        raise ConsoleError(409, exc.message) from None
+    if changed is None:
+        raise ConsoleError(404, NO_ENDPOINT)
     state.runtime.publisher.wake()
 
 

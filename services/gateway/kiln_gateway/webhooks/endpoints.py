@@ -23,6 +23,7 @@ from kiln_gateway.ids import new_id
 from kiln_gateway.keys.repository import account_by_id
 from kiln_gateway.pagination import PageDep, paged
 from kiln_gateway.state import GatewayState
+from kiln_gateway.tables import WebhookEndpoint
 from kiln_gateway.webhooks import repository
 from kiln_gateway.webhooks.schemas import (
     DeliveryListResponse,
@@ -205,7 +206,7 @@ async def get_endpoint(
 
 
 @router.patch(
-    "/{endpoint_id}", response_model=EndpointResponse, responses=error_responses(404, 422)
+    "/{endpoint_id}", response_model=EndpointResponse, responses=error_responses(404, 409, 422)
 )
 async def update_endpoint(
     body: EndpointUpdate, caller: CallerDep, state: StateDep, endpoint_id: str = ENDPOINT_ID
@@ -213,12 +214,8 @@ async def update_endpoint(
     """Change the URL, the event filter or the description. Re-enables a disabled endpoint.
     The secret stays."""
     url = await _checked_url(state, body.url) if body.url is not None else None
-    async with transaction(state.runtime.sessions) as session:
-        endpoint = await repository.account_endpoint(
-            session, caller.account_id, endpoint_id, for_update=True
-        )
-        if endpoint is None:
-            raise _no_endpoint()
+
+    def change(endpoint: WebhookEndpoint) -> None:
         if url is not None:
             endpoint.url = url
         if body.event_types is not None:
@@ -227,25 +224,33 @@ async def update_endpoint(
             endpoint.description = body.description
         endpoint.disabled_at = None
         endpoint.updated_at = datetime.now(UTC)
-        await repository.save_endpoint(session, endpoint)
+
+    endpoint = await repository.change_endpoint(
+        state.runtime.sessions, caller.account_id, endpoint_id, change
+    )
+    if endpoint is None:
+        raise _no_endpoint()
     state.runtime.publisher.wake()
     return {"data": endpoint_json(endpoint)}
 
 
-@router.delete("/{endpoint_id}", response_model=EndpointResponse, responses=error_responses(404))
+@router.delete(
+    "/{endpoint_id}", response_model=EndpointResponse, responses=error_responses(404, 409)
+)
 async def delete_endpoint(
     caller: CallerDep, state: StateDep, endpoint_id: str = ENDPOINT_ID
 ) -> dict[str, Any]:
     """Delete an endpoint: nothing more is sent to it, retries included."""
-    async with transaction(state.runtime.sessions) as session:
-        endpoint = await repository.account_endpoint(
-            session, caller.account_id, endpoint_id, for_update=True
-        )
-        if endpoint is None:
-            raise _no_endpoint()
+
+    def delete(endpoint: WebhookEndpoint) -> None:
         endpoint.deleted_at = datetime.now(UTC)
         endpoint.updated_at = endpoint.deleted_at
-        await repository.save_endpoint(session, endpoint, deleted=True)
+
+    endpoint = await repository.change_endpoint(
+        state.runtime.sessions, caller.account_id, endpoint_id, delete, deleted=True
+    )
+    if endpoint is None:
+        raise _no_endpoint()
     state.runtime.publisher.wake()
     return {"data": endpoint_json(endpoint)}
 

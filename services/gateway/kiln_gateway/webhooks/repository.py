@@ -2,13 +2,15 @@
 notifier's `webhook.attempted` events), and the requests to the notifier (outbox rows)."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import Message
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from kiln_contracts.v1 import webhooks_pb2
+from kiln_gateway.errors import Conflict
 from kiln_gateway.pagination import PageRequest, fetch_page
 from kiln_gateway.tables import (
     MESSAGING,
@@ -17,7 +19,11 @@ from kiln_gateway.tables import (
     WebhookEndpoint,
 )
 from kiln_gateway.webhooks.service import endpoint_changed
+from kiln_runtime.db import SessionFactory, transaction
 from kiln_runtime.outbox import Outbox
+
+# Tries of a change that another change of the same endpoint overtook (SQLite only).
+CHANGE_TRIES = 5
 
 
 async def emit(
@@ -53,6 +59,35 @@ async def list_endpoints(
         .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id)
     )
     return await fetch_page(session, query, page)
+
+
+async def change_endpoint(
+    sessions: SessionFactory,
+    account_id: str,
+    endpoint_id: str,
+    change: Callable[[WebhookEndpoint], None],
+    *,
+    deleted: bool = False,
+) -> WebhookEndpoint | None:
+    """Apply `change` to the account's endpoint and announce it, in a transaction of its own;
+    None when there is no such endpoint.
+
+    When another change of the endpoint committed between this one's read and its write
+    (possible on SQLite, which has no row lock), the change is made again on the row as it
+    now is, as PostgreSQL's row lock would have it: the later change wins field by field, and
+    the notifier hears each state under a revision of its own."""
+    for _ in range(CHANGE_TRIES):
+        try:
+            async with transaction(sessions) as session:
+                endpoint = await account_endpoint(session, account_id, endpoint_id, for_update=True)
+                if endpoint is None:
+                    return None
+                change(endpoint)
+                await save_endpoint(session, endpoint, deleted=deleted)
+            return endpoint
+        except StaleDataError:
+            continue
+    raise Conflict("The endpoint kept changing while this request ran; send the request again.")
 
 
 async def save_endpoint(
