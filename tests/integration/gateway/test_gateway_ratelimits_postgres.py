@@ -1,32 +1,37 @@
-"""The shared rate-limit store on PostgreSQL: exact under concurrency and across replicas.
+"""The rate-limit stores on PostgreSQL: replicas share the default store's count at each sync;
+counting per request is exact under concurrency and across replicas.
 
-Runs when KILN_TEST_POSTGRES_URL names a throwaway database, e.g.
-`postgresql+asyncpg://postgres@127.0.0.1:5432/kiln_test` (its tables are dropped first);
-skipped otherwise. The same tests run on SQLite in test_gateway_ratelimits_api.py.
+Runs on a fresh database of the suite's PostgreSQL cluster (Debian's binaries), or on the
+throwaway database KILN_TEST_POSTGRES_URL names, e.g.
+`postgresql+asyncpg://postgres@127.0.0.1:5432/kiln_test` (its tables are dropped first). The
+same tests run on SQLite in test_gateway_ratelimits_api.py.
 """
 
 import asyncio
 import os
-import time
+import secrets
+import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from kiln_crypto import new_secrets_key
 from kiln_gateway.ratelimit_stores import DatabaseCounterStore
-from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
+from kiln_gateway.ratelimits import Quota, RateLimiter
 from kiln_gateway.tables import Base
-from kiln_runtime.db import make_engine
-from tests.integration.gateway.conftest import bearer, gateway_without_kafka, make_settings
+from kiln_runtime.db import make_engine, make_sync_engine
+from tests.integration.billing.postgres_cluster import PostgresCluster
+from tests.integration.gateway.conftest import bearer
+from tests.integration.gateway.test_gateway_ratelimits_api import limited_gateway, new_key, sync
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = os.environ.get("KILN_TEST_POSTGRES_URL", "")
-needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="KILN_TEST_POSTGRES_URL not set")
+GIVEN_URL = os.environ.get("KILN_TEST_POSTGRES_URL", "")
 
 
-async def _reset_database() -> None:
-    engine = make_engine(POSTGRES_URL)
+async def _reset_database(url: str) -> None:
+    engine = make_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
         # The gateway migrates at start: from nothing again, not from a stale revision.
@@ -34,16 +39,60 @@ async def _reset_database() -> None:
     await engine.dispose()
 
 
-@needs_postgres
-def test_replicas_on_postgresql_share_one_exact_count(tmp_path: Path) -> None:
-    asyncio.run(_reset_database())
-    settings = make_settings(tmp_path, database_url=POSTGRES_URL, rate_limit_live_read=5)
-    at = window_start(time.time(), 60) + 30.0
-    with gateway_without_kafka(settings) as one, gateway_without_kafka(settings) as two:
-        for replica in (one, two):
-            replica.state.rate_limiter.clock = lambda: at
-        account = one.create_account("ada@example.com")
-        key = bearer(one.create_key(account["id"])["secret"])
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    if GIVEN_URL:
+        asyncio.run(_reset_database(GIVEN_URL))
+        return GIVEN_URL
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = f"gateway_{uuid.uuid4().hex[:12]}"
+    admin = make_sync_engine(cluster.url("postgres", "psycopg"))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return cluster.url(name, "asyncpg")
+
+
+def test_replicas_on_postgresql_share_the_count_at_each_sync(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The default store: each replica counts at once and adds its hits to the shared row at
+    each sync, learning the others' as it does."""
+    with (
+        limited_gateway(tmp_path, "database", database_url=postgres_url) as one,
+        limited_gateway(tmp_path, "database", database_url=postgres_url) as two,
+    ):
+        key = new_key(one)
+        first = [one.client.get("/models", headers=key) for _ in range(3)]
+        assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["4", "3", "2"]
+        sync(one)
+        sync(two)
+        assert two.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "1"
+        sync(two)
+        sync(one)
+        assert one.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "0"
+        assert one.client.get("/models", headers=key).status_code == 429
+        sync(one)
+        sync(two)
+        assert two.client.get("/models", headers=key).status_code == 429
+
+
+def test_replicas_on_postgresql_counting_per_request_share_one_exact_count(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # Replicas of one deployment: one database, one session key, one keyring.
+    same = {
+        "database_url": postgres_url,
+        "session_signing_key": secrets.token_urlsafe(32),
+        "secrets_keys": new_secrets_key(),
+    }
+    with (
+        limited_gateway(tmp_path, "database-per-request", **same) as one,
+        limited_gateway(tmp_path, "database-per-request", **same) as two,
+    ):
+        key = new_key(one)
         remaining = [
             replica.client.get("/models", headers=key).headers["X-RateLimit-Remaining"]
             for replica in (one, two, one, two, one)
