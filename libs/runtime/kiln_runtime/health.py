@@ -20,7 +20,8 @@ class Readiness:
     async def report(self) -> tuple[bool, dict[str, bool]]:
         async def run(check: ReadinessCheck) -> bool:
             try:
-                return await asyncio.wait_for(check(), timeout=self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    return await check()
             except Exception:
                 return False
 

@@ -275,8 +275,11 @@ class OutboxPublisher:
                 sent = 0
             if sent >= self._recover_batch:
                 continue
+            # Not asyncio.wait_for, which on Python 3.11 can drop the cancellation that stops
+            # this loop (see WebhookSender.run).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._recover_interval_s)
+                async with asyncio.timeout(self._recover_interval_s):
+                    await self._wakeup.wait()
             self._wakeup.clear()
 
     async def recover_once(self) -> int:
@@ -368,7 +371,8 @@ class OutboxPublisher:
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait for the sends in flight (at shutdown), then delete what Kafka acknowledged."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
         acked = self.take_acked()

@@ -28,7 +28,8 @@ class Waiter:
 
     async def wait(self, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(self.event.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.event.wait()
         except TimeoutError:
             return False
         return True

@@ -254,10 +254,12 @@ class WebhookSender:
                 if claimed and claimed == free:
                     self._backlog = True
                     continue  # there may be more due right now
+                # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that comes just
+                # as the awaited event is set, and this loop would then never end (a shutdown,
+                # or a test's `task.cancel()`, waited forever). asyncio.timeout keeps it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wakeup.wait(), self._settings.delivery_poll_interval_s
-                    )
+                    async with asyncio.timeout(self._settings.delivery_poll_interval_s):
+                        await self._wakeup.wait()
         finally:
             await self.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import secrets
 import threading
@@ -225,8 +224,12 @@ class Notifier:
         finally:
             self.handlers.sender = None
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a sender that ignores its cancellation fails here, not at the timeout.
+            stopped, _ = await asyncio.wait({task}, timeout=10)
+            assert stopped, "the sender did not stop when cancelled"
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
 
     async def deliveries(self) -> list[Any]:
         table = self.tables.deliveries

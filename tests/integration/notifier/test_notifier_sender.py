@@ -213,6 +213,34 @@ async def test_a_slow_endpoint_does_not_delay_the_others(
     assert len(slow.got()) <= 2 * limit < 12
 
 
+async def test_the_sender_stops_when_cancelled_just_as_it_is_woken(
+    notifier: Notifier, receiver: Callable[..., Receiver]
+) -> None:
+    """A cancel that lands in the loop turn after the sender's wake-up event was set: with
+    `asyncio.wait_for` (Python 3.11) the cancellation was dropped and `run()` polled on for
+    ever, so the service's shutdown hung (and, by chance, the test above)."""
+    hook = receiver(204)
+    await notifier.feed(job_event("job.completed", job_id(), hook.url))
+    sender = notifier.sender()
+    notifier.handlers.sender = sender
+    task = asyncio.create_task(sender.run())
+    try:
+        for _ in range(500):
+            if hook.got():
+                break
+            await asyncio.sleep(0.02)
+        assert hook.got(), "the delivery was not sent"
+        await asyncio.sleep(0.3)  # idle: waiting for a wake-up or the next poll
+        sender.wake()
+        await asyncio.sleep(0)  # the wait's inner task ends; its waiter is not yet released
+        task.cancel()
+        stopped, _ = await asyncio.wait({task}, timeout=5)
+        assert stopped, "the sender ignored its cancellation"
+    finally:
+        notifier.handlers.sender = None
+        task.cancel()
+
+
 async def test_a_backlog_for_one_endpoint_drains_as_its_slots_free_not_at_the_polls_pace(
     notifier: Notifier, receiver: Callable[..., Receiver]
 ) -> None:
