@@ -148,28 +148,33 @@ class Notifier:
         unit.after_commit(lambda: sender.start(claims))
 
     def sealed_secret(self, message: webhooks_pb2.WebhookEndpointChanged) -> str:
-        """The secret of a change as this service stores it: sealed with the first key ("" when
-        the change leaves it as it was).
-
-        A secret sealed with an older key is sealed again with the first one, so that nothing
-        consumed after `secrets_rotation` ran still needs the older key. One that no key opens
-        is stored as it came, and its deliveries wait (and say why) until a listed key opens
-        it: the event is not poison, the keyring is misconfigured (a rotation half-rolled)."""
+        """The secret of a change, sealed as it came ("" when the change leaves it as it was);
+        one sent in clear, by a gateway of the release before sealed secrets, is sealed here."""
         if message.sealed_secret:
-            if self.keyring.sealed_with_first_key(message.sealed_secret):
-                return message.sealed_secret
-            try:
-                return self.keyring.reseal(message.sealed_secret)
-            except SealedSecretError:
-                log.error(
-                    "endpoint %s: no key of KILN_SECRETS_KEYS opens its secret; kept as it came",
-                    message.endpoint_id,
-                )
-                return message.sealed_secret
+            return message.sealed_secret
         if message.secret:
-            # From a gateway of the release before sealed secrets, which sent it in clear.
             return self.keyring.seal(message.secret)
         return ""
+
+    def reseal(self, unit: Unit, endpoint_id: str, sealed: str) -> None:
+        """A stored secret sealed with an older key, sealed again with the first one, so that
+        nothing consumed after `secrets_rotation` ran still needs the older key.
+
+        One that no key opens stays as it came, and its deliveries wait (and say why) until a
+        listed key opens it: the event is not poison, the keyring is misconfigured (a rotation
+        half-rolled). Called only for a change that was stored, so a change that is ignored
+        (an old revision) is never judged by its secret."""
+        if not sealed or self.keyring.sealed_with_first_key(sealed):
+            return
+        try:
+            resealed = self.keyring.reseal(sealed)
+        except SealedSecretError:
+            log.error(
+                "endpoint %s: no key of KILN_SECRETS_KEYS opens its secret; kept as it came",
+                endpoint_id,
+            )
+            return
+        repository.set_sealed_secret(unit.connection, self.tables, endpoint_id, resealed)
 
     def handle_endpoint_changed(self, unit: Unit, event: Event) -> None:
         message = event.message
@@ -178,6 +183,7 @@ class Notifier:
         batch = self._batch_endpoints(unit)
         if batch is not None:
             batch.pop(event.account_id, None)  # read again by a later job's end
+        sealed = self.sealed_secret(message)
         stored = repository.upsert_endpoint(
             unit.connection,
             self.tables,
@@ -185,7 +191,7 @@ class Notifier:
                 endpoint_id=message.endpoint_id,
                 account_id=event.account_id,
                 url=message.url,
-                sealed_secret=self.sealed_secret(message),
+                sealed_secret=sealed,
                 event_types=list(message.event_types),
                 is_default=message.is_default,
                 deleted=message.deleted,
@@ -202,6 +208,8 @@ class Notifier:
                 message.revision,
                 event.event_id,
             )
+            return
+        self.reseal(unit, message.endpoint_id, sealed)
 
     def handle_job_finished(self, unit: Unit, event: Event) -> None:
         """job.completed / job.failed / job.canceled / credits.rejected: one delivery per

@@ -203,6 +203,16 @@ def upsert_endpoint(connection: Connection, tables: NotifierTables, change: Endp
     return True
 
 
+def set_sealed_secret(
+    connection: Connection, tables: NotifierTables, endpoint_id: str, sealed: str
+) -> None:
+    connection.execute(
+        update(tables.endpoints)
+        .where(tables.endpoints.c.endpoint_id == endpoint_id)
+        .values(sealed_secret=sealed, secret="")
+    )
+
+
 def _endpoint_record(row: Any) -> EndpointRecord:
     return EndpointRecord(
         endpoint_id=row.endpoint_id,

@@ -1,10 +1,12 @@
 """The notifier's copy of the webhook secrets, on a real SQLite database and real HTTP: stored
 sealed whatever form the gateway sent (sealed with the first key, with an older one, in clear
 as gateways before sealed secrets did), signing deliveries that verify; one no key opens is
-kept and its deliveries wait, saying why. Migration 0003 seals the clear secrets of an earlier
-release (and going down opens them); the rotation command moves every secret to the first key."""
+kept and its deliveries wait, saying why; an ignored change is not judged by its secret.
+Migration 0003 seals the clear secrets of an earlier release (and going down opens them); the
+rotation command moves every secret to the first key."""
 
 import base64
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +97,22 @@ async def test_a_secret_no_key_opens_is_kept_and_its_deliveries_wait(
     [attempt] = await notifier.attempts(delivery.id)
     assert attempt.error == "the signing secret cannot be read right now"
     assert hook.got() == []
+
+
+async def test_an_ignored_change_is_not_judged_by_its_secret(
+    notifier: Notifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A change of a lower revision (sent again, or late) is ignored before its secret is
+    looked at: no error about a secret that no key opens, and the stored one stays."""
+    await notifier.feed(endpoint_event("we_3", "http://127.0.0.1:9/h", SECRET, revision=2))
+    foreign = SecretsKeyring([new_secrets_key()])
+    late = endpoint_event("we_3", "http://127.0.0.1:9/h", SECRET, sealed_by=foreign, revision=1)
+    with caplog.at_level(logging.WARNING):
+        await notifier.feed(late)
+    assert "change ignored" in caplog.text
+    assert "no key of KILN_SECRETS_KEYS" not in caplog.text
+    _, sealed = await stored(notifier, "we_3")
+    assert KEYRING.open(sealed or "") == SECRET
 
 
 def database_at(tmp_path: Path, revision: str) -> sa.Engine:
