@@ -108,7 +108,10 @@ ERROR_DESCRIPTIONS = {
     402: "`INSUFFICIENT_CREDITS`: not enough credits; nothing was queued.",
     403: "`FORBIDDEN`: the account is suspended.",
     404: "`NOT_FOUND`: no such resource for this caller (another account's ids included).",
-    409: "`CONFLICT`: the resource exists, or an Idempotency-Key was reused with another body.",
+    409: (
+        "`CONFLICT`: the resource exists, or an Idempotency-Key was reused with another body, "
+        "or the object kept changing during the request (send it again)."
+    ),
     413: "`PAYLOAD_TOO_LARGE`: the body is larger than the gateway accepts.",
     422: "`VALIDATION_ERROR` (details name each bad field) or `CONTENT_POLICY`.",
     429: "`RATE_LIMITED`: too many requests; see `Retry-After`.",

@@ -601,10 +601,10 @@ def record_attempts(connection: Connection, attempts: Sequence[tuple[str, Attemp
             ],
         )
     for account_id, attempt in gone:
-        _disable_gone_endpoint(connection, account_id, attempt)
+        disable_gone_endpoint(connection, account_id, attempt)
 
 
-def _disable_gone_endpoint(connection: Connection, account_id: str, attempt: Attempt) -> None:
+def disable_gone_endpoint(connection: Connection, account_id: str, attempt: Attempt) -> None:
     endpoints = cast(Table, WebhookEndpoint.__table__)
     endpoint = connection.execute(
         select(endpoints.c.account_id, endpoints.c.disabled_at, endpoints.c.updated_at)
@@ -617,10 +617,13 @@ def _disable_gone_endpoint(connection: Connection, account_id: str, attempt: Att
         and endpoint.disabled_at is None
         and (_aware(endpoint.updated_at) or attempt.attempted_at) <= attempt.attempted_at
     ):
+        # The revision moves too: a change read before this disable (SQLite has no row lock)
+        # then fails its version check and is made again on the disabled row, instead of
+        # announcing "enabled" over a row that stays disabled.
         connection.execute(
             update(endpoints)
             .where(endpoints.c.id == attempt.endpoint_id)
-            .values(disabled_at=attempt.attempted_at)
+            .values(disabled_at=attempt.attempted_at, revision=endpoints.c.revision + 1)
         )
 
 

@@ -195,7 +195,8 @@ class WebhookEndpoint(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Rises with every change announced to the notifier (`webhooks.endpoint_changed`'s
     # `revision`, set by `save_endpoint`), which keeps the highest: a change sent again later
-    # cannot undo a newer one.
+    # cannot undo a newer one. The read model's 410 disable moves it too, unannounced (the
+    # notifier disabled the endpoint itself).
     revision: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
     # An update is made only if the row still has the revision it was read with (the ORM

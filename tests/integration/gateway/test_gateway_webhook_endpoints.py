@@ -21,9 +21,10 @@ from sqlalchemy import make_url, select, text
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_crypto import SecretsKeyring, new_secrets_key
-from kiln_gateway.handlers import ReadModel
+from kiln_gateway.handlers import Attempt, ReadModel, disable_gone_endpoint
 from kiln_gateway.tables import MESSAGING, WebhookEndpoint
 from kiln_gateway.webhooks import repository as webhooks_repository
+from kiln_runtime.db import make_sync_engine
 from kiln_runtime.testing import EventDriver
 from tests.integration.gateway.conftest import Gateway, bearer, gateway_without_kafka, make_settings
 
@@ -192,8 +193,9 @@ def test_a_change_overtaken_by_another_is_made_again_on_the_row_as_it_now_is(
 ) -> None:
     """On SQLite (no row lock) another replica's change may commit between this change's read
     and its write. The overtaken change is made again on the row as it now is: the row keeps
-    both, and the change is announced under a revision above the other's. Before, it wrote its
-    own state over the other's under a revision the notifier might already hold."""
+    both, and the change is announced under a revision above the other's, with the other's
+    URL. Before, it announced the URL it had read (the old one) under the highest revision, so
+    the notifier kept sending to the old URL while the gateway showed the new one."""
     account_id, auth = account_with_key(gw, "cid@example.com")
     created = gw.client.post("/webhooks", headers=auth, json={"url": "http://127.0.0.1:9/a"})
     endpoint_id = created.json()["data"]["id"]
@@ -235,6 +237,56 @@ def test_a_change_overtaken_by_another_is_made_again_on_the_row_as_it_now_is(
         key=lambda m: m.revision,
     )
     assert announced.revision > other_revision and announced.url == "http://127.0.0.1:9/b"
+
+
+def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(gw: Gateway) -> None:
+    """The receiver answered 410 and the read model disabled the endpoint between a PATCH's
+    read and its write (SQLite). The disable moves the revision, so the PATCH is made again on
+    the disabled row and re-enables it; before, its write matched the revision it had read and
+    left `disabled_at` alone (it had read None), so it answered and announced "enabled" while
+    the row stayed disabled."""
+    account_id, auth = account_with_key(gw, "dot@example.com")
+    created = gw.client.post("/webhooks", headers=auth, json={"url": "http://127.0.0.1:9/a"})
+    endpoint_id = created.json()["data"]["id"]
+    engine = make_sync_engine(gw.settings.database_url)
+    tries = 0
+
+    def enable(endpoint: WebhookEndpoint) -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:  # read, not yet written: the read model takes a 410 now
+            gone = Attempt(
+                delivery_id="dlv_1",
+                webhook_id="msg_1",
+                endpoint_id=endpoint_id,
+                url="http://127.0.0.1:9/a",
+                event_type="job.completed",
+                job_id="job_1",
+                number=1,
+                attempted_at=datetime.now(UTC) + timedelta(seconds=1),
+                status_code=410,
+                latency_ms=3,
+                error=None,
+                outcome="failed",
+                next_attempt_at=None,
+            )
+            with engine.begin() as connection:
+                disable_gone_endpoint(connection, account_id, gone)
+        endpoint.disabled_at = None
+        endpoint.description = "enabled again"
+
+    async def change() -> None:
+        await webhooks_repository.change_endpoint(
+            gw.state.runtime.sessions, account_id, endpoint_id, enable
+        )
+
+    try:
+        gw.client.portal.call(change)  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    assert tries == 2
+    shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
+    assert (shown["status"], shown["description"]) == ("enabled", "enabled again")
 
 
 def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:
