@@ -5,9 +5,9 @@ other on the same machine, alternating within each repeat.
 
 It also takes item 5's footprint under load (RSS of each process while the load runs) and,
 once, a py-spy profile of Kiln's services under the same load (what limits the number). The
-profile has a load span of its own after the measured ones: five samplers take CPU from the
-services they sample, and Celery's run has none, so a profile inside a measured span would
-lower Kiln's number alone."""
+profile has a load span of its own, between Kiln's first measured run and Celery's: five
+samplers take CPU from the services they sample, and Celery's run has none, so a profile inside
+a measured span would lower Kiln's number alone."""
 
 from __future__ import annotations
 
@@ -94,8 +94,9 @@ def profile_under_load(
 
     profiler = threading.Timer(size.warmup_s, profile)
     profiler.start()
-    # Load until the samplers are done (they stop `profile_s` after the warm-up).
-    asyncio.run(load(jobs_url, keys, receiver, size, size.profile_s + 1.0))
+    # Load until the samplers are done: they stop `profile_s` after they attach, which may take
+    # a few seconds on a busy machine.
+    asyncio.run(load(jobs_url, keys, receiver, size, size.profile_s + 5.0))
     profiler.join()
     return profiles
 

@@ -2,11 +2,9 @@
 parametrized over both, each test gets a fresh database brought up by billing's Alembic
 migrations, and `sessions` is a session factory on it."""
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from kiln_billing.migrate import upgrade_database
@@ -16,23 +14,13 @@ from tests.integration.billing.postgres_cluster import PostgresCluster
 BACKENDS = ("sqlite", "postgresql")
 
 
-async def new_postgres_database(cluster: PostgresCluster) -> str:
-    name = f"billing_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return cluster.url(name)
-
-
 @pytest.fixture(params=BACKENDS)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database of each backend."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/billing.db"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    return await new_postgres_database(cluster)
+    return cluster.new_database("billing")
 
 
 @pytest.fixture

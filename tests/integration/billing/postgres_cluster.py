@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
 
 from tests.stack_support import free_port, stack
 
@@ -39,6 +43,15 @@ class PostgresCluster:
     def url(self, database: str = "postgres", driver: str = "asyncpg") -> str:
         url: str = self.server.url(database, driver)
         return url
+
+    def new_database(self, prefix: str, driver: str = "asyncpg") -> str:
+        """The URL of a fresh, empty database named `prefix` and a random suffix."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name, driver)
 
     @classmethod
     def start(cls, bin_dir: Path, **options: object) -> PostgresCluster:

@@ -3,11 +3,9 @@ exactly the tables of `tables.py` (inbox and outbox included), a second start fi
 do, a database the gateway made with `create_all` before it had migrations is adopted with its
 rows, and the migrations go down and up again."""
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -34,13 +32,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/gateway.db"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"gateway_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return cluster.url(name)
+    return cluster.new_database("gateway")
 
 
 def table_names(connection: Connection) -> set[str]:

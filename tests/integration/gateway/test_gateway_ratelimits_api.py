@@ -2,60 +2,32 @@
 shared by replicas) and the memory store, on a real SQLite database."""
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from kiln_gateway.ratelimit_stores import DatabaseCounterStore, SharedCounterStore
 from kiln_gateway.ratelimits import Quota, RateLimiter, window_start
-from tests.integration.gateway.conftest import (
-    Gateway,
-    bearer,
-    gateway_without_kafka,
-    make_settings,
+from tests.integration.gateway.conftest import Gateway, bearer
+from tests.integration.gateway.ratelimit_support import (
+    LIMIT_HEADERS,
+    frozen_clock,
+    limited_gateway,
+    new_key,
+    sync,
+    window_middle,
 )
 
 pytestmark = pytest.mark.integration
-
-LIMITS = {
-    "rate_limit_live_read": 5,
-    "rate_limit_live_create": 3,
-    "rate_limit_sandbox_read": 7,
-    "rate_limit_sandbox_create": 4,
-}
-LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-
-
-def frozen_clock(gw: Gateway, at: float) -> None:
-    gw.state.rate_limiter.clock = lambda: at
-
-
-def window_middle() -> float:
-    return window_start(time.time(), 60) + 30.0
-
-
-@contextlib.contextmanager
-def limited_gateway(tmp_path: Path, store: str, **extra: Any) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path, rate_limit_store=store, **LIMITS, **extra)
-    with gateway_without_kafka(settings) as running:
-        frozen_clock(running, window_middle())
-        yield running
 
 
 @pytest.fixture(params=["database", "memory"])
 def limited(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
     with limited_gateway(tmp_path, request.param) as running:
         yield running
-
-
-def new_key(gw: Gateway, email: str = "ada@example.com", sandbox: bool = False) -> dict[str, str]:
-    account = gw.create_account(email)
-    return bearer(gw.create_key(account["id"], sandbox=sandbox)["secret"])
 
 
 def create_request(gw: Gateway, key: dict[str, str]) -> httpx.Response:
@@ -162,12 +134,6 @@ def test_a_streaming_or_explicit_response_gets_the_headers(limited: Gateway) -> 
     assert response.status_code in (202, 402, 422), response.text
     assert response.headers["X-RateLimit-Limit"] == "3"
     assert response.headers["X-RateLimit-Remaining"] == "2"
-
-
-def sync(replica: Gateway) -> None:
-    store = replica.state.rate_limiter.store
-    assert isinstance(store, SharedCounterStore)
-    replica.client.portal.call(store.sync)  # type: ignore[union-attr]
 
 
 def test_replicas_share_the_count_at_each_sync(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ same tests run on SQLite in test_gateway_ratelimits_api.py.
 import asyncio
 import os
 import secrets
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,16 @@ from kiln_crypto import new_secrets_key
 from kiln_gateway.ratelimit_stores import DatabaseCounterStore
 from kiln_gateway.ratelimits import Quota, RateLimiter
 from kiln_gateway.tables import Base
-from kiln_runtime.db import make_engine, make_sync_engine
+from kiln_runtime.db import make_engine
 from tests.integration.billing.postgres_cluster import PostgresCluster
 from tests.integration.gateway.conftest import bearer
-from tests.integration.gateway.test_gateway_ratelimits_api import limited_gateway, new_key, sync
+from tests.integration.gateway.ratelimit_support import (
+    frozen_clock,
+    limited_gateway,
+    new_key,
+    sync,
+    window_middle,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +50,7 @@ def postgres_url(request: pytest.FixtureRequest) -> str:
         asyncio.run(_reset_database(GIVEN_URL))
         return GIVEN_URL
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"gateway_{uuid.uuid4().hex[:12]}"
-    admin = make_sync_engine(cluster.url("postgres", "psycopg"))
-    try:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return cluster.url(name, "asyncpg")
+    return cluster.new_database("gateway")
 
 
 def test_replicas_on_postgresql_share_the_count_at_each_sync(
@@ -64,6 +62,9 @@ def test_replicas_on_postgresql_share_the_count_at_each_sync(
         limited_gateway(tmp_path, "database", database_url=postgres_url) as one,
         limited_gateway(tmp_path, "database", database_url=postgres_url) as two,
     ):
+        at = window_middle()  # one window for both, though a minute may turn as they start
+        frozen_clock(one, at)
+        frozen_clock(two, at)
         key = new_key(one)
         first = [one.client.get("/models", headers=key) for _ in range(3)]
         assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["4", "3", "2"]
@@ -92,6 +93,9 @@ def test_replicas_on_postgresql_counting_per_request_share_one_exact_count(
         limited_gateway(tmp_path, "database-per-request", **same) as one,
         limited_gateway(tmp_path, "database-per-request", **same) as two,
     ):
+        at = window_middle()
+        frozen_clock(one, at)
+        frozen_clock(two, at)
         key = new_key(one)
         remaining = [
             replica.client.get("/models", headers=key).headers["X-RateLimit-Remaining"]

@@ -16,7 +16,6 @@ import json
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -288,14 +287,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/notifier.db"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"notifier_{uuid.uuid4().hex[:12]}"
-    admin = make_sync_engine(cluster.url("postgres", "psycopg"))
-    try:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return cluster.url(name, "psycopg")
+    return cluster.new_database("notifier", "psycopg")
 
 
 @pytest.fixture

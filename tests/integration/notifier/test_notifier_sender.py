@@ -221,7 +221,8 @@ async def test_the_sender_stops_when_cancelled_just_as_it_is_woken(
     ever, so the service's shutdown hung (and, by chance, the test above)."""
     hook = receiver(204)
     await notifier.feed(job_event("job.completed", job_id(), hook.url))
-    sender = notifier.sender()
+    # No poll within the test: once the delivery is out, the sender is surely in its wait.
+    sender = notifier.sender(notifier.settings.model_copy(update={"delivery_poll_interval_s": 60}))
     notifier.handlers.sender = sender
     task = asyncio.create_task(sender.run())
     try:
@@ -230,7 +231,7 @@ async def test_the_sender_stops_when_cancelled_just_as_it_is_woken(
                 break
             await asyncio.sleep(0.02)
         assert hook.got(), "the delivery was not sent"
-        await asyncio.sleep(0.3)  # idle: waiting for a wake-up or the next poll
+        await asyncio.sleep(0.3)  # the delivery's answer recorded: idle, waiting for a wake-up
         sender.wake()
         await asyncio.sleep(0)  # the wait's inner task ends; its waiter is not yet released
         task.cancel()

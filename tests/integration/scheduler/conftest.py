@@ -2,11 +2,9 @@
 `database_url` is parametrized over both, each test gets a fresh database made by the
 scheduler's own `migrate`."""
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from kiln_runtime.db import SessionFactory, make_engine, make_session_factory
@@ -21,13 +19,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/scheduler.db"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"scheduler_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return cluster.url(name)
+    return cluster.new_database("scheduler")
 
 
 @pytest.fixture
