@@ -27,8 +27,8 @@ KAFKA_LOG4J_TEMPLATE = HERE / "kafka-log4j.properties.in"
 # test, a bench or a working day. C2 compiles Kafka's hot paths on those cores for the first
 # minute or more (the broker's CPU per job fell from 2.7 to 1.2 ms over its first minute under
 # load); with C1 alone a stack is up about 1 s sooner and its first minute runs faster, for
-# about 0.15 ms more per job once C2 would have finished (docs/BENCHMARKS.md). A cluster's
-# brokers keep the JVM's defaults.
+# about 0.15 ms more per job once C2 would have finished (docs/BENCHMARKS.md, "Kafka with C1
+# only"). A cluster's brokers keep the JVM's defaults.
 KAFKA_JVM_OPTS = ("-Xms256m", "-Xmx768m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 KAFKA_START_TIMEOUT_S = 90.0
 TOPICS_TIMEOUT_S = 60.0
