@@ -55,12 +55,20 @@ def measure(
     receiver: WebhookReceiver,
     groups: dict[str, list[int]],
     size: Sizes,
-) -> tuple[SustainedRun, dict[str, RssSummary], str]:
-    """One sustained run with its RSS samples and CPU shares."""
-    cpu_groups: dict[str, list[int]] = {**groups, BENCH_CLIENT: [os.getpid()]}
+    *,
+    pipeline: Sequence[str],
+    bystanders: dict[str, list[int]] | None = None,
+) -> tuple[SustainedRun, dict[str, RssSummary], str, float]:
+    """One sustained run with its RSS samples, CPU shares and the CPU ms per job of the
+    `pipeline` groups (the processes that do a job's work). `bystanders` are measured for the
+    shares only: processes that run beside the pipeline but are not part of it."""
+    cpu_groups = {**groups, **(bystanders or {}), BENCH_CLIENT: [os.getpid()]}
     with RssSampler(groups) as sampler, CpuMeter(cpu_groups, frozenset({BENCH_CLIENT})) as cpu:
         run = asyncio.run(load(jobs_url, keys, receiver, size, size.duration_s))
-    return run, sampler.summary(), cpu.describe()
+    # The meter spans the warm-up too, when the rate was the same: cores busy ÷ jobs/s.
+    cores = sum(cpu.percent.get(name, 0.0) for name in pipeline) / 100
+    ms_per_job = 1000 * cores / run.jobs_per_s if run.jobs_per_s else float("nan")
+    return run, sampler.summary(), cpu.describe(), ms_per_job
 
 
 def load(
@@ -108,6 +116,11 @@ def run(ctx: BenchContext) -> None:
     kiln_keys = [account.sandbox_key for account in stack.accounts]
     kiln_runs: list[SustainedRun] = []
     celery_runs: list[SustainedRun] = []
+    kiln_cpu: list[float] = []
+    celery_cpu: list[float] = []
+    # Celery's run calls Kiln's Triton, so Triton counts for both; the rest of the Kiln stack
+    # idles beside Celery's run (it is measured and shown, not counted for Celery).
+    kiln_groups = stack_processes(stack.local)
     kiln_rss: list[dict[str, RssSummary]] = []
     celery_rss: list[dict[str, RssSummary]] = []
     baseline = CeleryBaseline(ctx.workdir / "celery", stack.triton_grpc_url, echo=ctx.echo)
@@ -118,10 +131,11 @@ def run(ctx: BenchContext) -> None:
         for repeat in range(ctx.repeats):
             want_profile = ctx.config.profile and repeat == 0
             pids = {name: stack.local.pid(name) for name in SERVICES}
-            kiln_run, rss, shares = measure(
-                stack.jobs_url, kiln_keys, receiver, stack_processes(stack.local), size
+            kiln_run, rss, shares, ms_per_job = measure(
+                stack.jobs_url, kiln_keys, receiver, kiln_groups, size, pipeline=list(kiln_groups)
             )
             kiln_runs.append(kiln_run)
+            kiln_cpu.append(ms_per_job)
             kiln_rss.append(rss)
             ctx.echo(f"throughput: Kiln {kiln_run}")
             ctx.report.note_limit(BENCH, f"Kiln run {repeat + 1}: {shares}")
@@ -135,16 +149,23 @@ def run(ctx: BenchContext) -> None:
                 )
                 for profile in profiles.values():
                     ctx.report.note_limit(BENCH, f"profile (py-spy) {profile.summary()}")
-            celery_run, rss, shares = measure(
-                f"{baseline.url}/jobs", celery_keys, receiver, celery_groups, size
+            celery_run, rss, shares, ms_per_job = measure(
+                f"{baseline.url}/jobs",
+                celery_keys,
+                receiver,
+                celery_groups,
+                size,
+                pipeline=[*celery_groups, "triton"],
+                bystanders=kiln_groups,
             )
             celery_runs.append(celery_run)
+            celery_cpu.append(ms_per_job)
             celery_rss.append(rss)
             ctx.echo(f"throughput: Celery {celery_run}")
             ctx.report.note_limit(BENCH, f"{BASELINE} run {repeat + 1}: {shares}")
     finally:
         baseline.stop()
-    ctx.report.add(results(size, kiln_runs, celery_runs))
+    ctx.report.add(results(size, kiln_runs, celery_runs, kiln_cpu, celery_cpu))
     ctx.report.add(
         rss_measurements(
             "footprint",
@@ -157,7 +178,11 @@ def run(ctx: BenchContext) -> None:
 
 
 def results(
-    size: Sizes, kiln: Sequence[SustainedRun], celery: Sequence[SustainedRun]
+    size: Sizes,
+    kiln: Sequence[SustainedRun],
+    celery: Sequence[SustainedRun],
+    kiln_cpu: Sequence[float],
+    celery_cpu: Sequence[float],
 ) -> list[Measurement]:
     where = f"{size.window} jobs in flight, {size.duration_s:.0f} s measured"
 
@@ -193,5 +218,15 @@ def results(
             [1000 * r.p99_s for r in kiln],
             BASELINE,
             [1000 * r.p99_s for r in celery],
+        ),
+        Measurement(
+            BENCH,
+            f"CPU per job, Triton included, bench client not ({where})",
+            "ms",
+            list(kiln_cpu),
+            BASELINE,
+            list(celery_cpu),
+            note="cores busy in the pipeline's processes over the run ÷ jobs/s; Kiln: Kafka, "
+            "Triton and the five services; Celery + Redis: its API, worker, Redis and Triton",
         ),
     ]
