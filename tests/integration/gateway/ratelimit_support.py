@@ -50,3 +50,34 @@ def sync(replica: Gateway) -> None:
     store = replica.state.rate_limiter.store
     assert isinstance(store, SharedCounterStore)
     replica.client.portal.call(store.sync)  # type: ignore[union-attr]
+
+
+def share_the_count_at_each_sync(one: Gateway, two: Gateway) -> None:
+    """Two replicas with the default store (their clocks frozen in one window): each counts
+    at once and learns the other's hits at each sync."""
+    key = new_key(one)
+    first = [one.client.get("/models", headers=key) for _ in range(3)]
+    assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["4", "3", "2"]
+    sync(one)
+    sync(two)
+    assert two.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "1"
+    sync(two)
+    sync(one)
+    assert one.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "0"
+    assert one.client.get("/models", headers=key).status_code == 429
+    sync(one)
+    sync(two)
+    assert two.client.get("/models", headers=key).status_code == 429
+
+
+def share_one_exact_count(one: Gateway, two: Gateway) -> dict[str, str]:
+    """Two replicas counting per request: one exact count between them; returns the key."""
+    key = new_key(one)
+    remaining = [
+        replica.client.get("/models", headers=key).headers["X-RateLimit-Remaining"]
+        for replica in (one, two, one, two, one)
+    ]
+    assert remaining == ["4", "3", "2", "1", "0"]
+    assert two.client.get("/models", headers=key).status_code == 429
+    assert one.client.get("/models", headers=key).status_code == 429
+    return key

@@ -17,7 +17,8 @@ from tests.integration.gateway.ratelimit_support import (
     frozen_clock,
     limited_gateway,
     new_key,
-    sync,
+    share_one_exact_count,
+    share_the_count_at_each_sync,
     window_middle,
 )
 
@@ -146,19 +147,7 @@ def test_replicas_share_the_count_at_each_sync(tmp_path: Path) -> None:
     ):
         frozen_clock(one, at)
         frozen_clock(two, at)
-        key = new_key(one)
-        first = [one.client.get("/models", headers=key) for _ in range(3)]
-        assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["4", "3", "2"]
-        sync(one)
-        sync(two)
-        assert two.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "1"
-        sync(two)
-        sync(one)
-        assert one.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "0"
-        assert one.client.get("/models", headers=key).status_code == 429
-        sync(one)
-        sync(two)
-        assert two.client.get("/models", headers=key).status_code == 429
+        share_the_count_at_each_sync(one, two)
 
 
 def test_replicas_counting_per_request_share_one_exact_count(tmp_path: Path) -> None:
@@ -169,14 +158,7 @@ def test_replicas_counting_per_request_share_one_exact_count(tmp_path: Path) -> 
     ):
         frozen_clock(one, at)
         frozen_clock(two, at)
-        key = new_key(one)
-        remaining = [
-            replica.client.get("/models", headers=key).headers["X-RateLimit-Remaining"]
-            for replica in (one, two, one, two, one)
-        ]
-        assert remaining == ["4", "3", "2", "1", "0"]
-        assert two.client.get("/models", headers=key).status_code == 429
-        assert one.client.get("/models", headers=key).status_code == 429
+        share_one_exact_count(one, two)
 
 
 def test_replicas_with_the_memory_store_count_each_on_their_own(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from tests.integration.gateway.conftest import bearer
 from tests.integration.gateway.ratelimit_support import (
     frozen_clock,
     limited_gateway,
-    new_key,
-    sync,
+    share_one_exact_count,
+    share_the_count_at_each_sync,
     window_middle,
 )
 
@@ -65,19 +65,7 @@ def test_replicas_on_postgresql_share_the_count_at_each_sync(
         at = window_middle()  # one window for both, though a minute may turn as they start
         frozen_clock(one, at)
         frozen_clock(two, at)
-        key = new_key(one)
-        first = [one.client.get("/models", headers=key) for _ in range(3)]
-        assert [r.headers["X-RateLimit-Remaining"] for r in first] == ["4", "3", "2"]
-        sync(one)
-        sync(two)
-        assert two.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "1"
-        sync(two)
-        sync(one)
-        assert one.client.get("/models", headers=key).headers["X-RateLimit-Remaining"] == "0"
-        assert one.client.get("/models", headers=key).status_code == 429
-        sync(one)
-        sync(two)
-        assert two.client.get("/models", headers=key).status_code == 429
+        share_the_count_at_each_sync(one, two)
 
 
 def test_replicas_on_postgresql_counting_per_request_share_one_exact_count(
@@ -96,13 +84,7 @@ def test_replicas_on_postgresql_counting_per_request_share_one_exact_count(
         at = window_middle()
         frozen_clock(one, at)
         frozen_clock(two, at)
-        key = new_key(one)
-        remaining = [
-            replica.client.get("/models", headers=key).headers["X-RateLimit-Remaining"]
-            for replica in (one, two, one, two, one)
-        ]
-        assert remaining == ["4", "3", "2", "1", "0"]
-        assert two.client.get("/models", headers=key).status_code == 429
+        share_one_exact_count(one, two)
 
         limiter = RateLimiter(DatabaseCounterStore(lambda: one.state.runtime.engine))
         quota = Quota(30, 3600)
