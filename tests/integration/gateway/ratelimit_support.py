@@ -2,11 +2,13 @@
 (test_gateway_ratelimits_api.py) and PostgreSQL (test_gateway_ratelimits_postgres.py)."""
 
 import contextlib
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln_crypto import new_secrets_key
 from kiln_gateway.ratelimit_stores import SharedCounterStore
 from kiln_gateway.ratelimits import window_start
 from tests.integration.gateway.conftest import (
@@ -39,6 +41,25 @@ def limited_gateway(tmp_path: Path, store: str, **extra: Any) -> Iterator[Gatewa
     with gateway_without_kafka(settings) as running:
         frozen_clock(running, window_middle())
         yield running
+
+
+@contextlib.contextmanager
+def replicas(tmp_path: Path, store: str, **extra: Any) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two replicas of one deployment (one database, session key and keyring), their clocks
+    frozen in one window, though a minute may turn while they start."""
+    deployment = {
+        "session_signing_key": secrets.token_urlsafe(32),
+        "secrets_keys": new_secrets_key(),
+        **extra,
+    }
+    with (
+        limited_gateway(tmp_path, store, **deployment) as one,
+        limited_gateway(tmp_path, store, **deployment) as two,
+    ):
+        at = window_middle()
+        frozen_clock(one, at)
+        frozen_clock(two, at)
+        yield one, two
 
 
 def new_key(gw: Gateway, email: str = "ada@example.com", sandbox: bool = False) -> dict[str, str]:

@@ -17,9 +17,9 @@ from tests.integration.gateway.ratelimit_support import (
     frozen_clock,
     limited_gateway,
     new_key,
+    replicas,
     share_one_exact_count,
     share_the_count_at_each_sync,
-    window_middle,
 )
 
 pytestmark = pytest.mark.integration
@@ -140,32 +140,17 @@ def test_a_streaming_or_explicit_response_gets_the_headers(limited: Gateway) -> 
 def test_replicas_share_the_count_at_each_sync(tmp_path: Path) -> None:
     """The default store writes no row per request: each replica counts at once and adds its
     hits to the shared row every `rate_limit_sync_s`, learning the others' as it does."""
-    at = window_middle()
-    with (
-        limited_gateway(tmp_path, "database") as one,
-        limited_gateway(tmp_path, "database") as two,
-    ):
-        frozen_clock(one, at)
-        frozen_clock(two, at)
+    with replicas(tmp_path, "database") as (one, two):
         share_the_count_at_each_sync(one, two)
 
 
 def test_replicas_counting_per_request_share_one_exact_count(tmp_path: Path) -> None:
-    at = window_middle()
-    with (
-        limited_gateway(tmp_path, "database-per-request") as one,
-        limited_gateway(tmp_path, "database-per-request") as two,
-    ):
-        frozen_clock(one, at)
-        frozen_clock(two, at)
+    with replicas(tmp_path, "database-per-request") as (one, two):
         share_one_exact_count(one, two)
 
 
 def test_replicas_with_the_memory_store_count_each_on_their_own(tmp_path: Path) -> None:
-    with (
-        limited_gateway(tmp_path, "memory") as one,
-        limited_gateway(tmp_path, "memory") as two,
-    ):
+    with replicas(tmp_path, "memory") as (one, two):
         key = new_key(one)
         for _ in range(5):
             one.client.get("/models", headers=key)

@@ -9,13 +9,11 @@ same tests run on SQLite in test_gateway_ratelimits_api.py.
 
 import asyncio
 import os
-import secrets
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from kiln_crypto import new_secrets_key
 from kiln_gateway.ratelimit_stores import DatabaseCounterStore
 from kiln_gateway.ratelimits import Quota, RateLimiter
 from kiln_gateway.tables import Base
@@ -23,11 +21,9 @@ from kiln_runtime.db import make_engine
 from tests.integration.billing.postgres_cluster import PostgresCluster
 from tests.integration.gateway.conftest import bearer
 from tests.integration.gateway.ratelimit_support import (
-    frozen_clock,
-    limited_gateway,
+    replicas,
     share_one_exact_count,
     share_the_count_at_each_sync,
-    window_middle,
 )
 
 pytestmark = pytest.mark.integration
@@ -58,32 +54,14 @@ def test_replicas_on_postgresql_share_the_count_at_each_sync(
 ) -> None:
     """The default store: each replica counts at once and adds its hits to the shared row at
     each sync, learning the others' as it does."""
-    with (
-        limited_gateway(tmp_path, "database", database_url=postgres_url) as one,
-        limited_gateway(tmp_path, "database", database_url=postgres_url) as two,
-    ):
-        at = window_middle()  # one window for both, though a minute may turn as they start
-        frozen_clock(one, at)
-        frozen_clock(two, at)
+    with replicas(tmp_path, "database", database_url=postgres_url) as (one, two):
         share_the_count_at_each_sync(one, two)
 
 
 def test_replicas_on_postgresql_counting_per_request_share_one_exact_count(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    # Replicas of one deployment: one database, one session key, one keyring.
-    same = {
-        "database_url": postgres_url,
-        "session_signing_key": secrets.token_urlsafe(32),
-        "secrets_keys": new_secrets_key(),
-    }
-    with (
-        limited_gateway(tmp_path, "database-per-request", **same) as one,
-        limited_gateway(tmp_path, "database-per-request", **same) as two,
-    ):
-        at = window_middle()
-        frozen_clock(one, at)
-        frozen_clock(two, at)
+    with replicas(tmp_path, "database-per-request", database_url=postgres_url) as (one, two):
         share_one_exact_count(one, two)
 
         limiter = RateLimiter(DatabaseCounterStore(lambda: one.state.runtime.engine))
