@@ -129,8 +129,6 @@ def run(ctx: BenchContext) -> None:
         celery_keys = [baseline.create_account(10**9) for _ in range(len(kiln_keys))]
         celery_groups = {name: [pid] for name, pid in baseline.processes().items()}
         for repeat in range(ctx.repeats):
-            want_profile = ctx.config.profile and repeat == 0
-            pids = {name: stack.local.pid(name) for name in SERVICES}
             kiln_run, rss, shares, ms_per_job = measure(
                 stack.jobs_url, kiln_keys, receiver, kiln_groups, size, pipeline=list(kiln_groups)
             )
@@ -139,14 +137,10 @@ def run(ctx: BenchContext) -> None:
             kiln_rss.append(rss)
             ctx.echo(f"throughput: Kiln {kiln_run}")
             ctx.report.note_limit(BENCH, f"Kiln run {repeat + 1}: {shares}")
-            if want_profile:
-                profiles = profile_under_load(
-                    stack.jobs_url,
-                    kiln_keys,
-                    receiver,
-                    {n: p for n, p in pids.items() if p},
-                    size,
-                )
+            if ctx.config.profile and repeat == 0:
+                # Each service's process-group leader (stack_processes lists it first).
+                leaders = {n: kiln_groups[n][0] for n in SERVICES if kiln_groups.get(n)}
+                profiles = profile_under_load(stack.jobs_url, kiln_keys, receiver, leaders, size)
                 for profile in profiles.values():
                     ctx.report.note_limit(BENCH, f"profile (py-spy) {profile.summary()}")
             celery_run, rss, shares, ms_per_job = measure(
