@@ -75,9 +75,14 @@ def reseal_column(
     sealed_column: str,
     legacy_column: str,
     keyring: Keyring,
+    version_column: str | None = None,
 ) -> RotationReport:
     """Every row of `table`: its sealed secret sealed again with the first key (unless that
-    key seals it already), or the clear one of `legacy_column` sealed (and emptied there)."""
+    key seals it already), or the clear one of `legacy_column` sealed (and emptied there).
+
+    `version_column`, when the table's writers judge a row by a version (an ORM version
+    column), is moved with every row written, so a change that read the row before the
+    rotation is made again on the resealed row instead of announcing the secret it read."""
     ids, sealed_of, legacy_of = table.c[id_column], table.c[sealed_column], table.c[legacy_column]
     report = RotationReport()
     after: str | None = None
@@ -105,7 +110,10 @@ def reseal_column(
                         except ValueError:  # kiln_crypto.SealedSecretError: no key opens it
                             report.unreadable.append(str(row_id))
                 if values:
-                    connection.execute(update(table).where(ids == row_id).values(values))
+                    moved: dict[str, object] = dict(values)
+                    if version_column is not None:
+                        moved[version_column] = table.c[version_column] + 1
+                    connection.execute(update(table).where(ids == row_id).values(moved))
         if len(rows) < PAGE_SIZE:
             return report
         after = rows[-1][0]

@@ -84,6 +84,7 @@ def rotate_secrets(engine: Engine, keyring: SecretsKeyring) -> dict[str, Rotatio
             sealed_column="sealed_secret",
             legacy_column="secret",
             keyring=keyring,
+            version_column="revision",
         ),
         "unsent endpoint changes": reseal_outbox(engine, keyring),
     }

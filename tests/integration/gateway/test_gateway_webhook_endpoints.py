@@ -22,6 +22,7 @@ from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
 from kiln_crypto import SecretsKeyring, new_secrets_key
 from kiln_gateway.handlers import Attempt, ReadModel, disable_gone_endpoint
+from kiln_gateway.secrets_rotation import rotate_secrets
 from kiln_gateway.tables import MESSAGING, WebhookEndpoint
 from kiln_gateway.webhooks import repository as webhooks_repository
 from kiln_runtime.db import make_sync_engine
@@ -287,6 +288,51 @@ def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(gw: G
     assert tries == 2
     shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
     assert (shown["status"], shown["description"]) == ("enabled", "enabled again")
+
+
+def test_a_change_overtaken_by_a_secrets_rotation_announces_the_resealed_secret(
+    gw: Gateway,
+) -> None:
+    """The rotation command resealed the endpoint's secret between a change's read and its write
+    (SQLite). The rotation moves the revision, so the change is made again on the resealed row
+    and announces the secret sealed with the new first key; before, it announced the one it had
+    read, sealed with the key being retired."""
+    account_id, auth = account_with_key(gw, "rot@example.com")
+    created = gw.client.post("/webhooks", headers=auth, json={"url": "http://127.0.0.1:9/a"})
+    endpoint_id = created.json()["data"]["id"]
+    old_key = gw.settings.secrets_keys.get_secret_value()
+    keyring = SecretsKeyring([new_secrets_key(), old_key])
+    engine = make_sync_engine(gw.settings.database_url)
+    tries = 0
+
+    def describe(endpoint: WebhookEndpoint) -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:  # read, not yet written: the operator's rotation runs now
+            rotate_secrets(engine, keyring)
+        endpoint.description = "after the rotation"
+
+    async def change() -> None:
+        await webhooks_repository.change_endpoint(
+            gw.state.runtime.sessions, account_id, endpoint_id, describe
+        )
+
+    try:
+        gw.client.portal.call(change)  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    assert tries == 2
+    announced = max(
+        (
+            e.message
+            for e in outbox_events(gw, "webhooks.endpoint_changed")
+            if e.message.endpoint_id == endpoint_id
+        ),
+        key=lambda m: m.revision,
+    )
+    shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
+    assert shown["description"] == "after the rotation"
+    assert keyring.sealed_with_first_key(announced.sealed_secret)
 
 
 def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:
