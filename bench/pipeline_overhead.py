@@ -1,5 +1,6 @@
 """Item 2, pipeline overhead: for a model that takes a known fixed time, the time from submit to
-the webhook arriving, minus the model's own time, p50/p99 at several offered rates.
+the webhook arriving, minus the model's own time, p50/p99 at several offered rates (50 jobs/s is
+where the targets are set: p50 <= 25 ms, p99 <= 100 ms).
 
 Method. Sandbox jobs whose model sleeps exactly `MODEL_DELAY_S` per batch (Triton's `sandbox`
 model waits out a batch's longest delay once; every job here asks for the same delay), each with
@@ -204,7 +205,7 @@ def _ms(values: Sequence[float], q: float) -> float:
 
 
 def run(ctx: BenchContext) -> None:
-    rates: list[float] = ctx.size([5.0], [2.0, 5.0, 10.0, 20.0])
+    rates: list[float] = ctx.size([5.0], [2.0, 5.0, 10.0, 20.0, 50.0])
     duration_s: float = ctx.size(2.0, 25.0)
     sample: int = ctx.size(10, 100)
     delay_s = MODEL_DELAY_S
