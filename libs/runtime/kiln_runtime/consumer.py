@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -132,8 +133,9 @@ class EventConsumer:
         seconds (counted from the assignment until the first answer). aiokafka stamps a
         partition at every fetch response, empty ones too (every `poll_timeout_ms` when idle),
         and fetches a partition again once what it returned is taken: a silent partition is a
-        broker away, or records fetched and not yet taken, which a timer that judges others by
-        the events they sent must not take for their silence."""
+        broker away, records fetched and not yet taken, or a batch being handled (nothing is
+        fetched meanwhile), which a timer that judges others by the events they sent must not
+        take for their silence."""
         consumer = self._consumer
         if consumer is None:
             return frozenset()
@@ -335,6 +337,35 @@ class EventConsumer:
         )
         if not fetched:
             return
+        paused = self._stop_fetching(sum(len(messages) for messages in fetched.values()))
+        try:
+            await self._handle_fetched(fetched)
+        finally:
+            if paused and self._consumer is not None:
+                self._consumer.resume(*self._consumer.paused())
+
+    def _stop_fetching(self, taken: int) -> bool:
+        """No fetch while a batch is handled; the next one goes when it is done.
+
+        aiokafka sends the next fetch as soon as `getmany` took the records, and the broker
+        answers it with the first event that arrives during the batch: the next batch would be
+        that event alone, and the ones that come a moment later wait for the one after. Fetched
+        once the batch is done, the next batch is everything that arrived meanwhile, for one
+        round trip, and no batch waits for anything to arrive (docs/architecture.md, "The
+        event runtime"). Called in the same turn of the event loop as `getmany` returned, so
+        before aiokafka's fetch task runs. A full batch may have left records in the fetcher:
+        the next batch is there already, so it fetches as before.
+
+        No fetch answer stamps a partition meanwhile: a batch longer than a scheduler's
+        silence limit makes every partition silent, the safe side (its workers are judged
+        again from when the batch is done)."""
+        assert self._consumer is not None
+        if taken >= self._settings.max_batch:
+            return False
+        self._consumer.pause(*self._consumer.assignment())
+        return True
+
+    async def _handle_fetched(self, fetched: Mapping[TopicPartition, Sequence[Any]]) -> None:
         started = asyncio.get_running_loop().time()
         deliveries = [
             Delivery(

@@ -37,8 +37,8 @@ async def run_timer(
                 silent = consumer.silent_partitions(silence_s)
                 if silent - quiet:
                     log.warning(
-                        "no fetch answered for %.1f s on partitions %s: their workers are "
-                        "not judged until it is",
+                        "no fetch answered for %.1f s on partitions %s (a broker away, or a "
+                        "batch that long): their workers are not judged until it is",
                         silence_s,
                         sorted(silent),
                     )

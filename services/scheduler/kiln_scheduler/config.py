@@ -45,8 +45,9 @@ class SchedulerSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _silence_outlasts_an_idle_fetch(self) -> "SchedulerSettings":
-        # An idle partition is answered once per fetch wait: a silence limit within two of them
-        # would find every idle partition silent and never judge a worker.
+        # An idle partition is answered once per fetch wait (and not while a batch is handled:
+        # nothing is fetched then): a silence limit within two waits would find every idle
+        # partition silent and never judge a worker.
         if self.broker_silence_s <= 2 * self.consumer_poll_timeout_ms / 1000:
             raise ValueError(
                 "KILN_BROKER_SILENCE_S must be more than twice KILN_CONSUMER_POLL_TIMEOUT_MS "

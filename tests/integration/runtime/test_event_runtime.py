@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
-from kiln_contracts import decode
+from kiln_contracts import Event, decode
 from kiln_runtime.batches import EventHandlers
 from kiln_runtime.dead_letters import list_dead_letters, replay_dead_letters
 from kiln_runtime.failures import TransientError
@@ -105,6 +106,57 @@ async def test_a_batch_is_handled_once_in_order_and_its_events_published_once(
         expected = sorted(f"{a}:{i}" for i in range(50) for a in accounts)
         assert sorted(published) == expected, "each event published once"
     finally:
+        await runtime.stop()
+
+
+async def test_what_arrives_during_a_batch_is_the_next_batch_not_its_first_event_alone(
+    kafka: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Nothing is fetched while a batch is handled: the next fetch goes when it is done, and
+    brings everything that arrived meanwhile. Before, aiokafka fetched again as soon as the
+    batch was taken and the broker answered with the first event to arrive (B), so B was a
+    batch of its own and C, D and E waited for the one after."""
+    group = f"toy-{uuid.uuid4().hex[:6]}"
+    account = _acct("fetch")
+    entered = threading.Event()
+    release = threading.Event()
+    seen_before: dict[str, int] = {}  # grant id -> events committed when it was handled
+    toy = Toy()
+
+    def hold_the_first(event: Event) -> BaseException | None:
+        grant_id = event.message.grant_id  # type: ignore[attr-defined]
+        seen_before[grant_id] = len(toy.seen)
+        if grant_id == f"{account}:A":
+            entered.set()
+            release.wait(30)  # on the writer thread: the batch in hand stays open
+        return None
+
+    def mine() -> list[str]:
+        return [g.split(":")[1] for g in toy.seen if g.startswith(account + ":")]
+
+    toy.fail = hold_the_first
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "toy.db", group), toy)
+    await runtime.start()
+    try:
+        # A new group reads the topic from its start: first through what other tests left.
+        await send_all(producer, [(account, grant(account, f"{account}:S"))])
+        await wait_until(lambda: mine() == ["S"])
+        settled = -1
+        while settled != len(toy.seen):
+            settled = len(toy.seen)
+            await asyncio.sleep(1.0)
+        await send_all(producer, [(account, grant(account, f"{account}:A"))])
+        await asyncio.wait_for(asyncio.to_thread(entered.wait, 30), 35)
+        await send_all(producer, [(account, grant(account, f"{account}:B"))])
+        await asyncio.sleep(0.5)  # time enough for a fetch in flight to come back with B
+        await send_all(producer, [(account, grant(account, f"{account}:{g}")) for g in "CDE"])
+        release.set()
+        await wait_until(lambda: len(mine()) == 6)
+        assert mine() == list("SABCDE")
+        after_a = {seen_before[f"{account}:{g}"] for g in "BCDE"}
+        assert len(after_a) == 1, f"B, C, D and E in one batch (events before each: {after_a})"
+    finally:
+        release.set()
         await runtime.stop()
 
 
