@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,46 @@ def test_endpoint_lifecycle(gw: Gateway) -> None:
     assert min(revisions) >= started_ms
 
 
+def change_overtaken(
+    gw: Gateway,
+    account_id: str,
+    endpoint_id: str,
+    overtake: Callable[[], None],
+    change: Callable[[WebhookEndpoint], None],
+) -> int:
+    """Make `change` with `webhooks.repository.change_endpoint`, running `overtake` between its
+    first read of the row and its write (what another writer does on SQLite, which has no row
+    lock); how many tries it took."""
+    tries = 0
+
+    def apply(endpoint: WebhookEndpoint) -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            overtake()
+        change(endpoint)
+
+    async def run() -> None:
+        await webhooks_repository.change_endpoint(
+            gw.state.runtime.sessions, account_id, endpoint_id, apply
+        )
+
+    gw.client.portal.call(run)  # type: ignore[union-attr]
+    return tries
+
+
+def last_announced(gw: Gateway, endpoint_id: str) -> Any:
+    """The endpoint's `webhooks.endpoint_changed` with the highest revision in the outbox."""
+    return max(
+        (
+            e.message
+            for e in outbox_events(gw, "webhooks.endpoint_changed")
+            if e.message.endpoint_id == endpoint_id
+        ),
+        key=lambda m: m.revision,
+    )
+
+
 def test_a_change_overtaken_by_another_is_made_again_on_the_row_as_it_now_is(
     gw: Gateway,
 ) -> None:
@@ -202,41 +242,27 @@ def test_a_change_overtaken_by_another_is_made_again_on_the_row_as_it_now_is(
     endpoint_id = created.json()["data"]["id"]
     database = make_url(gw.settings.database_url).database
     other_revision = 0
-    tries = 0
+
+    def other_replica() -> None:
+        nonlocal other_revision
+        with contextlib.closing(sqlite3.connect(str(database))) as other:
+            other.execute(
+                "UPDATE webhook_endpoints SET url = 'http://127.0.0.1:9/b', "
+                "revision = revision + 1 WHERE id = ?",
+                (endpoint_id,),
+            )
+            other.commit()
+            [(other_revision,)] = other.execute(
+                "SELECT revision FROM webhook_endpoints WHERE id = ?", (endpoint_id,)
+            )
 
     def describe(endpoint: WebhookEndpoint) -> None:
-        nonlocal tries, other_revision
-        tries += 1
-        if tries == 1:  # read, not yet written: another replica's change commits now
-            with contextlib.closing(sqlite3.connect(str(database))) as other:
-                other.execute(
-                    "UPDATE webhook_endpoints SET url = 'http://127.0.0.1:9/b', "
-                    "revision = revision + 1 WHERE id = ?",
-                    (endpoint_id,),
-                )
-                other.commit()
-                [(other_revision,)] = other.execute(
-                    "SELECT revision FROM webhook_endpoints WHERE id = ?", (endpoint_id,)
-                )
         endpoint.description = "billing hooks"
 
-    async def change() -> None:
-        await webhooks_repository.change_endpoint(
-            gw.state.runtime.sessions, account_id, endpoint_id, describe
-        )
-
-    gw.client.portal.call(change)  # type: ignore[union-attr]
-    assert tries == 2  # made again after the other change
+    assert change_overtaken(gw, account_id, endpoint_id, other_replica, describe) == 2
     shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
     assert (shown["url"], shown["description"]) == ("http://127.0.0.1:9/b", "billing hooks")
-    announced = max(
-        (
-            e.message
-            for e in outbox_events(gw, "webhooks.endpoint_changed")
-            if e.message.endpoint_id == endpoint_id
-        ),
-        key=lambda m: m.revision,
-    )
+    announced = last_announced(gw, endpoint_id)
     assert announced.revision > other_revision and announced.url == "http://127.0.0.1:9/b"
 
 
@@ -250,42 +276,34 @@ def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(gw: G
     created = gw.client.post("/webhooks", headers=auth, json={"url": "http://127.0.0.1:9/a"})
     endpoint_id = created.json()["data"]["id"]
     engine = make_sync_engine(gw.settings.database_url)
-    tries = 0
+
+    def receiver_gone() -> None:
+        gone = Attempt(
+            delivery_id="dlv_1",
+            webhook_id="msg_1",
+            endpoint_id=endpoint_id,
+            url="http://127.0.0.1:9/a",
+            event_type="job.completed",
+            job_id="job_1",
+            number=1,
+            attempted_at=datetime.now(UTC) + timedelta(seconds=1),
+            status_code=410,
+            latency_ms=3,
+            error=None,
+            outcome="failed",
+            next_attempt_at=None,
+        )
+        with engine.begin() as connection:
+            disable_gone_endpoint(connection, account_id, gone)
 
     def enable(endpoint: WebhookEndpoint) -> None:
-        nonlocal tries
-        tries += 1
-        if tries == 1:  # read, not yet written: the read model takes a 410 now
-            gone = Attempt(
-                delivery_id="dlv_1",
-                webhook_id="msg_1",
-                endpoint_id=endpoint_id,
-                url="http://127.0.0.1:9/a",
-                event_type="job.completed",
-                job_id="job_1",
-                number=1,
-                attempted_at=datetime.now(UTC) + timedelta(seconds=1),
-                status_code=410,
-                latency_ms=3,
-                error=None,
-                outcome="failed",
-                next_attempt_at=None,
-            )
-            with engine.begin() as connection:
-                disable_gone_endpoint(connection, account_id, gone)
         endpoint.disabled_at = None
         endpoint.description = "enabled again"
 
-    async def change() -> None:
-        await webhooks_repository.change_endpoint(
-            gw.state.runtime.sessions, account_id, endpoint_id, enable
-        )
-
     try:
-        gw.client.portal.call(change)  # type: ignore[union-attr]
+        assert change_overtaken(gw, account_id, endpoint_id, receiver_gone, enable) == 2
     finally:
         engine.dispose()
-    assert tries == 2
     shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
     assert (shown["status"], shown["description"]) == ("enabled", "enabled again")
 
@@ -303,36 +321,20 @@ def test_a_change_overtaken_by_a_secrets_rotation_announces_the_resealed_secret(
     old_key = gw.settings.secrets_keys.get_secret_value()
     keyring = SecretsKeyring([new_secrets_key(), old_key])
     engine = make_sync_engine(gw.settings.database_url)
-    tries = 0
+
+    def rotation() -> None:
+        rotate_secrets(engine, keyring)
 
     def describe(endpoint: WebhookEndpoint) -> None:
-        nonlocal tries
-        tries += 1
-        if tries == 1:  # read, not yet written: the operator's rotation runs now
-            rotate_secrets(engine, keyring)
         endpoint.description = "after the rotation"
 
-    async def change() -> None:
-        await webhooks_repository.change_endpoint(
-            gw.state.runtime.sessions, account_id, endpoint_id, describe
-        )
-
     try:
-        gw.client.portal.call(change)  # type: ignore[union-attr]
+        assert change_overtaken(gw, account_id, endpoint_id, rotation, describe) == 2
     finally:
         engine.dispose()
-    assert tries == 2
-    announced = max(
-        (
-            e.message
-            for e in outbox_events(gw, "webhooks.endpoint_changed")
-            if e.message.endpoint_id == endpoint_id
-        ),
-        key=lambda m: m.revision,
-    )
     shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
     assert shown["description"] == "after the rotation"
-    assert keyring.sealed_with_first_key(announced.sealed_secret)
+    assert keyring.sealed_with_first_key(last_announced(gw, endpoint_id).sealed_secret)
 
 
 def test_the_default_secret_is_stored_and_announced_sealed(gw: Gateway) -> None:
