@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import make_url, select, text
+from sqlalchemy import Engine, make_url, select, text
 
 from kiln_contracts import decode, encode, new_event
 from kiln_contracts.v1 import webhooks_pb2
@@ -37,6 +37,16 @@ def gw(tmp_path: Path) -> Iterator[Gateway]:
     settings = make_settings(tmp_path, webhook_signing_key=SIGNING_KEY, allow_loopback_urls=True)
     with gateway_without_kafka(settings) as running:
         yield running
+
+
+@pytest.fixture
+def engine(gw: Gateway) -> Iterator[Engine]:
+    """A synchronous engine on the gateway's database: another writer beside the app."""
+    made = make_sync_engine(gw.settings.database_url)
+    try:
+        yield made
+    finally:
+        made.dispose()
 
 
 def account_with_key(gw: Gateway, email: str) -> tuple[str, dict[str, str]]:
@@ -266,7 +276,9 @@ def test_a_change_overtaken_by_another_is_made_again_on_the_row_as_it_now_is(
     assert announced.revision > other_revision and announced.url == "http://127.0.0.1:9/b"
 
 
-def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(gw: Gateway) -> None:
+def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(
+    gw: Gateway, engine: Engine
+) -> None:
     """The receiver answered 410 and the read model disabled the endpoint between a PATCH's
     read and its write (SQLite). The disable moves the revision, so the PATCH is made again on
     the disabled row and re-enables it; before, its write matched the revision it had read and
@@ -275,7 +287,6 @@ def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(gw: G
     account_id, auth = account_with_key(gw, "dot@example.com")
     created = gw.client.post("/webhooks", headers=auth, json={"url": "http://127.0.0.1:9/a"})
     endpoint_id = created.json()["data"]["id"]
-    engine = make_sync_engine(gw.settings.database_url)
 
     def receiver_gone() -> None:
         gone = Attempt(
@@ -300,16 +311,13 @@ def test_an_update_overtaken_by_a_410_disable_is_made_again_and_re_enables(gw: G
         endpoint.disabled_at = None
         endpoint.description = "enabled again"
 
-    try:
-        assert change_overtaken(gw, account_id, endpoint_id, receiver_gone, enable) == 2
-    finally:
-        engine.dispose()
+    assert change_overtaken(gw, account_id, endpoint_id, receiver_gone, enable) == 2
     shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
     assert (shown["status"], shown["description"]) == ("enabled", "enabled again")
 
 
 def test_a_change_overtaken_by_a_secrets_rotation_announces_the_resealed_secret(
-    gw: Gateway,
+    gw: Gateway, engine: Engine
 ) -> None:
     """The rotation command resealed the endpoint's secret between a change's read and its write
     (SQLite). The rotation moves the revision, so the change is made again on the resealed row
@@ -320,7 +328,6 @@ def test_a_change_overtaken_by_a_secrets_rotation_announces_the_resealed_secret(
     endpoint_id = created.json()["data"]["id"]
     old_key = gw.settings.secrets_keys.get_secret_value()
     keyring = SecretsKeyring([new_secrets_key(), old_key])
-    engine = make_sync_engine(gw.settings.database_url)
 
     def rotation() -> None:
         rotate_secrets(engine, keyring)
@@ -328,10 +335,7 @@ def test_a_change_overtaken_by_a_secrets_rotation_announces_the_resealed_secret(
     def describe(endpoint: WebhookEndpoint) -> None:
         endpoint.description = "after the rotation"
 
-    try:
-        assert change_overtaken(gw, account_id, endpoint_id, rotation, describe) == 2
-    finally:
-        engine.dispose()
+    assert change_overtaken(gw, account_id, endpoint_id, rotation, describe) == 2
     shown = gw.client.get(f"/webhooks/{endpoint_id}", headers=auth).json()["data"]
     assert shown["description"] == "after the rotation"
     assert keyring.sealed_with_first_key(last_announced(gw, endpoint_id).sealed_secret)
