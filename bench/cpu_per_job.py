@@ -5,6 +5,12 @@ where the pipeline's CPU goes between two code changes.
     PYTHONPATH=. uv run python -m bench.cpu_per_job --window 64 --seconds 20 --rounds 2 \
         --profile notifier --stacks /tmp/notifier.txt
 
+py-spy (`--gil`) samples the thread that holds the GIL, also while that thread waits for a core
+on a busy machine. So its shares are of time, not of CPU: in one run at 16 in flight billing
+used 0.21 of a core (by /proc) while py-spy counted 0.32 (0.64 without `--gil`). `--perf` adds the whole machine's
+CPU by process and library from Linux `perf` (native code and the kernel included, Python
+frames not): what the interpreter, the kernel, Kafka's JVM and Triton each take.
+
 The stack is the bench stack (bench/kiln_stack.py); `--restart gateway,notifier` between rounds
 is not needed: run the tool again after a change.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -81,6 +88,33 @@ def leaf_summary(text: str, top: int = 40) -> str:
     return "\n".join(lines)
 
 
+def start_perf(output: str, seconds: float) -> subprocess.Popen[bytes] | None:
+    """`perf record` of every CPU for the measured span, or None (said why) without perf."""
+    perf = shutil.which("perf")
+    if perf is None:
+        print("--perf: no `perf` on PATH (Debian: linux-perf)", flush=True)
+        return None
+    argv = [perf, "record", "-a", "-F", "250", "-o", output, "--", "sleep", str(int(seconds))]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def perf_split(recording: subprocess.Popen[bytes], output: str, top: int = 20) -> str:
+    """The machine's samples by process name and library (`perf report --sort comm,dso`)."""
+    _, stderr = recording.communicate(timeout=120)
+    if recording.returncode != 0:
+        return f"--perf: perf record failed: {stderr.decode(errors='replace')[-300:]}"
+    report = subprocess.run(
+        ["perf", "report", "-i", output, "--sort", "comm,dso", "--stdio"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    rows = [
+        line for line in report.stdout.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    return "machine by process and library (perf):\n" + "\n".join(rows[:top])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--window", type=int, default=64)
@@ -89,6 +123,7 @@ def main() -> None:
     parser.add_argument("--profile", default="")
     parser.add_argument("--stacks", default="/tmp/stacks.txt")
     parser.add_argument("--workdir", default="")
+    parser.add_argument("--perf", default="", help="perf.data path: record the whole machine")
     args = parser.parse_args()
     with tool_stack(args.workdir, "kiln-cpu-") as (stack, receiver):
         keys = [a.sandbox_key for a in stack.accounts]
@@ -107,6 +142,9 @@ def main() -> None:
                     "--output", args.stacks, "--nonblocking", "--full-filenames", "--gil",
                 ]  # fmt: skip
                 spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            perf = None
+            if args.perf and round_ == args.rounds - 1:
+                perf = start_perf(args.perf, args.seconds)
             before = cpu_seconds(groups)
             counted_before = counters(stack)
             own_before = psutil.Process().cpu_times()
@@ -150,6 +188,8 @@ def main() -> None:
                 text = Path(args.stacks).read_text()
                 Path(args.stacks + ".summary").write_text(leaf_summary(text))
                 print(f"stacks: {args.stacks}(.summary)", flush=True)
+            if perf is not None:
+                print(perf_split(perf, args.perf), flush=True)
 
 
 if __name__ == "__main__":
