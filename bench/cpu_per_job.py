@@ -7,9 +7,10 @@ where the pipeline's CPU goes between two code changes.
 
 py-spy (`--gil`) samples the thread that holds the GIL, also while that thread waits for a core
 on a busy machine. So its shares are of time, not of CPU: in one run at 16 in flight billing
-used 0.21 of a core (by /proc) while py-spy counted 0.32 (0.64 without `--gil`). `--perf` adds the whole machine's
-CPU by process and library from Linux `perf` (native code and the kernel included, Python
-frames not): what the interpreter, the kernel, Kafka's JVM and Triton each take.
+used 0.21 of a core (by /proc) while py-spy counted 0.32 (0.64 without `--gil`). `--perf`
+adds the whole machine's CPU by process and library from Linux `perf` (native code and the
+kernel included, Python frames not): what the interpreter, the kernel, Kafka's JVM and Triton
+each take.
 
 The stack is the bench stack (bench/kiln_stack.py); `--restart gateway,notifier` between rounds
 is not needed: run the tool again after a change.

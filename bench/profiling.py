@@ -1,13 +1,14 @@
 """Where a process spends its CPU, by py-spy: sample running processes (no restart, no
 instrumentation), then sum the samples by function and by package.
 
-py-spy leaves out idle threads by default, so a sample is CPU time: an asyncio service waiting in
-epoll takes no samples, and `cpu_share` (samples over duration × rate) approximates the share of
-one core the process used while sampled. On a busy machine a thread that is ready to run but
-waits for a core also counts as active; a leaf frame in `selectors.select` is such a wait for
-I/O, and is left out. aiosqlite runs SQLite's C code on its own thread, so "aiosqlite" time is
-SQLite's, and a leaf in `asyncio.runners` under uvloop is the loop's own C code (I/O, HTTP
-parsing).
+Only the thread holding the GIL is sampled (`--gil`): an asyncio service waiting in epoll takes
+no samples, and neither does a thread waiting for the GIL or blocked in a system call that
+released it (a database writer thread in `fsync`, which py-spy otherwise counts as busy). A
+sample is still time, not CPU: on a busy machine the GIL holder waiting for a core counts too,
+so `cpu_share` (samples over duration × rate) overstates the share of a core the process used
+(billing at 16 in flight: 0.21 of a core by /proc, 0.32 by py-spy with `--gil`, 0.64 without).
+Native code that runs without the GIL (SQLite's stepping, a few percent of the machine) is left
+out. A leaf in `asyncio.runners` under uvloop is the loop's own C code (I/O, HTTP parsing).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def record(pids: Mapping[str, int], duration_s: float, rate_hz: int = 50) -> dic
             argv = [
                 binary, "record", "--pid", str(pid), "--duration", str(max(1, round(duration_s))),
                 "--rate", str(rate_hz), "--format", "raw", "--output", str(out), "--nonblocking",
-                "--full-filenames",
+                "--full-filenames", "--gil",
             ]  # fmt: skip
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             running[name] = (proc, out)
