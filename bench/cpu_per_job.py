@@ -105,7 +105,7 @@ def perf_split(recording: subprocess.Popen[bytes], output: str, top: int = 20) -
     if recording.returncode != 0:
         return f"--perf: perf record failed: {stderr.decode(errors='replace')[-300:]}"
     report = subprocess.run(
-        ["perf", "report", "-i", output, "--sort", "comm,dso", "--stdio"],
+        [shutil.which("perf") or "perf", "report", "-i", output, "--sort", "comm,dso", "--stdio"],
         capture_output=True,
         text=True,
         check=False,

@@ -3,7 +3,7 @@ instrumentation), then sum the samples by function and by package.
 
 Only the thread holding the GIL is sampled (`--gil`): an asyncio service waiting in epoll takes
 no samples, and neither does a thread waiting for the GIL or blocked in a system call that
-released it (a database writer thread in `fsync`, which py-spy otherwise counts as busy). A
+released it (a thread in `fsync`, which py-spy otherwise counts as busy). A
 sample is still time, not CPU: on a busy machine the GIL holder waiting for a core counts too,
 so `cpu_share` (samples over duration × rate) overstates the share of a core the process used
 (billing at 16 in flight: 0.21 of a core by /proc, 0.32 by py-spy with `--gil`, 0.64 without).
