@@ -31,7 +31,7 @@ import psutil
 from bench.footprint import group_processes, stack_processes
 from bench.hops import counters
 from bench.kiln_stack import tool_stack
-from bench.profiling import py_spy
+from bench.profiling import record_argv
 from bench.sustained import sustained
 from bench.throughput import body_maker
 
@@ -137,11 +137,7 @@ def main() -> None:
             spy = None
             if args.profile and round_ == args.rounds - 1:
                 pid = stack.local.pid(args.profile)
-                argv = [
-                    py_spy(), "record", "--pid", str(pid), "--duration",
-                    str(int(args.seconds)), "--rate", "200", "--format", "raw",
-                    "--output", args.stacks, "--nonblocking", "--full-filenames", "--gil",
-                ]  # fmt: skip
+                argv = record_argv(pid, args.seconds, 200, args.stacks)
                 spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             perf = None
             if args.perf and round_ == args.rounds - 1:

@@ -126,19 +126,24 @@ def parse_raw(name: str, text: str, duration_s: float, rate_hz: int) -> Profile:
     return profile
 
 
+def record_argv(pid: int, duration_s: float, rate_hz: int, out: Path | str) -> list[str]:
+    """py-spy's command line for sampling `pid` into `out` as collapsed stacks: the GIL holder
+    only, without pausing the process."""
+    return [
+        py_spy(), "record", "--pid", str(pid), "--duration", str(max(1, round(duration_s))),
+        "--rate", str(rate_hz), "--format", "raw", "--output", str(out), "--nonblocking",
+        "--full-filenames", "--gil",
+    ]  # fmt: skip
+
+
 def record(pids: Mapping[str, int], duration_s: float, rate_hz: int = 50) -> dict[str, Profile]:
     """Sample each process (name → pid) at once for `duration_s`; non-blocking, so the
     processes are not paused while sampled."""
-    binary = py_spy()
     with tempfile.TemporaryDirectory(prefix="kiln-pyspy-") as folder:
         running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         for name, pid in pids.items():
             out = Path(folder) / f"{name}.txt"
-            argv = [
-                binary, "record", "--pid", str(pid), "--duration", str(max(1, round(duration_s))),
-                "--rate", str(rate_hz), "--format", "raw", "--output", str(out), "--nonblocking",
-                "--full-filenames", "--gil",
-            ]  # fmt: skip
+            argv = record_argv(pid, duration_s, rate_hz, out)
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             running[name] = (proc, out)
         profiles: dict[str, Profile] = {}
