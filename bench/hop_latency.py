@@ -28,10 +28,10 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench.kiln_stack import KilnBenchStack, sandbox_job, tool_stack
-from kiln_contracts import decode
+from kiln_contracts import decode, topic_of
 
 # A job's events on the happy path, in the order they are made.
-TOPICS = (
+EVENT_TYPES = (
     "job.submitted",
     "credits.reserved",
     "job.dispatched",
@@ -88,20 +88,25 @@ async def read_events(bootstrap: str, steps: Steps, wait_s: float) -> None:
     """Every event of the measured jobs, from the start of each topic: when it was decided
     and when it was sent."""
     consumer = AIOKafkaConsumer(
-        *TOPICS, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        *sorted({topic_of(t) for t in EVENT_TYPES}),
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
         end = time.monotonic() + wait_s
         while time.monotonic() < end:
             fetched = await consumer.getmany(timeout_ms=500)
-            for partition, records in fetched.items():
+            for records in fetched.values():
                 for record in records:
                     event = decode(record.value)
+                    if event.type not in EVENT_TYPES:
+                        continue
                     decided = event.envelope.occurred_at
                     at = decided.seconds + decided.nanos / 1e9
-                    steps.add(f"{partition.topic} decided", event.job_id, at)
-                    steps.add(f"{partition.topic} sent", event.job_id, record.timestamp / 1000)
+                    steps.add(f"{event.type} decided", event.job_id, at)
+                    steps.add(f"{event.type} sent", event.job_id, record.timestamp / 1000)
     finally:
         await consumer.stop()
 

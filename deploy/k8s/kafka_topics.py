@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from kiln_contracts import INTERNAL_TOPICS, TOPICS, InternalTopicSpec, TopicSpec
+from kiln_contracts import INTERNAL_TOPICS, KAFKA_TOPICS, InternalTopicSpec, KafkaTopicSpec
 
 OUTPUT = Path(__file__).resolve().parent / "base" / "topics.yaml"
 CLUSTER = "kiln"  # the Strimzi Kafka resource (base/kafka.yaml)
@@ -38,15 +38,18 @@ def resource_name(topic: str) -> str:
     return name
 
 
-def kafka_topic(spec: TopicSpec | InternalTopicSpec) -> dict[str, object]:
-    consumers = ",".join(spec.consumers) if isinstance(spec, TopicSpec) else "operators"
+def kafka_topic(spec: KafkaTopicSpec | InternalTopicSpec) -> dict[str, object]:
+    if isinstance(spec, KafkaTopicSpec):
+        owner, consumers = ",".join(spec.owners), ",".join(spec.consumers)
+    else:
+        owner, consumers = spec.owner, "operators"
     return {
         "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaTopic",
         "metadata": {
             "name": resource_name(spec.name),
             "labels": {"strimzi.io/cluster": CLUSTER},
-            "annotations": {"kiln/owner": spec.owner, "kiln/consumers": consumers},
+            "annotations": {"kiln/owner": owner, "kiln/consumers": consumers},
         },
         "spec": {
             "topicName": spec.name,
@@ -58,11 +61,11 @@ def kafka_topic(spec: TopicSpec | InternalTopicSpec) -> dict[str, object]:
 
 
 def render(
-    topics: Mapping[str, TopicSpec | InternalTopicSpec] | None = None,
+    topics: Mapping[str, KafkaTopicSpec | InternalTopicSpec] | None = None,
 ) -> str:
     """Every topic of the registry, the internal ones (the dead-letter topic) included."""
     if topics is None:
-        topics = {**TOPICS, **INTERNAL_TOPICS}
+        topics = {**KAFKA_TOPICS, **INTERNAL_TOPICS}
     names = [resource_name(name) for name in topics]
     if len(set(names)) != len(names):
         raise ValueError("two topics map to one Kubernetes name")
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT} ({len(TOPICS) + len(INTERNAL_TOPICS)} topics)")
+    print(f"wrote {OUTPUT} ({len(KAFKA_TOPICS) + len(INTERNAL_TOPICS)} topics)")
     return 0
 
 

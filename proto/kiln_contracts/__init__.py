@@ -16,20 +16,25 @@ from kiln_contracts.codec import (
 )
 from kiln_contracts.registry import (
     INTERNAL_TOPICS,
+    KAFKA_TOPICS,
     TOPICS,
     InternalTopicSpec,
+    KafkaTopicSpec,
     TopicSpec,
     load_topics,
     message_class,
+    topic_of,
 )
 from kiln_contracts.v1 import common_pb2, credits_pb2, envelope_pb2, jobs_pb2, webhooks_pb2
 
 __all__ = [
     "INTERNAL_TOPICS",
+    "KAFKA_TOPICS",
     "TOPICS",
     "Event",
     "EventDecodeError",
     "InternalTopicSpec",
+    "KafkaTopicSpec",
     "TopicSpec",
     "common_pb2",
     "credits_pb2",
@@ -43,5 +48,6 @@ __all__ = [
     "new_event",
     "timestamp",
     "to_json",
+    "topic_of",
     "webhooks_pb2",
 ]

@@ -1,7 +1,11 @@
-"""The topic registry (`topics.toml`): every topic's payload message, owner, consumers and settings.
+"""The topic registry (`topics.toml`): every event type's payload message, owner, consumers, the
+Kafka topic that carries it and that topic's settings.
 
-The topic name is the event type carried in `Envelope.type`. Topic creation reads `TOPICS`;
-the codec maps a type to its generated message class with `message_class`.
+`TOPICS` is keyed by event type (`Envelope.type`); the codec maps a type to its generated
+message class with `message_class`. Most types travel on a topic of their own name; the three
+ends of a job (`job.completed`, `job.failed`, `job.canceled`) share `job.ended`, so that every
+consumer sees a job's ends in one order (docs/architecture.md, "One order for a job's ends").
+Topic creation reads `KAFKA_TOPICS`, one entry per Kafka topic.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ GENERATED_PACKAGE = "kiln_contracts.v1"
 
 @dataclass(frozen=True)
 class TopicSpec:
-    name: str  # the topic, and the event type in Envelope.type
+    name: str  # the event type in Envelope.type
     message: str  # the payload message's name in the kiln.events.v1 proto package
     owner: str  # the service that produces it
     consumers: tuple[str, ...]
@@ -33,18 +37,39 @@ class TopicSpec:
     replication_factor: int
     retention_ms: int
     key: str  # the envelope field used as the Kafka key
+    topic: str = ""  # the Kafka topic that carries it (its own name unless the table says)
+
+    def __post_init__(self) -> None:
+        if not self.topic:
+            object.__setattr__(self, "topic", self.name)
+
+
+@dataclass(frozen=True)
+class KafkaTopicSpec:
+    """One Kafka topic and the event types it carries (with the settings they share)."""
+
+    name: str
+    event_types: tuple[str, ...]
+    owners: tuple[str, ...]
+    consumers: tuple[str, ...]
+    partitions: int
+    replication_factor: int
+    retention_ms: int
 
 
 _STR_FIELDS = ("message", "owner", "key")
 _INT_FIELDS = ("partitions", "replication_factor", "retention_ms")
-_SETTINGS = frozenset(field.name for field in fields(TopicSpec)) - {"name"}
+_SETTINGS = frozenset(field.name for field in fields(TopicSpec)) - {"name", "topic"}
 
 
 def _topic_spec(name: str, table: dict[str, Any], path: Path) -> TopicSpec:
     where = f"{path}: topic {name!r}"
-    unknown = table.keys() - _SETTINGS
+    unknown = table.keys() - _SETTINGS - {"topic"}
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    topic = table.get("topic", name)
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"{where}: topic must be a non-empty string")
     missing = _SETTINGS - table.keys()
     if missing:
         raise ValueError(f"{where}: missing setting(s) {sorted(missing)}")
@@ -66,6 +91,7 @@ def _topic_spec(name: str, table: dict[str, Any], path: Path) -> TopicSpec:
         replication_factor=table["replication_factor"],
         retention_ms=table["retention_ms"],
         key=table["key"],
+        topic=topic,
     )
 
 
@@ -122,8 +148,43 @@ def load_topics(path: Path | None = None) -> dict[str, TopicSpec]:
     return specs
 
 
+def kafka_topics(specs: dict[str, TopicSpec]) -> dict[str, KafkaTopicSpec]:
+    """The Kafka topics that carry `specs`' event types, in registry order. Types that share a
+    topic must agree on its partitions, replication, retention and key."""
+    grouped: dict[str, list[TopicSpec]] = {}
+    for spec in specs.values():
+        grouped.setdefault(spec.topic, []).append(spec)
+    out: dict[str, KafkaTopicSpec] = {}
+    for name, members in grouped.items():
+        if name in specs and specs[name].topic != name:
+            raise ValueError(f"topic {name!r} is also an event type carried elsewhere")
+        settings = {(m.partitions, m.replication_factor, m.retention_ms, m.key) for m in members}
+        if len(settings) != 1:
+            raise ValueError(f"the event types on topic {name!r} disagree on its settings")
+        first = members[0]
+        out[name] = KafkaTopicSpec(
+            name=name,
+            event_types=tuple(m.name for m in members),
+            owners=tuple(dict.fromkeys(m.owner for m in members)),
+            consumers=tuple(dict.fromkeys(c for m in members for c in m.consumers)),
+            partitions=first.partitions,
+            replication_factor=first.replication_factor,
+            retention_ms=first.retention_ms,
+        )
+    return out
+
+
 TOPICS: dict[str, TopicSpec] = load_topics()
+KAFKA_TOPICS: dict[str, KafkaTopicSpec] = kafka_topics(TOPICS)
 INTERNAL_TOPICS: dict[str, InternalTopicSpec] = load_internal_topics()
+
+
+def topic_of(event_type: str) -> str:
+    """The Kafka topic that carries `event_type` (KeyError for a type the registry lacks)."""
+    spec = TOPICS.get(event_type)
+    if spec is None:
+        raise KeyError(f"unknown event type {event_type!r}")
+    return spec.topic
 
 
 @cache

@@ -110,11 +110,12 @@ def settings_env_names(service: str) -> set[str]:
 
 
 def consumed_topics(service: str) -> set[str]:
-    """The topics a service's handlers take (the same source tests/unit/test_topic_consumers.py
-    holds the registry to)."""
+    """The Kafka topics that carry the event types a service's handlers take (the same source
+    tests/unit/test_topic_consumers.py holds the registry to)."""
+    from kiln_contracts import topic_of
     from tests.unit.test_topic_consumers import consumed_by_service
 
-    return consumed_by_service()[service]
+    return {topic_of(event_type) for event_type in consumed_by_service()[service]}
 
 
 def load_module(path: Path, name: str) -> ModuleType:

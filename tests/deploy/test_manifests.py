@@ -16,7 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from kiln_contracts import INTERNAL_TOPICS, TOPICS
+from kiln_contracts import INTERNAL_TOPICS, KAFKA_TOPICS, TOPICS
 from kiln_runtime.health import health_router
 from tests.deploy.deploy_support import (
     K8S,
@@ -138,9 +138,10 @@ def test_the_topics_file_is_generated_from_the_registry() -> None:
 @overlays
 def test_kafka_topics_equal_the_registry(overlay: str) -> None:
     topics = {t["spec"]["topicName"]: t for t in of_kind(render(overlay), "KafkaTopic")}
-    assert set(topics) == set(TOPICS) | set(INTERNAL_TOPICS)
+    assert set(topics) == set(KAFKA_TOPICS) | set(INTERNAL_TOPICS)
+    assert set(topics) >= {spec.topic for spec in TOPICS.values()}
     replicas = 3 if overlay == "production" else 1
-    for name, spec in {**TOPICS, **INTERNAL_TOPICS}.items():
+    for name, spec in {**KAFKA_TOPICS, **INTERNAL_TOPICS}.items():
         topic = topics[name]
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "kiln"
         assert topic["spec"]["partitions"] == spec.partitions

@@ -27,7 +27,7 @@ from tests.stack_support import LocalStack, load_env_file
 
 pytestmark = pytest.mark.e2e
 
-CONSUMERS_OF_COMPLETED = ("billing", "scheduler", "notifier", "gateway")
+CONSUMERS_OF_ENDS = ("billing", "scheduler", "notifier", "gateway")
 
 
 def metric(stack: LocalStack, process: str, name: str, **labels: str) -> float:
@@ -140,8 +140,8 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
 ) -> None:
     bootstrap = local_stack.kafka_bootstrap
     before = {
-        s: metric(local_stack, s, "kiln_events_dead_lettered_total", topic="job.completed")
-        for s in CONSUMERS_OF_COMPLETED
+        s: metric(local_stack, s, "kiln_events_dead_lettered_total", topic="job.ended")
+        for s in CONSUMERS_OF_ENDS
     }
 
     async def send_poison() -> None:
@@ -149,17 +149,17 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
         await producer.start()
         try:
             await producer.send_and_wait(
-                "job.completed", value=b"\x08\x96\x01 not an envelope", key=b"acct_poison"
+                "job.ended", value=b"\x08\x96\x01 not an envelope", key=b"acct_poison"
             )
         finally:
             await producer.stop()
 
     asyncio.run(send_poison())
-    for service in CONSUMERS_OF_COMPLETED:
+    for service in CONSUMERS_OF_ENDS:
         wait_for(
             f"{service} counts its dead letter",
             lambda s=service: (
-                metric(local_stack, s, "kiln_events_dead_lettered_total", topic="job.completed")
+                metric(local_stack, s, "kiln_events_dead_lettered_total", topic="job.ended")
                 > before[s]
             ),
         )
@@ -174,9 +174,9 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
         "kiln-admin lists one dead letter per group",
         lambda: (found := listed()) and len(found) >= 4 and found,
     )
-    assert {e["group"] for e in entries} == set(CONSUMERS_OF_COMPLETED)
+    assert {e["group"] for e in entries} == set(CONSUMERS_OF_ENDS)
     for entry in entries:
-        assert entry["topic"] == "job.completed"
+        assert entry["topic"] == "job.ended"
         assert entry["error"].startswith("EventDecodeError")
         assert entry["offset"] >= 0 and entry["partition"] >= 0
     # Replayed for billing alone: billing dead-letters it again (it is still poison); the
@@ -195,7 +195,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
     wait_for(
         "billing dead-letters the replay; the scheduler skips it",
         lambda: (
-            metric(local_stack, "billing", "kiln_events_dead_lettered_total", topic="job.completed")
+            metric(local_stack, "billing", "kiln_events_dead_lettered_total", topic="job.ended")
             >= before["billing"] + 2
             and metric(
                 local_stack,

@@ -1,14 +1,18 @@
 """Killing the inference worker mid-job leaves no job stuck, on a stack of its own with short
 liveness timeouts: a worker that stays dead gets the job retried (WORKER_LOST) and, with no
 worker to take the retries, failed with WORKER_LOST and refunded; once a worker is back, the
-next job runs (the lost attempts hold no slot). A broker outage longer than the heartbeat
-timeout loses no worker: the workers' heartbeats could not reach the scheduler meanwhile."""
+next job runs (the lost attempts hold no slot). A lost worker that comes back and completes the
+job after the scheduler failed it changes nothing: every consumer sees the failure first. A
+broker outage longer than the heartbeat timeout loses no worker: the workers' heartbeats could
+not reach the scheduler meanwhile."""
 
+import os
 import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.conftest import WebhookReceiver
+from tests.kafka_topics import distinct_events, read_events
 from tests.stack_support import RunningStack, started_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -48,15 +54,15 @@ def api(running: RunningStack) -> httpx.Client:
     )
 
 
-def submit(client: httpx.Client, delay_s: float) -> str:
-    answer = client.post(
-        "/jobs",
-        json={
-            "model": "kiln/prompt-to-image",
-            "input": {"prompt": "a worker that falls over"},
-            "sandbox": {"outcome": "completed", "delay_s": delay_s},
-        },
-    )
+def submit(client: httpx.Client, delay_s: float, webhook_url: str = "") -> str:
+    body: dict[str, Any] = {
+        "model": "kiln/prompt-to-image",
+        "input": {"prompt": "a worker that falls over"},
+        "sandbox": {"outcome": "completed", "delay_s": delay_s},
+    }
+    if webhook_url:
+        body["webhook_url"] = webhook_url
+    answer = client.post("/jobs", json=body)
     assert answer.status_code == 202, answer.text
     job_id: str = answer.json()["data"]["id"]
     return job_id
@@ -95,6 +101,77 @@ def test_a_dead_worker_gets_the_job_retried_then_failed(loss_stack: RunningStack
         after = submit(client, delay_s=0.5)
         final = wait_status(client, after, {"completed", "failed", "canceled"}, 60)
         assert final["status"] == "completed"
+
+
+@contextmanager
+def paused(running: RunningStack, *services: str) -> Iterator[None]:
+    """SIGSTOP the services (they read nothing and send nothing) until the block ends."""
+    pids = [running.local.pid(service) for service in services]
+    assert all(pids), dict(zip(services, pids, strict=True))
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def ends_of(running: RunningStack, job_id: str) -> list[tuple[str, int]]:
+    """The job's ends on `job.ended`, in the partition's order: (type, attempt)."""
+    return [
+        (event.type, getattr(event.message, "attempt", 0))
+        for event in read_events(running.local.kafka_bootstrap, ["job.ended"])
+        if event.job_id == job_id
+    ]
+
+
+def test_a_lost_worker_that_completes_after_the_job_failed_changes_nothing(
+    loss_stack: RunningStack, webhook_receiver: WebhookReceiver
+) -> None:
+    """The race of two deciders: the scheduler fails a job whose worker it thinks lost, and the
+    worker, back, completes it. Billing and the notifier are stopped meanwhile, so they read
+    both ends in one go: they must read them in the order the gateway did (the failure first),
+    and so release the hold, not capture it, and send one `job.failed` webhook."""
+    with api(loss_stack) as client:
+        job_id = submit(client, delay_s=8, webhook_url=webhook_receiver.url)
+        wait_status(client, job_id, {"running"}, 30)
+        with paused(loss_stack, "billing", "notifier"):
+            with paused(loss_stack, "inference"):
+                final = wait_status(client, job_id, {"completed", "failed", "canceled"}, 40)
+                assert final["status"] == "failed", final
+                assert final["error"]["code"] == "WORKER_LOST"
+            # The worker, back, finds Triton's answer waiting (the 8 s are over) and completes
+            # the attempt it was running.
+            deadline = time.monotonic() + 60
+            while ("job.completed", 1) not in (ends := ends_of(loss_stack, job_id)):
+                assert time.monotonic() < deadline, f"no late completion: {ends}"
+                time.sleep(1)
+            assert ends[0][0] == "job.failed", ends
+        credit_topics = ("credits.captured", "credits.released")
+        deadline = time.monotonic() + 60
+        while not (
+            settled := [
+                e.type
+                for e in distinct_events(loss_stack.local.kafka_bootstrap, credit_topics)
+                if e.job_id == job_id
+            ]
+        ):
+            assert time.monotonic() < deadline, "billing did not settle the job"
+            time.sleep(1)
+        deadline = time.monotonic() + 60
+        while not webhook_receiver.for_job(job_id):
+            assert time.monotonic() < deadline, "no webhook for the job"
+            time.sleep(0.5)
+        time.sleep(3)  # time for a wrong second settlement or webhook to show
+        settled = [
+            e.type
+            for e in distinct_events(loss_stack.local.kafka_bootstrap, credit_topics)
+            if e.job_id == job_id
+        ]
+        assert settled == ["credits.released"]
+        assert {hit.json()["type"] for hit in webhook_receiver.for_job(job_id)} == {"job.failed"}
+        assert client.get(f"/jobs/{job_id}").json()["data"]["status"] == "failed"
 
 
 def workers_lost(running: RunningStack) -> float:

@@ -1,5 +1,5 @@
-"""The topic registry names, for every topic, the services that consume it: exactly the topics
-each service's handlers take (a stale list would mislead operators, and the Kubernetes
+"""The topic registry names, for every event type, the services that consume it: exactly the
+types each service's handlers take (a stale list would mislead operators, and the Kubernetes
 autoscalers that read the same registry)."""
 
 from collections import defaultdict
@@ -22,9 +22,9 @@ def consumed_by_service() -> dict[str, set[str]]:
     catalog = load_catalog()
     links = FileLinks(public_url="http://x", signing_key="k" * 32, ttl_s=60)
     return {
-        "billing": set(billing_handlers(catalog).topics),
-        "scheduler": set(Scheduler(catalog, SchedulerSettings()).handlers().topics),
-        "inference": set(Inference("w").handlers().topics),
+        "billing": set(billing_handlers(catalog).event_types),
+        "scheduler": set(Scheduler(catalog, SchedulerSettings()).handlers().event_types),
+        "inference": set(Inference("w").handlers().event_types),
         "notifier": set(
             Notifier(
                 make_tables(),
@@ -33,17 +33,17 @@ def consumed_by_service() -> dict[str, set[str]]:
                 keyring=SecretsKeyring([new_secrets_key()]),
             )
             .handlers()
-            .topics
+            .event_types
         ),
-        "gateway": set(gateway_handlers().topics),
+        "gateway": set(gateway_handlers().event_types),
     }
 
 
-def test_the_registry_names_exactly_the_consumers_of_each_topic() -> None:
+def test_the_registry_names_exactly_the_consumers_of_each_event_type() -> None:
     consumers: dict[str, set[str]] = defaultdict(set)
-    for service, topics in consumed_by_service().items():
-        for topic in topics:
-            consumers[topic].add(service)
+    for service, event_types in consumed_by_service().items():
+        for event_type in event_types:
+            consumers[event_type].add(service)
     registered = {name: set(spec.consumers) for name, spec in TOPICS.items()}
-    assert set(consumers) <= set(registered), "a service consumes a topic the registry lacks"
+    assert set(consumers) <= set(registered), "a service consumes a type the registry lacks"
     assert {name: consumers.get(name, set()) for name in registered} == registered

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from kiln_contracts import Event, EventDecodeError, decode
+from kiln_contracts import Event, EventDecodeError, decode, topic_of
 from kiln_runtime.dead_letters import (
     DEAD_LETTER_TOPIC,
     dead_letter_headers,
@@ -56,8 +56,13 @@ class EventHandlers:
     on_assigned: Callable[[Connection, frozenset[int], int], None] | None = None
 
     @property
-    def topics(self) -> list[str]:
+    def event_types(self) -> list[str]:
         return sorted(self.handlers)
+
+    @property
+    def topics(self) -> list[str]:
+        """The Kafka topics that carry those types (one topic may carry several)."""
+        return sorted({topic_of(event_type) for event_type in self.handlers})
 
 
 @dataclass
@@ -80,10 +85,12 @@ class Delivery:
 
 
 def decode_deliveries(
-    deliveries: Iterable[Delivery], *, group: str, topics: Iterable[str]
+    deliveries: Iterable[Delivery], *, group: str, event_types: Iterable[str]
 ) -> list[Delivery]:
-    """Decode each message; mark those this group does not handle."""
-    handled = set(topics)
+    """Decode each message; mark those this group does not handle (a topic may carry types a
+    group does not take: the scheduler reads `job.ended` for completions and failures, and
+    skips the cancels it sent)."""
+    handled = set(event_types)
     out = []
     for d in deliveries:
         target = replay_target(d.headers)

@@ -379,7 +379,9 @@ class EventConsumer:
             for tp, messages in fetched.items()
             for m in messages
         ]
-        decoded = decode_deliveries(deliveries, group=self._settings.group, topics=self.topics)
+        decoded = decode_deliveries(
+            deliveries, group=self._settings.group, event_types=self._handlers.event_types
+        )
         try:
             await self._handle(decoded)
         except Exception:

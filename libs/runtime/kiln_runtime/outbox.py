@@ -416,7 +416,7 @@ class SessionOutbox:
     async def write(self, session: Any, tables: MessagingTables) -> None:
         from sqlalchemy import insert
 
-        from kiln_contracts import encode
+        from kiln_contracts import encode, topic_of
 
         if not self.envelopes:
             return
@@ -425,7 +425,7 @@ class SessionOutbox:
             insert(tables.outbox),
             [
                 {
-                    "topic": env.type,
+                    "topic": topic_of(env.type),
                     "key": env.account_id,
                     "event_id": env.event_id,
                     "payload": encode(env),

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from kiln_contracts import Event, encode
+from kiln_contracts import Event, encode, topic_of
 from kiln_runtime.batches import BatchTransaction, Delivery, EventHandlers, decode_deliveries
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
@@ -73,7 +73,7 @@ class EventDriver:
         def decoded_batch() -> list[Delivery]:
             deliveries = [
                 Delivery(
-                    topic=event.type,
+                    topic=topic_of(event.type),
                     partition=partition,
                     offset=offset,
                     key=event.account_id.encode(),
@@ -81,7 +81,9 @@ class EventDriver:
                 )
                 for offset, event in enumerate(events)
             ]
-            return decode_deliveries(deliveries, group=self.group, topics=self._handlers.topics)
+            return decode_deliveries(
+                deliveries, group=self.group, event_types=self._handlers.event_types
+            )
 
         if self.rehearse_writes:
             await self._rehearse_batch(decoded_batch())

@@ -5,13 +5,13 @@ from collections.abc import Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from kiln_contracts import INTERNAL_TOPICS, TOPICS, InternalTopicSpec, TopicSpec
+from kiln_contracts import INTERNAL_TOPICS, KAFKA_TOPICS, InternalTopicSpec, KafkaTopicSpec
 
 log = logging.getLogger(__name__)
 
 
 def topic_plan(
-    topics: Mapping[str, TopicSpec | InternalTopicSpec],
+    topics: Mapping[str, KafkaTopicSpec | InternalTopicSpec],
     partitions: int | None = None,
     replication_factor: int | None = None,
 ) -> list[NewTopic]:
@@ -34,7 +34,7 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        every: dict[str, TopicSpec | InternalTopicSpec] = {**TOPICS, **INTERNAL_TOPICS}
+        every: dict[str, KafkaTopicSpec | InternalTopicSpec] = {**KAFKA_TOPICS, **INTERNAL_TOPICS}
         missing = [
             t for t in topic_plan(every, partitions, replication_factor) if t.name not in existing
         ]

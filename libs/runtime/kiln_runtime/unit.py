@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy import Connection, insert
 
-from kiln_contracts import Event, encode, new_event
+from kiln_contracts import Event, encode, new_event, topic_of
 from kiln_contracts.v1.envelope_pb2 import Envelope
 from kiln_runtime.messaging import MessagingTables
 
@@ -88,7 +88,7 @@ class Unit:
         )
         self.outgoing.append(
             OutgoingEvent(
-                topic=event_type,
+                topic=topic_of(event_type),
                 key=account_id,
                 event_id=envelope.event_id,
                 value=encode(envelope),

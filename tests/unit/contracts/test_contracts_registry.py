@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln_contracts import TOPICS, TopicSpec, load_topics
+from kiln_billing.ledger import JOB_ENDS
+from kiln_contracts import KAFKA_TOPICS, TOPICS, KafkaTopicSpec, TopicSpec, load_topics, topic_of
+from kiln_contracts.registry import kafka_topics
 from kiln_contracts.v1.envelope_pb2 import Envelope
+from kiln_notifier.tables import TERMINAL_TYPES
 
 SERVICES = {"gateway", "billing", "scheduler", "inference", "notifier"}
 TOPIC_NAME = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
@@ -107,3 +110,75 @@ def test_bad_registry_is_refused(tmp_path: Path, table: str, error: str) -> None
     )
     with pytest.raises(ValueError, match=error):
         load_topics(path)
+
+
+def test_a_type_travels_on_its_own_topic_unless_the_registry_says() -> None:
+    assert topic_of("job.submitted") == "job.submitted"
+    assert KAFKA_TOPICS["job.submitted"].event_types == ("job.submitted",)
+    with pytest.raises(KeyError):
+        topic_of("job.nonexistent")
+
+
+def test_every_end_of_a_job_travels_on_one_topic() -> None:
+    """Inference completes a job and the scheduler fails or cancels it: only one topic puts the
+    two deciders' ends in one order that billing, the gateway and the notifier all see."""
+    ends = {f"job.{end}" for end in JOB_ENDS} | set(TERMINAL_TYPES)
+    assert {topic_of(end) for end in ends} == {"job.ended"}
+    assert set(KAFKA_TOPICS["job.ended"].event_types) == ends
+    assert set(KAFKA_TOPICS["job.ended"].owners) == {"inference", "scheduler"}
+
+
+_SHARED = """
+[defaults]
+partitions = 3
+replication_factor = 1
+retention_ms = 1000
+key = "account_id"
+
+[topics."a.one"]
+topic = "a.both"
+message = "One"
+owner = "gateway"
+consumers = ["billing"]
+
+[topics."a.two"]
+topic = "a.both"
+message = "Two"
+owner = "billing"
+consumers = ["gateway", "billing"]
+"""
+
+
+def test_types_that_share_a_topic_make_one_kafka_topic(tmp_path: Path) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text(_SHARED, encoding="utf-8")
+    [both] = kafka_topics(load_topics(path)).values()
+    assert both == KafkaTopicSpec(
+        name="a.both",
+        event_types=("a.one", "a.two"),
+        owners=("gateway", "billing"),
+        consumers=("billing", "gateway"),
+        partitions=3,
+        replication_factor=1,
+        retention_ms=1000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ('consumers = ["gateway", "billing"]\nretention_ms = 5', "disagree"),
+        (
+            'consumers = ["gateway", "billing"]\n[topics."a.both"]\ntopic = "a.else"\n'
+            'message = "X"\nowner = "gateway"\nconsumers = ["billing"]',
+            "carried elsewhere",
+        ),
+    ],
+)
+def test_a_shared_topic_that_cannot_be_one_topic_is_refused(
+    tmp_path: Path, change: str, error: str
+) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text(_SHARED.replace('consumers = ["gateway", "billing"]', change), encoding="utf-8")
+    with pytest.raises(ValueError, match=error):
+        kafka_topics(load_topics(path))

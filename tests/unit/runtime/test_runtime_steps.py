@@ -54,7 +54,7 @@ def test_deliveries_decode_or_say_why_not() -> None:
         "credits.granted", 0, 10, b"acct_a", _grant_bytes(), headers=((H_REPLAY_FOR, b"billing"),)
     )
     out = decode_deliveries(
-        [good, bad, empty, other, replay, mine], group="billing", topics=["credits.granted"]
+        [good, bad, empty, other, replay, mine], group="billing", event_types=["credits.granted"]
     )
     assert out[0].event is not None and out[0].error is None and out[0].skip is None
     assert out[1].event is None and out[1].error and out[1].error.startswith("EventDecodeError")
