@@ -279,7 +279,7 @@ def test_no_secret_is_stored_or_sent_in_clear(
     found, read = scan_files([local_stack.data_dir, local_stack.kafka_data], secrets)
     assert email.encode() in read, "the scan did not read the gateway's database"
     records = asyncio.run(read_every_topic(local_stack.kafka_bootstrap))
-    assert "webhooks.endpoint_changed" in records and "job.completed" in records
+    assert "webhooks.endpoint_changed" in records and "job.ended" in records
     on_topics = b"\n".join(b"\n".join(values) for values in records.values())
     assert all(job_id.encode() in on_topics for job_id in jobs), "the scan missed the jobs"
     for topic, values in records.items():
