@@ -15,6 +15,13 @@ from kiln_notifier.tables import TERMINAL_TYPES
 
 SERVICES = {"gateway", "billing", "scheduler", "inference", "notifier"}
 TOPIC_NAME = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
+_DEFAULTS = """
+[defaults]
+partitions = 3
+replication_factor = 1
+retention_ms = 1000
+key = "account_id"
+"""
 
 
 def test_topics_is_the_committed_registry() -> None:
@@ -55,13 +62,8 @@ def test_every_service_takes_part() -> None:
 def test_defaults_are_merged(tmp_path: Path) -> None:
     path = tmp_path / "topics.toml"
     path.write_text(
-        """
-[defaults]
-partitions = 3
-replication_factor = 1
-retention_ms = 1000
-key = "account_id"
-
+        _DEFAULTS
+        + """
 [topics."a.one"]
 message = "One"
 owner = "gateway"
@@ -128,13 +130,9 @@ def test_every_end_of_a_job_travels_on_one_topic() -> None:
     assert set(KAFKA_TOPICS["job.ended"].owners) == {"inference", "scheduler"}
 
 
-_SHARED = """
-[defaults]
-partitions = 3
-replication_factor = 1
-retention_ms = 1000
-key = "account_id"
-
+_SHARED = (
+    _DEFAULTS
+    + """
 [topics."a.one"]
 topic = "a.both"
 message = "One"
@@ -147,6 +145,7 @@ message = "Two"
 owner = "billing"
 consumers = ["gateway", "billing"]
 """
+)
 
 
 def test_types_that_share_a_topic_make_one_kafka_topic(tmp_path: Path) -> None:
