@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
@@ -133,13 +134,15 @@ def load_topics(path: Path | None = None) -> dict[str, TopicSpec]:
     path = path or TOPICS_PATH
     with path.open("rb") as file:
         data = tomllib.load(file)
-    unknown_tables = data.keys() - {"defaults", "topics", "internal"}
+    unknown_tables = data.keys() - {"defaults", "topics", "internal", "retired"}
     if unknown_tables:
         raise ValueError(f"{path}: unknown table(s) {sorted(unknown_tables)}")
     defaults = data.get("defaults", {})
     topics = data.get("topics", {})
     if not isinstance(defaults, dict) or not isinstance(topics, dict):
         raise ValueError(f"{path}: [defaults] and [topics.*] must be tables")
+    if "topic" in defaults:
+        raise ValueError(f"{path}: [defaults] cannot set topic (it would put every type on one)")
     specs: dict[str, TopicSpec] = {}
     for name, table in topics.items():
         if not isinstance(table, dict):
@@ -174,9 +177,31 @@ def kafka_topics(specs: dict[str, TopicSpec]) -> dict[str, KafkaTopicSpec]:
     return out
 
 
+def load_retired_topics(
+    path: Path | None = None, current: Iterable[str] | None = None
+) -> dict[str, str]:
+    """The `[retired]` table: a topic of an earlier release -> the topic carrying its types now."""
+    path = path or TOPICS_PATH
+    with path.open("rb") as file:
+        retired = tomllib.load(file).get("retired", {})
+    names = set(current) if current is not None else set(kafka_topics(load_topics(path)))
+    for old, new in retired.items():
+        if old in names or new not in names:
+            raise ValueError(f"{path}: retired topic {old!r} -> {new!r}: not an old -> new topic")
+    return dict(retired)
+
+
 TOPICS: dict[str, TopicSpec] = load_topics()
 KAFKA_TOPICS: dict[str, KafkaTopicSpec] = kafka_topics(TOPICS)
 INTERNAL_TOPICS: dict[str, InternalTopicSpec] = load_internal_topics()
+RETIRED_TOPICS: dict[str, str] = load_retired_topics(current=KAFKA_TOPICS)
+if KAFKA_TOPICS.keys() & INTERNAL_TOPICS.keys():
+    raise ValueError(f"{TOPICS_PATH}: an event type's topic is also an internal topic")
+
+
+def current_topic(topic: str) -> str:
+    """Where a row addressed to `topic` goes now (a retired topic's successor, else itself)."""
+    return RETIRED_TOPICS.get(topic, topic)
 
 
 def topic_of(event_type: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from kiln_contracts import Event, EventDecodeError, decode, topic_of
+from kiln_contracts import Event, EventDecodeError, decode_envelope, event_of, topic_of
 from kiln_runtime.dead_letters import (
     DEAD_LETTER_TOPIC,
     dead_letter_headers,
@@ -78,18 +78,22 @@ class Delivery:
     event: Event | None = None
     error: str | None = None  # why it cannot be decoded
     skip: str | None = None  # why it is not handled here (it still moves the position)
+    skipped_type: str = ""  # the type of an event skipped unparsed
 
     @property
     def event_type(self) -> str:
-        return self.event.type if self.event is not None else self.topic
+        if self.event is not None:
+            return self.event.type
+        return self.skipped_type or self.topic
 
 
 def decode_deliveries(
     deliveries: Iterable[Delivery], *, group: str, event_types: Iterable[str]
 ) -> list[Delivery]:
-    """Decode each message; mark those this group does not handle (a topic may carry types a
-    group does not take: the scheduler reads `job.ended` for completions and failures, and
-    skips the cancels it sent)."""
+    """Decode each message; mark those this group does not handle. A topic may carry types a
+    group does not take (the scheduler reads `job.ended` for completions and failures, and
+    skips the cancels it sent): their payloads are not parsed, and a type this release does
+    not know (a later release's, during its rollout) is skipped as well, not dead-lettered."""
     handled = set(event_types)
     out = []
     for d in deliveries:
@@ -100,12 +104,14 @@ def decode_deliveries(
             d.error = "EventDecodeError: empty message"
         else:
             try:
-                d.event = decode(d.value)
+                envelope = decode_envelope(d.value)
+                if envelope.type not in handled:
+                    d.skip = "ignored"
+                    d.skipped_type = envelope.type
+                else:
+                    d.event = event_of(envelope)
             except EventDecodeError as exc:
                 d.error = f"EventDecodeError: {exc}"
-            else:
-                if d.event.type not in handled:
-                    d.skip = "ignored"
         out.append(d)
     return out
 

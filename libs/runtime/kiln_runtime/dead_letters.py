@@ -22,7 +22,7 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kiln_contracts import EventDecodeError, decode
+from kiln_contracts import EventDecodeError, current_topic, decode
 from kiln_runtime.outbox import start_producer
 
 DEAD_LETTER_TOPIC = "kiln.dead_letters"
@@ -224,7 +224,7 @@ async def replay_dead_letters(
     try:
         futures = [
             await producer.send(
-                raw.entry.topic,
+                current_topic(raw.entry.topic),  # a topic retired since: its successor
                 value=raw.value,
                 key=raw.key,
                 headers=[

@@ -34,6 +34,7 @@ from aiokafka.errors import (
 )
 from sqlalchemy import Connection, Delete, Table, bindparam, delete, func, or_, select, update
 
+from kiln_contracts import EventDecodeError, current_topic, decode_envelope
 from kiln_runtime.db import Database
 from kiln_runtime.messaging import MessagingTables, utcnow
 from kiln_runtime.metrics import EVENTS_PRODUCED, EVENTS_RECOVERED, OUTBOX_BACKLOG
@@ -103,6 +104,14 @@ async def start_producer(bootstrap: str, attempts: int = 60) -> AIOKafkaProducer
             log.warning("Kafka at %s not reachable yet (attempt %d)", bootstrap, attempt)
             await asyncio.sleep(1.0)
     raise RuntimeError("unreachable")
+
+
+def _event_type(payload: bytes) -> str:
+    """The type of an event row read back (a dead letter has headers and is not asked)."""
+    try:
+        return decode_envelope(payload).type
+    except EventDecodeError:
+        return ""
 
 
 class OutboxPublisher:
@@ -175,7 +184,8 @@ class OutboxPublisher:
                 for row in rows:
                     futures.append(
                         await self._producer.send(
-                            row.topic,
+                            # A row written before an upgrade may name a retired topic.
+                            current_topic(row.topic),
                             value=row.value,
                             key=row.key.encode(),
                             headers=list(row.headers) or None,
@@ -210,7 +220,7 @@ class OutboxPublisher:
                     self._failed.add(row.row_id)
                 dead = dead or isinstance(result, PRODUCER_DEAD_ERRORS)
                 continue
-            EVENTS_PRODUCED.labels(self._service, row.topic).inc()
+            EVENTS_PRODUCED.labels(self._service, row.label).inc()
             if row.row_id is not None:
                 with self._acked_lock:
                     self._acked.append((row.row_id, row.event_id))
@@ -353,6 +363,7 @@ class OutboxPublisher:
                 value=r.payload,
                 headers=tuple(headers_from_blob(r.headers)),
                 row_id=r.id,
+                event_type="" if r.headers else _event_type(r.payload),
             )
             for r in rows
         ]

@@ -35,6 +35,12 @@ class OutgoingEvent:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
     row_id: int | None = None  # the outbox row's id once written
+    event_type: str = ""  # for metrics; empty for a dead letter or a row read back
+
+    @property
+    def label(self) -> str:
+        """The event type as metrics name it: the topic when the row does not say."""
+        return self.event_type or self.topic
 
     def header_blob(self) -> bytes | None:
         if not self.headers:
@@ -92,6 +98,7 @@ class Unit:
                 key=account_id,
                 event_id=envelope.event_id,
                 value=encode(envelope),
+                event_type=event_type,
             )
         )
         return envelope

@@ -556,6 +556,50 @@ async def test_rows_left_by_a_dead_writer_are_sent_once_by_one_of_several_instan
             await r.stop()
 
 
+async def test_a_row_written_for_a_retired_topic_goes_to_its_successor(
+    kafka: str, tmp_path: Path
+) -> None:
+    """An earlier release wrote a job's ends to a topic per type; a row it left in the outbox
+    (and the broker no longer has that topic) goes to `job.ended`, where consumers read it."""
+    from kiln_contracts import encode, new_event
+    from kiln_contracts.v1 import jobs_pb2
+    from tests.kafka_topics import read_events
+
+    account = _acct("retired")
+    failed = new_event(
+        "job.failed",
+        jobs_pb2.JobFailed(error_code="TIMEOUT", attempt=1),
+        account_id=account,
+        job_id=f"job_{uuid.uuid4().hex}",
+    )
+    runtime = toy_runtime(settings_for(kafka, tmp_path / "r.db", "toy-retired"), Toy())
+    await runtime.start()
+    try:
+        now = runtime.clock()
+        row = OutgoingEvent(
+            topic="job.failed", key=account, event_id=failed.event_id, value=encode(failed)
+        )
+        await runtime.db.write(
+            lambda c: write_outbox(
+                c,
+                MESSAGING,
+                [row],
+                owner="earlier-release",
+                now=now - timedelta(seconds=60),
+                lease=timedelta(seconds=1),
+            )
+        )
+        async with asyncio.timeout(30):
+            while await runtime.read(  # noqa: ASYNC110 - a table, not an event, says when
+                lambda c: c.execute(select(func.count()).select_from(MESSAGING.outbox)).scalar()
+            ):
+                await asyncio.sleep(0.2)
+    finally:
+        await runtime.stop()
+    ended = await asyncio.to_thread(read_events, kafka, ["job.ended"])
+    assert [e.event_id for e in ended if e.account_id == account] == [failed.event_id]
+
+
 def decode_grant_applied(account: str, grant_id: str) -> bytes:
     from kiln_contracts import encode, new_event
     from kiln_contracts.v1 import credits_pb2

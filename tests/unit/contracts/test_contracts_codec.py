@@ -11,7 +11,9 @@ from kiln_contracts import (
     Event,
     EventDecodeError,
     decode,
+    decode_envelope,
     encode,
+    event_of,
     from_json,
     new_event,
     to_json,
@@ -170,3 +172,15 @@ def test_new_event_refuses_missing_account_and_naive_time() -> None:
 def test_bad_json_is_refused(data: dict[str, object]) -> None:
     with pytest.raises(EventDecodeError):
         from_json(data)
+
+
+def test_the_envelope_alone_is_read_without_its_payload() -> None:
+    envelope = new_event("job.submitted", _submitted(), account_id=ACCOUNT)
+    envelope.payload = b"\x0a\x7f\x01"  # not a JobSubmitted: only event_of finds out
+    envelope.type = "job.exploded"  # nor a type this release knows
+    read = decode_envelope(encode(envelope))
+    assert (read.type, read.account_id) == ("job.exploded", ACCOUNT)
+    with pytest.raises(EventDecodeError, match=r"job\.exploded"):
+        event_of(read)
+    with pytest.raises(EventDecodeError, match="not a Kiln envelope"):
+        decode_envelope(b"\xff\xff")

@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 from kiln_billing.ledger import JOB_ENDS
-from kiln_contracts import KAFKA_TOPICS, TOPICS, KafkaTopicSpec, TopicSpec, load_topics, topic_of
-from kiln_contracts.registry import kafka_topics
+from kiln_contracts import (
+    INTERNAL_TOPICS,
+    KAFKA_TOPICS,
+    RETIRED_TOPICS,
+    TOPICS,
+    KafkaTopicSpec,
+    TopicSpec,
+    current_topic,
+    load_topics,
+    topic_of,
+)
+from kiln_contracts.registry import kafka_topics, load_retired_topics
 from kiln_contracts.v1.envelope_pb2 import Envelope
 from kiln_notifier.tables import TERMINAL_TYPES
 
@@ -181,3 +191,29 @@ def test_a_shared_topic_that_cannot_be_one_topic_is_refused(
     path.write_text(_SHARED.replace('consumers = ["gateway", "billing"]', change), encoding="utf-8")
     with pytest.raises(ValueError, match=error):
         kafka_topics(load_topics(path))
+
+
+def test_a_retired_topic_names_the_topic_that_carries_its_types_now(tmp_path: Path) -> None:
+    assert current_topic("job.completed") == "job.ended"
+    assert current_topic("job.submitted") == "job.submitted"
+    assert set(RETIRED_TOPICS.values()) <= set(KAFKA_TOPICS)
+    path = tmp_path / "topics.toml"
+    for table in ('[retired]\n"a.both" = "a.one"', '[retired]\n"a.old" = "a.gone"'):
+        path.write_text(f"{_SHARED}\n{table}\n", encoding="utf-8")
+        with pytest.raises(ValueError, match="retired topic"):
+            load_retired_topics(path)
+    path.write_text(f'{_SHARED}\n[retired]\n"a.old" = "a.both"\n', encoding="utf-8")
+    assert load_retired_topics(path) == {"a.old": "a.both"}
+
+
+def test_defaults_cannot_put_every_type_on_one_topic(tmp_path: Path) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text(_SHARED.replace("[defaults]", '[defaults]\ntopic = "all"'), encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot set topic"):
+        load_topics(path)
+
+
+@pytest.mark.parametrize("name", sorted(KAFKA_TOPICS))
+def test_kafka_topic_names_are_sane(name: str) -> None:
+    assert TOPIC_NAME.match(name), "topic names are '<domain>.<event>' in lower case"
+    assert name not in INTERNAL_TOPICS

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import exc as sa_exc
 
 from kiln_contracts import decode, encode, new_event
-from kiln_contracts.v1 import credits_pb2
+from kiln_contracts.v1 import credits_pb2, jobs_pb2
 from kiln_runtime.batches import Delivery, decode_deliveries
 from kiln_runtime.dead_letters import (
     H_REPLAY_FOR,
@@ -62,6 +62,38 @@ def test_deliveries_decode_or_say_why_not() -> None:
     assert out[3].skip == "ignored"
     assert out[4].skip == "replay_for_other_group" and out[4].event is None
     assert out[5].skip is None and out[5].event is not None
+
+
+def test_a_type_this_group_does_not_take_is_skipped_unparsed_even_if_unknown() -> None:
+    """A shared topic carries types a group does not take, a later release's among them
+    during its rollout: skipped by the envelope's type, never parsed or dead-lettered."""
+    canceled = new_event("job.canceled", jobs_pb2.JobCanceled(), account_id="acct_a")
+    later = new_event("job.canceled", jobs_pb2.JobCanceled(), account_id="acct_a")
+    later.type, later.payload = "job.abandoned", b"\x0a\x7f\x01"
+    taken = new_event("job.failed", jobs_pb2.JobFailed(attempt=2), account_id="acct_a")
+    out = decode_deliveries(
+        [
+            Delivery("job.ended", 0, n, b"acct_a", encode(e))
+            for n, e in enumerate([canceled, later, taken])
+        ],
+        group="scheduler",
+        event_types=["job.completed", "job.failed"],
+    )
+    assert [(d.skip, d.error, d.event_type) for d in out[:2]] == [
+        ("ignored", None, "job.canceled"),
+        ("ignored", None, "job.abandoned"),
+    ]
+    assert out[0].event is None and out[1].event is None
+    assert out[2].skip is None and out[2].event is not None
+    assert out[2].event.message == jobs_pb2.JobFailed(attempt=2)
+
+
+def test_an_emitted_end_goes_to_job_ended_and_is_counted_by_its_type() -> None:
+    unit = Unit(connection=None, now=datetime(2026, 1, 1, tzinfo=UTC), service="s")  # type: ignore[arg-type]
+    unit.emit("job.canceled", jobs_pb2.JobCanceled(), account_id="acct_a", job_id="job_1")
+    [row] = unit.outgoing
+    assert (row.topic, row.event_type, row.label) == ("job.ended", "job.canceled", "job.canceled")
+    assert OutgoingEvent("kiln.dead_letters", "k", "e", b"").label == "kiln.dead_letters"
 
 
 def test_transient_failures_are_the_database_or_the_broker_not_the_event() -> None:
