@@ -22,6 +22,19 @@ from tests.triton_support import free_ports, start, stop
 E2E = Path(__file__).parent
 
 
+def wait_until(what: str, check: Any, timeout_s: float = 120.0, every_s: float = 1.0) -> Any:
+    """`check()`'s first true value, asked every `every_s`; fails after `timeout_s` with the
+    last value it gave."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last: {last!r})")
+
+
 @dataclass
 class Received:
     path: str

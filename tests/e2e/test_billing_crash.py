@@ -38,7 +38,7 @@ from kiln_billing.verify import LedgerReport, check_ledger
 from kiln_runtime.catalog import load_catalog
 from kiln_runtime.db import make_sync_engine
 from kiln_runtime.money import format_credits, parse_credits
-from tests.e2e.conftest import BILLING_STACK_ENV, throwaway_stack
+from tests.e2e.conftest import BILLING_STACK_ENV, throwaway_stack, wait_until
 from tests.kafka_topics import distinct_events
 from tests.stack_support import DATABASES, RunningStack
 
@@ -146,17 +146,6 @@ def log_trouble(running: RunningStack) -> None:
         ]
         for line in trouble[-12:]:
             log(f"{path.stem}: {line[:400]}")
-
-
-def wait_until(what: str, check: Any, timeout_s: float, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last: {last!r})")
 
 
 # ----------------------------------------------------------------------- billing's database

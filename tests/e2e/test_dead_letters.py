@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from kiln_billing.verify import verify_ledger
 from kiln_gateway.cli import main as kiln_admin
+from tests.e2e.conftest import wait_until
 from tests.stack_support import LocalStack, load_env_file
 
 pytestmark = pytest.mark.e2e
@@ -39,17 +40,6 @@ def metric(stack: LocalStack, process: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def wait_for(what: str, check: Any, timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 def hold_write_lock(
@@ -120,7 +110,7 @@ def test_a_billing_failure_that_heals_still_charges_the_job_once(
         job = httpx.get(f"{api}/jobs/{job_id}", headers=headers, timeout=10).json()["data"]
         return job if job["status"] in ("completed", "failed", "canceled") else None
 
-    job = wait_for("the job ends", done, timeout_s=180)
+    job = wait_until("the job ends", done, timeout_s=180)
     assert job["status"] == "completed", job
     assert job["cost"] == "5"
     assert retried(), "billing held its batch and retried it"
@@ -129,7 +119,7 @@ def test_a_billing_failure_that_heals_still_charges_the_job_once(
         usage = httpx.get(f"{api}/usage", headers=headers, timeout=10).json()["data"]
         return usage if usage["reserved"] == usage_before["reserved"] else None
 
-    usage = wait_for("the reservation is settled", charged, timeout_s=60)
+    usage = wait_until("the reservation is settled", charged, timeout_s=60)
     assert float(usage["balance"]) == pytest.approx(float(usage_before["balance"]) - 5)
     report = verify_ledger(f"sqlite:///{local_stack.data_dir}/billing.db")
     assert report.ok, report.render()
@@ -156,7 +146,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
 
     asyncio.run(send_poison())
     for service in CONSUMERS_OF_ENDS:
-        wait_for(
+        wait_until(
             f"{service} counts its dead letter",
             lambda s=service: (
                 metric(local_stack, s, "kiln_events_dead_lettered_total", topic="job.ended")
@@ -170,7 +160,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
         entries = json.loads(capsys.readouterr().out)
         return [e for e in entries if e["key"] == "acct_poison"]
 
-    entries = wait_for(
+    entries = wait_until(
         "kiln-admin lists one dead letter per group",
         lambda: (found := listed()) and len(found) >= 4 and found,
     )
@@ -192,7 +182,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_replays_to_its_group(
     assert kiln_admin(["dlq", "--bootstrap", bootstrap, "replay", billing_entry["ref"]]) == 0
     replayed = json.loads(capsys.readouterr().out)["replayed"]
     assert [r["ref"] for r in replayed] == [billing_entry["ref"]]
-    wait_for(
+    wait_until(
         "billing dead-letters the replay; the scheduler skips it",
         lambda: (
             metric(local_stack, "billing", "kiln_events_dead_lettered_total", topic="job.ended")

@@ -25,14 +25,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.e2e.conftest import WebhookReceiver
+from tests.e2e.conftest import WebhookReceiver, wait_until
 from tests.stack_support import LocalStack, read_env_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -129,16 +128,6 @@ async def read_every_topic(bootstrap: str) -> dict[str, list[bytes]]:
         return records
     finally:
         await consumer.stop()
-
-
-def wait_until(what: str, check: Any, timeout_s: float = 120) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def csrf_of(page: httpx.Response) -> str:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import WebhookReceiver
+from tests.e2e.conftest import WebhookReceiver, wait_until
 from tests.kafka_topics import distinct_events, read_events
 from tests.stack_support import RunningStack, started_stack
 
@@ -126,6 +126,14 @@ def ends_of(running: RunningStack, job_id: str) -> list[tuple[str, int]]:
     ]
 
 
+def settlements(running: RunningStack, job_id: str) -> list[str]:
+    """Billing's settlements of the job (`credits.captured` / `credits.released`), once each."""
+    topics = ("credits.captured", "credits.released")
+    return [
+        e.type for e in distinct_events(running.local.kafka_bootstrap, topics) if e.job_id == job_id
+    ]
+
+
 def test_a_lost_worker_that_completes_after_the_job_failed_changes_nothing(
     loss_stack: RunningStack, webhook_receiver: WebhookReceiver
 ) -> None:
@@ -141,35 +149,19 @@ def test_a_lost_worker_that_completes_after_the_job_failed_changes_nothing(
                 final = wait_status(client, job_id, {"completed", "failed", "canceled"}, 40)
                 assert final["status"] == "failed", final
                 assert final["error"]["code"] == "WORKER_LOST"
+
             # The worker, back, finds Triton's answer waiting (the 8 s are over) and completes
             # the attempt it was running.
-            deadline = time.monotonic() + 60
-            while ("job.completed", 1) not in (ends := ends_of(loss_stack, job_id)):
-                assert time.monotonic() < deadline, f"no late completion: {ends}"
-                time.sleep(1)
+            def completed_late() -> list[tuple[str, int]] | None:
+                ends = ends_of(loss_stack, job_id)
+                return ends if ("job.completed", 1) in ends else None
+
+            ends = wait_until("the late completion", completed_late, timeout_s=60)
             assert ends[0][0] == "job.failed", ends
-        credit_topics = ("credits.captured", "credits.released")
-        deadline = time.monotonic() + 60
-        while not (
-            settled := [
-                e.type
-                for e in distinct_events(loss_stack.local.kafka_bootstrap, credit_topics)
-                if e.job_id == job_id
-            ]
-        ):
-            assert time.monotonic() < deadline, "billing did not settle the job"
-            time.sleep(1)
-        deadline = time.monotonic() + 60
-        while not webhook_receiver.for_job(job_id):
-            assert time.monotonic() < deadline, "no webhook for the job"
-            time.sleep(0.5)
+        wait_until("billing settles the job", lambda: settlements(loss_stack, job_id), 60)
+        wait_until("a webhook", lambda: webhook_receiver.for_job(job_id), 60, every_s=0.5)
         time.sleep(3)  # time for a wrong second settlement or webhook to show
-        settled = [
-            e.type
-            for e in distinct_events(loss_stack.local.kafka_bootstrap, credit_topics)
-            if e.job_id == job_id
-        ]
-        assert settled == ["credits.released"]
+        assert settlements(loss_stack, job_id) == ["credits.released"]
         assert {hit.json()["type"] for hit in webhook_receiver.for_job(job_id)} == {"job.failed"}
         assert client.get(f"/jobs/{job_id}").json()["data"]["status"] == "failed"
 
